@@ -1,0 +1,258 @@
+//! Execution records and the engine's event stream.
+//!
+//! The engine reports every state change as an [`Event`] carrying the full record of the
+//! workflow execution or task attempt. The CLI's display, the state store, the task log
+//! files and the metrics are all [`EventSink`]s; the library itself prints nothing.
+//! The record fields mirror the API reference's SQLite schema, so the exporter can write
+//! them unchanged.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::error::Result;
+use crate::executor::BoxFuture;
+
+/// State of one task attempt (lower case on the wire, `DECISIONS.md` 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TaskState {
+    /// Waiting for dependencies or a free slot.
+    Pending,
+    /// Executing.
+    Running,
+    /// Finished successfully.
+    Success,
+    /// Failed with no retries left.
+    Failed,
+    /// Failed or timed out; another attempt follows.
+    Retrying,
+    /// Ran out of time with no retries left.
+    Timeout,
+    /// Not run because a dependency failed, or the run was stopped first.
+    Skipped,
+}
+
+impl TaskState {
+    /// The lower-case name used in the store, the export and JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Success => "success",
+            TaskState::Failed => "failed",
+            TaskState::Retrying => "retrying",
+            TaskState::Timeout => "timeout",
+            TaskState::Skipped => "skipped",
+        }
+    }
+
+    /// Parses [`TaskState::as_str`] output.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => TaskState::Pending,
+            "running" => TaskState::Running,
+            "success" => TaskState::Success,
+            "failed" => TaskState::Failed,
+            "retrying" => TaskState::Retrying,
+            "timeout" => TaskState::Timeout,
+            "skipped" => TaskState::Skipped,
+            _ => return None,
+        })
+    }
+
+    /// Whether no further change follows for this attempt.
+    pub fn is_final(self) -> bool {
+        !matches!(self, TaskState::Pending | TaskState::Running)
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Status of a workflow execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkflowStatus {
+    /// Tasks are being executed.
+    Running,
+    /// Every task succeeded (or failed with `continue_on_failure`).
+    Success,
+    /// A task failed, or the run was stopped.
+    Failed,
+    /// The process running it died; `run --resume` can continue it (REL-001).
+    Interrupted,
+}
+
+impl WorkflowStatus {
+    /// The lower-case name used in the store, the export and JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkflowStatus::Running => "running",
+            WorkflowStatus::Success => "success",
+            WorkflowStatus::Failed => "failed",
+            WorkflowStatus::Interrupted => "interrupted",
+        }
+    }
+
+    /// Parses [`WorkflowStatus::as_str`] output.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => WorkflowStatus::Running,
+            "success" => WorkflowStatus::Success,
+            "failed" => WorkflowStatus::Failed,
+            "interrupted" => WorkflowStatus::Interrupted,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for WorkflowStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One workflow execution (a row of `workflow_executions`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowExecution {
+    /// Unique id (UUID v4 text).
+    pub id: String,
+    /// Workflow name.
+    pub workflow_name: String,
+    /// When the execution started.
+    pub started_at: DateTime<Utc>,
+    /// When it finished; `None` while running.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Current status.
+    pub status: WorkflowStatus,
+    /// Wall time in seconds, once finished.
+    pub duration_seconds: Option<f64>,
+    /// Number of tasks in the workflow.
+    pub total_tasks: u32,
+    /// Tasks that ended `success`.
+    pub successful_tasks: u32,
+    /// Tasks that ended `failed` or `timeout`.
+    pub failed_tasks: u32,
+    /// When the record was created.
+    pub created_at: DateTime<Utc>,
+    /// Process id of the process running it (liveness check for crash recovery).
+    pub pid: u32,
+    /// Workflow file it came from, when known (used by `run --resume`).
+    pub source: Option<String>,
+}
+
+/// One attempt of one task (a row of `task_executions`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskExecution {
+    /// Unique id (UUID v4 text).
+    pub id: String,
+    /// The workflow execution it belongs to.
+    pub workflow_execution_id: String,
+    /// Task name.
+    pub task_name: String,
+    /// State of this attempt.
+    pub status: TaskState,
+    /// When the attempt started (for a skipped task: when it was skipped).
+    pub started_at: DateTime<Utc>,
+    /// When it finished; `None` while running.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Exit code, when the executor produced one.
+    pub exit_code: Option<i32>,
+    /// Captured standard output (at most 10 MB).
+    pub stdout: Option<String>,
+    /// Captured standard error (at most 10 MB).
+    pub stderr: Option<String>,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// Why the attempt failed.
+    pub error_message: Option<String>,
+    /// Wall time in seconds, once finished.
+    pub duration_seconds: Option<f64>,
+    /// When the record was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Something that happened during a run.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A workflow execution started (or resumed).
+    WorkflowStarted(WorkflowExecution),
+    /// A task attempt started.
+    TaskStarted(TaskExecution),
+    /// A task attempt ended; `retry_in` is set when another attempt follows after that delay.
+    TaskFinished {
+        /// The attempt's final record.
+        record: TaskExecution,
+        /// Delay before the next attempt, if one follows.
+        retry_in: Option<Duration>,
+    },
+    /// A task will not run (a dependency failed or the run stopped).
+    TaskSkipped(TaskExecution),
+    /// The execution finished.
+    WorkflowFinished(WorkflowExecution),
+}
+
+/// A consumer of engine events.
+pub trait EventSink: Send + Sync {
+    /// Called for every event, in order, from the engine's task. Must not block for long.
+    fn on_event(&self, event: &Event);
+
+    /// Completes once every event passed so far is durable. The engine awaits this after
+    /// task completions and before starting their dependents (REL-004).
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A new random identifier in UUID v4 text form.
+pub fn new_id() -> String {
+    let hi = fastrand::u64(..);
+    let lo = fastrand::u64(..);
+    let b = ((hi as u128) << 64 | lo as u128).to_be_bytes();
+    let mut b = b;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h =
+        |r: std::ops::Range<usize>| -> String { b[r].iter().map(|x| format!("{x:02x}")).collect() };
+    format!(
+        "{}-{}-{}-{}-{}",
+        h(0..4),
+        h(4..6),
+        h(6..8),
+        h(8..10),
+        h(10..16)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_uuid_v4_and_distinct() {
+        let a = new_id();
+        let b = new_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in [
+            TaskState::Pending,
+            TaskState::Running,
+            TaskState::Success,
+            TaskState::Failed,
+            TaskState::Retrying,
+            TaskState::Timeout,
+            TaskState::Skipped,
+        ] {
+            assert_eq!(TaskState::parse(s.as_str()), Some(s));
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Executors: the pluggable part that runs one attempt of one task.
+//!
+//! The [`Executor`] trait is always compiled. Built-in executors live in one module each;
+//! optional ones are gated by a single `#[cfg]` on their `mod` line and one entry in
+//! [`Registry::builtin`]. Users add their own task types with [`Registry::register`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::expand::Vars;
+use crate::model::Task;
+
+#[cfg(feature = "http")]
+mod http;
+mod shell;
+#[cfg(feature = "ssh")]
+mod ssh;
+
+/// Largest capture kept per stream (stdout or stderr) of one attempt: 10 MB (EXEC-005).
+pub const CAPTURE_LIMIT: usize = 10 * 1024 * 1024;
+
+/// A boxed, sendable future, as returned by [`Executor::execute`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Runs one attempt of a task of one `type`.
+///
+/// An implementation must honour [`TaskContext::timeout`] (returning
+/// [`Outcome::Timeout`]) and [`TaskContext::cancel`] (stopping the work and returning
+/// [`Outcome::Cancelled`]); it must not print anything.
+pub trait Executor: Send + Sync {
+    /// Checks the task's configuration when the workflow is loaded; the message names the field.
+    fn check(&self, task: &Task) -> Result<(), String> {
+        let _ = task;
+        Ok(())
+    }
+
+    /// Runs one attempt.
+    fn execute<'a>(&'a self, ctx: TaskContext<'a>) -> BoxFuture<'a, TaskOutput>;
+}
+
+/// What an executor gets for one attempt.
+#[derive(Debug, Clone)]
+pub struct TaskContext<'a> {
+    /// Workflow name.
+    pub workflow: &'a str,
+    /// The execution this attempt belongs to.
+    pub execution_id: &'a str,
+    /// The task definition.
+    pub task: &'a Task,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// Time limit for the attempt, if any.
+    pub timeout: Option<Duration>,
+    /// Fires when the run is cancelled.
+    pub cancel: CancelToken,
+    /// Values for `${VAR}` expansion (the process environment by default).
+    pub vars: &'a Vars,
+    /// Connections shared by the tasks of one run (e.g. SSH sessions), keyed by the executor.
+    pub shared: &'a SharedState,
+}
+
+/// Per-run storage an executor may use to share expensive resources between tasks.
+#[derive(Default)]
+pub struct SharedState {
+    slots: std::sync::Mutex<HashMap<String, Arc<dyn std::any::Any + Send + Sync>>>,
+}
+
+impl fmt::Debug for SharedState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedState").finish_non_exhaustive()
+    }
+}
+
+impl SharedState {
+    /// Returns the value stored under `key`, creating it with `init` on first use.
+    pub fn get_or_insert<T: Send + Sync + 'static>(
+        &self,
+        key: &str,
+        init: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = slots
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(init()) as Arc<dyn std::any::Any + Send + Sync>)
+            .clone();
+        drop(slots);
+        entry
+            .downcast::<T>()
+            .unwrap_or_else(|_| panic!("shared state key {key:?} used with two types"))
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The task did its job.
+    Success,
+    /// The task failed; `retryable` in [`TaskOutput`] says whether another attempt may help.
+    Failed,
+    /// The attempt ran out of time and was stopped.
+    Timeout,
+    /// The run was cancelled while the attempt ran; it was stopped.
+    Cancelled,
+}
+
+/// Captured bytes of one output stream, capped at [`CAPTURE_LIMIT`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capture {
+    /// The first bytes of the stream.
+    pub data: Vec<u8>,
+    /// Whether bytes past the limit were discarded.
+    pub truncated: bool,
+}
+
+impl Capture {
+    /// Appends `chunk`, keeping at most `limit` bytes in total.
+    pub fn push(&mut self, chunk: &[u8], limit: usize) {
+        let room = limit.saturating_sub(self.data.len());
+        if chunk.len() > room {
+            self.truncated = true;
+        }
+        self.data.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+
+    /// The capture as text (invalid UTF-8 replaced), with a marker when truncated.
+    pub fn to_text(&self) -> String {
+        let mut s = String::from_utf8_lossy(&self.data).into_owned();
+        if self.truncated {
+            s.push_str("\n[output truncated at 10 MB]\n");
+        }
+        s
+    }
+}
+
+/// The result of one attempt.
+#[derive(Debug, Clone)]
+pub struct TaskOutput {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Exit code (process exit status, remote status, 124 on SSH timeout, 0/1 for HTTP …).
+    pub exit_code: Option<i32>,
+    /// Captured standard output (for HTTP: the response body).
+    pub stdout: Capture,
+    /// Captured standard error.
+    pub stderr: Capture,
+    /// Why it failed, in words; already free of secrets.
+    pub error: Option<String>,
+    /// Whether a failed attempt may be retried (false e.g. for an HTTP 4xx).
+    pub retryable: bool,
+}
+
+impl TaskOutput {
+    /// A failed attempt with a message and no output.
+    pub fn failed(error: impl Into<String>, retryable: bool) -> Self {
+        TaskOutput {
+            outcome: Outcome::Failed,
+            exit_code: None,
+            stdout: Capture::default(),
+            stderr: Capture::default(),
+            error: Some(error.into()),
+            retryable,
+        }
+    }
+}
+
+/// A cancellation signal shared by every task of a run; cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct CancelToken {
+    rx: smol::channel::Receiver<()>,
+}
+
+/// The sending side of a [`CancelToken`]: [`Canceller::cancel`] or dropping it cancels.
+#[derive(Debug)]
+pub struct Canceller {
+    tx: smol::channel::Sender<()>,
+}
+
+impl CancelToken {
+    /// A new token and the handle that fires it.
+    pub fn new() -> (Canceller, CancelToken) {
+        let (tx, rx) = smol::channel::bounded(1);
+        (Canceller { tx }, CancelToken { rx })
+    }
+
+    /// A token that never fires (for callers that do not cancel).
+    pub fn never() -> CancelToken {
+        let (c, t) = Self::new();
+        std::mem::forget(c);
+        t
+    }
+
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.rx.is_closed()
+    }
+
+    /// Completes once cancellation is requested.
+    pub async fn cancelled(&self) {
+        // Nothing is ever sent: the channel closing is the signal.
+        let _ = self.rx.recv().await;
+    }
+}
+
+impl Canceller {
+    /// Requests cancellation of every token made with this handle.
+    pub fn cancel(&self) {
+        self.tx.close();
+    }
+}
+
+/// The executors a run can use, by task `type`.
+#[derive(Clone)]
+pub struct Registry {
+    executors: HashMap<String, Arc<dyn Executor>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut kinds: Vec<_> = self.executors.keys().collect();
+        kinds.sort();
+        f.debug_struct("Registry").field("kinds", &kinds).finish()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn empty() -> Self {
+        Registry {
+            executors: HashMap::new(),
+        }
+    }
+
+    /// Every executor compiled into this build (`shell` always; `ssh`, `http` by feature).
+    pub fn builtin() -> Self {
+        let mut r = Self::empty();
+        r.register("shell", shell::ShellExecutor);
+        #[cfg(feature = "ssh")]
+        r.register("ssh", ssh::SshExecutor::default());
+        #[cfg(feature = "http")]
+        r.register("http", http::HttpExecutor::default());
+        r
+    }
+
+    /// Adds (or replaces) the executor for `kind`.
+    pub fn register(&mut self, kind: &str, executor: impl Executor + 'static) -> &mut Self {
+        self.executors.insert(kind.to_string(), Arc::new(executor));
+        self
+    }
+
+    /// The executor for `kind`, if registered.
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Executor>> {
+        self.executors.get(kind)
+    }
+}
+
+/// The Cargo feature that provides a built-in executor type, if `kind` is one.
+pub fn feature_for(kind: &str) -> Option<&'static str> {
+    match kind {
+        "ssh" => Some("ssh"),
+        "http" => Some("http"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_is_capped() {
+        let mut c = Capture::default();
+        c.push(b"hello", 8);
+        c.push(b"world", 8);
+        assert_eq!(c.data, b"hellowor");
+        assert!(c.truncated);
+    }
+
+    #[test]
+    fn cancel_token_fires() {
+        let (c, t) = CancelToken::new();
+        assert!(!t.is_cancelled());
+        c.cancel();
+        assert!(t.is_cancelled());
+        smol::block_on(t.cancelled());
+    }
+}

@@ -1,0 +1,211 @@
+//! The workflow model: what a workflow file describes, independent of how it was parsed.
+//!
+//! Field names, defaults and ranges follow the API reference; `DECISIONS.md` 1 and 2 settle
+//! the defaults (`max_parallel` 4, `retry_default` 3, `timeout_default` 300 s) and the
+//! `workdir` / `working_dir` alias.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Built-in default for `config.max_parallel` (API reference, `DECISIONS.md` 1).
+pub const DEFAULT_MAX_PARALLEL: u32 = 4;
+/// Built-in default for `config.retry_default`.
+pub const DEFAULT_RETRY: u32 = 3;
+/// Built-in default for `config.timeout_default`, in seconds.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+/// Default SSH port.
+pub const DEFAULT_SSH_PORT: u16 = 22;
+/// Default SSH connection timeout, in seconds.
+pub const DEFAULT_SSH_TIMEOUT_SECS: u64 = 30;
+/// Default HTTP request timeout (connect + read), in seconds.
+pub const DEFAULT_HTTP_TIMEOUT_SECS: u64 = 30;
+
+/// A parsed workflow: a named DAG of tasks with an optional schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workflow {
+    /// Unique workflow name (`[A-Za-z0-9_-]{1,64}`).
+    pub name: String,
+    /// Human-readable description (up to 256 characters).
+    pub description: Option<String>,
+    /// Cron expression, 5 or 6 fields (`DECISIONS.md` 4).
+    pub schedule: Option<String>,
+    /// IANA time zone for the schedule (SCHED-005); system local time when absent.
+    pub timezone: Option<String>,
+    /// Start a scheduled run even while the previous one is still running (SCHED-004).
+    pub allow_concurrent: bool,
+    /// What the daemon does with fires missed while it was down.
+    pub catchup: Catchup,
+    /// Upper bound of the stable per-host delay added to each fire.
+    pub jitter: Option<Duration>,
+    /// Workflow-wide settings; unset fields fall back to the global configuration.
+    pub config: WorkflowConfig,
+    /// The tasks, in file order.
+    pub tasks: Vec<Task>,
+}
+
+/// The `config:` block of a workflow. `None` means "not set in the file".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkflowConfig {
+    /// Maximum concurrent tasks (1-256).
+    pub max_parallel: Option<u32>,
+    /// Retry count for tasks without their own `retry` (0-100).
+    pub retry_default: Option<u32>,
+    /// Timeout in seconds for tasks without their own `timeout` (0-86400, 0 = none).
+    pub timeout_default: Option<u64>,
+}
+
+/// Catch-up policy for fires missed while the daemon was not running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Catchup {
+    /// Missed fires are dropped, as cron does.
+    #[default]
+    None,
+    /// One run makes up for any number of missed fires.
+    Latest,
+    /// Every missed fire runs, up to [`Catchup::MAX_ALL`] of them.
+    All,
+}
+
+impl Catchup {
+    /// Upper bound on the runs `catchup: all` starts after an outage.
+    pub const MAX_ALL: usize = 10;
+}
+
+/// One task of a workflow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// Unique task name (`[A-Za-z0-9_-]{1,64}`).
+    pub name: String,
+    /// The executor type (`shell`, `ssh`, `http` or a registered custom type).
+    pub kind: String,
+    /// Names of tasks that must finish first.
+    pub depends_on: Vec<String>,
+    /// Executor-specific configuration.
+    pub config: TaskConfig,
+    /// Retries after the first attempt (0-100); `None` inherits the default.
+    pub retry: Option<u32>,
+    /// Timeout in seconds (0-86400, 0 = none); `None` inherits the default.
+    pub timeout: Option<u64>,
+    /// A failure of this task does not fail the workflow and lets dependents run.
+    pub continue_on_failure: bool,
+}
+
+/// Executor-specific task configuration.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum TaskConfig {
+    /// `type: shell`.
+    Shell(ShellConfig),
+    /// `type: ssh`.
+    Ssh(SshConfig),
+    /// `type: http`.
+    Http(HttpConfig),
+    /// Any other type: the raw `config` object for a custom executor.
+    Custom(serde_json::Value),
+}
+
+/// `type: shell` configuration (EXEC-001).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShellConfig {
+    /// Program path or name, or a whole command line when `args` is absent.
+    pub command: String,
+    /// Arguments; when present the command is executed directly, never through a shell.
+    pub args: Option<Vec<String>>,
+    /// Working directory (`workdir`, alias `working_dir`).
+    pub workdir: Option<PathBuf>,
+    /// Variables added to the inherited environment.
+    pub env: BTreeMap<String, String>,
+}
+
+impl ShellConfig {
+    /// Whether this command runs as `/bin/sh -c "<command>"` (`DECISIONS.md` 3): no `args`
+    /// and whitespace in the command.
+    pub fn uses_shell(&self) -> bool {
+        self.args.is_none() && self.command.trim().contains(char::is_whitespace)
+    }
+}
+
+/// `type: ssh` configuration (EXEC-002, SEC-001).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshConfig {
+    /// Remote host name or address.
+    pub host: String,
+    /// Remote port (default 22).
+    pub port: u16,
+    /// Remote user.
+    pub user: String,
+    /// Command run by the remote shell.
+    pub command: String,
+    /// Private key; default `~/.ssh/id_rsa`, then `~/.ssh/id_ed25519`.
+    pub key_path: Option<PathBuf>,
+    /// Connection timeout in seconds (1-3600, default 30).
+    pub timeout: u64,
+    /// `known_hosts` file; default `~/.ssh/known_hosts`.
+    pub known_hosts: Option<PathBuf>,
+}
+
+/// `type: http` configuration (EXEC-003).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Full `http://` or `https://` URL.
+    pub url: String,
+    /// Upper-case method: GET, POST, PUT, DELETE, PATCH, HEAD or OPTIONS.
+    pub method: String,
+    /// Request headers, in file order; values get `${VAR}` expansion.
+    pub headers: Vec<(String, String)>,
+    /// JSON body built from the YAML object.
+    pub body: Option<serde_json::Value>,
+    /// Request timeout (connect + read) in seconds (1-3600, default 30).
+    pub timeout: u64,
+    /// Accepted status codes; any 2xx when absent.
+    pub expected_status: Option<Vec<u16>>,
+}
+
+/// The HTTP methods the HTTP executor accepts.
+pub const HTTP_METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+
+impl Workflow {
+    /// Looks a task up by name.
+    pub fn task(&self, name: &str) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+}
+
+/// Whether `name` is a valid workflow or task name: 1-64 of `[A-Za-z0-9_-]`.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_rule_of_decisions_3() {
+        let mut c = ShellConfig {
+            command: "echo abc | tr a x".into(),
+            ..Default::default()
+        };
+        assert!(c.uses_shell());
+        c.args = Some(vec![]);
+        assert!(!c.uses_shell());
+        let plain = ShellConfig {
+            command: "/bin/true".into(),
+            ..Default::default()
+        };
+        assert!(!plain.uses_shell());
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("backup-workflow_1"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("has space"));
+        assert!(!is_valid_name(&"a".repeat(65)));
+        assert!(is_valid_name(&"a".repeat(64)));
+    }
+}
