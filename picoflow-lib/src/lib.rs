@@ -1,19 +1,29 @@
 //! PicoFlow: a small DAG workflow orchestrator for edge devices.
 #![deny(missing_docs)]
 
+mod config;
+mod dag;
 mod error;
 mod events;
 mod executor;
 mod expand;
 mod model;
+mod schedule;
+mod validate;
+mod yaml;
 
+pub use config::{
+    Config, DaemonConfig, ExecutionConfig, LogsConfig, MetricsConfig, RetryConfig, TimeoutConfig,
+    DEFAULT_DB_PATH,
+};
+pub use dag::Dag;
 pub use error::{BoxError, Error, Result};
 pub use events::{
     new_id, Event, EventSink, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
 };
 pub use executor::{
-    feature_for, BoxFuture, CancelToken, Canceller, Capture, Executor, Outcome, Registry,
-    SharedState, TaskContext, TaskOutput, CAPTURE_LIMIT,
+    feature_for, BoxFuture, CancelToken, Canceller, Capture, Executor, NoOutput, Outcome,
+    OutputSink, Registry, SharedState, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
 pub use expand::{expand_with, Vars};
 pub use model::{
@@ -21,3 +31,5 @@ pub use model::{
     WorkflowConfig, DEFAULT_HTTP_TIMEOUT_SECS, DEFAULT_MAX_PARALLEL, DEFAULT_RETRY,
     DEFAULT_SSH_PORT, DEFAULT_SSH_TIMEOUT_SECS, DEFAULT_TIMEOUT_SECS, HTTP_METHODS,
 };
+pub use schedule::{parse_duration, Schedule};
+pub use validate::{load_workflow, parse_workflow, validate_workflow, workflow_files};

@@ -42,8 +42,32 @@ pub trait Executor: Send + Sync {
     fn execute<'a>(&'a self, ctx: TaskContext<'a>) -> BoxFuture<'a, TaskOutput>;
 }
 
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output (or an HTTP response body).
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Receives a task's output while it runs (the engine writes task log files from it, so
+/// `picoflow logs --follow` can stream a running task).
+pub trait OutputSink: Send + Sync {
+    /// Called for every chunk read, before it is capped into the capture.
+    fn output(&self, stream: Stream, chunk: &[u8]);
+}
+
+/// An [`OutputSink`] that discards everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoOutput;
+
+impl OutputSink for NoOutput {
+    fn output(&self, _stream: Stream, _chunk: &[u8]) {}
+}
+
 /// What an executor gets for one attempt.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TaskContext<'a> {
     /// Workflow name.
     pub workflow: &'a str,
@@ -61,6 +85,20 @@ pub struct TaskContext<'a> {
     pub vars: &'a Vars,
     /// Connections shared by the tasks of one run (e.g. SSH sessions), keyed by the executor.
     pub shared: &'a SharedState,
+    /// Where output goes while the task runs, in addition to the capture.
+    pub output: &'a dyn OutputSink,
+}
+
+impl fmt::Debug for TaskContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("workflow", &self.workflow)
+            .field("execution_id", &self.execution_id)
+            .field("task", &self.task.name)
+            .field("attempt", &self.attempt)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Per-run storage an executor may use to share expensive resources between tasks.

@@ -1,11 +1,362 @@
-//! `type: shell` (placeholder until the shell executor lands).
-use super::{BoxFuture, Executor, TaskContext, TaskOutput};
+//! `type: shell`: local commands (EXEC-001, EXEC-004, EXEC-005, DAG-008).
+//!
+//! * `command` + `args` (or a command without whitespace) is executed directly; a command
+//!   line without `args` runs as `/bin/sh -c "<command>"` (`DECISIONS.md` 3). `${VAR}` is
+//!   expanded in directly executed commands, arguments, `env` values and `workdir`; a
+//!   `/bin/sh -c` command line is passed verbatim and the shell expands variables from the
+//!   task's environment, so no value can inject shell syntax.
+//! * Every task runs in its own process group. On timeout or cancellation the whole group
+//!   gets SIGTERM, then SIGKILL after [`KILL_GRACE`]. When the main process exits, whatever
+//!   it left running in its group is killed too: a task's processes never outlive it.
+//! * stdout and stderr are read concurrently while the task runs and capped at
+//!   [`CAPTURE_LIMIT`] each; nothing is buffered beyond that.
+
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_lite::{future, AsyncRead, AsyncReadExt};
+
+use super::{
+    BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
+};
+use crate::model::{ShellConfig, TaskConfig};
+
+/// Time between SIGTERM and SIGKILL when a task's process group is stopped.
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 pub(crate) struct ShellExecutor;
 
 impl Executor for ShellExecutor {
-    fn execute<'a>(&'a self, _ctx: TaskContext<'a>) -> BoxFuture<'a, TaskOutput> {
-        Box::pin(async { TaskOutput::failed("shell executor not implemented yet", false) })
+    fn check(&self, task: &crate::model::Task) -> Result<(), String> {
+        match &task.config {
+            TaskConfig::Shell(_) => Ok(()),
+            _ => Err("config: expected a shell configuration".into()),
+        }
+    }
+
+    fn execute<'a>(&'a self, ctx: TaskContext<'a>) -> BoxFuture<'a, TaskOutput> {
+        Box::pin(async move {
+            match &ctx.task.config {
+                TaskConfig::Shell(cfg) => run(cfg, &ctx).await,
+                _ => TaskOutput::failed("shell executor given a non-shell task", false),
+            }
+        })
+    }
+}
+
+enum End {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    TimedOut,
+    Cancelled,
+}
+
+async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
+    let mut cmd = if cfg.uses_shell() {
+        let mut c = std::process::Command::new("/bin/sh");
+        c.arg("-c").arg(&cfg.command);
+        c
+    } else {
+        let mut c = std::process::Command::new(ctx.vars.expand(cfg.command.trim()));
+        for a in cfg.args.iter().flatten() {
+            c.arg(ctx.vars.expand(a));
+        }
+        c
+    };
+    for (k, v) in &cfg.env {
+        cmd.env(k, ctx.vars.expand(v));
+    }
+    if let Some(dir) = &cfg.workdir {
+        cmd.current_dir(ctx.vars.expand(&dir.to_string_lossy()));
+    }
+    cmd.process_group(0);
+    // Stdio must be set on the async command: converting resets it.
+    let mut cmd = async_process::Command::from(cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let what = if cfg.uses_shell() {
+                "/bin/sh"
+            } else {
+                cfg.command.trim()
+            };
+            let mut out = TaskOutput::failed(format!("cannot start '{what}': {e}"), true);
+            out.exit_code = Some(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
+            return out;
+        }
+    };
+    let pgid = child.id() as i32;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+
+    let readers = async {
+        future::zip(
+            read_capped(stdout, Stream::Stdout, ctx),
+            read_capped(stderr, Stream::Stderr, ctx),
+        )
+        .await
+    };
+    let waiter = async {
+        let status = child.status();
+        let timeout = async {
+            match ctx.timeout {
+                Some(t) => {
+                    smol::Timer::after(t).await;
+                }
+                None => future::pending::<()>().await,
+            }
+            End::TimedOut
+        };
+        let cancelled = async {
+            ctx.cancel.cancelled().await;
+            End::Cancelled
+        };
+        let end = future::or(
+            async { End::Exited(status.await) },
+            future::or(timeout, cancelled),
+        )
+        .await;
+        match end {
+            End::Exited(s) => {
+                // Leftovers in the group (background jobs) would keep the pipes open.
+                signal_group(pgid, libc::SIGKILL);
+                (End::Exited(s), None)
+            }
+            other => {
+                signal_group(pgid, libc::SIGTERM);
+                let status = future::or(async { Some(child.status().await) }, async {
+                    smol::Timer::after(KILL_GRACE).await;
+                    None
+                })
+                .await;
+                signal_group(pgid, libc::SIGKILL);
+                let status = match status {
+                    Some(s) => s,
+                    None => child.status().await,
+                };
+                (other, Some(status))
+            }
+        }
+    };
+    let ((stdout, stderr), (end, _)) = future::zip(readers, waiter).await;
+
+    let mut out = TaskOutput {
+        outcome: Outcome::Failed,
+        exit_code: None,
+        stdout,
+        stderr,
+        error: None,
+        retryable: true,
+    };
+    match end {
+        End::Exited(Ok(status)) => {
+            let code = status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            out.exit_code = Some(code);
+            if status.success() {
+                out.outcome = Outcome::Success;
+            } else if let Some(sig) = status.signal() {
+                out.error = Some(format!("killed by signal {sig}"));
+            } else {
+                out.error = Some(format!("exited with code {code}"));
+            }
+        }
+        End::Exited(Err(e)) => out.error = Some(format!("cannot wait for the process: {e}")),
+        End::TimedOut => {
+            out.outcome = Outcome::Timeout;
+            out.exit_code = Some(124);
+            out.error = Some(format!(
+                "timed out after {}s; process group terminated",
+                ctx.timeout.map_or(0, |t| t.as_secs())
+            ));
+        }
+        End::Cancelled => {
+            out.outcome = Outcome::Cancelled;
+            out.exit_code = Some(130);
+            out.error = Some("cancelled; process group terminated".into());
+        }
+    }
+    out
+}
+
+/// Reads a pipe to its end, passing chunks on and keeping at most [`CAPTURE_LIMIT`] bytes.
+async fn read_capped(
+    pipe: Option<impl AsyncRead + Unpin>,
+    stream: Stream,
+    ctx: &TaskContext<'_>,
+) -> Capture {
+    let mut cap = Capture::default();
+    let Some(mut pipe) = pipe else { return cap };
+    let mut buf = [0u8; 8192];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                ctx.output.output(stream, &buf[..n]);
+                cap.push(&buf[..n], CAPTURE_LIMIT);
+            }
+        }
+    }
+    cap
+}
+
+fn signal_group(pgid: i32, sig: i32) {
+    if pgid > 0 {
+        // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+        unsafe {
+            libc::kill(-pgid, sig);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::{CancelToken, NoOutput, SharedState};
+    use crate::expand::Vars;
+    use crate::model::Task;
+    use std::time::Instant;
+
+    fn task(cfg: ShellConfig) -> Task {
+        Task {
+            name: "t".into(),
+            kind: "shell".into(),
+            depends_on: vec![],
+            config: TaskConfig::Shell(cfg),
+            retry: None,
+            timeout: None,
+            continue_on_failure: false,
+        }
+    }
+
+    fn exec(cfg: ShellConfig, timeout: Option<Duration>, vars: &Vars) -> TaskOutput {
+        let t = task(cfg);
+        let shared = SharedState::default();
+        let ctx = TaskContext {
+            workflow: "w",
+            execution_id: "e",
+            task: &t,
+            attempt: 1,
+            timeout,
+            cancel: CancelToken::never(),
+            vars,
+            shared: &shared,
+            output: &NoOutput,
+        };
+        smol::block_on(
+            ShellExecutor
+                .execute(ctx)
+                .or(async { match async_process::driver().await {} }),
+        )
+    }
+
+    use futures_lite::FutureExt as _;
+
+    fn sh(line: &str) -> ShellConfig {
+        ShellConfig {
+            command: line.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn command_line_runs_through_sh() {
+        let out = exec(sh("echo abc | tr a x"), None, &Vars::isolated());
+        assert_eq!(out.outcome, Outcome::Success);
+        assert_eq!(out.stdout.data, b"xbc\n");
+    }
+
+    #[test]
+    fn args_are_expanded_but_never_interpreted() {
+        let mut vars = Vars::isolated();
+        vars.set("WHO", "$(touch /tmp/picoflow-injected); world");
+        let cfg = ShellConfig {
+            command: "/bin/echo".into(),
+            args: Some(vec![
+                "hello ${WHO}".into(),
+                "$$1".into(),
+                "[${NOPE}]".into(),
+            ]),
+            ..Default::default()
+        };
+        let out = exec(cfg, None, &vars);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout.data),
+            "hello $(touch /tmp/picoflow-injected); world $1 []\n"
+        );
+    }
+
+    #[test]
+    fn shell_form_leaves_variables_to_the_shell() {
+        let mut cfg = sh("echo \"$GREETING\" ${GREETING}");
+        cfg.env.insert("GREETING".into(), "a;b".into());
+        let out = exec(cfg, None, &Vars::isolated());
+        assert_eq!(out.stdout.data, b"a;b a;b\n");
+    }
+
+    #[test]
+    fn exit_code_and_stderr() {
+        let out = exec(sh("echo oops >&2; exit 7"), None, &Vars::isolated());
+        assert_eq!(out.outcome, Outcome::Failed);
+        assert_eq!(out.exit_code, Some(7));
+        assert_eq!(out.stderr.data, b"oops\n");
+    }
+
+    #[test]
+    fn missing_program() {
+        let cfg = ShellConfig {
+            command: "/nonexistent/prog".into(),
+            ..Default::default()
+        };
+        let out = exec(cfg, None, &Vars::isolated());
+        assert_eq!(out.exit_code, Some(127));
+        assert!(out.error.unwrap().contains("/nonexistent/prog"));
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_group() {
+        let start = Instant::now();
+        let out = exec(
+            sh("sleep 60 & sleep 60; wait"),
+            Some(Duration::from_millis(300)),
+            &Vars::isolated(),
+        );
+        assert_eq!(out.outcome, Outcome::Timeout);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn background_leftovers_do_not_hold_the_task() {
+        let start = Instant::now();
+        let out = exec(sh("sleep 30 & echo done"), None, &Vars::isolated());
+        assert_eq!(out.outcome, Outcome::Success);
+        assert_eq!(out.stdout.data, b"done\n");
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn workdir_and_env() {
+        let cfg = ShellConfig {
+            command: "/bin/sh".into(),
+            args: Some(vec!["-c".into(), "pwd; echo $X".into()]),
+            workdir: Some("/tmp".into()),
+            env: [("X".to_string(), "1".to_string())].into(),
+        };
+        let out = exec(cfg, None, &Vars::isolated());
+        assert_eq!(out.stdout.data, b"/tmp\n1\n");
     }
 }

@@ -1,0 +1,386 @@
+//! The global configuration file, `picoflow.toml` (API reference, "Configuration File").
+//!
+//! Searched in order: `./picoflow.toml`, `~/.config/picoflow/config.toml`,
+//! `/etc/picoflow/config.toml`; the first one found is used, unless a path is given
+//! explicitly. Precedence of every setting: command-line flag > environment variable >
+//! configuration file > built-in default. [`Config::load`] reads the file,
+//! [`Config::apply_env`] layers the `PICOFLOW_*` variables on top; the CLI applies its flags
+//! last.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Default state file, in the working directory (`DECISIONS.md` 9).
+pub const DEFAULT_DB_PATH: &str = "picoflow.redb";
+
+/// Resolved global settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// State file path.
+    pub db_path: PathBuf,
+    /// Log level: error, warn, info, debug or trace.
+    pub log_level: String,
+    /// Log format: json or pretty.
+    pub log_format: String,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
+    /// `[retry]`.
+    pub retry: RetryConfig,
+    /// `[timeout]`.
+    pub timeout: TimeoutConfig,
+    /// `[execution]`.
+    pub execution: ExecutionConfig,
+    /// `[logs]`.
+    pub logs: LogsConfig,
+    /// `[daemon]`.
+    pub daemon: DaemonConfig,
+    /// The file these settings came from, if any.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// `[metrics]`: the Prometheus endpoint of the daemon (OBS-003).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` and `/health`.
+    pub enabled: bool,
+    /// TCP port; 0 disables the endpoint.
+    pub port: u16,
+    /// Address to listen on (localhost only by default).
+    pub bind_address: String,
+}
+
+/// `[retry]`: backoff between attempts (DAG-006, DAG-007).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Retry count for workflows that set no `retry_default`.
+    pub default_count: u32,
+    /// Upper bound of one backoff delay, in seconds.
+    pub max_backoff_seconds: u64,
+    /// Growth factor: the delay before attempt n+1 is `multiplier^(n-1)` seconds.
+    pub backoff_multiplier: f64,
+}
+
+/// `[timeout]`: task time limits (DAG-008).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutConfig {
+    /// Timeout for workflows that set no `timeout_default` (0 = none).
+    pub default_seconds: u64,
+    /// Upper bound applied to every task timeout (0 = no bound).
+    pub max_seconds: u64,
+}
+
+/// `[execution]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutionConfig {
+    /// Tasks running at once across a whole daemon (and the default for a workflow).
+    pub max_parallel: u32,
+}
+
+/// `[logs]`: task log files and history retention (CFG-004, CFG-005).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// Directory of task log files.
+    pub dir: PathBuf,
+    /// History and log files older than this many days are pruned.
+    pub retention_days: u32,
+    /// Upper bound of the log directory's size; oldest executions' logs go first.
+    pub max_size_mb: u64,
+    /// Whether the daemon prunes once a day.
+    pub cleanup_enabled: bool,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// How long a stopping daemon lets running tasks finish before terminating them.
+    pub shutdown_timeout_seconds: u64,
+    /// PID file; default `<state file>.pid` beside the state file.
+    pub pid_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            db_path: PathBuf::from(DEFAULT_DB_PATH),
+            log_level: "info".into(),
+            log_format: "json".into(),
+            metrics: MetricsConfig::default(),
+            retry: RetryConfig::default(),
+            timeout: TimeoutConfig::default(),
+            execution: ExecutionConfig::default(),
+            logs: LogsConfig::default(),
+            daemon: DaemonConfig::default(),
+            source: None,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            port: 9090,
+            bind_address: "127.0.0.1".into(),
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            default_count: crate::model::DEFAULT_RETRY,
+            max_backoff_seconds: 60,
+            backoff_multiplier: 2.0,
+        }
+    }
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            default_seconds: crate::model::DEFAULT_TIMEOUT_SECS,
+            max_seconds: 0,
+        }
+    }
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        ExecutionConfig {
+            max_parallel: crate::model::DEFAULT_MAX_PARALLEL,
+        }
+    }
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            dir: PathBuf::from("logs"),
+            retention_days: 30,
+            max_size_mb: 1000,
+            cleanup_enabled: true,
+        }
+    }
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            shutdown_timeout_seconds: 60,
+            pid_file: None,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Delay before attempt `next_attempt` (2, 3, …): `multiplier^(next_attempt-2)` seconds,
+    /// i.e. 1 s, 2 s, 4 s … for the default multiplier, capped at `max_backoff_seconds`.
+    pub fn backoff(&self, next_attempt: u32) -> Duration {
+        let exp = next_attempt.saturating_sub(2).min(64) as i32;
+        let secs = self.backoff_multiplier.max(1.0).powi(exp);
+        let cap = self.max_backoff_seconds as f64;
+        Duration::from_secs_f64(secs.min(cap).max(0.0))
+    }
+}
+
+impl Config {
+    /// The places searched for a configuration file, in order.
+    pub fn search_paths() -> Vec<PathBuf> {
+        let mut v = vec![PathBuf::from("picoflow.toml")];
+        if let Some(home) = std::env::var_os("HOME") {
+            v.push(Path::new(&home).join(".config/picoflow/config.toml"));
+        }
+        v.push(PathBuf::from("/etc/picoflow/config.toml"));
+        v
+    }
+
+    /// Loads `explicit`, or the first file of [`Config::search_paths`] that exists, or the
+    /// defaults when there is none.
+    pub fn load(explicit: Option<&Path>) -> Result<Config> {
+        let path = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => Self::search_paths().into_iter().find(|p| p.is_file()),
+        };
+        match path {
+            None => Ok(Config::default()),
+            Some(p) => {
+                let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+                let mut c = Self::parse(&text, &p.display().to_string())?;
+                c.source = Some(p);
+                Ok(c)
+            }
+        }
+    }
+
+    /// Parses configuration text; `origin` names it in messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        let c: Config = toml::from_str(text).map_err(|e| Error::Config {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        c.check(origin)?;
+        Ok(c)
+    }
+
+    /// Applies `PICOFLOW_DB_PATH`, `PICOFLOW_LOG_LEVEL`, `PICOFLOW_LOG_FORMAT` and
+    /// `PICOFLOW_METRICS_PORT` from `env`.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(v) = env("PICOFLOW_DB_PATH").filter(|v| !v.is_empty()) {
+            self.db_path = PathBuf::from(v);
+        }
+        if let Some(v) = env("PICOFLOW_LOG_LEVEL").filter(|v| !v.is_empty()) {
+            self.log_level = v;
+        }
+        if let Some(v) = env("PICOFLOW_LOG_FORMAT").filter(|v| !v.is_empty()) {
+            self.log_format = v;
+        }
+        if let Some(v) = env("PICOFLOW_METRICS_PORT").filter(|v| !v.is_empty()) {
+            self.metrics.port = v.parse().map_err(|_| Error::Config {
+                origin: "PICOFLOW_METRICS_PORT".into(),
+                message: format!("'{v}' is not a port number (0-65535)"),
+            })?;
+        }
+        self.check("environment")
+    }
+
+    /// Checks value ranges; `origin` names the source in messages.
+    pub fn check(&self, origin: &str) -> Result<()> {
+        let bad = |message: String| {
+            Err(Error::Config {
+                origin: origin.to_string(),
+                message,
+            })
+        };
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
+            return bad(format!(
+                "log_level: '{}' is not one of error, warn, info, debug, trace",
+                self.log_level
+            ));
+        }
+        if !["json", "pretty"].contains(&self.log_format.as_str()) {
+            return bad(format!(
+                "log_format: '{}' is not one of json, pretty",
+                self.log_format
+            ));
+        }
+        if !(1..=256).contains(&self.execution.max_parallel) {
+            return bad(format!(
+                "execution.max_parallel: {} is out of range 1-256",
+                self.execution.max_parallel
+            ));
+        }
+        if self.retry.default_count > 100 {
+            return bad(format!(
+                "retry.default_count: {} is out of range 0-100",
+                self.retry.default_count
+            ));
+        }
+        if !(self.retry.backoff_multiplier >= 1.0 && self.retry.backoff_multiplier <= 10.0) {
+            return bad(format!(
+                "retry.backoff_multiplier: {} is out of range 1.0-10.0",
+                self.retry.backoff_multiplier
+            ));
+        }
+        if self.timeout.default_seconds > 86_400 {
+            return bad(format!(
+                "timeout.default_seconds: {} is out of range 0-86400",
+                self.timeout.default_seconds
+            ));
+        }
+        Ok(())
+    }
+
+    /// PID file of a daemon using this state file: `[daemon] pid_file`, or `<db_path>.pid`.
+    pub fn pid_file(&self) -> PathBuf {
+        self.daemon.pid_file.clone().unwrap_or_else(|| {
+            let mut s = self.db_path.clone().into_os_string();
+            s.push(".pid");
+            PathBuf::from(s)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_example_of_the_api_reference_parses() {
+        let text = r#"
+db_path = "/var/lib/picoflow/picoflow.db"
+log_level = "info"
+log_format = "json"
+
+[metrics]
+enabled = true
+port = 9090
+bind_address = "127.0.0.1"
+
+[retry]
+default_count = 5
+max_backoff_seconds = 600
+backoff_multiplier = 2.0
+
+[timeout]
+default_seconds = 600
+max_seconds = 7200
+
+[execution]
+max_parallel = 4
+
+[logs]
+retention_days = 30
+max_size_mb = 500
+cleanup_enabled = true
+"#;
+        let c = Config::parse(text, "c.toml").unwrap();
+        assert_eq!(c.retry.default_count, 5);
+        assert_eq!(c.logs.max_size_mb, 500);
+        assert_eq!(
+            c.pid_file(),
+            PathBuf::from("/var/lib/picoflow/picoflow.db.pid")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_config_errors() {
+        let e = Config::parse("colour = 1\n", "c.toml").unwrap_err();
+        assert_eq!(e.exit_code(), 4);
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = Config::parse("log_level = \"loud\"\n", "c.toml").unwrap_err();
+        assert!(e.to_string().contains("log_level"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let mut c = Config::parse("db_path = \"a.redb\"\n", "c.toml").unwrap();
+        c.apply_env(|k| (k == "PICOFLOW_DB_PATH").then(|| "b.redb".to_string()))
+            .unwrap();
+        assert_eq!(c.db_path, PathBuf::from("b.redb"));
+        let e = c
+            .apply_env(|k| (k == "PICOFLOW_METRICS_PORT").then(|| "x".to_string()))
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 4);
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let r = RetryConfig::default();
+        assert_eq!(r.backoff(2), Duration::from_secs(1));
+        assert_eq!(r.backoff(3), Duration::from_secs(2));
+        assert_eq!(r.backoff(4), Duration::from_secs(4));
+        assert_eq!(r.backoff(20), Duration::from_secs(60));
+    }
+}

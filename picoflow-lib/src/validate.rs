@@ -1,0 +1,156 @@
+//! Loading and validating workflows (DAG-001, DAG-002).
+//!
+//! Validation reports every problem it can find at once, each naming the task and field.
+//! Order of checks: YAML syntax and field types (with line and column), field formats and
+//! ranges, names and dependencies, the schedule, cycles, and last whether this build has
+//! an executor for every task `type` (`DECISIONS.md` 11: a missing feature is reported up
+//! front, never mid-run).
+
+use std::path::{Path, PathBuf};
+
+use crate::dag::{Dag, DagError};
+use crate::error::{Error, Result};
+use crate::executor::{feature_for, Registry};
+use crate::model::Workflow;
+use crate::schedule::Schedule;
+
+/// Parses and validates workflow YAML. `origin` names the source in messages.
+pub fn parse_workflow(text: &str, origin: &str, registry: &Registry) -> Result<Workflow> {
+    let wf = crate::yaml::parse_workflow(text, origin)?;
+    validate_workflow(&wf, origin, registry)?;
+    Ok(wf)
+}
+
+/// Reads, parses and validates a workflow file.
+pub fn load_workflow(path: &Path, registry: &Registry) -> Result<Workflow> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_workflow(&text, &path.display().to_string(), registry)
+}
+
+/// Validates a workflow (parsed or built in code) and returns its task graph.
+pub fn validate_workflow(wf: &Workflow, origin: &str, registry: &Registry) -> Result<Dag> {
+    let mut problems = Vec::new();
+    if wf.tasks.is_empty() {
+        problems.push("tasks: at least one task is required".to_string());
+    }
+    if let Some(expr) = &wf.schedule {
+        if let Err(msg) = Schedule::parse(expr, wf.timezone.as_deref()) {
+            problems.push(format!("schedule: '{expr}': {msg}"));
+        }
+    } else if let Some(tz) = &wf.timezone {
+        if let Err(msg) = Schedule::parse("0 0 0 * * *", Some(tz)) {
+            problems.push(format!("timezone: {msg}"));
+        }
+    }
+    let dag = match Dag::build(wf) {
+        Ok(d) => Some(d),
+        Err(DagError::Problems(p)) => {
+            problems.extend(p);
+            None
+        }
+        Err(DagError::Cycle(path)) => {
+            if problems.is_empty() {
+                return Err(Error::Cycle {
+                    file: origin.to_string(),
+                    path,
+                });
+            }
+            problems.push(format!("dependency cycle: {}", path.join(" -> ")));
+            None
+        }
+    };
+    if !problems.is_empty() {
+        return Err(Error::Invalid {
+            file: origin.to_string(),
+            problems,
+        });
+    }
+    for task in &wf.tasks {
+        match registry.get(&task.kind) {
+            None => {
+                return Err(Error::MissingFeature {
+                    file: origin.to_string(),
+                    task: task.name.clone(),
+                    kind: task.kind.clone(),
+                    feature: feature_for(&task.kind),
+                })
+            }
+            Some(exec) => {
+                if let Err(msg) = exec.check(task) {
+                    problems.push(format!("task '{}': {msg}", task.name));
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Invalid {
+            file: origin.to_string(),
+            problems,
+        });
+    }
+    Ok(dag.expect("no problems means the graph was built"))
+}
+
+/// The workflow files named by `path`: the file itself, or every `*.yaml` / `*.yml` file of a
+/// directory (sorted by name).
+pub fn workflow_files(path: &Path) -> Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(|e| Error::io(path, e))? {
+        let p = entry.map_err(|e| Error::io(path, e))?.path();
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if (ext == "yaml" || ext == "yml") && p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::NotFound(format!(
+            "{}: no *.yaml or *.yml workflow files in this directory",
+            path.display()
+        )));
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Dag> {
+        parse_workflow(text, "t.yaml", &Registry::builtin())
+            .map(|wf| crate::dag::Dag::build(&wf).unwrap())
+    }
+
+    #[test]
+    fn cycle_error() {
+        let text = "name: c\ntasks:\n  - {name: alpha, type: shell, depends_on: [gamma], config: {command: 'true'}}\n  - {name: beta, type: shell, depends_on: [alpha], config: {command: 'true'}}\n  - {name: gamma, type: shell, depends_on: [beta], config: {command: 'true'}}\n";
+        let err = check(text).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string().contains("alpha -> beta -> gamma -> alpha"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn custom_type_needs_registration() {
+        let text = "name: c\ntasks:\n  - {name: a, type: mything, config: {}}\n";
+        let err = check(text).unwrap_err();
+        assert!(
+            matches!(err, Error::MissingFeature { feature: None, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("unknown executor type 'mything'"));
+    }
+
+    #[test]
+    fn bad_schedule() {
+        let text = "name: c\nschedule: \"0 0 25 * * *\"\ntasks:\n  - {name: a, type: shell, config: {command: 'true'}}\n";
+        let err = check(text).unwrap_err();
+        assert!(err.to_string().contains("schedule"), "{err}");
+    }
+}

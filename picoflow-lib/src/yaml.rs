@@ -1,0 +1,595 @@
+//! The one module that reads workflow YAML.
+//!
+//! serde_yaml is deprecated upstream; everything that touches it is here, so moving to a
+//! maintained fork is the `use` line below plus the Cargo dependency. The text is first
+//! deserialized into strict "raw" structures (unknown fields are errors that name the field,
+//! with line and column), then converted into the [`Workflow`] model, collecting every
+//! range and format problem with the line of the task it belongs to.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml as yaml;
+
+use crate::error::{Error, Result};
+use crate::model::{
+    is_valid_name, Catchup, HttpConfig, ShellConfig, SshConfig, Task, TaskConfig, Workflow,
+    WorkflowConfig, DEFAULT_HTTP_TIMEOUT_SECS, DEFAULT_SSH_PORT, DEFAULT_SSH_TIMEOUT_SECS,
+    HTTP_METHODS,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkflow {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    schedule: Option<String>,
+    #[serde(default)]
+    timezone: Option<String>,
+    #[serde(default)]
+    allow_concurrent: bool,
+    #[serde(default)]
+    catchup: Option<String>,
+    #[serde(default)]
+    jitter: Option<yaml::Value>,
+    #[serde(default)]
+    config: Option<RawConfig>,
+    tasks: Vec<RawTask>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    max_parallel: Option<i64>,
+    #[serde(default)]
+    retry_default: Option<i64>,
+    #[serde(default)]
+    timeout_default: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    depends_on: Vec<String>,
+    config: yaml::Value,
+    #[serde(default)]
+    retry: Option<i64>,
+    #[serde(default)]
+    timeout: Option<i64>,
+    #[serde(default)]
+    continue_on_failure: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShell {
+    command: String,
+    #[serde(default)]
+    args: Option<Vec<String>>,
+    #[serde(default, alias = "working_dir")]
+    workdir: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    host: String,
+    #[serde(default)]
+    port: Option<i64>,
+    user: String,
+    command: String,
+    #[serde(default)]
+    key_path: Option<String>,
+    #[serde(default)]
+    timeout: Option<i64>,
+    #[serde(default)]
+    known_hosts: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    url: String,
+    method: String,
+    #[serde(default)]
+    headers: yaml::Mapping,
+    #[serde(default)]
+    body: Option<yaml::Value>,
+    #[serde(default)]
+    timeout: Option<i64>,
+    #[serde(default)]
+    expected_status: Option<Vec<i64>>,
+}
+
+/// Parses workflow YAML into the model, checking every field's format and range.
+///
+/// `origin` names the file in messages. Dependencies, cycles, schedules and executor
+/// availability are checked by `validate`.
+pub(crate) fn parse_workflow(text: &str, origin: &str) -> Result<Workflow> {
+    let raw: RawWorkflow = yaml::from_str(text).map_err(|e| syntax_error(origin, &e))?;
+    let lines = TaskLines::new(text);
+    let mut problems = Vec::new();
+
+    if !is_valid_name(&raw.name) {
+        problems.push(format!(
+            "name: '{}' must be 1-64 characters of letters, digits, '-' and '_' (no spaces)",
+            raw.name
+        ));
+    }
+    if let Some(d) = &raw.description {
+        if d.chars().count() > 256 {
+            problems.push(format!(
+                "description: {} characters, at most 256 allowed",
+                d.chars().count()
+            ));
+        }
+    }
+    if raw.tasks.is_empty() {
+        problems.push("tasks: at least one task is required".to_string());
+    }
+    let config = match raw.config {
+        None => WorkflowConfig::default(),
+        Some(c) => WorkflowConfig {
+            max_parallel: range(&mut problems, "config.max_parallel", c.max_parallel, 1, 256)
+                .map(|v| v as u32),
+            retry_default: range(
+                &mut problems,
+                "config.retry_default",
+                c.retry_default,
+                0,
+                100,
+            )
+            .map(|v| v as u32),
+            timeout_default: range(
+                &mut problems,
+                "config.timeout_default",
+                c.timeout_default,
+                0,
+                86_400,
+            )
+            .map(|v| v as u64),
+        },
+    };
+    let catchup = match raw.catchup.as_deref() {
+        None | Some("none") => Catchup::None,
+        Some("latest") => Catchup::Latest,
+        Some("all") => Catchup::All,
+        Some(other) => {
+            problems.push(format!(
+                "catchup: '{other}' is not one of none, latest, all"
+            ));
+            Catchup::None
+        }
+    };
+    let jitter = match raw.jitter {
+        None => None,
+        Some(v) => match jitter_value(&v) {
+            Ok(d) => Some(d),
+            Err(msg) => {
+                problems.push(format!("jitter: {msg}"));
+                None
+            }
+        },
+    };
+
+    let mut tasks = Vec::with_capacity(raw.tasks.len());
+    for (index, rt) in raw.tasks.into_iter().enumerate() {
+        let at = lines.line_of(index, &rt.name);
+        let where_ = match at {
+            Some(l) => format!("line {l}: task '{}'", rt.name),
+            None => format!("task '{}'", rt.name),
+        };
+        let before = problems.len();
+        if !is_valid_name(&rt.name) {
+            problems.push(format!(
+                "{where_}: name must be 1-64 characters of letters, digits, '-' and '_'"
+            ));
+        }
+        let retry = range(&mut problems, &format!("{where_}: retry"), rt.retry, 0, 100);
+        let timeout = range(
+            &mut problems,
+            &format!("{where_}: timeout"),
+            rt.timeout,
+            0,
+            86_400,
+        );
+        let config = task_config(
+            &rt.kind,
+            rt.config,
+            origin,
+            at,
+            &rt.name,
+            &where_,
+            &mut problems,
+        )?;
+        if problems.len() > before {
+            // Keep going to report every problem at once, but do not build a task from it.
+        }
+        tasks.push(Task {
+            name: rt.name,
+            kind: rt.kind,
+            depends_on: rt.depends_on,
+            config,
+            retry: retry.map(|v| v as u32),
+            timeout: timeout.map(|v| v as u64),
+            continue_on_failure: rt.continue_on_failure,
+        });
+    }
+
+    if !problems.is_empty() {
+        return Err(Error::Invalid {
+            file: origin.to_string(),
+            problems,
+        });
+    }
+    Ok(Workflow {
+        name: raw.name,
+        description: raw.description,
+        schedule: raw.schedule,
+        timezone: raw.timezone,
+        allow_concurrent: raw.allow_concurrent,
+        catchup,
+        jitter,
+        config,
+        tasks,
+    })
+}
+
+fn task_config(
+    kind: &str,
+    value: yaml::Value,
+    origin: &str,
+    line: Option<usize>,
+    task: &str,
+    where_: &str,
+    problems: &mut Vec<String>,
+) -> Result<TaskConfig> {
+    let field_error = |e: yaml::Error| Error::Parse {
+        file: origin.to_string(),
+        line,
+        column: None,
+        message: format!("task '{task}': config: {}", strip_location(&e.to_string())),
+    };
+    Ok(match kind {
+        "shell" => {
+            let r: RawShell = yaml::from_value(value).map_err(field_error)?;
+            if r.command.trim().is_empty() {
+                problems.push(format!("{where_}: config.command must not be empty"));
+            }
+            TaskConfig::Shell(ShellConfig {
+                command: r.command,
+                args: r.args,
+                workdir: r.workdir.map(PathBuf::from),
+                env: r.env,
+            })
+        }
+        "ssh" => {
+            let r: RawSsh = yaml::from_value(value).map_err(field_error)?;
+            for (field, v) in [
+                ("host", &r.host),
+                ("user", &r.user),
+                ("command", &r.command),
+            ] {
+                if v.trim().is_empty() {
+                    problems.push(format!("{where_}: config.{field} must not be empty"));
+                }
+            }
+            let port = range(
+                problems,
+                &format!("{where_}: config.port"),
+                r.port,
+                1,
+                65_535,
+            );
+            let timeout = range(
+                problems,
+                &format!("{where_}: config.timeout"),
+                r.timeout,
+                1,
+                3600,
+            );
+            TaskConfig::Ssh(SshConfig {
+                host: r.host,
+                port: port.map(|p| p as u16).unwrap_or(DEFAULT_SSH_PORT),
+                user: r.user,
+                command: r.command,
+                key_path: r.key_path.map(PathBuf::from),
+                timeout: timeout
+                    .map(|t| t as u64)
+                    .unwrap_or(DEFAULT_SSH_TIMEOUT_SECS),
+                known_hosts: r.known_hosts.map(PathBuf::from),
+            })
+        }
+        "http" => {
+            let r: RawHttp = yaml::from_value(value).map_err(field_error)?;
+            let method = r.method.to_ascii_uppercase();
+            if !HTTP_METHODS.contains(&method.as_str()) {
+                problems.push(format!(
+                    "{where_}: config.method '{}' is not one of {}",
+                    r.method,
+                    HTTP_METHODS.join(", ")
+                ));
+            }
+            let lower = r.url.to_ascii_lowercase();
+            if !(lower.starts_with("http://") || lower.starts_with("https://"))
+                || r.url.len() <= "http://".len()
+            {
+                problems.push(format!(
+                    "{where_}: config.url '{}' must be an http:// or https:// URL",
+                    r.url
+                ));
+            }
+            let timeout = range(
+                problems,
+                &format!("{where_}: config.timeout"),
+                r.timeout,
+                1,
+                3600,
+            );
+            let expected_status = r.expected_status.map(|codes| {
+                codes
+                    .into_iter()
+                    .filter_map(|c| {
+                        if (100..=599).contains(&c) {
+                            Some(c as u16)
+                        } else {
+                            problems.push(format!(
+                                "{where_}: config.expected_status: {c} is not an HTTP status (100-599)"
+                            ));
+                            None
+                        }
+                    })
+                    .collect()
+            });
+            let mut headers = Vec::with_capacity(r.headers.len());
+            for (k, v) in r.headers {
+                match (scalar_text(&k), scalar_text(&v)) {
+                    (Some(k), Some(v)) => headers.push((k, v)),
+                    _ => problems.push(format!(
+                        "{where_}: config.headers: names and values must be strings"
+                    )),
+                }
+            }
+            let body = match r.body {
+                None => None,
+                Some(b) => match serde_json::to_value(&b) {
+                    Ok(j) => Some(j),
+                    Err(e) => {
+                        problems.push(format!("{where_}: config.body cannot be sent as JSON: {e}"));
+                        None
+                    }
+                },
+            };
+            TaskConfig::Http(HttpConfig {
+                url: r.url,
+                method,
+                headers,
+                body,
+                timeout: timeout
+                    .map(|t| t as u64)
+                    .unwrap_or(DEFAULT_HTTP_TIMEOUT_SECS),
+                expected_status,
+            })
+        }
+        _ => match serde_json::to_value(&value) {
+            Ok(j) => TaskConfig::Custom(j),
+            Err(e) => {
+                problems.push(format!("{where_}: config cannot be represented: {e}"));
+                TaskConfig::Custom(serde_json::Value::Null)
+            }
+        },
+    })
+}
+
+fn scalar_text(v: &yaml::Value) -> Option<String> {
+    match v {
+        yaml::Value::String(s) => Some(s.clone()),
+        yaml::Value::Number(n) => Some(n.to_string()),
+        yaml::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn jitter_value(v: &yaml::Value) -> std::result::Result<Duration, String> {
+    match v {
+        yaml::Value::Number(n) => n
+            .as_u64()
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{n} is not a whole number of seconds")),
+        yaml::Value::String(s) => crate::schedule::parse_duration(s),
+        _ => Err("expected a duration such as 30s, 5m or 1h".to_string()),
+    }
+}
+
+fn range(
+    problems: &mut Vec<String>,
+    field: &str,
+    value: Option<i64>,
+    min: i64,
+    max: i64,
+) -> Option<i64> {
+    let v = value?;
+    if (min..=max).contains(&v) {
+        Some(v)
+    } else {
+        problems.push(format!("{field}: {v} is out of range {min}-{max}"));
+        None
+    }
+}
+
+fn syntax_error(origin: &str, e: &yaml::Error) -> Error {
+    let loc = e.location();
+    Error::Parse {
+        file: origin.to_string(),
+        line: loc.as_ref().map(|l| l.line()),
+        column: loc.as_ref().map(|l| l.column()),
+        message: strip_location(&e.to_string()),
+    }
+}
+
+/// serde_yaml appends " at line X column Y" to messages; the location is reported separately.
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// Finds the line on which each task's `name:` appears, so that problems found after
+/// deserialization can still point at the file.
+struct TaskLines<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> TaskLines<'a> {
+    fn new(text: &'a str) -> Self {
+        let mut starts = Vec::new();
+        let mut in_tasks = false;
+        let mut item_indent = None;
+        for (i, line) in text.lines().enumerate() {
+            let trimmed = line.trim_start();
+            let indent = line.len() - trimmed.len();
+            if indent == 0 && !trimmed.is_empty() && !trimmed.starts_with('#') {
+                in_tasks = trimmed.starts_with("tasks:");
+                item_indent = None;
+                continue;
+            }
+            if !in_tasks || !trimmed.starts_with('-') {
+                continue;
+            }
+            match item_indent {
+                None => item_indent = Some(indent),
+                Some(ind) if ind != indent => continue,
+                _ => {}
+            }
+            starts.push(i + 1);
+        }
+        TaskLines { text, starts }
+    }
+
+    /// Line of the `name:` of task number `index`, or of its list item.
+    fn line_of(&self, index: usize, name: &str) -> Option<usize> {
+        let start = *self.starts.get(index)?;
+        let end = self.starts.get(index + 1).copied().unwrap_or(usize::MAX);
+        for (i, line) in self.text.lines().enumerate().skip(start - 1) {
+            if i + 1 >= end {
+                break;
+            }
+            let t = line.trim_start().trim_start_matches('-').trim_start();
+            if let Some(v) = t.strip_prefix("name:") {
+                let v = v.trim().trim_matches(|c| c == '"' || c == '\'');
+                if v == name {
+                    return Some(i + 1);
+                }
+            }
+        }
+        Some(start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELLO: &str = "name: hello-world\ndescription: \"x\"\ntasks:\n  - name: say_hello\n    type: shell\n    config:\n      command: \"echo\"\n      args: [\"Hello\"]\n  - name: show_date\n    type: shell\n    depends_on: [say_hello]\n    config:\n      command: \"date\"\n";
+
+    #[test]
+    fn parses_the_user_guide_hello_world() {
+        let wf = parse_workflow(HELLO, "hello.yaml").unwrap();
+        assert_eq!(wf.name, "hello-world");
+        assert_eq!(wf.tasks.len(), 2);
+        assert_eq!(wf.tasks[1].depends_on, vec!["say_hello"]);
+        assert_eq!(wf.config, WorkflowConfig::default());
+        match &wf.tasks[0].config {
+            TaskConfig::Shell(s) => assert_eq!(s.args.as_deref(), Some(&["Hello".to_string()][..])),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_field_names_the_field_with_line() {
+        let text = "name: x\ntasks:\n  - name: a\n    type: shell\n    bogus: 1\n    config: {command: echo}\n";
+        let err = parse_workflow(text, "w.yaml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("bogus"), "{msg}");
+        assert!(msg.starts_with("w.yaml:"), "{msg}");
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn unknown_config_field_names_task_and_field() {
+        let text = "name: x\ntasks:\n  - name: a\n    type: shell\n    config:\n      command: echo\n      colour: red\n";
+        let msg = parse_workflow(text, "w.yaml").unwrap_err().to_string();
+        assert!(msg.contains("task 'a'") && msg.contains("colour"), "{msg}");
+        assert!(msg.contains("w.yaml:3"), "{msg}");
+    }
+
+    #[test]
+    fn working_dir_alias_and_ranges() {
+        let text = "name: x\nconfig: {max_parallel: 0}\ntasks:\n  - name: a\n    type: shell\n    retry: 101\n    config: {command: ls, working_dir: /tmp}\n";
+        let msg = parse_workflow(text, "w.yaml").unwrap_err().to_string();
+        assert!(
+            msg.contains("config.max_parallel: 0 is out of range 1-256"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("line 4: task 'a': retry: 101 is out of range 0-100"),
+            "{msg}"
+        );
+        let ok = "name: x\ntasks:\n  - name: a\n    type: shell\n    config: {command: ls, working_dir: /tmp}\n";
+        let wf = parse_workflow(ok, "w.yaml").unwrap();
+        match &wf.tasks[0].config {
+            TaskConfig::Shell(s) => {
+                assert_eq!(s.workdir.as_deref(), Some(std::path::Path::new("/tmp")))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn http_method_is_case_insensitive() {
+        let text = "name: x\ntasks:\n  - name: a\n    type: http\n    config: {url: \"http://127.0.0.1:1/\", method: get, headers: {Authorization: \"Bearer ${T}\"}, body: {a: 1}}\n";
+        let wf = parse_workflow(text, "w.yaml").unwrap();
+        match &wf.tasks[0].config {
+            TaskConfig::Http(h) => {
+                assert_eq!(h.method, "GET");
+                assert_eq!(h.timeout, 30);
+                assert_eq!(h.body, Some(serde_json::json!({"a": 1})));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let err = parse_workflow("name: x\ntasks: [\n", "bad.yaml").unwrap_err();
+        match err {
+            Error::Parse { line, column, .. } => {
+                assert!(line.is_some() && column.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn custom_types_keep_their_config() {
+        let text = "name: x\ntasks:\n  - name: a\n    type: mything\n    config: {speed: 3}\n";
+        let wf = parse_workflow(text, "w.yaml").unwrap();
+        assert_eq!(
+            wf.tasks[0].config,
+            TaskConfig::Custom(serde_json::json!({"speed": 3}))
+        );
+    }
+}
