@@ -1,1 +1,248 @@
-fn main() {}
+//! `picoflow`: the command-line front end of PicoFlow.
+//!
+//! Argument parsing, output formatting and exit codes only; every behaviour lives in
+//! `picoflow-lib`.
+
+mod args;
+mod display;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use picoflow_lib::{
+    load_workflow, template, workflow_files, CancelToken, Config, Dag, Engine, EngineSettings,
+    Error, Registry, RunOptions, Schedule, Signals, TEMPLATE_NAMES,
+};
+
+use args::{Cli, Command};
+
+/// Exit code of a run whose workflow failed (API reference).
+const EXIT_RUN_FAILED: u8 = 3;
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let cli = args::parse(&argv);
+    if cli.version {
+        println!("{}", version_line());
+        return ExitCode::SUCCESS;
+    }
+    let config = match resolve_config(&cli) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    init_logging(&config);
+    let Some(command) = cli.command else {
+        eprintln!("picoflow: no command given; try `picoflow --help`");
+        return ExitCode::from(4);
+    };
+    match dispatch(command, &config) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints an error once, with its chain of causes, and maps it to the documented exit code.
+fn fail(e: &Error) -> ExitCode {
+    let mut msg = format!("error: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(&format!("\n  caused by: {s}"));
+        source = s.source();
+    }
+    eprintln!("{msg}");
+    ExitCode::from(e.exit_code() as u8)
+}
+
+fn version_line() -> String {
+    let feats: Vec<String> = picoflow_lib::features()
+        .iter()
+        .map(|(name, on)| format!("{}{name}", if *on { '+' } else { '-' }))
+        .collect();
+    format!(
+        "picoflow {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        feats.join(" ")
+    )
+}
+
+/// Flag > environment > configuration file > default.
+fn resolve_config(cli: &Cli) -> Result<Config, Error> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    config.apply_env(|k| std::env::var(k).ok())?;
+    if let Some(p) = &cli.db_path {
+        config.db_path = p.clone();
+    }
+    if let Some(l) = &cli.log_level {
+        config.log_level = l.clone();
+    }
+    if let Some(f) = &cli.log_format {
+        config.log_format = f.clone();
+    }
+    config.check("command line")?;
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format == "pretty" {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    } else {
+        builder.json().init();
+    }
+}
+
+fn dispatch(command: Command, config: &Config) -> Result<u8, Error> {
+    match command {
+        Command::Validate(a) => validate(&a.path),
+        Command::Init(a) => init(a.name.as_deref(), &a.template),
+        Command::Graph(a) => graph(&a.file, &a.format),
+        Command::Run(a) => run(&a.file, a.resume, config),
+    }
+}
+
+fn validate(path: &Path) -> Result<u8, Error> {
+    let registry = Registry::builtin();
+    let files = workflow_files(path)?;
+    let mut worst: Option<Error> = None;
+    for (n, file) in files.iter().enumerate() {
+        if n > 0 {
+            println!();
+        }
+        match load_workflow(file, &registry) {
+            Ok(wf) => {
+                let dag = Dag::from_workflow(&wf)?;
+                println!("Workflow '{}' is valid", wf.name);
+                println!("Tasks: {}", wf.tasks.len());
+                println!("Dependencies validated: No cycles detected");
+                println!("Max parallel levels: {}", dag.level_count());
+                if let Some(expr) = &wf.schedule {
+                    let sched = Schedule::parse(expr, wf.timezone.as_deref())
+                        .map_err(|m| Error::Other(m))?;
+                    println!("Schedule: {expr} ({})", sched.timezone_name());
+                    println!("Next runs:");
+                    for t in sched.upcoming(chrono::Utc::now(), 3) {
+                        println!("  {}", sched.format_local(t));
+                    }
+                }
+            }
+            Err(e) => {
+                if files.len() > 1 {
+                    eprintln!("error: {e}");
+                    worst.get_or_insert(e);
+                } else {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    match worst {
+        Some(e) => Ok(e.exit_code() as u8),
+        None => Ok(0),
+    }
+}
+
+fn init(name: Option<&str>, kind: &str) -> Result<u8, Error> {
+    let name = name.unwrap_or("my-workflow");
+    let name = name.strip_suffix(".yaml").unwrap_or(name);
+    let text = template(kind, name).ok_or_else(|| Error::Config {
+        origin: "--template".into(),
+        message: format!("'{kind}' is not one of {}", TEMPLATE_NAMES.join(", ")),
+    })?;
+    if !picoflow_lib::is_valid_name(name) {
+        return Err(Error::Config {
+            origin: "NAME".into(),
+            message: format!("'{name}' must be 1-64 characters of letters, digits, '-' and '_'"),
+        });
+    }
+    let path = PathBuf::from(format!("{name}.yaml"));
+    let mut file =
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Error::Io {
+                path,
+                source: std::io::Error::new(
+                    e.kind(),
+                    "already exists; not overwriting it (choose another name or remove the file)",
+                ),
+            }),
+            Err(e) => return Err(Error::Io { path, source: e }),
+        };
+    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| Error::Io {
+        path: path.clone(),
+        source: e,
+    })?;
+    println!("Created {} from the '{kind}' template", path.display());
+    println!("Next: picoflow validate {}", path.display());
+    Ok(0)
+}
+
+fn graph(file: &Path, format: &str) -> Result<u8, Error> {
+    let wf = load_workflow(file, &Registry::builtin())?;
+    let dag = Dag::from_workflow(&wf)?;
+    match format {
+        "dot" => print!("{}", dag.to_dot(&wf.name)),
+        "mermaid" => print!("{}", dag.to_mermaid()),
+        other => {
+            return Err(Error::Config {
+                origin: "--format".into(),
+                message: format!("'{other}' is not one of dot, mermaid"),
+            })
+        }
+    }
+    Ok(0)
+}
+
+fn run(file: &Path, resume: bool, config: &Config) -> Result<u8, Error> {
+    let registry = Registry::builtin();
+    let wf = load_workflow(file, &registry)?;
+    if resume {
+        return Err(Error::Other(
+            "--resume needs the state store, which this build cannot open yet".into(),
+        ));
+    }
+    let display = Arc::new(display::RunDisplay::new(std::io::stdout().is_terminal()));
+    let engine = Engine::new(registry)
+        .with_settings(EngineSettings::from(config))
+        .with_log_dir(config.logs.dir.clone())
+        .with_sink(display.clone());
+    let (canceller, cancel) = CancelToken::new();
+    let mut signals = Signals::new()?;
+    let opts = RunOptions {
+        cancel,
+        resume: None,
+        source: Some(file.display().to_string()),
+    };
+    let report = smol::block_on(async {
+        let run = engine.run(&wf, opts);
+        let watch = async {
+            if signals.next().await.is_some() {
+                canceller.cancel();
+            }
+            futures_lite::future::pending::<()>().await;
+        };
+        futures_lite::future::or(run, async {
+            watch.await;
+            unreachable!()
+        })
+        .await
+    })?;
+    display.summary(&report);
+    Ok(match report.execution.status {
+        picoflow_lib::WorkflowStatus::Success => 0,
+        picoflow_lib::WorkflowStatus::Interrupted => 9,
+        _ => EXIT_RUN_FAILED,
+    })
+}

@@ -94,6 +94,20 @@ impl Dag {
         })
     }
 
+    /// The graph of an already validated workflow (validation errors are reported as such).
+    pub fn from_workflow(wf: &Workflow) -> crate::error::Result<Dag> {
+        Dag::build(wf).map_err(|e| match e {
+            DagError::Problems(problems) => crate::error::Error::Invalid {
+                file: wf.name.clone(),
+                problems,
+            },
+            DagError::Cycle(path) => crate::error::Error::Cycle {
+                file: wf.name.clone(),
+                path,
+            },
+        })
+    }
+
     /// Number of tasks.
     pub fn len(&self) -> usize {
         self.names.len()

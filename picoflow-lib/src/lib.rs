@@ -3,12 +3,16 @@
 
 mod config;
 mod dag;
+mod engine;
 mod error;
 mod events;
 mod executor;
 mod expand;
+mod logs;
 mod model;
 mod schedule;
+mod signals;
+mod templates;
 mod validate;
 mod yaml;
 
@@ -17,6 +21,7 @@ pub use config::{
     DEFAULT_DB_PATH,
 };
 pub use dag::Dag;
+pub use engine::{Engine, EngineSettings, ResumeFrom, RunOptions, RunReport, TaskReport};
 pub use error::{BoxError, Error, Result};
 pub use events::{
     new_id, Event, EventSink, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
@@ -26,10 +31,23 @@ pub use executor::{
     OutputSink, Registry, SharedState, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
 pub use expand::{expand_with, Vars};
+pub use logs::{execution_log_dir, task_log_path};
 pub use model::{
     is_valid_name, Catchup, HttpConfig, ShellConfig, SshConfig, Task, TaskConfig, Workflow,
     WorkflowConfig, DEFAULT_HTTP_TIMEOUT_SECS, DEFAULT_MAX_PARALLEL, DEFAULT_RETRY,
     DEFAULT_SSH_PORT, DEFAULT_SSH_TIMEOUT_SECS, DEFAULT_TIMEOUT_SECS, HTTP_METHODS,
 };
 pub use schedule::{parse_duration, Schedule};
+pub use signals::{Signals, StopSignal};
+pub use templates::{template, TEMPLATE_NAMES};
 pub use validate::{load_workflow, parse_workflow, validate_workflow, workflow_files};
+
+/// The optional parts compiled into this build, as `(feature, enabled)` pairs.
+pub fn features() -> [(&'static str, bool); 4] {
+    [
+        ("ssh", cfg!(feature = "ssh")),
+        ("http", cfg!(feature = "http")),
+        ("metrics", cfg!(feature = "metrics")),
+        ("sqlite", cfg!(feature = "sqlite")),
+    ]
+}

@@ -24,3 +24,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map(Duration::from_secs)
         .map_err(|e| e.to_string())
 }
+
+impl Schedule {
+    /// Time zone name.
+    pub fn timezone_name(&self) -> String {
+        "local".into()
+    }
+    /// Next fires.
+    pub fn upcoming(
+        &self,
+        _after: chrono::DateTime<chrono::Utc>,
+        _n: usize,
+    ) -> Vec<chrono::DateTime<chrono::Utc>> {
+        Vec::new()
+    }
+    /// Formats a time.
+    pub fn format_local(&self, t: chrono::DateTime<chrono::Utc>) -> String {
+        t.format("%Y-%m-%d %H:%M:%S").to_string()
+    }
+}

@@ -1,0 +1,199 @@
+//! What `picoflow run` prints: one line per event (as in the user guide), and on a terminal
+//! a live status line below them with running, pending and finished tasks.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use picoflow_lib::{Event, EventSink, RunReport, TaskState, WorkflowStatus};
+
+pub(crate) struct RunDisplay {
+    live: bool,
+    state: Mutex<LiveState>,
+}
+
+#[derive(Default)]
+struct LiveState {
+    total: usize,
+    running: BTreeMap<String, Instant>,
+    done: usize,
+    failed: usize,
+    started: Option<Instant>,
+}
+
+pub(crate) fn human_duration(secs: f64) -> String {
+    if secs < 60.0 {
+        return format!("{secs:.1}s");
+    }
+    let s = secs.round() as u64;
+    let (h, m, s) = (s / 3600, (s % 3600) / 60, s % 60);
+    if h > 0 {
+        format!("{h}h {m}m {s}s")
+    } else {
+        format!("{m}m {s}s")
+    }
+}
+
+impl RunDisplay {
+    pub(crate) fn new(live: bool) -> Self {
+        RunDisplay {
+            live,
+            state: Mutex::new(LiveState::default()),
+        }
+    }
+
+    fn line(&self, st: &LiveState, text: &str) {
+        let mut out = std::io::stdout().lock();
+        if self.live {
+            let _ = write!(out, "\r\x1b[K{text}\n{}", status_line(st));
+        } else {
+            let _ = writeln!(out, "{text}");
+        }
+        let _ = out.flush();
+    }
+
+    pub(crate) fn summary(&self, report: &RunReport) {
+        let mut out = std::io::stdout().lock();
+        if self.live {
+            let _ = write!(out, "\r\x1b[K");
+        }
+        let e = &report.execution;
+        let dur = human_duration(e.duration_seconds.unwrap_or(0.0));
+        let _ = match e.status {
+            WorkflowStatus::Success => writeln!(
+                out,
+                "Workflow '{}' completed successfully in {dur}",
+                e.workflow_name
+            ),
+            WorkflowStatus::Interrupted => writeln!(
+                out,
+                "Workflow '{}' interrupted after {dur}; continue it with `picoflow run --resume`",
+                e.workflow_name
+            ),
+            _ => writeln!(out, "Workflow '{}' failed after {dur}", e.workflow_name),
+        };
+        let _ = writeln!(
+            out,
+            "Tasks: {} succeeded, {} failed, {} total (execution {})",
+            e.successful_tasks, e.failed_tasks, e.total_tasks, e.id
+        );
+        for t in &report.tasks {
+            let mark = match t.state {
+                TaskState::Success => "✓",
+                TaskState::Failed | TaskState::Timeout => "✗",
+                TaskState::Skipped => "-",
+                _ => "○",
+            };
+            let mut line = format!("  {mark} {:<24} {}", t.name, t.state);
+            if let Some(d) = t.duration_seconds {
+                line.push_str(&format!(" ({})", human_duration(d)));
+            }
+            if t.resumed {
+                line.push_str(" [finished before resume]");
+            }
+            if matches!(
+                t.state,
+                TaskState::Failed | TaskState::Timeout | TaskState::Skipped
+            ) {
+                if let Some(err) = &t.error {
+                    line.push_str(&format!(": {err}"));
+                }
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+}
+
+fn status_line(st: &LiveState) -> String {
+    let pending = st.total.saturating_sub(st.done + st.running.len());
+    let running: Vec<String> = st
+        .running
+        .iter()
+        .take(4)
+        .map(|(n, t)| format!("{n} {}", human_duration(t.elapsed().as_secs_f64())))
+        .collect();
+    let more = st.running.len().saturating_sub(4);
+    format!(
+        "[{} running: {}{} | {} pending | {}/{} done, {} failed | {}]",
+        st.running.len(),
+        running.join(", "),
+        if more > 0 {
+            format!(" +{more}")
+        } else {
+            String::new()
+        },
+        pending,
+        st.done,
+        st.total,
+        st.failed,
+        human_duration(st.started.map_or(0.0, |s| s.elapsed().as_secs_f64()))
+    )
+}
+
+impl EventSink for RunDisplay {
+    fn on_event(&self, event: &Event) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Event::WorkflowStarted(e) => {
+                st.total = e.total_tasks as usize;
+                st.started = Some(Instant::now());
+                self.line(
+                    &st,
+                    &format!("Starting workflow execution: {}", e.workflow_name),
+                );
+            }
+            Event::TaskStarted(t) => {
+                st.running.insert(t.task_name.clone(), Instant::now());
+                let text = if t.attempt > 1 {
+                    format!("Task '{}' started (attempt {})", t.task_name, t.attempt)
+                } else {
+                    format!("Task '{}' started", t.task_name)
+                };
+                self.line(&st, &text);
+            }
+            Event::TaskFinished {
+                record: t,
+                retry_in,
+            } => {
+                st.running.remove(&t.task_name);
+                let code = t
+                    .exit_code
+                    .map_or_else(|| "none".to_string(), |c| c.to_string());
+                let err = t.error_message.as_deref().unwrap_or("failed");
+                let text = match (t.status, retry_in) {
+                    (_, Some(d)) => format!(
+                        "Task '{}' failed (exit code: {code}): {err}; retrying in {}s",
+                        t.task_name,
+                        d.as_secs_f64()
+                    ),
+                    (TaskState::Success, None) => {
+                        st.done += 1;
+                        format!(
+                            "Task '{}' completed successfully (exit code: {code})",
+                            t.task_name
+                        )
+                    }
+                    (TaskState::Timeout, None) => {
+                        st.done += 1;
+                        st.failed += 1;
+                        format!("Task '{}' timed out: {err}", t.task_name)
+                    }
+                    (_, None) => {
+                        st.done += 1;
+                        st.failed += 1;
+                        format!("Task '{}' failed (exit code: {code}): {err}", t.task_name)
+                    }
+                };
+                self.line(&st, &text);
+            }
+            Event::TaskSkipped(t) => {
+                st.done += 1;
+                let why = t.error_message.as_deref().unwrap_or("skipped");
+                self.line(&st, &format!("Task '{}' {why}", t.task_name));
+            }
+            Event::WorkflowFinished(_) => {}
+            _ => {}
+        }
+    }
+}

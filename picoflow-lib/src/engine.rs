@@ -1,0 +1,683 @@
+//! The engine: runs one workflow execution on smol (DAG-003 … DAG-009, REL-001).
+//!
+//! A task starts as soon as every task it depends on has finished — a ready set, not level
+//! by level — with at most `max_parallel` tasks running at once (and, in a daemon, at most
+//! `[execution] max_parallel` across all workflows through a shared limiter). Failure
+//! semantics follow `DECISIONS.md` 5: a task that fails with `continue_on_failure` counts as
+//! finished for its dependents; any other failure marks everything downstream `skipped` and
+//! the workflow `failed`, while tasks that do not depend on the failed one keep running.
+//!
+//! Every state change is reported to the [`EventSink`]s in order. After tasks finish, the
+//! engine awaits [`EventSink::flush`] before it starts their dependents, so a completion is
+//! durable before anything that depends on it begins (REL-004). The engine runs entirely
+//! inside the caller's executor (it drives its tasks on a local executor of its own and
+//! drives async-process's reaper itself, so no helper thread is started).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_lite::future;
+use smol::lock::Semaphore;
+
+use crate::config::{Config, RetryConfig, TimeoutConfig};
+use crate::error::{Error, Result};
+use crate::events::{
+    new_id, Event, EventSink, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
+};
+use crate::executor::{
+    CancelToken, Capture, NoOutput, Outcome, OutputSink, Registry, SharedState, TaskContext,
+};
+use crate::expand::Vars;
+use crate::logs::{execution_log_dir, task_log_path, TaskLogWriter};
+use crate::model::{Task, Workflow};
+use crate::validate::validate_workflow;
+
+/// Settings the engine takes from the global configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSettings {
+    /// Backoff between attempts and the default retry count.
+    pub retry: RetryConfig,
+    /// Default and maximum task timeouts.
+    pub timeout: TimeoutConfig,
+    /// `max_parallel` for workflows that do not set one.
+    pub max_parallel: u32,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings::from(&Config::default())
+    }
+}
+
+impl From<&Config> for EngineSettings {
+    fn from(c: &Config) -> Self {
+        EngineSettings {
+            retry: c.retry.clone(),
+            timeout: c.timeout.clone(),
+            max_parallel: c.execution.max_parallel,
+        }
+    }
+}
+
+/// Runs workflows. Cheap to share by reference; one engine can run many workflows at once.
+pub struct Engine {
+    registry: Registry,
+    settings: EngineSettings,
+    sinks: Vec<Arc<dyn EventSink>>,
+    vars: Vars,
+    limiter: Option<Arc<Semaphore>>,
+    log_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("registry", &self.registry)
+            .field("settings", &self.settings)
+            .field("sinks", &self.sinks.len())
+            .field("log_dir", &self.log_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to run one execution.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stops the run: no new task starts, running ones are terminated and recorded.
+    pub cancel: CancelToken,
+    /// Continue this earlier execution instead of starting a new one.
+    pub resume: Option<ResumeFrom>,
+    /// The workflow file, recorded for `run --resume`.
+    pub source: Option<String>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            cancel: CancelToken::never(),
+            resume: None,
+            source: None,
+        }
+    }
+}
+
+/// An interrupted execution to continue (REL-001): tasks whose last attempt succeeded (or
+/// failed with `continue_on_failure`) are not run again; every other task is.
+#[derive(Debug, Clone)]
+pub struct ResumeFrom {
+    /// The execution record.
+    pub execution: WorkflowExecution,
+    /// Its task attempts so far.
+    pub tasks: Vec<TaskExecution>,
+}
+
+/// The outcome of one execution.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The final execution record.
+    pub execution: WorkflowExecution,
+    /// One entry per task, in file order.
+    pub tasks: Vec<TaskReport>,
+}
+
+/// The outcome of one task within a [`RunReport`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskReport {
+    /// Task name.
+    pub name: String,
+    /// Final state (`pending` if the run stopped before it started).
+    pub state: TaskState,
+    /// Attempts made in this run.
+    pub attempts: u32,
+    /// Exit code of the last attempt.
+    pub exit_code: Option<i32>,
+    /// Wall time of the last attempt, in seconds.
+    pub duration_seconds: Option<f64>,
+    /// Error message of the last attempt.
+    pub error: Option<String>,
+    /// Finished in an earlier run of a resumed execution.
+    pub resumed: bool,
+}
+
+impl RunReport {
+    /// Whether the workflow succeeded.
+    pub fn success(&self) -> bool {
+        self.execution.status == WorkflowStatus::Success
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Waiting,
+    Running,
+    /// Finished; the flag says whether dependents may run.
+    Done(bool),
+    Skipped,
+}
+
+struct Finished {
+    index: usize,
+    report: TaskReport,
+    release_dependents: bool,
+}
+
+impl Engine {
+    /// An engine with the given executors and default settings.
+    pub fn new(registry: Registry) -> Self {
+        Engine {
+            registry,
+            settings: EngineSettings::default(),
+            sinks: Vec::new(),
+            vars: Vars::from_env(),
+            limiter: None,
+            log_dir: None,
+        }
+    }
+
+    /// Uses these settings (retry, timeout, default `max_parallel`).
+    pub fn with_settings(mut self, settings: EngineSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Adds a consumer of events.
+    pub fn with_sink(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+
+    /// Uses these values for `${VAR}` expansion instead of the process environment.
+    pub fn with_vars(mut self, vars: Vars) -> Self {
+        self.vars = vars;
+        self
+    }
+
+    /// Bounds the tasks running at once across every run of this engine (and any other engine
+    /// sharing the limiter).
+    pub fn with_limiter(mut self, limiter: Arc<Semaphore>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Writes task log files under `dir` (CFG-004).
+    pub fn with_log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.log_dir = Some(dir.into());
+        self
+    }
+
+    /// The executors this engine uses.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn emit(&self, event: Event) {
+        for s in &self.sinks {
+            s.on_event(&event);
+        }
+    }
+
+    async fn flush(&self) -> Result<()> {
+        for s in &self.sinks {
+            s.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn retries(&self, wf: &Workflow, task: &Task) -> u32 {
+        task.retry
+            .or(wf.config.retry_default)
+            .unwrap_or(self.settings.retry.default_count)
+    }
+
+    fn timeout(&self, wf: &Workflow, task: &Task) -> Option<Duration> {
+        let secs = task
+            .timeout
+            .or(wf.config.timeout_default)
+            .unwrap_or(self.settings.timeout.default_seconds);
+        let max = self.settings.timeout.max_seconds;
+        let secs = if max > 0 && (secs == 0 || secs > max) {
+            max
+        } else {
+            secs
+        };
+        (secs > 0).then(|| Duration::from_secs(secs))
+    }
+
+    /// Runs one execution of `wf` to its end and reports it.
+    ///
+    /// Fails up front (before anything is recorded) if the workflow is invalid or uses an
+    /// executor this engine lacks. Task failures are not errors: they are in the report.
+    pub async fn run(&self, wf: &Workflow, opts: RunOptions) -> Result<RunReport> {
+        let dag = validate_workflow(wf, &wf.name, &self.registry)?;
+        let ex = smol::LocalExecutor::new();
+        // Reaping children here keeps async-process from starting its own thread.
+        let reaper = ex.spawn(async_process::driver());
+        let result = ex.run(self.run_inner(&ex, wf, &dag, opts)).await;
+        drop(reaper);
+        result
+    }
+
+    async fn run_inner<'a>(
+        &'a self,
+        ex: &smol::LocalExecutor<'a>,
+        wf: &'a Workflow,
+        dag: &'a crate::dag::Dag,
+        opts: RunOptions,
+    ) -> Result<RunReport> {
+        let n = wf.tasks.len();
+        let now = Utc::now();
+        let mut slots = vec![Slot::Waiting; n];
+        let mut first_attempt = vec![1u32; n];
+        let mut reports: Vec<TaskReport> = wf
+            .tasks
+            .iter()
+            .map(|t| TaskReport {
+                name: t.name.clone(),
+                state: TaskState::Pending,
+                attempts: 0,
+                exit_code: None,
+                duration_seconds: None,
+                error: None,
+                resumed: false,
+            })
+            .collect();
+
+        let mut execution = match &opts.resume {
+            Some(r) => {
+                if r.execution.workflow_name != wf.name {
+                    return Err(Error::Other(format!(
+                        "execution {} belongs to workflow '{}', not '{}'",
+                        r.execution.id, r.execution.workflow_name, wf.name
+                    )));
+                }
+                for (i, t) in wf.tasks.iter().enumerate() {
+                    let last = r
+                        .tasks
+                        .iter()
+                        .filter(|a| a.task_name == t.name)
+                        .max_by_key(|a| a.attempt);
+                    if let Some(a) = last {
+                        first_attempt[i] = a.attempt + 1;
+                        let done = a.status == TaskState::Success
+                            || (t.continue_on_failure
+                                && matches!(a.status, TaskState::Failed | TaskState::Timeout));
+                        if done {
+                            slots[i] = Slot::Done(true);
+                            reports[i].state = a.status;
+                            reports[i].exit_code = a.exit_code;
+                            reports[i].duration_seconds = a.duration_seconds;
+                            reports[i].error = a.error_message.clone();
+                            reports[i].resumed = true;
+                        }
+                    }
+                }
+                let mut e = r.execution.clone();
+                e.status = WorkflowStatus::Running;
+                e.finished_at = None;
+                e.duration_seconds = None;
+                e.pid = std::process::id();
+                if opts.source.is_some() {
+                    e.source = opts.source.clone();
+                }
+                e
+            }
+            None => WorkflowExecution {
+                id: new_id(),
+                workflow_name: wf.name.clone(),
+                started_at: now,
+                finished_at: None,
+                status: WorkflowStatus::Running,
+                duration_seconds: None,
+                total_tasks: n as u32,
+                successful_tasks: 0,
+                failed_tasks: 0,
+                created_at: now,
+                pid: std::process::id(),
+                source: opts.source.clone(),
+            },
+        };
+        execution.total_tasks = n as u32;
+        let log_dir = self
+            .log_dir
+            .as_ref()
+            .map(|root| execution_log_dir(root, &wf.name, execution.started_at, &execution.id));
+        self.emit(Event::WorkflowStarted(execution.clone()));
+
+        let limit = wf
+            .config
+            .max_parallel
+            .unwrap_or(self.settings.max_parallel)
+            .max(1) as usize;
+        let mut remaining: Vec<usize> = (0..n)
+            .map(|i| {
+                dag.dependencies(i)
+                    .filter(|&d| slots[d] != Slot::Done(true))
+                    .count()
+            })
+            .collect();
+        let mut ready: VecDeque<usize> = (0..n)
+            .filter(|&i| slots[i] == Slot::Waiting && remaining[i] == 0)
+            .collect();
+        let shared = Rc::new(SharedState::default());
+        let exec_id: Rc<str> = Rc::from(execution.id.as_str());
+        let log_dir: Option<Rc<std::path::Path>> = log_dir.map(Rc::from);
+        let (tx, rx) = smol::channel::unbounded::<Finished>();
+        let mut running = 0usize;
+        let mut failed = false;
+        let mut cancelled = false;
+        let mut store_error = None;
+
+        loop {
+            if !cancelled {
+                while running < limit {
+                    let Some(i) = ready.pop_front() else { break };
+                    slots[i] = Slot::Running;
+                    running += 1;
+                    let tx = tx.clone();
+                    let task_fut = self.run_task(
+                        wf,
+                        i,
+                        first_attempt[i],
+                        exec_id.clone(),
+                        log_dir.clone(),
+                        opts.cancel.clone(),
+                        shared.clone(),
+                    );
+                    ex.spawn(async move {
+                        let _ = tx.send(task_fut.await).await;
+                    })
+                    .detach();
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            let first = if cancelled {
+                rx.recv().await.ok()
+            } else {
+                future::or(async { rx.recv().await.ok() }, async {
+                    opts.cancel.cancelled().await;
+                    None
+                })
+                .await
+            };
+            let mut batch: Vec<Finished> = Vec::new();
+            match first {
+                Some(f) => batch.push(f),
+                None => {
+                    cancelled = true;
+                    continue;
+                }
+            }
+            while let Ok(f) = rx.try_recv() {
+                batch.push(f);
+            }
+            for f in batch {
+                running -= 1;
+                let i = f.index;
+                reports[i] = f.report;
+                if opts.cancel.is_cancelled() && !f.release_dependents {
+                    cancelled = true;
+                }
+                slots[i] = Slot::Done(f.release_dependents);
+                if f.release_dependents {
+                    for d in dag.dependents(i) {
+                        remaining[d] -= 1;
+                        if remaining[d] == 0 && slots[d] == Slot::Waiting {
+                            ready.push_back(d);
+                        }
+                    }
+                } else if !cancelled {
+                    failed = true;
+                    self.skip_downstream(wf, dag, i, &execution.id, &mut slots, &mut reports);
+                }
+            }
+            // Durable before dependents start (REL-004); one flush covers the whole batch.
+            if let Err(e) = self.flush().await {
+                tracing::error!(error = %e, "cannot record task completion");
+                store_error = Some(e);
+                cancelled = true;
+            }
+        }
+
+        let end = Utc::now();
+        execution.finished_at = Some(end);
+        execution.duration_seconds =
+            Some((end - execution.started_at).num_milliseconds().max(0) as f64 / 1000.0);
+        execution.successful_tasks = reports
+            .iter()
+            .filter(|r| r.state == TaskState::Success)
+            .count() as u32;
+        execution.failed_tasks = reports
+            .iter()
+            .filter(|r| matches!(r.state, TaskState::Failed | TaskState::Timeout))
+            .count() as u32;
+        execution.status = if cancelled {
+            WorkflowStatus::Interrupted
+        } else if failed {
+            WorkflowStatus::Failed
+        } else {
+            WorkflowStatus::Success
+        };
+        self.emit(Event::WorkflowFinished(execution.clone()));
+        self.flush().await?;
+        if let Some(e) = store_error {
+            return Err(e);
+        }
+        Ok(RunReport {
+            execution,
+            tasks: reports,
+        })
+    }
+
+    fn skip_downstream(
+        &self,
+        wf: &Workflow,
+        dag: &crate::dag::Dag,
+        failed: usize,
+        execution_id: &str,
+        slots: &mut [Slot],
+        reports: &mut [TaskReport],
+    ) {
+        let mut queue: VecDeque<usize> = dag.dependents(failed).collect();
+        while let Some(d) = queue.pop_front() {
+            if slots[d] != Slot::Waiting {
+                continue;
+            }
+            slots[d] = Slot::Skipped;
+            reports[d].state = TaskState::Skipped;
+            let now = Utc::now();
+            let reason = format!("skipped: dependency '{}' failed", wf.tasks[failed].name);
+            reports[d].error = Some(reason.clone());
+            self.emit(Event::TaskSkipped(TaskExecution {
+                id: new_id(),
+                workflow_execution_id: execution_id.to_string(),
+                task_name: wf.tasks[d].name.clone(),
+                status: TaskState::Skipped,
+                started_at: now,
+                finished_at: Some(now),
+                exit_code: None,
+                stdout: None,
+                stderr: None,
+                attempt: 1,
+                error_message: Some(reason),
+                duration_seconds: Some(0.0),
+                created_at: now,
+            }));
+            queue.extend(dag.dependents(d));
+        }
+    }
+
+    /// Runs every attempt of one task (DAG-006, DAG-007, DAG-008).
+    #[allow(clippy::too_many_arguments)]
+    async fn run_task(
+        &self,
+        wf: &Workflow,
+        index: usize,
+        first_attempt: u32,
+        execution_id: Rc<str>,
+        log_dir: Option<Rc<std::path::Path>>,
+        cancel: CancelToken,
+        shared: Rc<SharedState>,
+    ) -> Finished {
+        let execution_id: &str = &execution_id;
+        let cancel = &cancel;
+        let shared: &SharedState = &shared;
+        let log_dir = log_dir.as_deref();
+        let task = &wf.tasks[index];
+        let retries = self.retries(wf, task);
+        let timeout = self.timeout(wf, task);
+        let executor = self
+            .registry
+            .get(&task.kind)
+            .expect("validated: every task type has an executor")
+            .clone();
+        let last_attempt = first_attempt + retries;
+        let mut attempt = first_attempt;
+        let mut report = TaskReport {
+            name: task.name.clone(),
+            state: TaskState::Pending,
+            attempts: 0,
+            exit_code: None,
+            duration_seconds: None,
+            error: None,
+            resumed: false,
+        };
+        loop {
+            let permit = match &self.limiter {
+                Some(l) => {
+                    let got = future::or(async { Some(l.acquire_arc().await) }, async {
+                        cancel.cancelled().await;
+                        None
+                    })
+                    .await;
+                    match got {
+                        Some(p) => Some(p),
+                        None => {
+                            report.error = Some("interrupted before starting".into());
+                            return Finished {
+                                index,
+                                report,
+                                release_dependents: false,
+                            };
+                        }
+                    }
+                }
+                None => None,
+            };
+            let started = Utc::now();
+            let clock = Instant::now();
+            let mut record = TaskExecution {
+                id: new_id(),
+                workflow_execution_id: execution_id.to_string(),
+                task_name: task.name.clone(),
+                status: TaskState::Running,
+                started_at: started,
+                finished_at: None,
+                exit_code: None,
+                stdout: None,
+                stderr: None,
+                attempt,
+                error_message: None,
+                duration_seconds: None,
+                created_at: started,
+            };
+            self.emit(Event::TaskStarted(record.clone()));
+            let writer = log_dir.map(|d| {
+                let header = (attempt > 1).then(|| format!("--- attempt {attempt} ---\n"));
+                TaskLogWriter::new(task_log_path(d, &task.name), header)
+            });
+            let output: &dyn OutputSink = match &writer {
+                Some(w) => w,
+                None => &NoOutput,
+            };
+            let ctx = TaskContext {
+                workflow: &wf.name,
+                execution_id,
+                task,
+                attempt,
+                timeout,
+                cancel: cancel.clone(),
+                vars: &self.vars,
+                shared,
+                output,
+            };
+            let out = executor.execute(ctx).await;
+            drop(permit);
+            drop(writer);
+            let finished = Utc::now();
+            record.finished_at = Some(finished);
+            record.duration_seconds = Some(clock.elapsed().as_secs_f64());
+            record.exit_code = out.exit_code;
+            record.stdout = text(&out.stdout);
+            record.stderr = text(&out.stderr);
+            record.error_message = out.error.clone();
+            report.attempts += 1;
+            report.exit_code = out.exit_code;
+            report.duration_seconds = record.duration_seconds;
+            report.error = out.error.clone();
+
+            let final_state = match out.outcome {
+                Outcome::Success => TaskState::Success,
+                Outcome::Failed => TaskState::Failed,
+                Outcome::Timeout => TaskState::Timeout,
+                Outcome::Cancelled => TaskState::Failed,
+            };
+            let may_retry = matches!(out.outcome, Outcome::Failed | Outcome::Timeout)
+                && out.retryable
+                && attempt < last_attempt
+                && !cancel.is_cancelled();
+            if may_retry {
+                let delay = self.settings.retry.backoff(attempt + 1);
+                record.status = TaskState::Retrying;
+                self.emit(Event::TaskFinished {
+                    record,
+                    retry_in: Some(delay),
+                });
+                let slept = future::or(
+                    async {
+                        smol::Timer::after(delay).await;
+                        true
+                    },
+                    async {
+                        cancel.cancelled().await;
+                        false
+                    },
+                )
+                .await;
+                if !slept {
+                    report.state = TaskState::Failed;
+                    report.error = Some("interrupted while waiting to retry".into());
+                    return Finished {
+                        index,
+                        report,
+                        release_dependents: false,
+                    };
+                }
+                attempt += 1;
+                continue;
+            }
+            record.status = final_state;
+            report.state = final_state;
+            let ok = final_state == TaskState::Success
+                || (task.continue_on_failure && out.outcome != Outcome::Cancelled);
+            self.emit(Event::TaskFinished {
+                record,
+                retry_in: None,
+            });
+            return Finished {
+                index,
+                report,
+                release_dependents: ok,
+            };
+        }
+    }
+}
+
+fn text(c: &Capture) -> Option<String> {
+    (!c.data.is_empty()).then(|| c.to_text())
+}

@@ -1,0 +1,152 @@
+//! Task log files (CFG-004): `<dir>/<workflow>/<YYYY-MM-DD_HHMMSS>_<execution-id>/<task>.log`.
+//!
+//! SD cards wear out, so nothing is written that carries nothing: a task's file is created
+//! when its first output byte arrives, and a quiet task has no file at all. Output is
+//! written as it arrives (so `picoflow logs --follow` can stream a running task) and capped
+//! like the stored capture.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+
+use crate::executor::{OutputSink, Stream, CAPTURE_LIMIT};
+
+/// Directory holding the task logs of one execution.
+pub fn execution_log_dir(
+    root: &Path,
+    workflow: &str,
+    started_at: DateTime<Utc>,
+    execution_id: &str,
+) -> PathBuf {
+    root.join(workflow).join(format!(
+        "{}_{}",
+        started_at.format("%Y-%m-%d_%H%M%S"),
+        execution_id
+    ))
+}
+
+/// Log file of one task inside an execution's directory.
+pub fn task_log_path(execution_dir: &Path, task: &str) -> PathBuf {
+    execution_dir.join(format!("{task}.log"))
+}
+
+/// Writes one attempt's output to its task log file, creating it lazily.
+#[derive(Debug)]
+pub(crate) struct TaskLogWriter {
+    path: PathBuf,
+    header: Option<String>,
+    state: Mutex<WriterState>,
+}
+
+#[derive(Debug, Default)]
+struct WriterState {
+    file: Option<File>,
+    failed: bool,
+    written: [usize; 2],
+    marked: [bool; 2],
+}
+
+impl TaskLogWriter {
+    /// `header` is written once before the first byte (e.g. an attempt separator).
+    pub(crate) fn new(path: PathBuf, header: Option<String>) -> Self {
+        TaskLogWriter {
+            path,
+            header,
+            state: Mutex::new(WriterState::default()),
+        }
+    }
+
+    fn open(&self, st: &mut WriterState) -> Option<()> {
+        if st.file.is_some() {
+            return Some(());
+        }
+        if st.failed {
+            return None;
+        }
+        let opened = self
+            .path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| {
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+            });
+        match opened {
+            Ok(mut f) => {
+                if let Some(h) = &self.header {
+                    let _ = f.write_all(h.as_bytes());
+                }
+                st.file = Some(f);
+                Some(())
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot write task log");
+                st.failed = true;
+                None
+            }
+        }
+    }
+}
+
+impl OutputSink for TaskLogWriter {
+    fn output(&self, stream: Stream, chunk: &[u8]) {
+        if chunk.is_empty() {
+            return;
+        }
+        let idx = match stream {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
+        };
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let room = CAPTURE_LIMIT.saturating_sub(st.written[idx]);
+        if room == 0 {
+            if !st.marked[idx] {
+                st.marked[idx] = true;
+                if let Some(f) = st.file.as_mut() {
+                    let _ = f.write_all(b"\n[output truncated at 10 MB]\n");
+                }
+            }
+            return;
+        }
+        if self.open(&mut st).is_none() {
+            return;
+        }
+        let n = chunk.len().min(room);
+        st.written[idx] += n;
+        if let Some(f) = st.file.as_mut() {
+            let _ = f.write_all(&chunk[..n]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_tasks_leave_no_file() {
+        let dir = std::env::temp_dir().join(format!("pf-logs-{}", crate::events::new_id()));
+        let path = task_log_path(&dir, "t");
+        let w = TaskLogWriter::new(path.clone(), None);
+        w.output(Stream::Stdout, b"");
+        assert!(!path.exists());
+        w.output(Stream::Stdout, b"hi\n");
+        w.output(Stream::Stderr, b"err\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "hi\nerr\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn layout_matches_the_user_guide() {
+        let t = DateTime::parse_from_rfc3339("2025-11-12T02:00:15Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let d = execution_log_dir(Path::new("logs"), "backup", t, "abc123");
+        assert_eq!(d, PathBuf::from("logs/backup/2025-11-12_020015_abc123"));
+    }
+}
