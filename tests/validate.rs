@@ -1,0 +1,311 @@
+//! `picoflow validate`, `init` and `graph` on real files (DAG-001, DAG-002, CLI-001).
+//! Every validation rule has a bad fixture in `tests/fixtures/invalid/`; every example
+//! workflow of the specification documents is a fixture in `tests/fixtures/spec/`.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{picoflow, run, stderr, stdout, TempDir};
+
+fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(path)
+}
+
+fn has_feature(name: &str) -> bool {
+    let dir = TempDir::new("ver");
+    let out = run(picoflow(dir.path()).arg("--version"));
+    stdout(&out).contains(&format!("+{name}"))
+}
+
+/// (fixture, words the error must contain). All must exit 2.
+const INVALID: &[(&str, &[&str])] = &[
+    ("yaml-syntax.yaml", &["yaml-syntax.yaml:6:1"]),
+    ("unknown-top-field.yaml", &[":2:1", "unknown field `owner`"]),
+    (
+        "unknown-task-field.yaml",
+        &[":5:5", "unknown field `priority`"],
+    ),
+    (
+        "unknown-config-field.yaml",
+        &[":3", "task 'a'", "config", "unknown field `shell`"],
+    ),
+    ("wrong-type.yaml", &[":5:12", "retry", "invalid type"]),
+    ("missing-config.yaml", &[":3:5", "missing field `config`"]),
+    (
+        "bad-workflow-name.yaml",
+        &["name", "'my workflow'", "no spaces"],
+    ),
+    ("long-workflow-name.yaml", &["name", "1-64 characters"]),
+    (
+        "bad-task-name.yaml",
+        &["line 3", "task 'bad name!'", "name must be"],
+    ),
+    (
+        "long-description.yaml",
+        &["description", "257 characters", "at most 256"],
+    ),
+    (
+        "max-parallel-range.yaml",
+        &["config.max_parallel", "out of range 1-256"],
+    ),
+    (
+        "retry-default-range.yaml",
+        &["config.retry_default", "101", "0-100"],
+    ),
+    (
+        "timeout-range.yaml",
+        &["task 'a'", "timeout", "86401", "0-86400"],
+    ),
+    ("no-tasks.yaml", &["at least one task"]),
+    ("duplicate-task.yaml", &["task 'a'", "unique"]),
+    (
+        "unknown-dependency.yaml",
+        &["task 'a'", "depends_on", "unknown task 'ghost'"],
+    ),
+    (
+        "self-dependency.yaml",
+        &["task 'a'", "cannot depend on itself"],
+    ),
+    ("cycle.yaml", &["cycle", "alpha -> beta -> gamma -> alpha"]),
+    (
+        "schedule-fields.yaml",
+        &["schedule", "'0 2 * *'", "5 or 6 fields"],
+    ),
+    ("schedule-dow-range.yaml", &["schedule", "'0 0 9 * * 8'"]),
+    ("unknown-timezone.yaml", &["Mars/Olympus"]),
+    (
+        "empty-command.yaml",
+        &["task 'a'", "config.command", "empty"],
+    ),
+    ("ssh-port-range.yaml", &["task 'a'", "config.port", "70000"]),
+    ("http-method.yaml", &["task 'a'", "config.method", "FETCH"]),
+    ("http-url.yaml", &["task 'a'", "config.url", "http://"]),
+];
+
+#[test]
+fn every_rule_has_a_failing_fixture() {
+    let dir = TempDir::new("invalid");
+    let mut failures = Vec::new();
+    for (name, words) in INVALID {
+        let out = run(picoflow(dir.path())
+            .arg("validate")
+            .arg(fixture(&format!("invalid/{name}"))));
+        let err = stderr(&out);
+        if out.status.code() != Some(2) {
+            failures.push(format!("{name}: exit {:?}", out.status.code()));
+        }
+        if !err.contains(name) {
+            failures.push(format!("{name}: message does not name the file: {err}"));
+        }
+        for w in *words {
+            if !err.contains(w) {
+                failures.push(format!("{name}: message lacks {w:?}: {err}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_fixture_is_listed() {
+    let listed: Vec<&str> = INVALID.iter().map(|(n, _)| *n).collect();
+    for e in std::fs::read_dir(fixture("invalid")).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        assert!(listed.contains(&name.as_str()), "{name} has no expectation");
+    }
+}
+
+#[test]
+fn spec_examples_validate() {
+    let dir = TempDir::new("spec");
+    let all = has_feature("ssh") && has_feature("http");
+    for e in std::fs::read_dir(fixture("spec")).unwrap() {
+        let path = e.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let out = run(picoflow(dir.path()).arg("validate").arg(&path));
+        let needs = ["ssh", "http"]
+            .into_iter()
+            .find(|k| text.contains(&format!("type: {k}")) && !has_feature(k));
+        match needs {
+            None => {
+                assert_eq!(out.status.code(), Some(0), "{}", path.display());
+                assert!(stdout(&out).contains("is valid"));
+                assert!(stdout(&out).contains("Dependencies validated: No cycles detected"));
+            }
+            Some(feature) => {
+                assert!(!all);
+                assert_eq!(out.status.code(), Some(2), "{}", path.display());
+                assert!(
+                    stderr(&out).contains(&format!("Cargo feature '{feature}'")),
+                    "{}",
+                    stderr(&out)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn missing_executor_names_the_feature() {
+    let dir = TempDir::new("feat");
+    for kind in ["ssh", "http"] {
+        let out = run(picoflow(dir.path())
+            .arg("validate")
+            .arg(fixture(&format!("spec/guide-api-deployment.yaml"))));
+        if kind == "http" && !has_feature("http") {
+            assert_eq!(out.status.code(), Some(2));
+            assert!(stderr(&out).contains("feature 'http'"));
+        }
+    }
+    let shell_only = run(picoflow(dir.path())
+        .arg("validate")
+        .arg(fixture("spec/guide-hello-world.yaml")));
+    assert_eq!(shell_only.status.code(), Some(0));
+}
+
+#[test]
+fn validate_output_matches_the_user_guide() {
+    let dir = TempDir::new("out");
+    let out = run(picoflow(dir.path())
+        .arg("validate")
+        .arg(fixture("spec/guide-parallel-example.yaml")));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        stdout(&out),
+        "Workflow 'parallel-example' is valid\nTasks: 4\nDependencies validated: No cycles detected\nMax parallel levels: 2\n"
+    );
+}
+
+#[test]
+fn a_directory_is_validated_as_a_whole() {
+    let dir = TempDir::new("dir");
+    dir.write(
+        "a.yaml",
+        "name: a\ntasks:\n  - {name: t, type: shell, config: {command: \"true\"}}\n",
+    );
+    dir.write(
+        "b.yml",
+        "name: b\ntasks:\n  - {name: t, type: shell, config: {command: \"true\"}}\n",
+    );
+    let out = run(picoflow(dir.path()).args(["validate", "."]));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("Workflow 'a' is valid")
+            && stdout(&out).contains("Workflow 'b' is valid")
+    );
+    dir.write("c.yaml", "name: c\ntasks: []\n");
+    let out = run(picoflow(dir.path()).args(["validate", "."]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("c.yaml"));
+    assert!(stdout(&out).contains("Workflow 'a' is valid"));
+}
+
+#[test]
+fn missing_file_exits_5() {
+    let dir = TempDir::new("missing");
+    let out = run(picoflow(dir.path()).args(["validate", "nope.yaml"]));
+    assert_eq!(out.status.code(), Some(5));
+    assert!(stderr(&out).contains("nope.yaml"));
+}
+
+#[test]
+fn init_writes_valid_templates_and_never_overwrites() {
+    let dir = TempDir::new("init");
+    for t in ["minimal", "shell", "ssh", "http", "full"] {
+        let name = format!("wf-{t}");
+        let out = run(picoflow(dir.path()).args(["init", &name, "--template", t]));
+        assert_eq!(out.status.code(), Some(0));
+        let file = dir.path().join(format!("{name}.yaml"));
+        assert!(file.exists());
+        let v = run(picoflow(dir.path()).arg("validate").arg(&file));
+        let text = std::fs::read_to_string(&file).unwrap();
+        let needs_missing = (text.contains("type: ssh") && !has_feature("ssh"))
+            || (text.contains("type: http") && !has_feature("http"));
+        assert_eq!(
+            v.status.code(),
+            Some(if needs_missing { 2 } else { 0 }),
+            "{t}"
+        );
+    }
+    let before = std::fs::read_to_string(dir.path().join("wf-minimal.yaml")).unwrap();
+    let again = run(picoflow(dir.path()).args(["init", "wf-minimal", "--template", "shell"]));
+    assert_ne!(again.status.code(), Some(0));
+    assert!(stderr(&again).contains("already exists"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("wf-minimal.yaml")).unwrap(),
+        before
+    );
+    let out = run(picoflow(dir.path()).arg("init"));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(dir.path().join("my-workflow.yaml").exists());
+}
+
+#[test]
+fn graph_prints_dot_and_mermaid() {
+    let dir = TempDir::new("graph");
+    let f = fixture("spec/guide-parallel-example.yaml");
+    let out = run(picoflow(dir.path()).arg("graph").arg(&f));
+    assert_eq!(out.status.code(), Some(0));
+    let dot = stdout(&out);
+    assert!(dot.starts_with("digraph \"parallel-example\""));
+    for dep in ["task_a", "task_b", "task_c"] {
+        assert!(dot.contains(&format!("\"{dep}\" -> \"summary\"")), "{dot}");
+    }
+    let out = run(picoflow(dir.path())
+        .arg("graph")
+        .arg(&f)
+        .args(["--format", "mermaid"]));
+    assert!(stdout(&out).starts_with("flowchart LR"));
+}
+
+#[test]
+fn version_lists_features_and_global_flags_work_anywhere() {
+    let dir = TempDir::new("flags");
+    let out = run(picoflow(dir.path()).arg("-V"));
+    let v = stdout(&out);
+    for f in ["ssh", "http", "metrics", "sqlite"] {
+        assert!(
+            v.contains(&format!("+{f}")) || v.contains(&format!("-{f}")),
+            "{v}"
+        );
+    }
+    let out = run(picoflow(dir.path())
+        .args(["validate", "--log-level", "debug"])
+        .arg(fixture("spec/guide-hello-world.yaml")));
+    assert_eq!(out.status.code(), Some(0));
+    let out = run(picoflow(dir.path()).args(["--log-level", "loud", "validate", "x.yaml"]));
+    assert_eq!(out.status.code(), Some(4));
+    let out = run(picoflow(dir.path()).args(["--bogus"]));
+    assert_eq!(out.status.code(), Some(4));
+}
+
+#[test]
+fn config_file_is_found_and_checked() {
+    let dir = TempDir::new("cfg");
+    dir.write("picoflow.toml", "log_level = \"nonsense\"\n");
+    let out = run(picoflow(dir.path())
+        .arg("validate")
+        .arg(fixture("spec/guide-hello-world.yaml")));
+    assert_eq!(out.status.code(), Some(4));
+    assert!(stderr(&out).contains("picoflow.toml") && stderr(&out).contains("log_level"));
+    // A flag beats the file.
+    let out = run(picoflow(dir.path())
+        .args(["--log-level", "warn", "validate"])
+        .arg(fixture("spec/guide-hello-world.yaml")));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "the file itself is invalid and still reported"
+    );
+    dir.write(
+        "picoflow.toml",
+        "log_level = \"warn\"\n[execution]\nmax_parallel = 2\n",
+    );
+    let out = run(picoflow(dir.path())
+        .arg("validate")
+        .arg(fixture("spec/guide-hello-world.yaml")));
+    assert_eq!(out.status.code(), Some(0));
+}
