@@ -12,6 +12,7 @@ mod logs;
 mod model;
 mod schedule;
 mod signals;
+mod stats;
 mod templates;
 mod validate;
 mod yaml;
@@ -39,6 +40,7 @@ pub use model::{
 };
 pub use schedule::{parse_duration, Schedule};
 pub use signals::{Signals, StopSignal};
+pub use stats::{compute_stats, TaskStats, WorkflowStats};
 pub use templates::{template, TEMPLATE_NAMES};
 pub use validate::{load_workflow, parse_workflow, validate_workflow, workflow_files};
 
