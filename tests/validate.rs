@@ -309,3 +309,38 @@ fn config_file_is_found_and_checked() {
         .arg(fixture("spec/guide-hello-world.yaml")));
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn validate_shows_the_next_fire_times_in_the_workflow_zone() {
+    let dir = TempDir::new("next");
+    let file = dir.path().join("nightly.yaml");
+    std::fs::write(
+        &file,
+        "name: nightly\nschedule: \"30 2 * * 1-5\"\ntimezone: Europe/Berlin\ntasks:\n  - name: a\n    type: shell\n    config:\n      command: \"true\"\n",
+    )
+    .unwrap();
+    let out = run(picoflow(dir.path()).arg("validate").arg(&file));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("Schedule: 30 2 * * 1-5 (Europe/Berlin)"),
+        "{text}"
+    );
+    let fires: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Next runs:"))
+        .skip(1)
+        .map(str::trim)
+        .collect();
+    assert_eq!(fires.len(), 3, "{text}");
+    for f in fires {
+        // Weekdays only, at 02:30 Berlin time (CET or CEST).
+        assert!(f.contains(" 02:30:00 CE"), "{f}");
+        let date = chrono::NaiveDate::parse_from_str(&f[..10], "%Y-%m-%d").unwrap();
+        use chrono::Datelike;
+        assert!(
+            date.weekday().num_days_from_monday() < 5,
+            "{f} is a weekend"
+        );
+    }
+}

@@ -38,7 +38,7 @@ pub use model::{
     WorkflowConfig, DEFAULT_HTTP_TIMEOUT_SECS, DEFAULT_MAX_PARALLEL, DEFAULT_RETRY,
     DEFAULT_SSH_PORT, DEFAULT_SSH_TIMEOUT_SECS, DEFAULT_TIMEOUT_SECS, HTTP_METHODS,
 };
-pub use schedule::{parse_duration, Schedule};
+pub use schedule::{host_name, jitter_offset, parse_duration, Schedule};
 pub use signals::{Signals, StopSignal};
 pub use stats::{compute_stats, TaskStats, WorkflowStats};
 pub use templates::{template, TEMPLATE_NAMES};

@@ -115,7 +115,7 @@ pub fn compute_stats(history: &[(WorkflowExecution, Vec<TaskExecution>)]) -> Vec
                     }
                 }
             }
-            failure_breakdown.sort_by(|a, b| b.0.cmp(&a.0));
+            failure_breakdown.sort_by_key(|b| std::cmp::Reverse(b.0));
             WorkflowStats {
                 workflow: name.to_string(),
                 executions: execs.len(),
