@@ -283,9 +283,9 @@ impl Registry {
         let mut r = Self::empty();
         r.register("shell", shell::ShellExecutor);
         #[cfg(feature = "ssh")]
-        r.register("ssh", ssh::SshExecutor::default());
+        r.register("ssh", ssh::SshExecutor);
         #[cfg(feature = "http")]
-        r.register("http", http::HttpExecutor::default());
+        r.register("http", http::HttpExecutor);
         r
     }
 

@@ -1,0 +1,37 @@
+#!/bin/sh
+# Installs the system tools PicoFlow's tests use: a real OpenSSH server for the ssh
+# executor, the sqlite3 CLI for the export, promtool for the metrics format, OpenSSL headers
+# for libssh2/libcurl, and hyperfine for the benchmarks. Safe to run again.
+set -eu
+
+need=""
+command -v /usr/sbin/sshd >/dev/null 2>&1 || need="$need openssh-server"
+command -v ssh-keygen >/dev/null 2>&1 || need="$need openssh-client"
+command -v sqlite3 >/dev/null 2>&1 || need="$need sqlite3"
+command -v promtool >/dev/null 2>&1 || need="$need prometheus"
+command -v hyperfine >/dev/null 2>&1 || need="$need hyperfine"
+command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
+dpkg -s libssl-dev >/dev/null 2>&1 || need="$need libssl-dev"
+command -v make >/dev/null 2>&1 || need="$need make"
+command -v cc >/dev/null 2>&1 || need="$need gcc"
+
+if [ -n "$need" ]; then
+    echo "installing:$need"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    # The prometheus package would start a server on install; policy-rc.d keeps it off.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+        $SUDO chmod +x /usr/sbin/policy-rc.d
+        trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    # shellcheck disable=SC2086
+    $SUDO apt-get install -y -qq --no-install-recommends $need
+fi
+
+for tool in /usr/sbin/sshd ssh-keygen sqlite3 promtool hyperfine; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "missing after install: $tool" >&2; exit 1; }
+done
+echo "test tools present: sshd, ssh-keygen, sqlite3, promtool, hyperfine"

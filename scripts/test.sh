@@ -1,0 +1,50 @@
+#!/bin/sh
+# The whole PicoFlow test suite: installs what the tests need, then checks formatting, lints
+# every package with and without its default features, builds each feature alone, runs all
+# tests, runs the sample workflow and checks the binary size budget.
+set -eu
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test tools"
+scripts/install-test-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "clippy (default features)"
+cargo clippy -p picoflow-lib --all-targets -- -D warnings
+cargo clippy -p picoflow-cli --all-targets -- -D warnings
+step "clippy (no default features)"
+cargo clippy -p picoflow-lib --no-default-features --all-targets -- -D warnings
+cargo clippy -p picoflow-cli --no-default-features --all-targets -- -D warnings
+
+step "each feature alone"
+for f in ssh http metrics sqlite; do
+    cargo check -q -p picoflow-lib --no-default-features --features "$f"
+done
+
+step "tests (all features)"
+cargo test --workspace
+
+step "tests (no default features)"
+cargo test -p picoflow-lib --no-default-features
+cargo test -p picoflow-cli --no-default-features --test validate --test run
+
+step "documentation examples and crate docs"
+RUSTDOCFLAGS="-D warnings" cargo doc -q -p picoflow-lib --no-deps
+cargo run -q -p picoflow-lib --example custom_executor
+
+step "sample workflow (release build)"
+cargo build -q --release -p picoflow-cli
+tmp=$(mktemp -d)
+(cd "$tmp" && "$CARGO_TARGET_DIR/release/picoflow" run "$OLDPWD/examples/hello-world.yaml")
+rm -rf "$tmp"
+
+step "size budget"
+size-budget/check.sh
+
+printf '\nall checks passed\n'
