@@ -208,6 +208,7 @@ fn fifty_megabytes_of_output_keep_memory_bounded() {
     let _ = child.try_wait();
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     let peak_kib = usage.ru_maxrss;
+    eprintln!("peak RSS {peak_kib} KiB");
     assert!(peak_kib < 40 * 1024, "peak RSS {peak_kib} KiB");
     let log = walk(dir.path().join("logs").as_path())
         .into_iter()

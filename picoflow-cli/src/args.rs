@@ -35,6 +35,14 @@ pub(crate) enum Command {
     Init(InitArgs),
     Graph(GraphArgs),
     Run(RunArgs),
+    Status(StatusArgs),
+    History(HistoryArgs),
+    Stats(StatsArgs),
+    Logs(LogsArgs),
+    Workflow(WorkflowArgs),
+    Daemon(DaemonArgs),
+    Prune(PruneArgs),
+    Export(ExportArgs),
 }
 
 /// Check a workflow file (or every *.yaml in a directory): syntax, fields, dependencies,
@@ -82,6 +90,190 @@ pub(crate) struct RunArgs {
     /// continue the latest interrupted execution of this workflow instead of starting anew
     #[argh(switch)]
     pub(crate) resume: bool,
+}
+
+/// Show the current or last execution of each workflow with its tasks (✓ done, ⟳ running,
+/// ○ pending, ✗ failed).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "status")]
+pub(crate) struct StatusArgs {
+    /// only this workflow
+    #[argh(option)]
+    pub(crate) workflow: Option<String>,
+    /// only running executions
+    #[argh(switch)]
+    pub(crate) running_only: bool,
+    /// output format: table or json (default table)
+    #[argh(option, default = "String::from(\"table\")")]
+    pub(crate) format: String,
+}
+
+/// List past executions, newest first.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "history")]
+pub(crate) struct HistoryArgs {
+    /// only this workflow
+    #[argh(option)]
+    pub(crate) workflow: Option<String>,
+    /// only this status: success, failed, running, interrupted
+    #[argh(option)]
+    pub(crate) status: Option<String>,
+    /// at most N executions (default 10)
+    #[argh(option, default = "10")]
+    pub(crate) limit: usize,
+    /// only executions started on or after this date (YYYY-MM-DD)
+    #[argh(option)]
+    pub(crate) since: Option<String>,
+    /// output format: table or json (default table)
+    #[argh(option, default = "String::from(\"table\")")]
+    pub(crate) format: String,
+}
+
+/// Success rates, durations and failures per workflow and task.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "stats")]
+pub(crate) struct StatsArgs {
+    /// only this workflow
+    #[argh(option)]
+    pub(crate) workflow: Option<String>,
+    /// the last N days (default 30)
+    #[argh(option, default = "30")]
+    pub(crate) period: u32,
+    /// output format: table or json (default table)
+    #[argh(option, default = "String::from(\"table\")")]
+    pub(crate) format: String,
+}
+
+/// Show task output of the latest (or a given) execution. Exit 5 when there is none.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "logs")]
+pub(crate) struct LogsArgs {
+    /// workflow name (or give it as the first positional argument)
+    #[argh(option)]
+    pub(crate) workflow: Option<String>,
+    /// only this task
+    #[argh(option)]
+    pub(crate) task: Option<String>,
+    /// this execution instead of the latest
+    #[argh(option)]
+    pub(crate) execution_id: Option<String>,
+    /// show the last N lines of each log (default 100)
+    #[argh(option, default = "100")]
+    pub(crate) tail: usize,
+    /// keep printing new output until the execution finishes
+    #[argh(switch)]
+    pub(crate) follow: bool,
+    /// positional form: WORKFLOW [TASK]
+    #[argh(positional)]
+    pub(crate) positional: Vec<String>,
+}
+
+/// Workflows known to the state file.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "workflow")]
+pub(crate) struct WorkflowArgs {
+    #[argh(subcommand)]
+    pub(crate) command: WorkflowCommand,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub(crate) enum WorkflowCommand {
+    List(WorkflowListArgs),
+}
+
+/// List workflows with their schedule, last run and counts.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+pub(crate) struct WorkflowListArgs {
+    /// include workflows without runs in the last 30 days
+    #[argh(switch)]
+    pub(crate) all: bool,
+    /// output format: table or json (default table)
+    #[argh(option, default = "String::from(\"table\")")]
+    pub(crate) format: String,
+}
+
+/// Run scheduled workflows in the foreground, or manage the running daemon.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "daemon")]
+pub(crate) struct DaemonArgs {
+    #[argh(subcommand)]
+    pub(crate) command: DaemonCommand,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub(crate) enum DaemonCommand {
+    Start(DaemonStartArgs),
+    Stop(DaemonStopArgs),
+    Status(DaemonStatusArgs),
+}
+
+/// Start the daemon in the foreground with one or more workflow files or directories.
+/// Exit 0 after a graceful stop, 1 when it cannot start, 9 when running tasks had to be
+/// terminated at shutdown.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "start")]
+pub(crate) struct DaemonStartArgs {
+    /// workflow files or directories
+    #[argh(positional)]
+    pub(crate) paths: Vec<PathBuf>,
+}
+
+/// Stop the daemon of this state file (SIGTERM, then wait up to 60 s). Exit 0 stopped,
+/// 1 not running or did not stop.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "stop")]
+pub(crate) struct DaemonStopArgs {
+    /// seconds to wait for the daemon to exit (default 60)
+    #[argh(option, default = "60")]
+    pub(crate) timeout: u64,
+}
+
+/// Show whether the daemon of this state file runs. Exit 0 running, 1 not running.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "status")]
+pub(crate) struct DaemonStatusArgs {}
+
+/// Delete history and task logs older than [logs] retention_days (default 30) and keep the
+/// log directory under [logs] max_size_mb.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "prune")]
+pub(crate) struct PruneArgs {
+    /// override the retention in days
+    #[argh(option)]
+    pub(crate) days: Option<u32>,
+}
+
+/// Export history to another format.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "export")]
+pub(crate) struct ExportArgs {
+    #[argh(subcommand)]
+    pub(crate) command: ExportCommand,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub(crate) enum ExportCommand {
+    Sqlite(ExportSqliteArgs),
+}
+
+/// Write the history into a SQLite file with the documented schema (needs the `sqlite`
+/// feature). Exporting again adds only what is new.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "sqlite")]
+pub(crate) struct ExportSqliteArgs {
+    /// target SQLite file
+    #[argh(positional)]
+    pub(crate) file: PathBuf,
+    /// only this workflow
+    #[argh(option)]
+    pub(crate) workflow: Option<String>,
+    /// only executions started on or after this date (YYYY-MM-DD)
+    #[argh(option)]
+    pub(crate) since: Option<String>,
 }
 
 /// Options that take a value and may appear anywhere on the command line.

@@ -97,6 +97,7 @@ impl RunDisplay {
                 TaskState::Failed | TaskState::Timeout | TaskState::Skipped
             ) {
                 if let Some(err) = &t.error {
+                    let err = err.strip_prefix("skipped: ").unwrap_or(err);
                     line.push_str(&format!(": {err}"));
                 }
             }

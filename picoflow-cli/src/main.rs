@@ -5,6 +5,7 @@
 
 mod args;
 mod display;
+mod report;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -13,10 +14,11 @@ use std::sync::Arc;
 
 use picoflow_lib::{
     load_workflow, template, workflow_files, CancelToken, Config, Dag, Engine, EngineSettings,
-    Error, Registry, RunOptions, Schedule, Signals, TEMPLATE_NAMES,
+    Error, Registry, ResumeFrom, RunOptions, Schedule, Signals, Store, WorkflowStatus,
+    TEMPLATE_NAMES,
 };
 
-use args::{Cli, Command};
+use args::{Cli, Command, DaemonCommand, ExportCommand, WorkflowCommand};
 
 /// Exit code of a run whose workflow failed (API reference).
 const EXIT_RUN_FAILED: u8 = 3;
@@ -109,6 +111,47 @@ fn dispatch(command: Command, config: &Config) -> Result<u8, Error> {
         Command::Init(a) => init(a.name.as_deref(), &a.template),
         Command::Graph(a) => graph(&a.file, &a.format),
         Command::Run(a) => run(&a.file, a.resume, config),
+        Command::Status(a) => {
+            report::status(config, a.workflow.as_deref(), a.running_only, &a.format)
+        }
+        Command::History(a) => report::history(
+            config,
+            a.workflow.as_deref(),
+            a.status.as_deref(),
+            a.limit,
+            a.since.as_deref(),
+            &a.format,
+        ),
+        Command::Stats(a) => report::stats(config, a.workflow.as_deref(), a.period, &a.format),
+        Command::Logs(a) => {
+            let mut pos = a.positional.iter().map(String::as_str);
+            let workflow = a.workflow.as_deref().or(pos.next());
+            let task = a.task.as_deref().or(pos.next());
+            report::logs(
+                config,
+                &report::LogsQuery {
+                    workflow,
+                    task,
+                    execution_id: a.execution_id.as_deref(),
+                    tail: a.tail,
+                    follow: a.follow,
+                },
+            )
+        }
+        Command::Workflow(a) => match a.command {
+            WorkflowCommand::List(l) => report::workflow_list(config, l.all, &l.format),
+        },
+        Command::Prune(a) => prune(config, a.days),
+        Command::Daemon(a) => match a.command {
+            DaemonCommand::Start(s) => daemon_start(config, s.paths),
+            DaemonCommand::Stop(s) => daemon_stop(config, s.timeout),
+            DaemonCommand::Status(_) => daemon_status(config),
+        },
+        Command::Export(a) => match a.command {
+            ExportCommand::Sqlite(e) => {
+                export_sqlite(config, &e.file, e.workflow.as_deref(), e.since.as_deref())
+            }
+        },
     }
 }
 
@@ -128,8 +171,8 @@ fn validate(path: &Path) -> Result<u8, Error> {
                 println!("Dependencies validated: No cycles detected");
                 println!("Max parallel levels: {}", dag.level_count());
                 if let Some(expr) = &wf.schedule {
-                    let sched = Schedule::parse(expr, wf.timezone.as_deref())
-                        .map_err(|m| Error::Other(m))?;
+                    let sched =
+                        Schedule::parse(expr, wf.timezone.as_deref()).map_err(Error::Other)?;
                     println!("Schedule: {expr} ({})", sched.timezone_name());
                     println!("Next runs:");
                     for t in sched.upcoming(chrono::Utc::now(), 3) {
@@ -211,22 +254,51 @@ fn graph(file: &Path, format: &str) -> Result<u8, Error> {
 fn run(file: &Path, resume: bool, config: &Config) -> Result<u8, Error> {
     let registry = Registry::builtin();
     let wf = load_workflow(file, &registry)?;
-    if resume {
-        return Err(Error::Other(
-            "--resume needs the state store, which this build cannot open yet".into(),
-        ));
-    }
+    let store = Store::open(&config.db_path)?;
+    let source = std::fs::canonicalize(file)
+        .unwrap_or_else(|_| file.to_path_buf())
+        .display()
+        .to_string();
+    store.record_workflow(&wf.name, wf.schedule.as_deref(), Some(&source))?;
+    let resume = if resume {
+        store.recover_interrupted()?;
+        match store.latest_execution(&wf.name)? {
+            Some(e) if e.status == WorkflowStatus::Interrupted => {
+                let tasks = store.task_executions(&e.id)?;
+                println!("Resuming execution {} of '{}'", e.id, wf.name);
+                Some(ResumeFrom {
+                    execution: e,
+                    tasks,
+                })
+            }
+            Some(e) => {
+                return Err(Error::NotFound(format!(
+                    "no interrupted execution of '{}' to resume (the latest, {}, is {})",
+                    wf.name, e.id, e.status
+                )))
+            }
+            None => {
+                return Err(Error::NotFound(format!(
+                    "no execution of '{}' to resume",
+                    wf.name
+                )))
+            }
+        }
+    } else {
+        None
+    };
     let display = Arc::new(display::RunDisplay::new(std::io::stdout().is_terminal()));
     let engine = Engine::new(registry)
         .with_settings(EngineSettings::from(config))
         .with_log_dir(config.logs.dir.clone())
+        .with_sink(store.sink())
         .with_sink(display.clone());
     let (canceller, cancel) = CancelToken::new();
     let mut signals = Signals::new()?;
     let opts = RunOptions {
         cancel,
-        resume: None,
-        source: Some(file.display().to_string()),
+        resume,
+        source: Some(source),
     };
     let report = smol::block_on(async {
         let run = engine.run(&wf, opts);
@@ -244,8 +316,43 @@ fn run(file: &Path, resume: bool, config: &Config) -> Result<u8, Error> {
     })?;
     display.summary(&report);
     Ok(match report.execution.status {
-        picoflow_lib::WorkflowStatus::Success => 0,
-        picoflow_lib::WorkflowStatus::Interrupted => 9,
+        WorkflowStatus::Success => 0,
+        WorkflowStatus::Interrupted => 9,
         _ => EXIT_RUN_FAILED,
     })
+}
+
+fn prune(config: &Config, days: Option<u32>) -> Result<u8, Error> {
+    let mut config = config.clone();
+    if let Some(d) = days {
+        config.logs.retention_days = d;
+    }
+    let store = Store::open(&config.db_path)?;
+    let r = picoflow_lib::prune(&store, &config, chrono::Utc::now())?;
+    println!(
+        "Pruned {} executions ({} task attempts) and {} log directories ({} bytes) older than {} days",
+        r.executions, r.task_executions, r.log_dirs, r.log_bytes, config.logs.retention_days
+    );
+    Ok(0)
+}
+
+fn daemon_start(_config: &Config, _paths: Vec<PathBuf>) -> Result<u8, Error> {
+    Err(Error::Other("daemon: not built yet".into()))
+}
+
+fn daemon_stop(_config: &Config, _timeout: u64) -> Result<u8, Error> {
+    Err(Error::Other("daemon: not built yet".into()))
+}
+
+fn daemon_status(_config: &Config) -> Result<u8, Error> {
+    Err(Error::Other("daemon: not built yet".into()))
+}
+
+fn export_sqlite(
+    _config: &Config,
+    _file: &Path,
+    _workflow: Option<&str>,
+    _since: Option<&str>,
+) -> Result<u8, Error> {
+    Err(Error::Other("export: not built yet".into()))
 }

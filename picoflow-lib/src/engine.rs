@@ -7,9 +7,11 @@
 //! finished for its dependents; any other failure marks everything downstream `skipped` and
 //! the workflow `failed`, while tasks that do not depend on the failed one keep running.
 //!
-//! Every state change is reported to the [`EventSink`]s in order. After tasks finish, the
-//! engine awaits [`EventSink::flush`] before it starts their dependents, so a completion is
-//! durable before anything that depends on it begins (REL-004). The engine runs entirely
+//! Every state change is reported to the [`EventSink`]s in order, and a sink that persists
+//! them must keep that order (the state store commits in order, in groups, on its own
+//! thread): a dependent's start is then never durable before the completion it waited for,
+//! without making every task wait for an `fsync` (REL-004). The engine awaits
+//! [`EventSink::flush`] once, when the execution ends. The engine runs entirely
 //! inside the caller's executor (it drives its tasks on a local executor of its own and
 //! drives async-process's reaper itself, so no helper thread is started).
 
@@ -302,8 +304,14 @@ impl Engine {
                         .max_by_key(|a| a.attempt);
                     if let Some(a) = last {
                         first_attempt[i] = a.attempt + 1;
+                        // An attempt cut short by a crash ran to no conclusion: run it again.
+                        let interrupted = a
+                            .error_message
+                            .as_deref()
+                            .is_some_and(|m| m.starts_with(crate::events::INTERRUPTED));
                         let done = a.status == TaskState::Success
                             || (t.continue_on_failure
+                                && !interrupted
                                 && matches!(a.status, TaskState::Failed | TaskState::Timeout));
                         if done {
                             slots[i] = Slot::Done(true);
@@ -369,7 +377,6 @@ impl Engine {
         let mut running = 0usize;
         let mut failed = false;
         let mut cancelled = false;
-        let mut store_error = None;
 
         loop {
             if !cancelled {
@@ -436,12 +443,6 @@ impl Engine {
                     self.skip_downstream(wf, dag, i, &execution.id, &mut slots, &mut reports);
                 }
             }
-            // Durable before dependents start (REL-004); one flush covers the whole batch.
-            if let Err(e) = self.flush().await {
-                tracing::error!(error = %e, "cannot record task completion");
-                store_error = Some(e);
-                cancelled = true;
-            }
         }
 
         let end = Utc::now();
@@ -465,9 +466,6 @@ impl Engine {
         };
         self.emit(Event::WorkflowFinished(execution.clone()));
         self.flush().await?;
-        if let Some(e) = store_error {
-            return Err(e);
-        }
         Ok(RunReport {
             execution,
             tasks: reports,
@@ -606,15 +604,15 @@ impl Engine {
                 shared,
                 output,
             };
-            let out = executor.execute(ctx).await;
+            let mut out = executor.execute(ctx).await;
             drop(permit);
             drop(writer);
             let finished = Utc::now();
             record.finished_at = Some(finished);
             record.duration_seconds = Some(clock.elapsed().as_secs_f64());
             record.exit_code = out.exit_code;
-            record.stdout = text(&out.stdout);
-            record.stderr = text(&out.stderr);
+            record.stdout = text(std::mem::take(&mut out.stdout));
+            record.stderr = text(std::mem::take(&mut out.stderr));
             record.error_message = out.error.clone();
             report.attempts += 1;
             report.exit_code = out.exit_code;
@@ -678,6 +676,6 @@ impl Engine {
     }
 }
 
-fn text(c: &Capture) -> Option<String> {
-    (!c.data.is_empty()).then(|| c.to_text())
+fn text(c: Capture) -> Option<String> {
+    (!c.data.is_empty()).then(|| c.into_text())
 }

@@ -10,12 +10,14 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::executor::BoxFuture;
 
 /// State of one task attempt (lower case on the wire, `DECISIONS.md` 6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TaskState {
     /// Waiting for dependencies or a free slot.
     Pending,
@@ -74,7 +76,8 @@ impl fmt::Display for TaskState {
 }
 
 /// Status of a workflow execution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WorkflowStatus {
     /// Tasks are being executed.
     Running,
@@ -116,7 +119,7 @@ impl fmt::Display for WorkflowStatus {
 }
 
 /// One workflow execution (a row of `workflow_executions`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowExecution {
     /// Unique id (UUID v4 text).
     pub id: String,
@@ -145,7 +148,7 @@ pub struct WorkflowExecution {
 }
 
 /// One attempt of one task (a row of `task_executions`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskExecution {
     /// Unique id (UUID v4 text).
     pub id: String,
@@ -207,6 +210,10 @@ pub trait EventSink: Send + Sync {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// How the error message of an attempt cut short by a crash begins; a resumed execution
+/// runs such a task again.
+pub const INTERRUPTED: &str = "interrupted:";
 
 /// A new random identifier in UUID v4 text form.
 pub fn new_id() -> String {

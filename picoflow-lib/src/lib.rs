@@ -10,9 +10,11 @@ mod executor;
 mod expand;
 mod logs;
 mod model;
+mod prune;
 mod schedule;
 mod signals;
 mod stats;
+mod store;
 mod templates;
 mod validate;
 mod yaml;
@@ -26,6 +28,7 @@ pub use engine::{Engine, EngineSettings, ResumeFrom, RunOptions, RunReport, Task
 pub use error::{BoxError, Error, Result};
 pub use events::{
     new_id, Event, EventSink, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
+    INTERRUPTED,
 };
 pub use executor::{
     feature_for, BoxFuture, CancelToken, Canceller, Capture, Executor, NoOutput, Outcome,
@@ -38,9 +41,11 @@ pub use model::{
     WorkflowConfig, DEFAULT_HTTP_TIMEOUT_SECS, DEFAULT_MAX_PARALLEL, DEFAULT_RETRY,
     DEFAULT_SSH_PORT, DEFAULT_SSH_TIMEOUT_SECS, DEFAULT_TIMEOUT_SECS, HTTP_METHODS,
 };
+pub use prune::{prune, prune_logs, PruneReport};
 pub use schedule::{host_name, jitter_offset, parse_duration, Schedule};
 pub use signals::{Signals, StopSignal};
 pub use stats::{compute_stats, TaskStats, WorkflowStats};
+pub use store::{HistoryFilter, PruneCounts, Store, WorkflowRecord};
 pub use templates::{template, TEMPLATE_NAMES};
 pub use validate::{load_workflow, parse_workflow, validate_workflow, workflow_files};
 

@@ -158,21 +158,43 @@ impl Capture {
     /// Appends `chunk`, keeping at most `limit` bytes in total.
     pub fn push(&mut self, chunk: &[u8], limit: usize) {
         let room = limit.saturating_sub(self.data.len());
+        let take = chunk.len().min(room);
         if chunk.len() > room {
             self.truncated = true;
         }
-        self.data.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let needed = self.data.len() + take;
+        if needed > self.data.capacity() {
+            // Grow by doubling, but never past the limit (plus room for the truncation
+            // marker): a capped 10 MB capture must not hold a 16 MB buffer.
+            let target = (self.data.capacity() * 2)
+                .max(needed)
+                .min(limit + TRUNCATED_MARKER.len());
+            self.data
+                .reserve_exact(target.max(needed) - self.data.len());
+        }
+        self.data.extend_from_slice(&chunk[..take]);
     }
 
     /// The capture as text (invalid UTF-8 replaced), with a marker when truncated.
     pub fn to_text(&self) -> String {
-        let mut s = String::from_utf8_lossy(&self.data).into_owned();
-        if self.truncated {
-            s.push_str("\n[output truncated at 10 MB]\n");
+        self.clone().into_text()
+    }
+
+    /// Like [`Capture::to_text`], reusing the buffer when it holds valid UTF-8.
+    pub fn into_text(self) -> String {
+        let truncated = self.truncated;
+        let mut s = match String::from_utf8(self.data) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
+        if truncated {
+            s.push_str(TRUNCATED_MARKER);
         }
         s
     }
 }
+
+const TRUNCATED_MARKER: &str = "\n[output truncated at 10 MB]\n";
 
 /// The result of one attempt.
 #[derive(Debug, Clone)]

@@ -1,0 +1,689 @@
+//! The read commands: `status`, `history`, `stats`, `logs`, `workflow list`. They open the
+//! state file read-only, so they work while a daemon or a `run` writes to it.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Local, NaiveDate, Utc};
+use picoflow_lib::{
+    compute_stats, execution_log_dir, load_workflow, task_log_path, Config, Error, HistoryFilter,
+    Registry, Store, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
+};
+use serde_json::json;
+
+use crate::display::human_duration;
+
+/// Exit code when the asked-for workflow, execution or log does not exist.
+const EXIT_NOT_FOUND: u8 = 5;
+
+fn open(config: &Config) -> Result<Option<Store>, Error> {
+    Store::open_read(&config.db_path)
+}
+
+fn local(t: DateTime<Utc>) -> String {
+    t.with_timezone(&Local)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+fn capitalized(s: WorkflowStatus) -> String {
+    let s = s.as_str();
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+        .unwrap_or_default()
+}
+
+fn check_format(format: &str) -> Result<bool, Error> {
+    match format {
+        "table" => Ok(false),
+        "json" => Ok(true),
+        other => Err(Error::Config {
+            origin: "--format".into(),
+            message: format!("'{other}' is not one of table, json"),
+        }),
+    }
+}
+
+/// Parses `--since YYYY-MM-DD` as local midnight.
+pub(crate) fn parse_since(since: Option<&str>) -> Result<Option<DateTime<Utc>>, Error> {
+    let Some(s) = since else { return Ok(None) };
+    let date = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| Error::Config {
+        origin: "--since".into(),
+        message: format!("'{s}' is not a date in the form YYYY-MM-DD"),
+    })?;
+    let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
+    let t = midnight
+        .and_local_timezone(Local)
+        .earliest()
+        .map_or_else(|| midnight.and_utc(), |t| t.with_timezone(&Utc));
+    Ok(Some(t))
+}
+
+/// The last attempt of each task, in order of first start.
+fn last_attempts(tasks: &[TaskExecution]) -> Vec<&TaskExecution> {
+    let mut order: Vec<&str> = Vec::new();
+    let mut last: BTreeMap<&str, &TaskExecution> = BTreeMap::new();
+    for t in tasks {
+        if !last.contains_key(t.task_name.as_str()) {
+            order.push(&t.task_name);
+        }
+        let replace = last
+            .get(t.task_name.as_str())
+            .is_none_or(|p| p.attempt <= t.attempt);
+        if replace {
+            last.insert(&t.task_name, t);
+        }
+    }
+    order.into_iter().map(|n| last[n]).collect()
+}
+
+/// Task names of the workflow file an execution came from, when it can still be read.
+fn planned_tasks(exec: &WorkflowExecution) -> Vec<String> {
+    exec.source
+        .as_deref()
+        .and_then(|f| load_workflow(Path::new(f), &Registry::builtin()).ok())
+        .filter(|wf| wf.name == exec.workflow_name)
+        .map(|wf| wf.tasks.into_iter().map(|t| t.name).collect())
+        .unwrap_or_default()
+}
+
+pub(crate) fn status(
+    config: &Config,
+    workflow: Option<&str>,
+    running_only: bool,
+    format: &str,
+) -> Result<u8, Error> {
+    let json_out = check_format(format)?;
+    let Some(store) = open(config)? else {
+        if json_out {
+            println!("[]");
+        } else {
+            println!("No executions recorded yet ({}).", config.db_path.display());
+        }
+        return Ok(0);
+    };
+    let names: Vec<String> = match workflow {
+        Some(w) => vec![w.to_string()],
+        None => store.workflows()?.into_iter().map(|w| w.name).collect(),
+    };
+    let mut shown = Vec::new();
+    for name in &names {
+        if let Some(e) = store.latest_execution(name)? {
+            if !running_only || e.status == WorkflowStatus::Running {
+                let tasks = store.task_executions(&e.id)?;
+                shown.push((e, tasks));
+            }
+        }
+    }
+    if let (Some(w), true) = (workflow, shown.is_empty() && !running_only) {
+        eprintln!("error: no executions of workflow '{w}'");
+        return Ok(EXIT_NOT_FOUND);
+    }
+    if json_out {
+        let v: Vec<_> = shown
+            .iter()
+            .map(|(e, t)| json!({ "execution": e, "tasks": last_attempts(t) }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(0);
+    }
+    if shown.is_empty() {
+        println!(
+            "{}",
+            if running_only {
+                "No running workflows."
+            } else {
+                "No executions recorded yet."
+            }
+        );
+    }
+    let now = Utc::now();
+    for (i, (e, tasks)) in shown.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("Workflow: {}", e.workflow_name);
+        println!("Execution: {}", e.id);
+        println!("Status: {}", capitalized(e.status));
+        println!("Started: {}", local(e.started_at));
+        match (e.status, e.duration_seconds) {
+            (WorkflowStatus::Running, _) | (_, None) => println!(
+                "Elapsed: {}",
+                human_duration((now - e.started_at).num_milliseconds().max(0) as f64 / 1000.0)
+            ),
+            (_, Some(d)) => println!("Duration: {}", human_duration(d)),
+        }
+        println!();
+        println!("Tasks:");
+        let last = last_attempts(tasks);
+        let mut rows: Vec<(String, String, String)> = last
+            .iter()
+            .map(|t| {
+                let (mark, what) = match t.status {
+                    TaskState::Success => (
+                        "✓",
+                        format!(
+                            "completed in {}",
+                            human_duration(t.duration_seconds.unwrap_or(0.0))
+                        ),
+                    ),
+                    TaskState::Running if e.status == WorkflowStatus::Running => (
+                        "⟳",
+                        format!(
+                            "running for {}",
+                            human_duration(
+                                (now - t.started_at).num_milliseconds().max(0) as f64 / 1000.0
+                            )
+                        ),
+                    ),
+                    TaskState::Running => ("✗", "interrupted".to_string()),
+                    TaskState::Retrying => ("⟳", format!("retrying after attempt {}", t.attempt)),
+                    TaskState::Timeout => ("✗", "timed out".to_string()),
+                    TaskState::Failed => (
+                        "✗",
+                        match t.exit_code {
+                            Some(c) => format!("failed, exit code {c}"),
+                            None => "failed".to_string(),
+                        },
+                    ),
+                    TaskState::Skipped => ("-", "skipped".to_string()),
+                    TaskState::Pending => ("○", "pending".to_string()),
+                };
+                (mark.to_string(), t.task_name.clone(), what)
+            })
+            .collect();
+        for name in planned_tasks(e) {
+            if !rows.iter().any(|r| r.1 == name) {
+                let what = if e.status == WorkflowStatus::Running {
+                    "pending"
+                } else {
+                    "not run"
+                };
+                rows.push(("○".into(), name, what.into()));
+            }
+        }
+        let width = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
+        for (mark, name, what) in rows {
+            println!("  {mark} {name:<width$} ({what})");
+        }
+    }
+    Ok(0)
+}
+
+fn result_text(e: &WorkflowExecution, tasks: &[TaskExecution]) -> String {
+    match e.status {
+        WorkflowStatus::Success => "All tasks completed".into(),
+        WorkflowStatus::Running => "In progress".into(),
+        WorkflowStatus::Interrupted => "Interrupted (run --resume continues it)".into(),
+        WorkflowStatus::Failed => {
+            let failed: Vec<&str> = last_attempts(tasks)
+                .into_iter()
+                .filter(|t| matches!(t.status, TaskState::Failed | TaskState::Timeout))
+                .map(|t| t.task_name.as_str())
+                .collect();
+            if failed.is_empty() {
+                "Stopped".into()
+            } else {
+                format!("Failed: {}", failed.join(", "))
+            }
+        }
+    }
+}
+
+pub(crate) fn history(
+    config: &Config,
+    workflow: Option<&str>,
+    status: Option<&str>,
+    limit: usize,
+    since: Option<&str>,
+    format: &str,
+) -> Result<u8, Error> {
+    let json_out = check_format(format)?;
+    let status = match status {
+        None => None,
+        Some(s) => Some(
+            WorkflowStatus::parse(&s.to_ascii_lowercase()).ok_or_else(|| Error::Config {
+                origin: "--status".into(),
+                message: format!("'{s}' is not one of success, failed, running, interrupted"),
+            })?,
+        ),
+    };
+    let filter = HistoryFilter {
+        workflow: workflow.map(String::from),
+        status,
+        since: parse_since(since)?,
+        limit: Some(limit),
+    };
+    let execs = match open(config)? {
+        Some(store) => store.history(&filter)?,
+        None => Vec::new(),
+    };
+    if json_out {
+        let v: Vec<_> = execs
+            .iter()
+            .map(|(e, t)| {
+                let mut j = serde_json::to_value(e).expect("json");
+                j["tasks"] = serde_json::to_value(t).expect("json");
+                j
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(0);
+    }
+    if execs.is_empty() {
+        println!("No executions found.");
+        return Ok(0);
+    }
+    let w = execs
+        .iter()
+        .map(|(e, _)| e.workflow_name.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    println!(
+        "{:<w$}  {:<19}  {:<9} {:<11} {:<6} RESULT",
+        "WORKFLOW", "STARTED", "DURATION", "STATUS", "TASKS"
+    );
+    for (e, t) in &execs {
+        let dur = e
+            .duration_seconds
+            .map_or_else(|| "-".to_string(), human_duration);
+        println!(
+            "{:<w$}  {:<19}  {:<9} {:<11} {:<6} {}",
+            e.workflow_name,
+            local(e.started_at),
+            dur,
+            capitalized(e.status),
+            format!("{}/{}", e.successful_tasks, e.total_tasks),
+            result_text(e, t)
+        );
+    }
+    Ok(0)
+}
+
+pub(crate) fn stats(
+    config: &Config,
+    workflow: Option<&str>,
+    period: u32,
+    format: &str,
+) -> Result<u8, Error> {
+    let json_out = check_format(format)?;
+    let filter = HistoryFilter {
+        workflow: workflow.map(String::from),
+        since: Some(Utc::now() - chrono::Duration::days(i64::from(period))),
+        ..Default::default()
+    };
+    let history = match open(config)? {
+        Some(store) => store.history(&filter)?,
+        None => Vec::new(),
+    };
+    let stats = compute_stats(&history);
+    if json_out {
+        let v: Vec<_> = stats
+            .iter()
+            .map(|s| {
+                json!({
+                    "workflow": s.workflow,
+                    "period_days": period,
+                    "executions": s.executions,
+                    "successes": s.successes,
+                    "failures": s.failures,
+                    "success_rate": s.success_rate(),
+                    "avg_duration_seconds": s.avg_duration,
+                    "min_duration_seconds": s.min_duration,
+                    "max_duration_seconds": s.max_duration,
+                    "tasks": s.tasks.iter().map(|t| json!({
+                        "task": t.task,
+                        "runs": t.runs,
+                        "successes": t.successes,
+                        "success_rate": t.success_rate(),
+                        "avg_duration_seconds": t.avg_duration,
+                        "retries": t.retries,
+                    })).collect::<Vec<_>>(),
+                    "failures_detail": s.failure_breakdown.iter().map(|(at, task, why)| json!({
+                        "started_at": at, "task": task, "reason": why,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(0);
+    }
+    if stats.is_empty() {
+        println!("No finished executions in the last {period} days.");
+        return Ok(0);
+    }
+    let pct = |part: usize, all: usize| {
+        if all == 0 {
+            "0%".to_string()
+        } else {
+            trim_pct(part as f64 * 100.0 / all as f64)
+        }
+    };
+    for (i, s) in stats.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("Workflow: {}", s.workflow);
+        println!("Period: Last {period} days");
+        println!();
+        println!("Executions: {}", s.executions);
+        println!(
+            "Success: {} ({})",
+            s.successes,
+            pct(s.successes, s.executions)
+        );
+        println!("Failed: {} ({})", s.failures, pct(s.failures, s.executions));
+        println!();
+        let d = |v: Option<f64>| v.map_or_else(|| "-".into(), human_duration);
+        println!("Average duration: {}", d(s.avg_duration));
+        println!("Min duration: {}", d(s.min_duration));
+        println!("Max duration: {}", d(s.max_duration));
+        if !s.tasks.is_empty() {
+            println!();
+            println!("Task statistics:");
+            let w = s.tasks.iter().map(|t| t.task.len()).max().unwrap_or(0) + 1;
+            for t in &s.tasks {
+                let rate = t.success_rate().map_or_else(|| "-".into(), trim_pct);
+                let mut line = format!(
+                    "  {:<w$} {rate} success, avg {}",
+                    format!("{}:", t.task),
+                    d(t.avg_duration)
+                );
+                if t.retries > 0 {
+                    line.push_str(&format!(", {} retries", t.retries));
+                }
+                println!("{line}");
+            }
+        }
+        if !s.failure_breakdown.is_empty() {
+            println!();
+            println!("Failure breakdown:");
+            for (at, task, why) in &s.failure_breakdown {
+                let at = at.with_timezone(&Local).format("%Y-%m-%d");
+                println!("  {at}: {task} failed ({why})");
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn trim_pct(v: f64) -> String {
+    let s = format!("{v:.1}");
+    format!("{}%", s.strip_suffix(".0").unwrap_or(&s))
+}
+
+pub(crate) fn workflow_list(config: &Config, all: bool, format: &str) -> Result<u8, Error> {
+    let json_out = check_format(format)?;
+    let Some(store) = open(config)? else {
+        if json_out {
+            println!("[]");
+        } else {
+            println!("No workflows recorded yet.");
+        }
+        return Ok(0);
+    };
+    let recent = Utc::now() - chrono::Duration::days(30);
+    let mut rows = Vec::new();
+    for w in store.workflows()? {
+        let execs = store.executions(&HistoryFilter {
+            workflow: Some(w.name.clone()),
+            ..Default::default()
+        })?;
+        let last = execs.first().cloned();
+        if !all && last.as_ref().is_none_or(|l| l.started_at < recent) && w.schedule.is_none() {
+            continue;
+        }
+        let success = execs
+            .iter()
+            .filter(|e| e.status == WorkflowStatus::Success)
+            .count();
+        let failed = execs
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.status,
+                    WorkflowStatus::Failed | WorkflowStatus::Interrupted
+                )
+            })
+            .count();
+        rows.push((w, last, success, failed));
+    }
+    if json_out {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(w, last, s, f)| {
+                json!({
+                    "name": w.name,
+                    "type": if w.schedule.is_some() { "cron" } else { "on-demand" },
+                    "schedule": w.schedule,
+                    "file": w.file,
+                    "last_run": last.as_ref().map(|l| l.started_at),
+                    "last_status": last.as_ref().map(|l| l.status),
+                    "success": s,
+                    "failed": f,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!("No workflows recorded yet.");
+        return Ok(0);
+    }
+    let w = rows
+        .iter()
+        .map(|r| r.0.name.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    let sw = rows
+        .iter()
+        .map(|r| r.0.schedule.as_deref().map_or(1, str::len))
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    println!(
+        "{:<w$}  {:<9}  {:<sw$}  {:<16}  {:<11} {:>7} {:>7}",
+        "WORKFLOW", "TYPE", "SCHEDULE", "LAST RUN", "STATUS", "SUCCESS", "FAILED"
+    );
+    for (wf, last, s, f) in rows {
+        let (when, st) = match &last {
+            Some(l) => (
+                l.started_at
+                    .with_timezone(&Local)
+                    .format("%Y-%m-%d %H:%M")
+                    .to_string(),
+                capitalized(l.status),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "{:<w$}  {:<9}  {:<sw$}  {:<16}  {:<11} {:>7} {:>7}",
+            wf.name,
+            if wf.schedule.is_some() {
+                "Cron"
+            } else {
+                "On-Demand"
+            },
+            wf.schedule.as_deref().unwrap_or("-"),
+            when,
+            st,
+            s,
+            f
+        );
+    }
+    Ok(0)
+}
+
+/// Arguments of `picoflow logs`.
+#[derive(Debug)]
+pub(crate) struct LogsQuery<'a> {
+    pub(crate) workflow: Option<&'a str>,
+    pub(crate) task: Option<&'a str>,
+    pub(crate) execution_id: Option<&'a str>,
+    pub(crate) tail: usize,
+    pub(crate) follow: bool,
+}
+
+pub(crate) fn logs(config: &Config, q: &LogsQuery<'_>) -> Result<u8, Error> {
+    let Some(store) = open(config)? else {
+        eprintln!(
+            "error: no executions recorded yet ({})",
+            config.db_path.display()
+        );
+        return Ok(EXIT_NOT_FOUND);
+    };
+    let exec = match (q.execution_id, q.workflow) {
+        (Some(id), _) => store.execution(id)?,
+        (None, Some(w)) => store.latest_execution(w)?,
+        (None, None) => {
+            return Err(Error::Config {
+                origin: "picoflow logs".into(),
+                message: "give --workflow NAME (or --execution-id ID)".into(),
+            })
+        }
+    };
+    let Some(exec) = exec else {
+        eprintln!(
+            "error: no execution found for {}",
+            q.execution_id
+                .map(|i| format!("id '{i}'"))
+                .or(q.workflow.map(|w| format!("workflow '{w}'")))
+                .unwrap_or_default()
+        );
+        return Ok(EXIT_NOT_FOUND);
+    };
+    if let Some(w) = q.workflow {
+        if exec.workflow_name != w {
+            eprintln!(
+                "error: execution {} belongs to workflow '{}'",
+                exec.id, exec.workflow_name
+            );
+            return Ok(EXIT_NOT_FOUND);
+        }
+    }
+    let dir = execution_log_dir(
+        &config.logs.dir,
+        &exec.workflow_name,
+        exec.started_at,
+        &exec.id,
+    );
+    let attempts = store.task_executions(&exec.id)?;
+    let mut names: Vec<String> = last_attempts(&attempts)
+        .iter()
+        .map(|t| t.task_name.clone())
+        .collect();
+    for n in planned_tasks(&exec) {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    if let Some(t) = q.task {
+        if !names.iter().any(|n| n == t) {
+            eprintln!("error: task '{t}' has no record in execution {}", exec.id);
+            return Ok(EXIT_NOT_FOUND);
+        }
+        names.retain(|n| n == t);
+    }
+    println!(
+        "Execution {} of '{}' ({}, started {})",
+        exec.id,
+        exec.workflow_name,
+        exec.status,
+        local(exec.started_at)
+    );
+    let mut offsets: BTreeMap<String, u64> = BTreeMap::new();
+    for name in &names {
+        let path = task_log_path(&dir, name);
+        println!("\n==> {name} <==");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                print_tail(&bytes, q.tail);
+                offsets.insert(name.clone(), bytes.len() as u64);
+            }
+            Err(_) => {
+                // No file: the task wrote nothing, or the logs were pruned; show the capture.
+                let rec = attempts
+                    .iter()
+                    .filter(|a| &a.task_name == name)
+                    .max_by_key(|a| a.attempt);
+                match rec {
+                    Some(r) => {
+                        let mut text = String::new();
+                        for s in [&r.stdout, &r.stderr].into_iter().flatten() {
+                            text.push_str(s);
+                        }
+                        if text.is_empty() {
+                            println!("(no output; {})", r.status);
+                        } else {
+                            print_tail(text.as_bytes(), q.tail);
+                        }
+                    }
+                    None => println!("(not started)"),
+                }
+                offsets.insert(name.clone(), 0);
+            }
+        }
+    }
+    if q.follow {
+        follow(&store, &exec.id, &dir, &names, &mut offsets)?;
+    }
+    Ok(0)
+}
+
+fn print_tail(bytes: &[u8], n: usize) {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    let mut out = std::io::stdout().lock();
+    for l in &lines[start..] {
+        let _ = writeln!(out, "{l}");
+    }
+}
+
+/// Prints what the running execution's tasks write, until it ends.
+fn follow(
+    store: &Store,
+    id: &str,
+    dir: &Path,
+    names: &[String],
+    offsets: &mut BTreeMap<String, u64>,
+) -> Result<(), Error> {
+    let mut last_name: Option<String> = None;
+    loop {
+        let running = store
+            .execution(id)?
+            .is_some_and(|e| e.status == WorkflowStatus::Running);
+        for name in names {
+            let path: PathBuf = task_log_path(dir, name);
+            let Ok(mut f) = std::fs::File::open(&path) else {
+                continue;
+            };
+            let off = offsets.get(name).copied().unwrap_or(0);
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if len <= off {
+                continue;
+            }
+            let mut buf = Vec::new();
+            if f.seek(SeekFrom::Start(off)).is_ok() && f.read_to_end(&mut buf).is_ok() {
+                if last_name.as_deref() != Some(name.as_str()) {
+                    println!("\n==> {name} <==");
+                    last_name = Some(name.clone());
+                }
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&buf);
+                let _ = out.flush();
+                offsets.insert(name.clone(), off + buf.len() as u64);
+            }
+        }
+        if !running {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
