@@ -257,7 +257,7 @@ fn sigint_interrupts_with_exit_9_and_stops_tasks() {
         "w.yaml",
         "name: s\ntasks:\n  - {name: long, type: shell, config: {command: \"sleep 62.1234\"}}\n  - {name: next, type: shell, depends_on: [long], config: {command: \"touch next-ran\"}}\n",
     );
-    let mut child = picoflow(dir.path())
+    let child = picoflow(dir.path())
         .arg("run")
         .arg(&wf)
         .stdout(std::process::Stdio::piped())

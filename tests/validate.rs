@@ -154,7 +154,7 @@ fn missing_executor_names_the_feature() {
     for kind in ["ssh", "http"] {
         let out = run(picoflow(dir.path())
             .arg("validate")
-            .arg(fixture(&format!("spec/guide-api-deployment.yaml"))));
+            .arg(fixture("spec/guide-api-deployment.yaml")));
         if kind == "http" && !has_feature("http") {
             assert_eq!(out.status.code(), Some(2));
             assert!(stderr(&out).contains("feature 'http'"));

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         let p = std::env::temp_dir().join(format!(
             "picoflow-test-{tag}-{}-{}",
             std::process::id(),
@@ -18,11 +18,11 @@ impl TempDir {
         TempDir(p)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.0.join(name);
         std::fs::write(&p, text).unwrap();
         p
@@ -36,7 +36,7 @@ impl Drop for TempDir {
 }
 
 /// The `picoflow` binary, run in `dir` with its state there.
-pub fn picoflow(dir: &Path) -> Command {
+pub(crate) fn picoflow(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_picoflow"));
     c.current_dir(dir)
         .env_remove("PICOFLOW_DB_PATH")
@@ -48,7 +48,7 @@ pub fn picoflow(dir: &Path) -> Command {
 }
 
 /// Runs and returns the output; prints it for debugging.
-pub fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("cannot start picoflow");
     eprintln!(
         "--- {:?} exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
@@ -60,10 +60,10 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
-pub fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-pub fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
