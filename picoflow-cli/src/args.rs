@@ -103,6 +103,9 @@ pub(crate) struct StatusArgs {
     /// only running executions
     #[argh(switch)]
     pub(crate) running_only: bool,
+    /// redraw every 2 seconds until interrupted (Ctrl+C)
+    #[argh(switch)]
+    pub(crate) watch: bool,
     /// output format: table or json (default table)
     #[argh(option, default = "String::from(\"table\")")]
     pub(crate) format: String,

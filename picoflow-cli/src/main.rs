@@ -111,6 +111,9 @@ fn dispatch(command: Command, config: &Config) -> Result<u8, Error> {
         Command::Init(a) => init(a.name.as_deref(), &a.template),
         Command::Graph(a) => graph(&a.file, &a.format),
         Command::Run(a) => run(&a.file, a.resume, config),
+        Command::Status(a) if a.watch => {
+            report::watch_status(config, a.workflow.as_deref(), a.running_only, &a.format)
+        }
         Command::Status(a) => {
             report::status(config, a.workflow.as_deref(), a.running_only, &a.format)
         }

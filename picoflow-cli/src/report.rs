@@ -213,6 +213,38 @@ pub(crate) fn status(
     Ok(0)
 }
 
+/// `status --watch`: redraws the status every 2 seconds until SIGINT or SIGTERM.
+pub(crate) fn watch_status(
+    config: &Config,
+    workflow: Option<&str>,
+    running_only: bool,
+    format: &str,
+) -> Result<u8, Error> {
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    let mut signals = picoflow_lib::Signals::new()?;
+    loop {
+        if tty {
+            // Clear the screen and go home, like `watch`.
+            print!("\x1b[2J\x1b[H");
+        } else {
+            println!("--- {} ---", Local::now().format("%Y-%m-%d %H:%M:%S"));
+        }
+        status(config, workflow, running_only, format)?;
+        let _ = std::io::stdout().flush();
+        let stop = smol::block_on(futures_lite::future::or(
+            async { signals.next().await.is_some() },
+            async {
+                smol::Timer::after(Duration::from_secs(2)).await;
+                false
+            },
+        ));
+        if stop {
+            return Ok(0);
+        }
+    }
+}
+
 fn result_text(e: &WorkflowExecution, tasks: &[TaskExecution]) -> String {
     match e.status {
         WorkflowStatus::Success => "All tasks completed".into(),

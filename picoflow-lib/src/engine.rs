@@ -7,11 +7,11 @@
 //! finished for its dependents; any other failure marks everything downstream `skipped` and
 //! the workflow `failed`, while tasks that do not depend on the failed one keep running.
 //!
-//! Every state change is reported to the [`EventSink`]s in order, and a sink that persists
-//! them must keep that order (the state store commits in order, in groups, on its own
-//! thread): a dependent's start is then never durable before the completion it waited for,
-//! without making every task wait for an `fsync` (REL-004). The engine awaits
-//! [`EventSink::flush`] once, when the execution ends. The engine runs entirely
+//! Every state change is reported to the [`EventSink`]s in order. When tasks finish and
+//! dependents become ready, the engine awaits [`EventSink::flush`] once for the batch before
+//! starting them, so a completion is durable before anything that depends on it begins and a
+//! crash never re-runs a finished task (REL-001, REL-004). Tasks already running are not held
+//! up, and the state store shares one commit among everything that finished meanwhile. The engine runs entirely
 //! inside the caller's executor (it drives its tasks on a local executor of its own and
 //! drives async-process's reaper itself, so no helper thread is started).
 
@@ -377,6 +377,7 @@ impl Engine {
         let mut running = 0usize;
         let mut failed = false;
         let mut cancelled = false;
+        let mut store_error = None;
 
         loop {
             if !cancelled {
@@ -443,6 +444,16 @@ impl Engine {
                     self.skip_downstream(wf, dag, i, &execution.id, &mut slots, &mut reports);
                 }
             }
+            // A completion is durable before a task that depends on it starts (REL-004), so
+            // a crash never re-runs a finished task. One flush covers the whole batch, tasks
+            // already running go on meanwhile, and nothing waits when no dependent is ready.
+            if !ready.is_empty() && !cancelled {
+                if let Err(e) = self.flush().await {
+                    tracing::error!(error = %e, "cannot record task completion; stopping the run");
+                    store_error = Some(e);
+                    cancelled = true;
+                }
+            }
         }
 
         let end = Utc::now();
@@ -466,6 +477,9 @@ impl Engine {
         };
         self.emit(Event::WorkflowFinished(execution.clone()));
         self.flush().await?;
+        if let Some(e) = store_error {
+            return Err(e);
+        }
         Ok(RunReport {
             execution,
             tasks: reports,

@@ -46,18 +46,29 @@ use crate::executor::BoxFuture;
 const WORKFLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflows");
 /// Execution id → stored execution (JSON).
 const EXECUTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflow_executions");
-/// Task attempt id → [`TaskExecution`] (JSON).
-const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("task_executions");
+/// (execution id, task attempt id) → [`TaskExecution`] (JSON). Keyed by execution so that
+/// one table (one B-tree path) changes per task event: SD cards pay per page written.
+const TASKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("task_executions");
 /// (workflow, start in µs, execution id): executions of a workflow in start order.
 const BY_WORKFLOW: TableDefinition<(&str, i64, &str), ()> =
     TableDefinition::new("executions_by_workflow");
 /// (start in µs, execution id): all executions in start order.
 const BY_TIME: TableDefinition<(i64, &str), ()> = TableDefinition::new("executions_by_time");
-/// (execution id, task attempt id): the attempts of an execution.
-const BY_EXECUTION: TableDefinition<(&str, &str), ()> = TableDefinition::new("tasks_by_execution");
 
 /// Execution id → (): executions recorded as running, so recovery need not scan history.
 const RUNNING: TableDefinition<&str, ()> = TableDefinition::new("running_executions");
+
+/// How long the writer waits for more events before committing. Every commit of a
+/// multi-process redb file writes about ten 4 KiB pages (data, system tree, allocator state,
+/// two headers) and two fsyncs, whatever it carries; sharing commits is what keeps bytes
+/// written per task low on an SD card. A crash loses at most this window of events, which
+/// only means the affected task runs again on resume.
+const GROUP_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A batch holding only starts (of tasks or executions) waits longer: a start matters to
+/// readers in other processes (`status`) but not to crash recovery, which re-runs any task
+/// whose end is not recorded. A task shorter than this costs one commit instead of two.
+const START_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// redb's page cache; the default (1 GiB) is twice a Pi Zero's memory.
 const WRITER_CACHE_BYTES: usize = 4 * 1024 * 1024;
@@ -121,6 +132,8 @@ enum Msg {
         id: String,
         execution: String,
         json: Vec<u8>,
+        /// A start (rather than an end) may wait longer for company; see `writer_loop`.
+        start: bool,
     },
     Workflow(WorkflowRecord),
     Flush(smol::channel::Sender<std::result::Result<(), String>>),
@@ -172,22 +185,15 @@ impl Store {
             .create(&path)
             .map_err(|e| store_err(&path, "cannot open state file")(e.into()))?;
         let db = Arc::new(db);
-        // Create the tables once so that readers find them.
-        let txn = db
-            .begin_write()
-            .map_err(|e| store_err(&path, "cannot write")(e.into()))?;
-        {
-            let e = |e: TableError| store_err(&path, "cannot create tables in")(e.into());
-            txn.open_table(WORKFLOWS).map_err(e)?;
-            txn.open_table(EXECUTIONS).map_err(e)?;
-            txn.open_table(TASKS).map_err(e)?;
-            txn.open_table(BY_WORKFLOW).map_err(e)?;
-            txn.open_table(BY_TIME).map_err(e)?;
-            txn.open_table(BY_EXECUTION).map_err(e)?;
-            txn.open_table(RUNNING).map_err(e)?;
+        // Create the tables once so that readers find them (and skip the commit, an fsync,
+        // when they exist).
+        let exists = db
+            .begin_read()
+            .ok()
+            .is_some_and(|r| r.open_table(RUNNING).is_ok());
+        if !exists {
+            create_tables(&db, &path)?;
         }
-        txn.commit()
-            .map_err(|e| store_err(&path, "cannot commit to")(e.into()))?;
 
         let (tx, rx) = mpsc::channel();
         let thread_db = db.clone();
@@ -426,24 +432,16 @@ impl Store {
     /// Every attempt of every task of an execution, in start order.
     pub fn task_executions(&self, execution_id: &str) -> Result<Vec<TaskExecution>> {
         let txn = self.read()?;
-        let (Some(idx), Some(tasks)) = (
-            open_ro(&txn, BY_EXECUTION, &self.path)?,
-            open_ro(&txn, TASKS, &self.path)?,
-        ) else {
+        let Some(tasks) = open_ro(&txn, TASKS, &self.path)? else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        let range = idx
+        let range = tasks
             .range((execution_id, "")..=(execution_id, "\u{10ffff}"))
             .map_err(|e| self.err("cannot read")(e.into()))?;
         for row in range {
-            let (k, _) = row.map_err(|e| self.err("cannot read")(e.into()))?;
-            if let Some(v) = tasks
-                .get(k.value().1)
-                .map_err(|e| self.err("cannot read")(e.into()))?
-            {
-                out.push(decode::<TaskExecution>(v.value(), &self.path)?);
-            }
+            let (_, v) = row.map_err(|e| self.err("cannot read")(e.into()))?;
+            out.push(decode::<TaskExecution>(v.value(), &self.path)?);
         }
         out.sort_by(|a, b| {
             (a.started_at, a.attempt, &a.task_name).cmp(&(b.started_at, b.attempt, &b.task_name))
@@ -515,34 +513,23 @@ impl Store {
                     stale.push((id, s));
                 }
             }
-            let idx = txn
-                .open_table(BY_EXECUTION)
-                .map_err(|e| self.err("cannot write")(e.into()))?;
             let mut tasks = txn
                 .open_table(TASKS)
                 .map_err(|e| self.err("cannot write")(e.into()))?;
             for (id, mut s) in stale {
                 let now = Utc::now();
-                let mut attempt_ids = Vec::new();
-                for row in idx
+                let mut unfinished = Vec::new();
+                for row in tasks
                     .range((id.as_str(), "")..=(id.as_str(), "\u{10ffff}"))
                     .map_err(|e| self.err("cannot read")(e.into()))?
                 {
-                    let (k, _) = row.map_err(|e| self.err("cannot read")(e.into()))?;
-                    attempt_ids.push(k.value().1.to_string());
-                }
-                for tid in attempt_ids {
-                    let rec = match tasks
-                        .get(tid.as_str())
-                        .map_err(|e| self.err("cannot read")(e.into()))?
-                    {
-                        Some(v) => decode::<TaskExecution>(v.value(), &self.path)?,
-                        None => continue,
-                    };
-                    if rec.status.is_final() {
-                        continue;
+                    let (_, v) = row.map_err(|e| self.err("cannot read")(e.into()))?;
+                    let rec = decode::<TaskExecution>(v.value(), &self.path)?;
+                    if !rec.status.is_final() {
+                        unfinished.push(rec);
                     }
-                    let mut rec = rec;
+                }
+                for mut rec in unfinished {
                     rec.status = crate::events::TaskState::Failed;
                     rec.finished_at = Some(now);
                     rec.error_message = Some(format!(
@@ -551,7 +538,7 @@ impl Store {
                         s.exec.pid
                     ));
                     tasks
-                        .insert(tid.as_str(), encode(&rec).as_slice())
+                        .insert((id.as_str(), rec.id.as_str()), encode(&rec).as_slice())
                         .map_err(|e| self.err("cannot write")(e.into()))?;
                 }
                 s.exec.status = WorkflowStatus::Interrupted;
@@ -591,7 +578,6 @@ impl Store {
             let e = |e: TableError| store_err(&self.path, "cannot write")(e.into());
             let mut by_time = txn.open_table(BY_TIME).map_err(e)?;
             let mut by_wf = txn.open_table(BY_WORKFLOW).map_err(e)?;
-            let mut by_exec = txn.open_table(BY_EXECUTION).map_err(e)?;
             let mut execs = txn.open_table(EXECUTIONS).map_err(e)?;
             let mut tasks = txn.open_table(TASKS).map_err(e)?;
             let mut old = Vec::new();
@@ -616,7 +602,7 @@ impl Store {
                     continue;
                 }
                 let mut attempt_ids = Vec::new();
-                for row in by_exec
+                for row in tasks
                     .range((id.as_str(), "")..=(id.as_str(), "\u{10ffff}"))
                     .map_err(|e| self.err("cannot read")(e.into()))?
                 {
@@ -625,9 +611,6 @@ impl Store {
                 }
                 for tid in &attempt_ids {
                     tasks
-                        .remove(tid.as_str())
-                        .map_err(|e| self.err("cannot write")(e.into()))?;
-                    by_exec
                         .remove((id.as_str(), tid.as_str()))
                         .map_err(|e| self.err("cannot write")(e.into()))?;
                 }
@@ -661,6 +644,24 @@ impl Drop for Store {
             }
         }
     }
+}
+
+fn create_tables(db: &Database, path: &Path) -> Result<()> {
+    let txn = db
+        .begin_write()
+        .map_err(|e| store_err(&path, "cannot write")(e.into()))?;
+    {
+        let e = |e: TableError| store_err(&path, "cannot create tables in")(e.into());
+        txn.open_table(WORKFLOWS).map_err(e)?;
+        txn.open_table(EXECUTIONS).map_err(e)?;
+        txn.open_table(TASKS).map_err(e)?;
+        txn.open_table(BY_WORKFLOW).map_err(e)?;
+        txn.open_table(BY_TIME).map_err(e)?;
+        txn.open_table(RUNNING).map_err(e)?;
+    }
+    txn.commit()
+        .map_err(|e| store_err(&path, "cannot commit to")(e.into()))?;
+    Ok(())
 }
 
 fn open_ro<K: redb::Key + 'static, V: redb::Value + 'static>(
@@ -739,6 +740,7 @@ impl EventSink for StoreSink {
                 id: r.id.clone(),
                 execution: r.workflow_execution_id.clone(),
                 json: encode(r),
+                start: matches!(event, Event::TaskStarted(_)),
             },
         };
         let _ = tx.lock().expect("store queue").send(msg);
@@ -776,7 +778,27 @@ fn writer_loop(db: &Database, path: &Path, rx: mpsc::Receiver<Msg>) {
     let mut stop = false;
     while !stop {
         let Ok(first) = rx.recv() else { return };
+        // Linger briefly so that a burst of events shares one commit; a flush (the end of an
+        // execution, or a caller that must see its data on disk) ends the wait at once.
+        let window = |m: &Msg| match m {
+            Msg::Task { start: true, .. } => START_COMMIT_WINDOW,
+            Msg::Execution(e) if e.status == WorkflowStatus::Running => START_COMMIT_WINDOW,
+            _ => GROUP_COMMIT_WINDOW,
+        };
+        let mut deadline = std::time::Instant::now() + window(&first);
+        let mut urgent = matches!(first, Msg::Flush(_) | Msg::Stop);
         let mut batch = vec![first];
+        while !urgent {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(m) => {
+                    urgent = matches!(m, Msg::Flush(_) | Msg::Stop);
+                    deadline = deadline.min(std::time::Instant::now() + window(&m));
+                    batch.push(m);
+                }
+                Err(_) => break,
+            }
+        }
         while let Ok(m) = rx.try_recv() {
             batch.push(m);
         }
@@ -792,6 +814,7 @@ fn writer_loop(db: &Database, path: &Path, rx: mpsc::Receiver<Msg>) {
         let result = if work.is_empty() {
             Ok(())
         } else {
+            tracing::trace!(records = work.len(), "committing state");
             commit(db, &work, pid_start).map_err(|e| {
                 let msg = format!("cannot record state in {}: {e}", path.display());
                 tracing::error!("{msg}");
@@ -816,7 +839,6 @@ fn commit(
         let mut tasks = txn.open_table(TASKS)?;
         let mut by_wf = txn.open_table(BY_WORKFLOW)?;
         let mut by_time = txn.open_table(BY_TIME)?;
-        let mut by_exec = txn.open_table(BY_EXECUTION)?;
         let mut running = txn.open_table(RUNNING)?;
         for m in work {
             match m {
@@ -842,9 +864,9 @@ fn commit(
                     id,
                     execution,
                     json,
+                    ..
                 } => {
-                    tasks.insert(id.as_str(), json.as_slice())?;
-                    by_exec.insert((execution.as_str(), id.as_str()), ())?;
+                    tasks.insert((execution.as_str(), id.as_str()), json.as_slice())?;
                 }
                 Msg::Flush(_) | Msg::Stop => {}
             }

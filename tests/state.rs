@@ -1,0 +1,328 @@
+//! State and history on real processes (REL-001, REL-003, CFG-003, CFG-005, OBS-004):
+//! history after runs, readers while a run writes, resume after `kill -9`, retention.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{picoflow, run, stderr, stdout, TempDir};
+use picoflow_lib::{
+    Event, EventSink, Store, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
+};
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(out)))
+}
+
+const TWO_TASKS: &str = "name: pair
+tasks:
+  - name: first
+    type: shell
+    config:
+      command: \"echo first says hi\"
+  - name: second
+    type: shell
+    depends_on: [first]
+    config:
+      command: \"echo second; echo to-stderr >&2\"
+";
+
+#[test]
+fn history_logs_stats_and_workflow_list_after_two_runs() {
+    let dir = TempDir::new("hist");
+    let wf = dir.write("pair.yaml", TWO_TASKS);
+    for _ in 0..2 {
+        let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    assert!(
+        dir.path().join("picoflow.redb").exists(),
+        "default state file in the working directory"
+    );
+
+    let out = run(picoflow(dir.path()).args(["history", "--format", "json"]));
+    assert_eq!(out.status.code(), Some(0));
+    let h = json(&out);
+    let execs = h.as_array().unwrap();
+    assert_eq!(execs.len(), 2);
+    for e in execs {
+        assert_eq!(e["workflow_name"], "pair");
+        assert_eq!(e["status"], "success");
+        assert_eq!(e["total_tasks"], 2);
+        assert_eq!(e["successful_tasks"], 2);
+        let tasks = e["tasks"].as_array().unwrap();
+        assert_eq!(tasks.len(), 2);
+        assert!(tasks
+            .iter()
+            .all(|t| t["status"] == "success" && t["attempt"] == 1));
+        assert_eq!(tasks[0]["stdout"], "first says hi\n");
+    }
+    assert!(
+        execs[0]["started_at"].as_str() > execs[1]["started_at"].as_str(),
+        "newest first"
+    );
+
+    let out = run(picoflow(dir.path()).args(["history", "--workflow", "pair", "--limit", "1"]));
+    let text = stdout(&out);
+    assert!(text.starts_with("WORKFLOW"), "{text}");
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.contains("Success") && text.contains("2/2") && text.contains("All tasks completed")
+    );
+
+    let out = run(picoflow(dir.path()).args(["logs", "--workflow", "pair", "--task", "second"]));
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(
+        text.contains("second\n") && text.contains("to-stderr"),
+        "{text}"
+    );
+    assert!(!text.contains("first says hi"), "{text}");
+    // The positional form of the PRD works too.
+    let out = run(picoflow(dir.path()).args(["logs", "pair", "first"]));
+    assert!(stdout(&out).contains("first says hi"));
+
+    let out = run(picoflow(dir.path()).args(["stats", "--workflow", "pair"]));
+    let text = stdout(&out);
+    assert!(
+        text.contains("Workflow: pair") && text.contains("Executions: 2"),
+        "{text}"
+    );
+    assert!(text.contains("Success: 2 (100%)"), "{text}");
+    assert!(
+        text.contains("first:") && text.contains("100% success"),
+        "{text}"
+    );
+
+    let out = run(picoflow(dir.path()).args(["workflow", "list", "--format", "json"]));
+    let list = json(&out);
+    assert_eq!(list[0]["name"], "pair");
+    assert_eq!(list[0]["type"], "on-demand");
+    assert_eq!(list[0]["success"], 2);
+    assert_eq!(list[0]["failed"], 0);
+    let out = run(picoflow(dir.path()).args(["workflow", "list"]));
+    assert!(stdout(&out).contains("On-Demand"));
+
+    // Unknown workflow / execution: exit 5.
+    let out = run(picoflow(dir.path()).args(["logs", "--workflow", "nope"]));
+    assert_eq!(out.status.code(), Some(5));
+}
+
+#[test]
+fn readers_work_while_a_run_writes() {
+    let dir = TempDir::new("concurrent");
+    let wf = dir.write(
+        "slow.yaml",
+        "name: slow\ntasks:\n  - name: quick\n    type: shell\n    config:\n      command: \"true\"\n  - name: nap\n    type: shell\n    depends_on: [quick]\n    config:\n      command: \"sleep 5\"\n",
+    );
+    // A finished run first, so history has something besides the running one.
+    let mut child = picoflow(dir.path())
+        .arg("run")
+        .arg(&wf)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut saw_running = false;
+    while Instant::now() < deadline {
+        let out = run(picoflow(dir.path()).args(["status", "--workflow", "slow"]));
+        let text = stdout(&out);
+        // A task's start reaches the file within the store's start window (2 s).
+        if text.contains("Status: Running") && text.contains("⟳ nap") {
+            assert_eq!(out.status.code(), Some(0));
+            assert!(text.contains("✓ quick"), "{text}");
+            saw_running = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(saw_running, "status never showed the run as running");
+    for args in [
+        vec!["history"],
+        vec!["status", "--running-only", "--format", "json"],
+        vec!["workflow", "list"],
+        vec!["stats"],
+        vec!["logs", "--workflow", "slow"],
+    ] {
+        let out = run(picoflow(dir.path()).args(&args));
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("already open"), "{args:?}");
+    }
+    let out = run(picoflow(dir.path()).args(["status", "--running-only", "--format", "json"]));
+    assert_eq!(json(&out)[0]["execution"]["status"], "running");
+    assert!(child.wait().unwrap().success());
+    let out = run(picoflow(dir.path()).args(["status", "--workflow", "slow"]));
+    assert!(stdout(&out).contains("Status: Success"));
+}
+
+#[test]
+fn a_run_killed_midway_resumes_without_redoing_finished_tasks() {
+    let dir = TempDir::new("resume");
+    let mut yaml = String::from("name: chain\ntasks:\n");
+    for i in 1..=6 {
+        yaml.push_str(&format!(
+            "  - name: t{i}\n    type: shell\n{}    config:\n      command: \"echo t{i} >> ran.txt; sleep 0.7\"\n",
+            if i > 1 { format!("    depends_on: [t{}]\n", i - 1) } else { String::new() }
+        ));
+    }
+    let wf = dir.write("chain.yaml", &yaml);
+    let ran = dir.path().join("ran.txt");
+    let mut child = picoflow(dir.path())
+        .arg("run")
+        .arg(&wf)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(&ran).unwrap_or_default();
+        if text.contains("t3") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "t3 never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(800)); // the orphaned task finishes its sleep
+
+    // Readers recover the file and see the execution as interrupted, not running.
+    let out = run(picoflow(dir.path()).args(["status", "--workflow", "chain"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Status: Interrupted"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = run(picoflow(dir.path()).args(["run", "--resume"]).arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("Resuming execution"));
+
+    let text = std::fs::read_to_string(&ran).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for i in 1..=6 {
+        let n = lines.iter().filter(|l| **l == format!("t{i}")).count();
+        assert!(n >= 1, "t{i} never ran: {lines:?}");
+        // At-least-once only for the task that was running when the process died.
+        if n > 1 {
+            assert_eq!(n, 2, "{lines:?}");
+            assert!(
+                i >= 3,
+                "t{i} had finished before the kill but ran again: {lines:?}"
+            );
+        }
+    }
+    let twice = (1..=6)
+        .filter(|i| lines.iter().filter(|l| **l == format!("t{i}")).count() > 1)
+        .count();
+    assert!(twice <= 1, "{lines:?}");
+
+    let out = run(picoflow(dir.path()).args(["history", "--format", "json"]));
+    let h = json(&out);
+    assert_eq!(
+        h.as_array().unwrap().len(),
+        1,
+        "resume continues the same execution"
+    );
+    assert_eq!(h[0]["status"], "success");
+    assert_eq!(h[0]["successful_tasks"], 6);
+
+    // Nothing left to resume.
+    let out = run(picoflow(dir.path()).args(["run", "--resume"]).arg(&wf));
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        stderr(&out).contains("no interrupted execution"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn record(store: &Store, wf: &str, days_ago: i64, log_root: &std::path::Path) -> String {
+    let started = chrono::Utc::now() - chrono::Duration::days(days_ago);
+    let id = picoflow_lib::new_id();
+    let exec = WorkflowExecution {
+        id: id.clone(),
+        workflow_name: wf.into(),
+        started_at: started,
+        finished_at: Some(started),
+        status: WorkflowStatus::Success,
+        duration_seconds: Some(1.0),
+        total_tasks: 1,
+        successful_tasks: 1,
+        failed_tasks: 0,
+        created_at: started,
+        pid: 1,
+        source: None,
+    };
+    let task = TaskExecution {
+        id: picoflow_lib::new_id(),
+        workflow_execution_id: id.clone(),
+        task_name: "t".into(),
+        status: TaskState::Success,
+        started_at: started,
+        finished_at: Some(started),
+        exit_code: Some(0),
+        stdout: Some("x".into()),
+        stderr: None,
+        attempt: 1,
+        error_message: None,
+        duration_seconds: Some(1.0),
+        created_at: started,
+    };
+    let sink = store.sink();
+    sink.on_event(&Event::TaskFinished {
+        record: task,
+        retry_in: None,
+    });
+    sink.on_event(&Event::WorkflowFinished(exec));
+    smol::block_on(sink.flush()).unwrap();
+    // Its log directory, dated like the execution.
+    let d = picoflow_lib::execution_log_dir(log_root, wf, started, &id);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("t.log"), "x\n").unwrap();
+    let when = std::time::SystemTime::now() - Duration::from_secs(days_ago as u64 * 86_400);
+    std::fs::File::open(&d).unwrap().set_modified(when).unwrap();
+    id
+}
+
+#[test]
+fn prune_deletes_old_history_and_logs_and_keeps_recent_ones() {
+    let dir = TempDir::new("prune");
+    let logs = dir.path().join("logs");
+    let (old, recent) = {
+        let store = Store::open(dir.path().join("picoflow.redb")).unwrap();
+        let old = record(&store, "nightly", 45, &logs);
+        let recent = record(&store, "nightly", 3, &logs);
+        (old, recent)
+    };
+    let out = run(picoflow(dir.path()).arg("prune"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Pruned 1 executions"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = run(picoflow(dir.path()).args(["history", "--format", "json"]));
+    let ids: Vec<String> = json(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, vec![recent.clone()]);
+    let dirs: Vec<String> = std::fs::read_dir(logs.join("nightly"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert!(dirs[0].ends_with(&recent) && !dirs[0].ends_with(&old));
+
+    // A shorter retention on the command line removes the recent one too.
+    let out = run(picoflow(dir.path()).args(["prune", "--days", "1"]));
+    assert_eq!(out.status.code(), Some(0));
+    let out = run(picoflow(dir.path()).args(["history", "--format", "json"]));
+    assert_eq!(json(&out).as_array().unwrap().len(), 0);
+}
