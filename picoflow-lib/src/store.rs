@@ -649,9 +649,9 @@ impl Drop for Store {
 fn create_tables(db: &Database, path: &Path) -> Result<()> {
     let txn = db
         .begin_write()
-        .map_err(|e| store_err(&path, "cannot write")(e.into()))?;
+        .map_err(|e| store_err(path, "cannot write")(e.into()))?;
     {
-        let e = |e: TableError| store_err(&path, "cannot create tables in")(e.into());
+        let e = |e: TableError| store_err(path, "cannot create tables in")(e.into());
         txn.open_table(WORKFLOWS).map_err(e)?;
         txn.open_table(EXECUTIONS).map_err(e)?;
         txn.open_table(TASKS).map_err(e)?;
@@ -660,7 +660,7 @@ fn create_tables(db: &Database, path: &Path) -> Result<()> {
         txn.open_table(RUNNING).map_err(e)?;
     }
     txn.commit()
-        .map_err(|e| store_err(&path, "cannot commit to")(e.into()))?;
+        .map_err(|e| store_err(path, "cannot commit to")(e.into()))?;
     Ok(())
 }
 
