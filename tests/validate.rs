@@ -344,3 +344,43 @@ fn validate_shows_the_next_fire_times_in_the_workflow_zone() {
         );
     }
 }
+
+/// The fire times `validate` prints for a schedule, as dates.
+fn fire_dates(schedule: &str) -> Result<Vec<chrono::NaiveDate>, String> {
+    let dir = TempDir::new("dow");
+    let file = dir.write(
+        "w.yaml",
+        &format!("name: w\nschedule: \"{schedule}\"\ntimezone: UTC\ntasks:\n  - name: a\n    type: shell\n    config:\n      command: \"true\"\n"),
+    );
+    let out = run(picoflow(dir.path()).arg("validate").arg(&file));
+    if out.status.code() != Some(0) {
+        return Err(stderr(&out));
+    }
+    Ok(stdout(&out)
+        .lines()
+        .skip_while(|l| !l.starts_with("Next runs:"))
+        .skip(1)
+        .map(|l| chrono::NaiveDate::parse_from_str(&l.trim()[..10], "%Y-%m-%d").unwrap())
+        .collect())
+}
+
+#[test]
+fn day_of_week_numbering_is_sunday_zero() {
+    use chrono::{Datelike, Weekday};
+    for s in ["0 0 9 * * 1", "0 9 * * 1", "0 9 * * MON"] {
+        let d = fire_dates(s).unwrap();
+        assert_eq!(d.len(), 3);
+        assert!(d.iter().all(|d| d.weekday() == Weekday::Mon), "{s}: {d:?}");
+    }
+    for s in ["0 0 9 * * 0", "0 0 9 * * 7", "0 9 * * SUN"] {
+        let d = fire_dates(s).unwrap();
+        assert!(d.iter().all(|d| d.weekday() == Weekday::Sun), "{s}: {d:?}");
+    }
+    let d = fire_dates("0 9 * * 1-5").unwrap();
+    assert!(
+        d.iter().all(|d| d.weekday().num_days_from_monday() < 5),
+        "{d:?}"
+    );
+    let err = fire_dates("0 0 9 * * 8").unwrap_err();
+    assert!(err.contains("out of range 0-7"), "{err}");
+}

@@ -339,16 +339,74 @@ fn prune(config: &Config, days: Option<u32>) -> Result<u8, Error> {
     Ok(0)
 }
 
-fn daemon_start(_config: &Config, _paths: Vec<PathBuf>) -> Result<u8, Error> {
-    Err(Error::Other("daemon: not built yet".into()))
+fn daemon_start(config: &Config, paths: Vec<PathBuf>) -> Result<u8, Error> {
+    if paths.is_empty() {
+        return Err(Error::Config {
+            origin: "daemon start".into(),
+            message: "give one or more workflow files or directories".into(),
+        });
+    }
+    let daemon = picoflow_lib::Daemon::new(config.clone(), Registry::builtin(), paths);
+    match smol::block_on(daemon.run())? {
+        picoflow_lib::DaemonExit::Graceful => Ok(0),
+        picoflow_lib::DaemonExit::Terminated => Ok(9),
+    }
 }
 
-fn daemon_stop(_config: &Config, _timeout: u64) -> Result<u8, Error> {
-    Err(Error::Other("daemon: not built yet".into()))
+fn daemon_stop(config: &Config, timeout: u64) -> Result<u8, Error> {
+    if picoflow_lib::stop_daemon(config, std::time::Duration::from_secs(timeout))? {
+        println!("Daemon stopped");
+        Ok(0)
+    } else {
+        println!("Daemon Status: Not running");
+        Ok(1)
+    }
 }
 
-fn daemon_status(_config: &Config) -> Result<u8, Error> {
-    Err(Error::Other("daemon: not built yet".into()))
+fn daemon_status(config: &Config) -> Result<u8, Error> {
+    let Some(st) = picoflow_lib::daemon_status(config)? else {
+        println!("Daemon Status: Not running");
+        return Ok(1);
+    };
+    let uptime = (chrono::Utc::now() - st.started_at).num_seconds().max(0) as u64;
+    let (d, h, m) = (
+        uptime / 86_400,
+        (uptime % 86_400) / 3600,
+        (uptime % 3600) / 60,
+    );
+    println!("Daemon Status: Running");
+    println!("PID: {}", st.pid);
+    if d > 0 {
+        println!("Uptime: {d}d {h}h {m}m");
+    } else if h > 0 {
+        println!("Uptime: {h}h {m}m");
+    } else {
+        println!("Uptime: {m}m {}s", uptime % 60);
+    }
+    println!("Workflows: {} loaded", st.workflows.len());
+    for w in &st.workflows {
+        match &w.schedule {
+            Some(s) => {
+                let tz = w
+                    .timezone
+                    .as_deref()
+                    .map(|t| format!(", {t}"))
+                    .unwrap_or_default();
+                println!("  - {} (cron: {s}{tz})", w.name);
+            }
+            None => println!("  - {} (on demand)", w.name),
+        }
+    }
+    if let Some((name, at)) = st.next_run() {
+        println!(
+            "Next scheduled run: {name} at {}",
+            at.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S")
+        );
+    }
+    if let Some(b) = st.memory_bytes {
+        println!("Memory usage: {:.1} MB", b as f64 / 1_000_000.0);
+    }
+    Ok(0)
 }
 
 fn export_sqlite(

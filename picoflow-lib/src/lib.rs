@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 mod config;
+mod daemon;
 mod dag;
 mod engine;
 mod error;
@@ -23,6 +24,7 @@ pub use config::{
     Config, DaemonConfig, ExecutionConfig, LogsConfig, MetricsConfig, RetryConfig, TimeoutConfig,
     DEFAULT_DB_PATH,
 };
+pub use daemon::{daemon_status, stop_daemon, Daemon, DaemonExit, DaemonStatus, ScheduledWorkflow};
 pub use dag::Dag;
 pub use engine::{Engine, EngineSettings, ResumeFrom, RunOptions, RunReport, TaskReport};
 pub use error::{BoxError, Error, Result};

@@ -1,0 +1,802 @@
+//! The daemon: runs scheduled workflows for months (CLI-002, SCHED-001 … SCHED-005, REL-001,
+//! REL-002, REL-005).
+//!
+//! * **Single instance.** The PID file (default `<state file>.pid`, beside the state file) is
+//!   locked with `flock` for the daemon's whole life; a second daemon on the same state file
+//!   fails to take the lock and exits with an error. A stale PID file left by a crash holds no
+//!   lock and is simply taken over.
+//! * **No polling.** The daemon sleeps until the earliest next fire of all its schedules (or a
+//!   signal); an idle daemon does not wake up between fires. Pruning piggybacks on that
+//!   (at start and after runs, at most once a day), so it adds no wake-ups of its own.
+//! * **Overlap** (SCHED-004): a fire is skipped and logged while the workflow's previous run
+//!   is still going, unless the workflow sets `allow_concurrent: true`.
+//! * **Restarts.** On start, executions whose process died are marked interrupted and resumed
+//!   (finished tasks are not run again; the task that was running runs again: at-least-once).
+//!   Fires missed while the daemon was down are made up according to each workflow's
+//!   `catchup` (`none`: like cron, nothing; `latest`: one run; `all`: every missed fire, at
+//!   most [`Catchup::MAX_ALL`]).
+//! * **Jitter.** `jitter: 30s` delays every fire of a workflow by a fixed offset in
+//!   `[0, 30s)` derived from the host name and the workflow name: a fleet spreads out while
+//!   each device keeps a regular schedule.
+//! * **Signals** (REL-002): SIGTERM/SIGINT stop scheduling and let running tasks finish within
+//!   `[daemon] shutdown_timeout_seconds`; after that they are terminated like a timed-out task
+//!   and recorded as interrupted. SIGHUP reloads the workflow files; a file that no longer
+//!   validates keeps its previous version and the error is logged.
+//! * **Clock.** Sleeps are measured on the monotonic clock and re-checked against the wall
+//!   clock when they end, so a clock stepped backwards (an NTP sync on a board without a
+//!   real-time clock) never fires a schedule early or twice.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_lite::future;
+use smol::lock::Semaphore;
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineSettings, ResumeFrom, RunOptions};
+use crate::error::{Error, Result};
+use crate::executor::{CancelToken, Registry};
+use crate::model::{Catchup, Workflow};
+use crate::schedule::{host_name, jitter_offset, Schedule};
+use crate::signals::{Signals, StopSignal};
+use crate::store::Store;
+use crate::validate::{load_workflow, workflow_files};
+use shim::{Metrics, MetricsServer};
+
+/// How a daemon ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaemonExit {
+    /// Stopped by a signal after every run finished on its own (exit code 0).
+    Graceful,
+    /// Stopped by a signal; runs still going after the shutdown timeout were terminated
+    /// (exit code 9).
+    Terminated,
+}
+
+/// What `daemon status` reports.
+#[derive(Debug, Clone)]
+pub struct DaemonStatus {
+    /// Process id.
+    pub pid: u32,
+    /// When the daemon started.
+    pub started_at: DateTime<Utc>,
+    /// Loaded workflows: name, schedule, time zone and next fire.
+    pub workflows: Vec<ScheduledWorkflow>,
+    /// Resident memory of the daemon process, in bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+/// One workflow loaded by a daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduledWorkflow {
+    /// Workflow name.
+    pub name: String,
+    /// Cron expression, if scheduled.
+    pub schedule: Option<String>,
+    /// Time zone of the schedule.
+    pub timezone: Option<String>,
+    /// Jitter bound in seconds.
+    pub jitter_seconds: u64,
+    /// Next fire (jitter included), if scheduled.
+    pub next: Option<DateTime<Utc>>,
+}
+
+impl DaemonStatus {
+    /// The earliest next fire: (workflow, time).
+    pub fn next_run(&self) -> Option<(&str, DateTime<Utc>)> {
+        self.workflows
+            .iter()
+            .filter_map(|w| w.next.map(|n| (w.name.as_str(), n)))
+            .min_by_key(|(_, n)| *n)
+    }
+}
+
+struct Loaded {
+    wf: Rc<Workflow>,
+    schedule: Option<Schedule>,
+    offset: Duration,
+    next: Option<DateTime<Utc>>,
+    source: PathBuf,
+}
+
+impl Loaded {
+    fn new(wf: Workflow, source: PathBuf, host: &str, after: DateTime<Utc>) -> Result<Loaded> {
+        let schedule =
+            match &wf.schedule {
+                Some(expr) => Some(Schedule::parse(expr, wf.timezone.as_deref()).map_err(|m| {
+                    Error::Invalid {
+                        file: source.display().to_string(),
+                        problems: vec![format!("schedule: {m}")],
+                    }
+                })?),
+                None => None,
+            };
+        let offset = wf
+            .jitter
+            .map_or(Duration::ZERO, |j| jitter_offset(host, &wf.name, j));
+        let mut l = Loaded {
+            wf: Rc::new(wf),
+            schedule,
+            offset,
+            next: None,
+            source,
+        };
+        l.next = l.next_after(after);
+        Ok(l)
+    }
+
+    /// Next fire strictly after `t`, jitter included.
+    fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let s = self.schedule.as_ref()?;
+        let off = chrono::Duration::from_std(self.offset).ok()?;
+        s.next_after(t - off).map(|n| n + off)
+    }
+}
+
+/// Loads every workflow file named by `paths` (files or directories). Fails naming every
+/// invalid file when one or more do not validate.
+fn load_all(paths: &[PathBuf], registry: &Registry) -> Result<Vec<(PathBuf, Workflow)>> {
+    let mut ok = Vec::new();
+    let mut problems = Vec::new();
+    for p in paths {
+        match workflow_files(p) {
+            Ok(files) => {
+                for f in files {
+                    match load_workflow(&f, registry) {
+                        Ok(wf) => ok.push((f, wf)),
+                        Err(e) => problems.push(e.to_string()),
+                    }
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    let mut seen = BTreeMap::new();
+    for (f, wf) in &ok {
+        if let Some(prev) = seen.insert(wf.name.clone(), f.clone()) {
+            problems.push(format!(
+                "workflow name '{}' is used by both {} and {}",
+                wf.name,
+                prev.display(),
+                f.display()
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(ok)
+    } else {
+        Err(Error::Invalid {
+            file: "daemon".into(),
+            problems,
+        })
+    }
+}
+
+/// The lock that makes a daemon the only one on its state file (REL-005).
+#[derive(Debug)]
+struct PidLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl PidLock {
+    fn acquire(path: &Path) -> Result<PidLock> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        // SAFETY: flock on a file descriptor we own.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(Error::Other(format!(
+                "another daemon is already running on this state file (pid {}, PID file {})",
+                text.trim(),
+                path.display()
+            )));
+        }
+        file.set_len(0).map_err(|e| Error::io(path, e))?;
+        file.rewind().map_err(|e| Error::io(path, e))?;
+        writeln!(file, "{}", std::process::id()).map_err(|e| Error::io(path, e))?;
+        file.flush().map_err(|e| Error::io(path, e))?;
+        Ok(PidLock {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for PidLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = &self.file;
+    }
+}
+
+/// The status file a running daemon keeps beside its PID file, for `daemon status`.
+fn status_path(pid_file: &Path) -> PathBuf {
+    let mut s = pid_file.as_os_str().to_owned();
+    s.push(".json");
+    PathBuf::from(s)
+}
+
+fn write_status(path: &Path, started: DateTime<Utc>, loaded: &BTreeMap<String, Loaded>) {
+    let workflows: Vec<serde_json::Value> = loaded
+        .values()
+        .map(|l| {
+            serde_json::json!({
+                "name": l.wf.name,
+                "schedule": l.wf.schedule,
+                "timezone": l.wf.timezone,
+                "jitter_seconds": l.offset.as_secs(),
+                "source": l.source.display().to_string(),
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "pid": std::process::id(),
+        "started_at": started.to_rfc3339(),
+        "workflows": workflows,
+    });
+    let tmp = path.with_extension("json.tmp");
+    let ok = std::fs::write(&tmp, doc.to_string()).and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = ok {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write daemon status file");
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+}
+
+fn lock_held(pid_file: &Path) -> bool {
+    let Ok(f) = File::open(pid_file) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; released immediately if taken.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if r == 0 {
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        false
+    } else {
+        true
+    }
+}
+
+fn read_pid(pid_file: &Path) -> Option<u32> {
+    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The status of the daemon using `config`'s state file, or `None` if none is running.
+pub fn daemon_status(config: &Config) -> Result<Option<DaemonStatus>> {
+    let pid_file = config.pid_file();
+    let Some(pid) = read_pid(&pid_file) else {
+        return Ok(None);
+    };
+    if !pid_alive(pid) || !lock_held(&pid_file) {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(status_path(&pid_file)).unwrap_or_default();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let started_at = doc["started_at"]
+        .as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map_or_else(Utc::now, |d| d.with_timezone(&Utc));
+    let now = Utc::now();
+    let workflows = doc["workflows"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|w| {
+                    let schedule = w["schedule"].as_str().map(String::from);
+                    let timezone = w["timezone"].as_str().map(String::from);
+                    let jitter_seconds = w["jitter_seconds"].as_u64().unwrap_or(0);
+                    let next = schedule.as_deref().and_then(|s| {
+                        let sched = Schedule::parse(s, timezone.as_deref()).ok()?;
+                        let off = chrono::Duration::seconds(jitter_seconds as i64);
+                        sched.next_after(now - off).map(|n| n + off)
+                    });
+                    ScheduledWorkflow {
+                        name: w["name"].as_str().unwrap_or("?").to_string(),
+                        schedule,
+                        timezone,
+                        jitter_seconds,
+                        next,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some(DaemonStatus {
+        pid,
+        started_at,
+        workflows,
+        memory_bytes: rss_bytes(pid),
+    }))
+}
+
+/// Sends SIGTERM to the daemon of `config`'s state file and waits up to `wait` for it to exit.
+/// Returns `Ok(false)` when no daemon is running.
+pub fn stop_daemon(config: &Config, wait: Duration) -> Result<bool> {
+    let pid_file = config.pid_file();
+    let Some(pid) = read_pid(&pid_file).filter(|&p| pid_alive(p) && lock_held(&pid_file)) else {
+        return Ok(false);
+    };
+    // SAFETY: sending SIGTERM to the daemon's pid, read from its locked PID file.
+    if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
+        return Err(Error::Other(format!(
+            "cannot signal daemon pid {pid}: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if !pid_alive(pid) || !lock_held(&pid_file) {
+            return Ok(true);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(Error::Timeout(format!(
+        "daemon pid {pid} did not stop within {}s",
+        wait.as_secs()
+    )))
+}
+
+/// A daemon over a set of workflow files.
+#[derive(Debug)]
+pub struct Daemon {
+    config: Config,
+    registry: Registry,
+    paths: Vec<PathBuf>,
+}
+
+struct Shared {
+    engine: Engine,
+    store: Arc<Store>,
+    running: RefCell<BTreeMap<String, usize>>,
+    done: smol::channel::Sender<()>,
+    cancel: CancelToken,
+    last_prune: RefCell<Option<Instant>>,
+    config: Config,
+}
+
+impl Daemon {
+    /// A daemon for the workflow files and directories in `paths`.
+    pub fn new(config: Config, registry: Registry, paths: Vec<PathBuf>) -> Daemon {
+        Daemon {
+            config,
+            registry,
+            paths,
+        }
+    }
+
+    /// Validates every workflow without starting anything.
+    pub fn check(&self) -> Result<usize> {
+        load_all(&self.paths, &self.registry).map(|v| v.len())
+    }
+
+    /// Runs the daemon until SIGTERM or SIGINT. Call it inside `smol::block_on`.
+    pub async fn run(self) -> Result<DaemonExit> {
+        let files = load_all(&self.paths, &self.registry)?;
+        let pid_file = self.config.pid_file();
+        let _lock = PidLock::acquire(&pid_file)?;
+        let mut signals = Signals::new()?;
+        let started = Utc::now();
+        let store = Arc::new(Store::open(&self.config.db_path)?);
+        let recovered = store.recover_interrupted()?;
+
+        let metrics = Metrics::new();
+        if self.config.metrics.enabled && !Metrics::enabled() {
+            tracing::warn!(
+                "[metrics] enabled = true, but this build has no `metrics` feature; no endpoint is served"
+            );
+        }
+        let limiter = Arc::new(Semaphore::new(
+            self.config.execution.max_parallel.max(1) as usize
+        ));
+        let (canceller, cancel) = CancelToken::new();
+        let (done_tx, done_rx) = smol::channel::unbounded::<()>();
+        let engine = Engine::new(self.registry.clone())
+            .with_settings(EngineSettings::from(&self.config))
+            .with_sink(store.sink())
+            .with_sink(Arc::new(metrics.clone()))
+            .with_log_dir(self.config.logs.dir.clone())
+            .with_limiter(limiter);
+        let shared = Rc::new(Shared {
+            engine,
+            store: store.clone(),
+            running: RefCell::new(BTreeMap::new()),
+            done: done_tx,
+            cancel,
+            last_prune: RefCell::new(None),
+            config: self.config.clone(),
+        });
+
+        let host = host_name();
+        let now = Utc::now();
+        let mut loaded: BTreeMap<String, Loaded> = BTreeMap::new();
+        for (path, wf) in files {
+            store.record_workflow(
+                &wf.name,
+                wf.schedule.as_deref(),
+                Some(&path.display().to_string()),
+            )?;
+            let l = Loaded::new(wf, path, &host, now)?;
+            loaded.insert(l.wf.name.clone(), l);
+        }
+        metrics.set_workflows_loaded(loaded.len());
+        let status_file = status_path(&pid_file);
+        write_status(&status_file, started, &loaded);
+        tracing::info!(
+            pid = std::process::id(),
+            workflows = loaded.len(),
+            state = %self.config.db_path.display(),
+            "daemon started"
+        );
+
+        let ex = smol::LocalExecutor::new();
+        let reaper = ex.spawn(async_process::driver());
+        // The metrics endpoint runs on a multi-threaded-capable executor driven here too.
+        let net = Arc::new(smol::Executor::new());
+        let _server = if self.config.metrics.enabled && self.config.metrics.port != 0 {
+            match MetricsServer::start(
+                &net,
+                &self.config.metrics.bind_address,
+                self.config.metrics.port,
+                metrics.clone(),
+            ) {
+                Ok(s) => {
+                    if let Some(addr) = s.local_addr() {
+                        tracing::info!(%addr, "serving /metrics and /health");
+                    }
+                    Some(s)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the metrics endpoint");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let result = ex
+            .run(future::or(
+                async {
+                    net.run(future::pending::<()>()).await;
+                    unreachable!()
+                },
+                self.main_loop(
+                    &ex,
+                    &shared,
+                    &mut loaded,
+                    &mut signals,
+                    recovered,
+                    started,
+                    &status_file,
+                    &canceller,
+                    &done_rx,
+                ),
+            ))
+            .await;
+        drop(reaper);
+        let _ = std::fs::remove_file(&status_file);
+        tracing::info!("daemon stopped");
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn main_loop<'a>(
+        &'a self,
+        ex: &smol::LocalExecutor<'a>,
+        shared: &Rc<Shared>,
+        loaded: &mut BTreeMap<String, Loaded>,
+        signals: &mut Signals,
+        recovered: Vec<crate::events::WorkflowExecution>,
+        started: DateTime<Utc>,
+        status_file: &Path,
+        canceller: &crate::executor::Canceller,
+        done_rx: &smol::channel::Receiver<()>,
+    ) -> Result<DaemonExit> {
+        // Resume what a crash interrupted (REL-001).
+        for exec in recovered {
+            let Some(l) = loaded.get(&exec.workflow_name) else {
+                tracing::warn!(workflow = %exec.workflow_name, execution = %exec.id,
+                    "interrupted execution of a workflow this daemon does not load; left as interrupted");
+                continue;
+            };
+            let tasks = shared.store.task_executions(&exec.id)?;
+            tracing::info!(workflow = %exec.workflow_name, execution = %exec.id, "resuming interrupted execution");
+            spawn_run(
+                ex,
+                shared,
+                l.wf.clone(),
+                &l.source,
+                Some(ResumeFrom {
+                    execution: exec,
+                    tasks,
+                }),
+                1,
+            );
+        }
+        // Catch up on fires missed while the daemon was down.
+        let now = Utc::now();
+        for l in loaded.values() {
+            let Some(sched) = &l.schedule else { continue };
+            if l.wf.catchup == Catchup::None {
+                continue;
+            }
+            let Some(last) = shared.store.latest_execution(&l.wf.name)? else {
+                continue;
+            };
+            let limit = match l.wf.catchup {
+                Catchup::Latest => 1,
+                _ => Catchup::MAX_ALL,
+            };
+            let missed = sched.missed_between(last.started_at, now, limit);
+            if !missed.is_empty() {
+                let count = if l.wf.catchup == Catchup::Latest {
+                    1
+                } else {
+                    missed.len()
+                };
+                tracing::info!(workflow = %l.wf.name, missed = missed.len(), runs = count, "catching up on missed fires");
+                spawn_run(ex, shared, l.wf.clone(), &l.source, None, count);
+            }
+        }
+        maybe_prune(shared);
+
+        loop {
+            let earliest = loaded.values().filter_map(|l| l.next).min();
+            let timer = match earliest {
+                Some(t) => {
+                    let wait = (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                    smol::Timer::after(wait)
+                }
+                None => smol::Timer::never(),
+            };
+            enum Wake {
+                Timer,
+                Signal(Option<StopSignal>),
+                RunDone,
+            }
+            let wake = future::or(
+                async {
+                    timer.await;
+                    Wake::Timer
+                },
+                future::or(async { Wake::Signal(signals.next().await) }, async {
+                    let _ = done_rx.recv().await;
+                    Wake::RunDone
+                }),
+            )
+            .await;
+            match wake {
+                Wake::Timer => {
+                    let now = Utc::now();
+                    for l in loaded.values_mut() {
+                        let Some(next) = l.next else { continue };
+                        if next > now {
+                            continue; // The wall clock went back: sleep again.
+                        }
+                        let busy = shared
+                            .running
+                            .borrow()
+                            .get(&l.wf.name)
+                            .copied()
+                            .unwrap_or(0)
+                            > 0;
+                        if busy && !l.wf.allow_concurrent {
+                            tracing::warn!(workflow = %l.wf.name, fire = %next,
+                                "previous run still running; this fire is skipped (set allow_concurrent: true to overlap)");
+                        } else {
+                            tracing::info!(workflow = %l.wf.name, fire = %next, "scheduled run");
+                            spawn_run(ex, shared, l.wf.clone(), &l.source, None, 1);
+                        }
+                        l.next = l.next_after(now.max(next));
+                    }
+                }
+                Wake::RunDone => maybe_prune(shared),
+                Wake::Signal(Some(StopSignal::Hangup)) => {
+                    self.reload(loaded, shared);
+                    write_status(status_file, started, loaded);
+                }
+                Wake::Signal(_) => break,
+            }
+        }
+
+        // Graceful stop (REL-002).
+        let total_running = || shared.running.borrow().values().sum::<usize>();
+        tracing::info!(
+            running = total_running(),
+            "stopping: no new runs; waiting for running ones"
+        );
+        let grace = Duration::from_secs(shared.config.daemon.shutdown_timeout_seconds);
+        let deadline = Instant::now() + grace;
+        let mut terminated = false;
+        while total_running() > 0 {
+            if terminated {
+                // Cancelled runs end as soon as their tasks are gone (SIGTERM, then SIGKILL).
+                let _ = done_rx.recv().await;
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let finished = future::or(async { done_rx.recv().await.is_ok() }, async {
+                smol::Timer::after(left).await;
+                false
+            })
+            .await;
+            if !finished && total_running() > 0 && !terminated {
+                tracing::warn!(
+                    running = total_running(),
+                    "shutdown timeout reached; terminating running tasks"
+                );
+                canceller.cancel();
+                terminated = true;
+            }
+        }
+        Ok(if terminated {
+            DaemonExit::Terminated
+        } else {
+            DaemonExit::Graceful
+        })
+    }
+
+    fn reload(&self, loaded: &mut BTreeMap<String, Loaded>, shared: &Shared) {
+        tracing::info!("SIGHUP: reloading workflow files");
+        let host = host_name();
+        let now = Utc::now();
+        let mut files = Vec::new();
+        for p in &self.paths {
+            match workflow_files(p) {
+                Ok(f) => files.extend(f),
+                Err(e) => tracing::error!(error = %e, "reload: cannot list workflow files"),
+            }
+        }
+        let mut fresh: BTreeMap<String, Loaded> = BTreeMap::new();
+        for f in files {
+            match load_workflow(&f, &self.registry)
+                .and_then(|wf| Loaded::new(wf, f.clone(), &host, now))
+            {
+                Ok(l) => {
+                    let _ = shared.store.record_workflow(
+                        &l.wf.name,
+                        l.wf.schedule.as_deref(),
+                        Some(&f.display().to_string()),
+                    );
+                    fresh.insert(l.wf.name.clone(), l);
+                }
+                Err(e) => {
+                    tracing::error!(file = %f.display(), error = %e, "reload: invalid workflow; keeping its previous version");
+                    if let Some((name, _)) = loaded.iter().find(|(_, l)| l.source == f) {
+                        let name = name.clone();
+                        if let Some(prev) = loaded.remove(&name) {
+                            fresh.insert(name, prev);
+                        }
+                    }
+                }
+            }
+        }
+        *loaded = fresh;
+        tracing::info!(workflows = loaded.len(), "reloaded");
+    }
+}
+
+fn maybe_prune(shared: &Shared) {
+    if !shared.config.logs.cleanup_enabled {
+        return;
+    }
+    let due = shared
+        .last_prune
+        .borrow()
+        .is_none_or(|t| t.elapsed() >= Duration::from_secs(24 * 3600));
+    if !due {
+        return;
+    }
+    *shared.last_prune.borrow_mut() = Some(Instant::now());
+    match crate::prune::prune(&shared.store, &shared.config, Utc::now()) {
+        Ok(stats) => tracing::info!(?stats, "pruned old history and logs"),
+        Err(e) => tracing::error!(error = %e, "pruning failed"),
+    }
+}
+
+/// Starts `count` runs of `wf` one after another on the daemon's executor.
+fn spawn_run<'a>(
+    ex: &smol::LocalExecutor<'a>,
+    shared: &Rc<Shared>,
+    wf: Rc<Workflow>,
+    source: &Path,
+    resume: Option<ResumeFrom>,
+    count: usize,
+) {
+    let shared = shared.clone();
+    let source = source.display().to_string();
+    *shared
+        .running
+        .borrow_mut()
+        .entry(wf.name.clone())
+        .or_default() += 1;
+    ex.spawn(async move {
+        let mut resume = resume;
+        for _ in 0..count.max(1) {
+            if shared.cancel.is_cancelled() {
+                break;
+            }
+            let opts = RunOptions {
+                cancel: shared.cancel.clone(),
+                resume: resume.take(),
+                source: Some(source.clone()),
+            };
+            match shared.engine.run(&wf, opts).await {
+                Ok(r) => tracing::info!(workflow = %wf.name, execution = %r.execution.id,
+                    status = %r.execution.status, "run finished"),
+                Err(e) => tracing::error!(workflow = %wf.name, error = %e, "run failed to start"),
+            }
+        }
+        if let Some(n) = shared.running.borrow_mut().get_mut(&wf.name) {
+            *n -= 1;
+        }
+        let _ = shared.done.send(()).await;
+    })
+    .detach();
+}
+
+// Stand-in for the metrics module until it is merged.
+mod shim {
+    use crate::error::Result;
+    use crate::events::{Event, EventSink};
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    #[derive(Clone, Debug)]
+    pub(super) struct Metrics;
+    impl Metrics {
+        pub(super) fn new() -> Metrics {
+            Metrics
+        }
+        pub(super) fn enabled() -> bool {
+            false
+        }
+        pub(super) fn set_workflows_loaded(&self, _n: usize) {}
+    }
+    impl EventSink for Metrics {
+        fn on_event(&self, _e: &Event) {}
+    }
+    pub(super) struct MetricsServer;
+    impl MetricsServer {
+        pub(super) fn start(
+            _ex: &Arc<smol::Executor<'static>>,
+            _bind: &str,
+            _port: u16,
+            _m: Metrics,
+        ) -> Result<MetricsServer> {
+            Ok(MetricsServer)
+        }
+        pub(super) fn local_addr(&self) -> Option<SocketAddr> {
+            None
+        }
+    }
+}

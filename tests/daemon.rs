@@ -1,0 +1,495 @@
+//! The daemon as a real process (CLI-002, SCHED-001 … SCHED-005, REL-002, REL-005): firing,
+//! single instance, stop and status, signals, reload, overlap, catch-up, jitter, the
+//! daemon-wide task limit and an idle daemon that does not wake up.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{picoflow, run, stderr, stdout, TempDir};
+
+/// A daemon started in `dir`; killed (SIGKILL) if the test did not stop it.
+struct Daemon {
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, files: &[&str]) -> Daemon {
+        let child = picoflow(dir)
+            .args(["--log-format", "pretty", "daemon", "start"])
+            .args(files)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+        };
+        wait_for(
+            Duration::from_secs(10),
+            "the daemon to write its status",
+            || dir.join("picoflow.redb.pid.json").exists(),
+        );
+        d
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child process.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("daemon did not exit within {limit:?}\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn history(dir: &Path, wf: &str) -> Vec<serde_json::Value> {
+    let out = run(picoflow(dir).args([
+        "history",
+        "--workflow",
+        wf,
+        "--limit",
+        "1000",
+        "--format",
+        "json",
+    ]));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn shell_wf(name: &str, schedule: &str, extra: &str, command: &str) -> String {
+    format!(
+        "name: {name}\nschedule: \"{schedule}\"\n{extra}tasks:\n  - name: t\n    type: shell\n    config:\n      command: \"{command}\"\n"
+    )
+}
+
+#[test]
+fn fires_every_second_single_instance_status_and_graceful_stop() {
+    let dir = TempDir::new("daemon-basic");
+    dir.write(
+        "tick.yaml",
+        &shell_wf(
+            "tick",
+            "* * * * * *",
+            "",
+            "date +%s.%N >> ticks.txt; sleep 0.3",
+        ),
+    );
+    let mut d = Daemon::start(dir.path(), &["tick.yaml"]);
+    wait_for(Duration::from_secs(10), "four fires", || {
+        lines(&dir.path().join("ticks.txt")).len() >= 4
+    });
+    let ticks: Vec<f64> = lines(&dir.path().join("ticks.txt"))
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    for w in ticks.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            (0.5..1.6).contains(&gap),
+            "fires should be a second apart: {ticks:?}"
+        );
+    }
+
+    // A second daemon on the same state is refused.
+    let out = run(picoflow(dir.path()).args(["daemon", "start", "tick.yaml"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("another daemon is already running"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = run(picoflow(dir.path()).args(["daemon", "status"]));
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(text.contains("Daemon Status: Running"), "{text}");
+    assert!(text.contains(&format!("PID: {}", d.pid())), "{text}");
+    assert!(text.contains("tick (cron: * * * * * *)"), "{text}");
+    assert!(text.contains("Next scheduled run: tick at"), "{text}");
+    assert!(text.contains("Memory usage:"), "{text}");
+    assert!(
+        dir.path().join("picoflow.redb.pid").exists(),
+        "PID file beside the state file"
+    );
+
+    // `daemon stop` lets the running task finish.
+    dir.write(
+        "tick.yaml",
+        &shell_wf(
+            "tick",
+            "* * * * * *",
+            "",
+            "echo began >> began.txt; sleep 1.5; echo finished >> done.txt",
+        ),
+    );
+    d.signal(libc::SIGHUP);
+    wait_for(
+        Duration::from_secs(10),
+        "a run of the reloaded workflow to start",
+        || !lines(&dir.path().join("began.txt")).is_empty(),
+    );
+    let out = run(picoflow(dir.path()).args(["daemon", "stop"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(d.wait(Duration::from_secs(10)), Some(0));
+    assert!(
+        !lines(&dir.path().join("done.txt")).is_empty(),
+        "the running task was cut short"
+    );
+    assert!(
+        !dir.path().join("picoflow.redb.pid").exists(),
+        "PID file removed"
+    );
+    let out = run(picoflow(dir.path()).args(["daemon", "status"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("Not running"));
+    let out = run(picoflow(dir.path()).args(["daemon", "stop"]));
+    assert_eq!(out.status.code(), Some(1));
+    // Every recorded execution ended.
+    assert!(history(dir.path(), "tick")
+        .iter()
+        .all(|e| e["status"] == "success"));
+}
+
+#[test]
+fn invalid_files_are_named_and_the_daemon_does_not_start() {
+    let dir = TempDir::new("daemon-invalid");
+    dir.write("good.yaml", &shell_wf("good", "* * * * * *", "", "true"));
+    dir.write("bad.yaml", "name: bad\nschedule: \"0 0 9 * * 9\"\ntasks:\n  - name: t\n    type: shell\n    config:\n      command: \"true\"\n");
+    let out = run(picoflow(dir.path()).args(["daemon", "start", "good.yaml", "bad.yaml"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("bad.yaml"), "{}", stderr(&out));
+    assert!(!dir.path().join("picoflow.redb.pid").exists());
+}
+
+#[test]
+fn sighup_reloads_and_an_invalid_edit_keeps_the_previous_version() {
+    let dir = TempDir::new("daemon-hup");
+    dir.write(
+        "w.yaml",
+        &shell_wf("w", "* * * * * *", "", "echo one >> out.txt"),
+    );
+    let d = Daemon::start(dir.path(), &["w.yaml"]);
+    wait_for(Duration::from_secs(10), "a first run", || {
+        lines(&dir.path().join("out.txt")).contains(&"one".to_string())
+    });
+    dir.write(
+        "w.yaml",
+        &shell_wf("w", "* * * * * *", "", "echo two >> out.txt"),
+    );
+    d.signal(libc::SIGHUP);
+    wait_for(Duration::from_secs(10), "the edited command", || {
+        lines(&dir.path().join("out.txt")).contains(&"two".to_string())
+    });
+    // A broken edit: the daemon keeps running the last good version and logs the error.
+    dir.write(
+        "w.yaml",
+        "name: w\nschedule: \"* * * * * *\"\ntasks:\n  - name: t\n    type: shel\n",
+    );
+    d.signal(libc::SIGHUP);
+    wait_for(
+        Duration::from_secs(5),
+        "the reload error in the log",
+        || d.log().contains("keeping its previous version"),
+    );
+    let before = lines(&dir.path().join("out.txt")).len();
+    wait_for(Duration::from_secs(10), "runs to go on", || {
+        lines(&dir.path().join("out.txt")).len() >= before + 2
+    });
+    assert_eq!(lines(&dir.path().join("out.txt")).last().unwrap(), "two");
+}
+
+fn overlaps(execs: &[serde_json::Value]) -> usize {
+    let mut spans: Vec<(String, String)> = execs
+        .iter()
+        .filter(|e| e["finished_at"].is_string())
+        .map(|e| {
+            (
+                e["started_at"].as_str().unwrap().to_string(),
+                e["finished_at"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    spans.sort();
+    spans.windows(2).filter(|w| w[1].0 < w[0].1).count()
+}
+
+#[test]
+fn a_fire_is_skipped_while_the_previous_run_goes_on_unless_allowed() {
+    let dir = TempDir::new("daemon-overlap");
+    dir.write(
+        "slow.yaml",
+        &shell_wf("slow", "* * * * * *", "", "sleep 2.5"),
+    );
+    dir.write(
+        "free.yaml",
+        &shell_wf(
+            "free",
+            "* * * * * *",
+            "allow_concurrent: true\n",
+            "sleep 2.5",
+        ),
+    );
+    let mut d = Daemon::start(dir.path(), &["slow.yaml", "free.yaml"]);
+    std::thread::sleep(Duration::from_secs(6));
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(10)), Some(0));
+    let slow = history(dir.path(), "slow");
+    let free = history(dir.path(), "free");
+    assert!(
+        slow.len() >= 2 && slow.len() <= 3,
+        "{} runs of slow",
+        slow.len()
+    );
+    assert_eq!(overlaps(&slow), 0, "runs of 'slow' overlapped");
+    assert!(free.len() >= 5, "{} runs of free", free.len());
+    assert!(overlaps(&free) >= 2, "allow_concurrent runs should overlap");
+    assert!(
+        d.log().contains("previous run still running"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn shutdown_timeout_terminates_running_tasks_and_records_them() {
+    let dir = TempDir::new("daemon-timeout");
+    dir.write("picoflow.toml", "[daemon]\nshutdown_timeout_seconds = 1\n");
+    dir.write(
+        "long.yaml",
+        &shell_wf("long", "* * * * * *", "", "echo started >> s.txt; sleep 60"),
+    );
+    let mut d = Daemon::start(dir.path(), &["long.yaml"]);
+    wait_for(Duration::from_secs(10), "the task to start", || {
+        !lines(&dir.path().join("s.txt")).is_empty()
+    });
+    let t = Instant::now();
+    d.signal(libc::SIGINT);
+    assert_eq!(d.wait(Duration::from_secs(10)), Some(9));
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        t.elapsed()
+    );
+    let h = history(dir.path(), "long");
+    assert_eq!(h[0]["status"], "interrupted", "{h:?}");
+    assert!(!dir.path().join("picoflow.redb.pid").exists());
+}
+
+#[test]
+fn max_parallel_bounds_tasks_across_all_workflows() {
+    let dir = TempDir::new("daemon-limit");
+    dir.write("picoflow.toml", "[execution]\nmax_parallel = 2\n");
+    let wf = |name: &str| {
+        let mut y = format!("name: {name}\nschedule: \"*/5 * * * * *\"\ntasks:\n");
+        for i in 0..3 {
+            y.push_str(&format!(
+                "  - name: t{i}\n    type: shell\n    config:\n      command: \"echo start $(date +%s.%N) >> spans.txt; sleep 1; echo end $(date +%s.%N) >> spans.txt\"\n"
+            ));
+        }
+        y
+    };
+    dir.write("a.yaml", &wf("a"));
+    dir.write("b.yaml", &wf("b"));
+    // Both fire together every five seconds.
+    let mut d = Daemon::start(dir.path(), &["a.yaml", "b.yaml"]);
+    wait_for(Duration::from_secs(20), "six tasks", || {
+        lines(&dir.path().join("spans.txt"))
+            .iter()
+            .filter(|l| l.starts_with("end"))
+            .count()
+            >= 6
+    });
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(10)), Some(0));
+    let mut events: Vec<(f64, i32)> = lines(&dir.path().join("spans.txt"))
+        .iter()
+        .map(|l| {
+            let (kind, t) = l.split_once(' ').unwrap();
+            (t.parse().unwrap(), if kind == "start" { 1 } else { -1 })
+        })
+        .collect();
+    events.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (mut cur, mut peak) = (0, 0);
+    for (_, delta) in events {
+        cur += delta;
+        peak = peak.max(cur);
+    }
+    assert_eq!(peak, 2, "at most 2 tasks at once across the daemon");
+}
+
+fn seed_last_run(dir: &Path, wf: &str, hours_ago: i64) {
+    use picoflow_lib::{Event, EventSink, Store, WorkflowExecution, WorkflowStatus};
+    let store = Store::open(dir.join("picoflow.redb")).unwrap();
+    let t = chrono::Utc::now() - chrono::Duration::hours(hours_ago) - chrono::Duration::minutes(1);
+    let exec = WorkflowExecution {
+        id: picoflow_lib::new_id(),
+        workflow_name: wf.into(),
+        started_at: t,
+        finished_at: Some(t),
+        status: WorkflowStatus::Success,
+        duration_seconds: Some(0.1),
+        total_tasks: 1,
+        successful_tasks: 1,
+        failed_tasks: 0,
+        created_at: t,
+        pid: 1,
+        source: None,
+    };
+    let sink = store.sink();
+    sink.on_event(&Event::WorkflowFinished(exec));
+    smol::block_on(sink.flush()).unwrap();
+}
+
+#[test]
+fn catch_up_after_an_outage_follows_each_policy() {
+    let dir = TempDir::new("daemon-catchup");
+    // Hourly workflows whose last run was about three hours ago: three fires were missed.
+    for (name, policy) in [("none", "none"), ("latest", "latest"), ("all", "all")] {
+        dir.write(
+            &format!("{name}.yaml"),
+            &shell_wf(name, "0 0 * * * *", &format!("catchup: {policy}\n"), "true"),
+        );
+        seed_last_run(dir.path(), name, 3);
+    }
+    let mut d = Daemon::start(dir.path(), &["none.yaml", "latest.yaml", "all.yaml"]);
+    wait_for(Duration::from_secs(15), "catch-up runs", || {
+        history(dir.path(), "all").len() >= 4
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(10)), Some(0));
+    assert_eq!(
+        history(dir.path(), "none").len(),
+        1,
+        "catchup: none runs nothing"
+    );
+    assert_eq!(
+        history(dir.path(), "latest").len(),
+        2,
+        "catchup: latest runs once"
+    );
+    assert_eq!(
+        history(dir.path(), "all").len(),
+        4,
+        "catchup: all runs every missed fire"
+    );
+}
+
+fn next_run_line(dir: &Path) -> String {
+    let out = run(picoflow(dir).args(["daemon", "status"]));
+    stdout(&out)
+        .lines()
+        .find(|l| l.starts_with("Next scheduled run:"))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn jitter_is_stable_across_restarts_and_within_bounds() {
+    let dir = TempDir::new("daemon-jitter");
+    dir.write(
+        "j.yaml",
+        &shell_wf("j", "0 0 * * * *", "jitter: 30s\ntimezone: UTC\n", "true"),
+    );
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        let mut d = Daemon::start(dir.path(), &["j.yaml"]);
+        first.push(next_run_line(dir.path()));
+        d.signal(libc::SIGTERM);
+        assert_eq!(d.wait(Duration::from_secs(10)), Some(0));
+    }
+    assert_eq!(
+        first[0], first[1],
+        "the offset must not change across restarts"
+    );
+    // `Next scheduled run: j at YYYY-MM-DD HH:MM:SS` — within [0, 30) s after the hour.
+    let time = first[0].rsplit(' ').next().unwrap();
+    let (mm, ss) = (&time[3..5], &time[6..8]);
+    assert_eq!(mm, "00", "{time}");
+    assert!(ss.parse::<u32>().unwrap() < 30, "{time}");
+}
+
+#[test]
+fn an_idle_daemon_does_not_wake_up() {
+    let dir = TempDir::new("daemon-idle");
+    dir.write("y.yaml", &shell_wf("y", "0 0 0 1 1 *", "", "true"));
+    let d = Daemon::start(dir.path(), &["y.yaml"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let switches = || -> u64 {
+        // Sum over every thread of the daemon.
+        let mut total = 0;
+        for t in std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap() {
+            let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+            for l in status.lines() {
+                if l.starts_with("voluntary_ctxt_switches:")
+                    || l.starts_with("nonvoluntary_ctxt_switches:")
+                {
+                    total += l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
+                }
+            }
+        }
+        total
+    };
+    let before = switches();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = switches();
+    assert!(
+        after - before <= 2,
+        "an idle daemon woke up {} times in 3 s",
+        after - before
+    );
+}
