@@ -372,7 +372,7 @@ fn max_parallel_bounds_tasks_across_all_workflows() {
 }
 
 fn seed_last_run(dir: &Path, wf: &str, hours_ago: i64) {
-    use picoflow_lib::{Event, EventSink, Store, WorkflowExecution, WorkflowStatus};
+    use picoflow_lib::{Event, Store, WorkflowExecution, WorkflowStatus};
     let store = Store::open(dir.join("picoflow.redb")).unwrap();
     let t = chrono::Utc::now() - chrono::Duration::hours(hours_ago) - chrono::Duration::minutes(1);
     let exec = WorkflowExecution {

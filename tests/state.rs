@@ -6,9 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{picoflow, run, stderr, stdout, TempDir};
-use picoflow_lib::{
-    Event, EventSink, Store, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
-};
+use picoflow_lib::{Event, Store, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus};
 
 fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout)
