@@ -34,7 +34,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    init_logging(&config);
+    let rust_log = (cli.log_level.is_none() && std::env::var_os("PICOFLOW_LOG_LEVEL").is_none())
+        .then(|| std::env::var("RUST_LOG").ok())
+        .flatten()
+        .filter(|v| !v.is_empty());
+    init_logging(&config, rust_log);
     let Some(command) = cli.command else {
         eprintln!("picoflow: no command given; try `picoflow --help`");
         return ExitCode::from(4);
@@ -86,22 +90,32 @@ fn resolve_config(cli: &Cli) -> Result<Config, Error> {
     Ok(config)
 }
 
-fn init_logging(config: &Config) {
-    // A plain level filter: the regex-based directive filter would add ~0.3 MiB to the binary.
+fn init_logging(config: &Config, rust_log: Option<String>) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    // `RUST_LOG` (e.g. `debug` or `picoflow_lib=trace,isahc=warn`) applies when neither
+    // `--log-level` nor `PICOFLOW_LOG_LEVEL` is given. `Targets` parses those directives
+    // without the regex engine behind `EnvFilter`, which would add ~0.3 MiB to the binary.
     let level = match config.log_level.as_str() {
-        "trace" => tracing::Level::TRACE,
-        "debug" => tracing::Level::DEBUG,
-        "warn" => tracing::Level::WARN,
-        "error" => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
+        "trace" => LevelFilter::TRACE,
+        "debug" => LevelFilter::DEBUG,
+        "warn" => LevelFilter::WARN,
+        "error" => LevelFilter::ERROR,
+        _ => LevelFilter::INFO,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr);
+    let filter = rust_log
+        .and_then(|r| r.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(level));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if config.log_format == "pretty" {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        let layer = layer.with_ansi(std::io::stderr().is_terminal());
+        tracing_subscriber::registry()
+            .with(layer.with_filter(filter))
+            .init();
     } else {
-        builder.json().init();
+        tracing_subscriber::registry()
+            .with(layer.json().with_filter(filter))
+            .init();
     }
 }
 

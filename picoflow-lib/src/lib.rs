@@ -1,4 +1,60 @@
 //! PicoFlow: a small DAG workflow orchestrator for edge devices.
+//!
+//! A workflow is a YAML file of tasks (shell commands, SSH commands, HTTP requests, or task
+//! types of your own) with dependencies, retries, timeouts and an optional cron schedule. This
+//! crate holds everything PicoFlow does; the `picoflow` binary is a thin command line over it,
+//! so device software can embed the same engine.
+//!
+//! * [`parse_workflow`] / [`load_workflow`] read and validate a workflow into a [`Workflow`]
+//!   and its [`Dag`] (DAG-001, DAG-002).
+//! * [`Engine`] runs one execution on smol: a ready set bounded by `max_parallel`, retries with
+//!   backoff, timeouts that kill the whole process group, failure and skip rules (DAG-003 …
+//!   DAG-009). It reports every change as an [`Event`] to [`EventSink`]s.
+//! * [`Store`] keeps state and history in one redb file shared safely by several processes,
+//!   and lets an interrupted execution resume (REL-001, REL-003, REL-004).
+//! * [`Schedule`] and [`Daemon`] run workflows on cron schedules (SCHED-001 … SCHED-005).
+//! * [`Registry`] maps task types to [`Executor`]s; register your own.
+//!
+//! # Example
+//!
+//! ```
+//! use picoflow_lib::{parse_workflow, Engine, Registry, RunOptions, WorkflowStatus};
+//!
+//! let yaml = r#"
+//! name: hello
+//! tasks:
+//!   - name: greet
+//!     type: shell
+//!     config:
+//!       command: "echo hello"
+//!   - name: after
+//!     type: shell
+//!     depends_on: [greet]
+//!     config:
+//!       command: "true"
+//! "#;
+//! let registry = Registry::builtin();
+//! let workflow = parse_workflow(yaml, "hello.yaml", &registry)?;
+//! let engine = Engine::new(registry).with_log_dir(std::env::temp_dir().join("pf-doc-logs"));
+//! let report = smol::block_on(engine.run(&workflow, RunOptions::default()))?;
+//! assert_eq!(report.execution.status, WorkflowStatus::Success);
+//! assert_eq!(report.tasks[0].state.as_str(), "success");
+//! # Ok::<(), picoflow_lib::Error>(())
+//! ```
+//!
+//! # Crate features
+//!
+//! All are on by default; `default-features = false` gives the shell-only core. See
+//! `features.md` for what each costs in binary size.
+//!
+//! * `ssh` — `type: ssh` tasks over libssh2 (async-ssh2-lite), key authentication and
+//!   host-key checking (EXEC-002, SEC-001).
+//! * `http` — `type: http` tasks over libcurl (isahc) with the system's OpenSSL (EXEC-003).
+//! * `metrics` — Prometheus `/metrics` and `/health` served by the daemon (OBS-003, OBS-006).
+//! * `sqlite` — export of the history to the documented SQLite schema (CFG-003, OBS-004).
+//!
+//! A workflow that uses a task type the build lacks is rejected when it is loaded, with an
+//! error naming the feature to enable.
 #![deny(missing_docs)]
 
 mod config;
