@@ -11,13 +11,18 @@
 //! repairs it, so readers never fail for good. In these modes every commit is durable: redb
 //! refuses non-durable commits when other processes may share the file.
 //!
-//! # Grouped commits off the task pipeline
-//! A [`Store`] that writes owns one writer thread. Engine events are queued to it and it
-//! commits everything queued since its last commit in one transaction, so an SD card's slow
-//! `fsync` is paid once per group, not once per event, and never on the engine's executor.
-//! Commits happen in event order: a task's start is never durable before the completion of a
-//! task it depends on. [`EventSink::flush`] resolves once everything queued before it is
-//! durable; the engine awaits it when an execution ends.
+//! # Durable completions, grouped commits
+//! A [`Store`] that writes owns one writer thread; engine events are queued to it, never
+//! written on the engine's executor. A task's completion must be durable before a task that
+//! depends on it starts (the engine awaits [`EventSink::flush`] for that), yet a redb commit
+//! in these modes writes about 40 KiB — too much per task for an SD card. So a flush appends
+//! the completed attempts (without their output) to a small journal file beside the state
+//! file, `<state>.<pid>-<start>.journal`, and syncs it: one 4 KiB page. Everything queued is
+//! committed to redb in one transaction at most a second later (two for starts), when an
+//! execution ends, and when the store closes; the journal is then emptied. A process that
+//! dies leaves its journal behind; the next writer to open the file replays it into redb, so
+//! a finished task is known as finished after any crash, and deletes it. Output captured in
+//! that last second before a crash is kept in the task log files, not in the history.
 //!
 //! # Crash recovery
 //! Each execution records the process id and that process's start time (from `/proc`). An
@@ -58,16 +63,15 @@ const BY_TIME: TableDefinition<(i64, &str), ()> = TableDefinition::new("executio
 /// Execution id → (): executions recorded as running, so recovery need not scan history.
 const RUNNING: TableDefinition<&str, ()> = TableDefinition::new("running_executions");
 
-/// How long the writer waits for more events before committing. Every commit of a
-/// multi-process redb file writes about ten 4 KiB pages (data, system tree, allocator state,
-/// two headers) and two fsyncs, whatever it carries; sharing commits is what keeps bytes
-/// written per task low on an SD card. A crash loses at most this window of events, which
-/// only means the affected task runs again on resume.
-const GROUP_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long completed work may wait in the journal before it is committed to redb. Every
+/// commit of a multi-process redb file writes about ten 4 KiB pages (data, system tree,
+/// allocator state, headers) and syncs twice, whatever it carries; a journal append writes
+/// one page. Readers in other processes see completions at most this late.
+const GROUP_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A batch holding only starts (of tasks or executions) waits longer: a start matters to
+/// A batch holding only task starts waits longer: a start matters to
 /// readers in other processes (`status`) but not to crash recovery, which re-runs any task
-/// whose end is not recorded. A task shorter than this costs one commit instead of two.
+/// whose end is not recorded. A task shorter than this costs no commit of its own.
 const START_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// redb's page cache; the default (1 GiB) is twice a Pi Zero's memory.
@@ -132,11 +136,16 @@ enum Msg {
         id: String,
         execution: String,
         json: Vec<u8>,
-        /// A start (rather than an end) may wait longer for company; see `writer_loop`.
+        /// A start (rather than an end) may wait longer for company.
         start: bool,
+        /// For an end: its journal line (the record without its output).
+        journal: Option<Vec<u8>>,
     },
     Workflow(WorkflowRecord),
+    /// Durable (journal) and acknowledged.
     Flush(smol::channel::Sender<std::result::Result<(), String>>),
+    /// Committed to redb (visible to other processes) and acknowledged.
+    Commit(smol::channel::Sender<std::result::Result<(), String>>),
     Stop,
 }
 
@@ -150,6 +159,54 @@ pub struct Store {
 struct Writer {
     tx: Mutex<mpsc::Sender<Msg>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The journal of completed attempts not yet committed to redb (see the module docs).
+struct Journal {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    dirty: bool,
+}
+
+impl Journal {
+    fn path_for(db: &Path, pid: u32, start: u64) -> PathBuf {
+        let mut s = db.as_os_str().to_owned();
+        s.push(format!(".{pid}-{start}.journal"));
+        PathBuf::from(s)
+    }
+
+    /// Appends lines and syncs them (`fdatasync`): one page for a few completions.
+    fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.file.is_none() {
+            self.file = Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
+        }
+        let f = self.file.as_mut().expect("opened above");
+        f.write_all(lines)?;
+        f.sync_data()?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Everything journaled is in redb now.
+    fn clear(&mut self) {
+        if self.dirty {
+            if let Some(f) = &self.file {
+                let _ = f.set_len(0);
+            }
+            self.dirty = false;
+        }
+    }
+
+    fn remove(&mut self) {
+        self.file = None;
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -194,13 +251,14 @@ impl Store {
         if !exists {
             create_tables(&db, &path)?;
         }
+        replay_journals(&db, &path)?;
 
         let (tx, rx) = mpsc::channel();
         let thread_db = db.clone();
         let thread_path = path.clone();
         let thread = std::thread::Builder::new()
             .name("picoflow-store".into())
-            .spawn(move || writer_loop(&thread_db, &thread_path, rx))
+            .spawn(move || Writer::run(&thread_db, &thread_path, rx))
             .map_err(|e| Error::io(&path, e))?;
         Ok(Store {
             path,
@@ -272,10 +330,10 @@ impl Store {
             .map_err(|_| Error::Other("the state store's writer has stopped".into()))
     }
 
-    /// Waits until everything queued so far is durable.
+    /// Waits until everything queued so far is committed to the state file.
     pub fn flush_blocking(&self) -> Result<()> {
         let (tx, rx) = smol::channel::bounded(1);
-        self.send(Msg::Flush(tx))?;
+        self.send(Msg::Commit(tx))?;
         match rx.recv_blocking() {
             Ok(Ok(())) => Ok(()),
             Ok(Err(m)) => Err(Error::Other(m)),
@@ -741,6 +799,7 @@ impl EventSink for StoreSink {
                 execution: r.workflow_execution_id.clone(),
                 json: encode(r),
                 start: matches!(event, Event::TaskStarted(_)),
+                journal: (!matches!(event, Event::TaskStarted(_))).then(|| journal_line(r)),
             },
         };
         let _ = tx.lock().expect("store queue").send(msg);
@@ -771,60 +830,199 @@ impl std::fmt::Debug for StoreSink {
     }
 }
 
-/// The writer thread: takes everything queued, commits it in one transaction, acknowledges
-/// the flushes that were waiting for it, repeats.
-fn writer_loop(db: &Database, path: &Path, rx: mpsc::Receiver<Msg>) {
-    let pid_start = process_start_time(std::process::id());
-    let mut stop = false;
-    while !stop {
-        let Ok(first) = rx.recv() else { return };
-        // Linger briefly so that a burst of events shares one commit; a flush (the end of an
-        // execution, or a caller that must see its data on disk) ends the wait at once.
-        let window = |m: &Msg| match m {
-            Msg::Task { start: true, .. } => START_COMMIT_WINDOW,
-            Msg::Execution(e) if e.status == WorkflowStatus::Running => START_COMMIT_WINDOW,
-            _ => GROUP_COMMIT_WINDOW,
+impl Writer {
+    /// The writer thread: queues records, journals completions on a flush, commits to redb
+    /// when a window closes or an execution ends, and acknowledges waiters.
+    fn run(db: &Database, path: &Path, rx: mpsc::Receiver<Msg>) {
+        use std::time::Instant;
+        let pid_start = process_start_time(std::process::id());
+        let mut journal = Journal {
+            path: Journal::path_for(path, std::process::id(), pid_start.unwrap_or(0)),
+            file: None,
+            dirty: false,
         };
-        let mut deadline = std::time::Instant::now() + window(&first);
-        let mut urgent = matches!(first, Msg::Flush(_) | Msg::Stop);
-        let mut batch = vec![first];
-        while !urgent {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(m) => {
-                    urgent = matches!(m, Msg::Flush(_) | Msg::Stop);
-                    deadline = deadline.min(std::time::Instant::now() + window(&m));
-                    batch.push(m);
+        let mut pending: Vec<Msg> = Vec::new();
+        let mut unjournaled: Vec<u8> = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        let mut failed: Option<String> = None;
+        loop {
+            let msg = match deadline {
+                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            let mut commit_now = false;
+            let mut stop = false;
+            let mut acks = Vec::new();
+            match msg {
+                Ok(Msg::Flush(tx)) => {
+                    if !unjournaled.is_empty() {
+                        if let Err(e) = journal.append(&unjournaled) {
+                            // No journal (read-only directory, disk full): commit instead.
+                            tracing::warn!(error = %e, path = %journal.path.display(), "cannot write the journal; committing directly");
+                            acks.push(tx);
+                            commit_now = true;
+                        } else {
+                            unjournaled.clear();
+                            let _ = tx.send_blocking(failed.clone().map_or(Ok(()), Err));
+                        }
+                    } else {
+                        let _ = tx.send_blocking(failed.clone().map_or(Ok(()), Err));
+                    }
                 }
-                Err(_) => break,
+                Ok(Msg::Commit(tx)) => {
+                    acks.push(tx);
+                    commit_now = true;
+                }
+                Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    commit_now = true;
+                    stop = true;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => commit_now = true,
+                Ok(m) => {
+                    let window = match &m {
+                        Msg::Task { start: true, .. } => START_COMMIT_WINDOW,
+                        // An execution's start and end are committed at once (one commit each
+                        // per run): readers in other processes and crash recovery must know
+                        // the execution exists.
+                        Msg::Execution(_) | Msg::Workflow(_) => {
+                            commit_now = true;
+                            GROUP_COMMIT_WINDOW
+                        }
+                        _ => GROUP_COMMIT_WINDOW,
+                    };
+                    if let Msg::Task {
+                        journal: Some(line),
+                        ..
+                    } = &m
+                    {
+                        unjournaled.extend_from_slice(line);
+                    }
+                    let d = Instant::now() + window;
+                    deadline = Some(deadline.map_or(d, |old| old.min(d)));
+                    pending.push(m);
+                }
             }
-        }
-        while let Ok(m) = rx.try_recv() {
-            batch.push(m);
-        }
-        let mut waiting = Vec::new();
-        let mut work = Vec::new();
-        for m in batch {
-            match m {
-                Msg::Flush(tx) => waiting.push(tx),
-                Msg::Stop => stop = true,
-                other => work.push(other),
+            if commit_now {
+                let result = if pending.is_empty() {
+                    Ok(())
+                } else {
+                    tracing::trace!(records = pending.len(), "committing state");
+                    commit(db, &pending, pid_start).map_err(|e| {
+                        let msg = format!("cannot record state in {}: {e}", path.display());
+                        tracing::error!("{msg}");
+                        msg
+                    })
+                };
+                if result.is_ok() {
+                    pending.clear();
+                    unjournaled.clear();
+                    journal.clear();
+                    deadline = None;
+                } else {
+                    failed = result.clone().err();
+                    // Try again later rather than spin.
+                    deadline = Some(Instant::now() + GROUP_COMMIT_WINDOW);
+                }
+                for tx in acks {
+                    let _ = tx.send_blocking(result.clone());
+                }
             }
-        }
-        let result = if work.is_empty() {
-            Ok(())
-        } else {
-            tracing::trace!(records = work.len(), "committing state");
-            commit(db, &work, pid_start).map_err(|e| {
-                let msg = format!("cannot record state in {}: {e}", path.display());
-                tracing::error!("{msg}");
-                msg
-            })
-        };
-        for w in waiting {
-            let _ = w.send_blocking(result.clone());
+            if stop {
+                if pending.is_empty() {
+                    journal.remove();
+                }
+                return;
+            }
         }
     }
+}
+
+/// A journal line: the completed attempt without its captured output (which can be 10 MB).
+fn journal_line(r: &TaskExecution) -> Vec<u8> {
+    let compact = TaskExecution {
+        id: r.id.clone(),
+        workflow_execution_id: r.workflow_execution_id.clone(),
+        task_name: r.task_name.clone(),
+        status: r.status,
+        started_at: r.started_at,
+        finished_at: r.finished_at,
+        exit_code: r.exit_code,
+        stdout: None,
+        stderr: None,
+        attempt: r.attempt,
+        error_message: r.error_message.clone(),
+        duration_seconds: r.duration_seconds,
+        created_at: r.created_at,
+    };
+    let mut line = encode(&compact);
+    line.push(b'\n');
+    line
+}
+
+/// Replays the journals of processes that died into redb, then deletes them. Records already
+/// committed in their final state are left alone, so replaying twice does no harm.
+fn replay_journals(db: &Database, path: &Path) -> Result<()> {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let Some(base) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(());
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name
+            .strip_prefix(&base)
+            .and_then(|r| r.strip_prefix('.'))
+            .and_then(|r| r.strip_suffix(".journal"))
+        else {
+            continue;
+        };
+        let Some((pid, start)) = owner.split_once('-') else {
+            continue;
+        };
+        let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
+            continue;
+        };
+        if process_start_time(pid) == Some(start) {
+            continue; // Its writer is alive and will commit it.
+        }
+        let jpath = entry.path();
+        let text = std::fs::read(&jpath).map_err(|e| Error::io(&jpath, e))?;
+        let records: Vec<TaskExecution> = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            // A line torn by the crash is simply not there: its task runs again.
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect();
+        if !records.is_empty() {
+            let err = |e: redb::Error| store_err(path, "cannot replay the journal into")(e);
+            let txn = db.begin_write().map_err(|e| err(e.into()))?;
+            {
+                let mut tasks = txn.open_table(TASKS).map_err(|e| err(e.into()))?;
+                for rec in &records {
+                    let key = (rec.workflow_execution_id.as_str(), rec.id.as_str());
+                    let current = tasks
+                        .get(key)
+                        .map_err(|e| err(e.into()))?
+                        .and_then(|v| serde_json::from_slice::<TaskExecution>(v.value()).ok());
+                    if current.is_some_and(|c| c.status.is_final()) {
+                        continue;
+                    }
+                    tasks
+                        .insert(key, encode(rec).as_slice())
+                        .map_err(|e| err(e.into()))?;
+                }
+            }
+            txn.commit().map_err(|e| err(e.into()))?;
+            tracing::info!(journal = %jpath.display(), records = records.len(), "replayed the journal of a process that ended");
+        }
+        let _ = std::fs::remove_file(&jpath);
+    }
+    Ok(())
 }
 
 fn commit(
@@ -868,7 +1066,7 @@ fn commit(
                 } => {
                     tasks.insert((execution.as_str(), id.as_str()), json.as_slice())?;
                 }
-                Msg::Flush(_) | Msg::Stop => {}
+                Msg::Flush(_) | Msg::Commit(_) | Msg::Stop => {}
             }
         }
     }
@@ -1041,7 +1239,7 @@ mod tests {
             "x",
             TaskState::Running,
         )));
-        smol::block_on(sink.flush()).unwrap();
+        store.flush_blocking().unwrap();
         // Our own run is alive.
         assert_eq!(
             store.latest_execution("a").unwrap().unwrap().status,
@@ -1073,6 +1271,79 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("interrupted"));
+    }
+
+    #[test]
+    fn the_journal_of_a_dead_process_is_replayed_once() {
+        let path = temp("journal");
+        {
+            let store = Store::open(&path).unwrap();
+            let sink = store.sink();
+            sink.on_event(&Event::WorkflowStarted(exec(
+                "a",
+                "e1",
+                "2026-11-20T10:00:00Z",
+            )));
+            sink.on_event(&Event::TaskStarted(task(
+                "e1",
+                "t1",
+                "x",
+                TaskState::Running,
+            )));
+            store.flush_blocking().unwrap();
+        }
+        // A completion that only reached the journal of a process that then died (its
+        // recorded start time no longer matches any process).
+        let mut done = task("e1", "t1", "x", TaskState::Success);
+        done.exit_code = Some(0);
+        let journal = Journal::path_for(&path, std::process::id(), 1);
+        let mut text = journal_line(&done);
+        text.extend_from_slice(b"{\"torn\": "); // a line cut short by the crash
+        std::fs::write(&journal, text).unwrap();
+
+        let store = Store::open(&path).unwrap();
+        assert!(!journal.exists(), "a replayed journal is deleted");
+        let tasks = store.task_executions("e1").unwrap();
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].status, TaskState::Success);
+        assert_eq!(tasks[0].exit_code, Some(0));
+        assert_eq!(tasks[0].stdout, None, "the journal carries no output");
+    }
+
+    #[test]
+    fn a_flush_is_durable_in_the_journal_before_the_commit() {
+        let path = temp("flush");
+        let store = Store::open(&path).unwrap();
+        let sink = store.sink();
+        sink.on_event(&Event::WorkflowStarted(exec(
+            "a",
+            "e1",
+            "2026-11-20T10:00:00Z",
+        )));
+        sink.on_event(&Event::TaskFinished {
+            record: task("e1", "t1", "x", TaskState::Success),
+            retry_in: None,
+        });
+        smol::block_on(sink.flush()).unwrap();
+        let journal = Journal::path_for(
+            &path,
+            std::process::id(),
+            process_start_time(std::process::id()).unwrap(),
+        );
+        let text = std::fs::read_to_string(&journal).unwrap();
+        assert!(
+            text.contains("\"t1\"") && text.contains("success"),
+            "{text}"
+        );
+        // Closing commits everything and removes the journal.
+        drop(sink);
+        drop(store);
+        assert!(!journal.exists());
+        let r = Store::open_read(&path).unwrap().unwrap();
+        assert_eq!(
+            r.task_executions("e1").unwrap()[0].status,
+            TaskState::Success
+        );
     }
 
     #[test]
