@@ -99,12 +99,10 @@ struct Client {
 impl Client {
     fn new() -> Self {
         let quiet = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::new());
-        let http = tracing::dispatcher::with_default(&quiet, || {
-            HttpClient::builder()
-                .redirect_policy(RedirectPolicy::None)
-                .build()
-                .map_err(|e| format!("cannot start the HTTP client: {e}"))
-        });
+        let http = HttpClient::builder()
+            .redirect_policy(RedirectPolicy::None)
+            .build()
+            .map_err(|e| format!("cannot start the HTTP client: {e}"));
         Client { http, quiet }
     }
 }
