@@ -22,7 +22,7 @@
 //! info in the URL and query parameters with such names never appear in an event, error
 //! message or output this executor produces; they read `[REDACTED]`. isahc's own tracing
 //! would show them — its `isahc::wire` trace events dump the request headers, and its debug
-//! spans record the URL — so the request runs with tracing switched off (see [`Client`]).
+//! spans record the URL — so the request runs with tracing switched off (see `Client`).
 //!
 //! Threads: isahc drives curl from one agent thread per client. PicoFlow creates one client
 //! per run, on first use by an HTTP task, and the thread ends with the run. Everything else
