@@ -105,7 +105,13 @@ fn init_logging(config: &Config, rust_log: Option<String>) {
     };
     let filter = rust_log
         .and_then(|r| r.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(level));
+        .unwrap_or_else(|| {
+            // isahc reports each failed connection itself at WARN; the task's own error
+            // already says it, once.
+            Targets::new()
+                .with_default(level)
+                .with_target("isahc", LevelFilter::ERROR)
+        });
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if config.log_format == "pretty" {
         let layer = layer.with_ansi(std::io::stderr().is_terminal());
