@@ -430,10 +430,31 @@ fn daemon_status(config: &Config) -> Result<u8, Error> {
 }
 
 fn export_sqlite(
-    _config: &Config,
-    _file: &Path,
-    _workflow: Option<&str>,
-    _since: Option<&str>,
+    config: &Config,
+    file: &Path,
+    workflow: Option<&str>,
+    since: Option<&str>,
 ) -> Result<u8, Error> {
-    Err(Error::Other("export: not built yet".into()))
+    let filter = picoflow_lib::HistoryFilter {
+        workflow: workflow.map(String::from),
+        since: report::parse_since(since)?,
+        ..Default::default()
+    };
+    let (execs, store) = match Store::open_read(&config.db_path)? {
+        Some(store) => (store.executions(&filter)?, Some(store)),
+        None => (Vec::new(), None),
+    };
+    let r = picoflow_lib::export_sqlite(file, &execs, |id| match &store {
+        Some(s) => s.task_executions(id),
+        None => Ok(Vec::new()),
+    })?;
+    println!(
+        "Exported to {}: {} executions added, {} updated; {} task attempts added, {} updated",
+        file.display(),
+        r.executions_added,
+        r.executions_updated,
+        r.tasks_added,
+        r.tasks_updated
+    );
+    Ok(0)
 }

@@ -64,7 +64,11 @@ mod engine;
 mod error;
 mod events;
 mod executor;
+// One switch for the SQLite export: the real module or a stand-in naming the feature.
 mod expand;
+#[cfg_attr(feature = "sqlite", path = "export/enabled.rs")]
+#[cfg_attr(not(feature = "sqlite"), path = "export/disabled.rs")]
+mod export;
 mod logs;
 mod model;
 mod prune;
@@ -93,6 +97,7 @@ pub use executor::{
     OutputSink, Registry, SharedState, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
 pub use expand::{expand_with, Vars};
+pub use export::{export_sqlite, ExportReport};
 pub use logs::{execution_log_dir, task_log_path};
 pub use model::{
     is_valid_name, Catchup, HttpConfig, ShellConfig, SshConfig, Task, TaskConfig, Workflow,
