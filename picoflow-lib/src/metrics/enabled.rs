@@ -361,7 +361,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const LINGER: Duration = Duration::from_secs(1);
 /// Connections served at once; more are closed on accept, which bounds memory and tasks
 /// even under a connection flood.
-const MAX_CONNECTIONS: usize = 32;
+const MAX_CONNECTIONS: usize = 64;
 
 /// The HTTP endpoint serving `GET /metrics` (OBS-003) and `GET /health` (OBS-006).
 ///
