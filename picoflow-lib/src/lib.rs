@@ -70,6 +70,10 @@ mod expand;
 #[cfg_attr(not(feature = "sqlite"), path = "export/disabled.rs")]
 mod export;
 mod logs;
+// One switch, so call sites never test the feature (conventions: cross-cutting features).
+#[cfg_attr(feature = "metrics", path = "metrics/enabled.rs")]
+#[cfg_attr(not(feature = "metrics"), path = "metrics/disabled.rs")]
+mod metrics;
 mod model;
 mod prune;
 mod schedule;
@@ -99,6 +103,7 @@ pub use executor::{
 pub use expand::{expand_with, Vars};
 pub use export::{export_sqlite, ExportReport};
 pub use logs::{execution_log_dir, task_log_path};
+pub use metrics::{Metrics, MetricsServer};
 pub use model::{
     is_valid_name, Catchup, HttpConfig, ShellConfig, SshConfig, Task, TaskConfig, Workflow,
     WorkflowConfig, DEFAULT_HTTP_TIMEOUT_SECS, DEFAULT_MAX_PARALLEL, DEFAULT_RETRY,
