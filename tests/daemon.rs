@@ -493,3 +493,165 @@ fn an_idle_daemon_does_not_wake_up() {
         after - before
     );
 }
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (code, body)
+}
+
+fn sample(metrics: &str, line_start: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[test]
+fn the_daemon_serves_metrics_and_health_without_stalling() {
+    let out = run(picoflow(Path::new(".")).arg("--version"));
+    assert!(
+        stdout(&out).contains("+metrics"),
+        "this test needs the metrics feature"
+    );
+    let dir = TempDir::new("daemon-metrics");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    dir.write("picoflow.toml", &format!("[metrics]\nport = {port}\n"));
+    dir.write(
+        "tick.yaml",
+        &shell_wf("tick", "* * * * * *", "", "date +%s >> ticks.txt"),
+    );
+    dir.write(
+        "flaky.yaml",
+        &shell_wf("flaky", "*/3 * * * * *", "", "exit 1")
+            .replace("    type: shell\n", "    type: shell\n    retry: 1\n"),
+    );
+    let mut d = Daemon::start(dir.path(), &["tick.yaml", "flaky.yaml"]);
+    wait_for(Duration::from_secs(10), "three ticks", || {
+        lines(&dir.path().join("ticks.txt")).len() >= 3
+    });
+
+    // The endpoint listens on loopback only by default.
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let listening: Vec<&str> = tcp
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| a.ends_with(&format!(":{port:04X}")))
+        })
+        .filter(|l| l.split_whitespace().nth(3) == Some("0A"))
+        .collect();
+    assert_eq!(listening.len(), 1, "{listening:?}");
+    assert!(
+        listening[0]
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .starts_with("0100007F:"),
+        "{listening:?}"
+    );
+
+    // A client that connects and never sends its request stalls nothing.
+    let stalled = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let ticks_before = lines(&dir.path().join("ticks.txt")).len();
+    let t0 = Instant::now();
+    let (code, health) = http_get(port, "/health");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "a scrape waited for the stalled client"
+    );
+    assert_eq!(code, 200);
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["workflows_loaded"], 2);
+    wait_for(
+        Duration::from_secs(5),
+        "fires while a client stalls",
+        || lines(&dir.path().join("ticks.txt")).len() >= ticks_before + 2,
+    );
+    wait_for(Duration::from_secs(10), "a retried run of flaky", || {
+        history(dir.path(), "flaky")
+            .iter()
+            .any(|e| e["status"] == "failed")
+    });
+
+    let finished = |wf: &str| {
+        history(dir.path(), wf)
+            .iter()
+            .filter(|e| e["status"] != "running")
+            .count() as f64
+    };
+    let before = finished("tick");
+    let (code, metrics) = http_get(port, "/metrics");
+    let after = finished("tick");
+    assert_eq!(code, 200);
+    for name in [
+        "picoflow_workflow_executions_total",
+        "picoflow_workflow_duration_seconds",
+        "picoflow_workflow_running",
+        "picoflow_task_executions_total",
+        "picoflow_task_duration_seconds",
+        "picoflow_task_retries_total",
+        "picoflow_info",
+        "picoflow_uptime_seconds",
+        "picoflow_memory_bytes",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {name}")),
+            "{name} missing:\n{metrics}"
+        );
+    }
+    let runs = sample(
+        &metrics,
+        "picoflow_workflow_executions_total{workflow=\"tick\",status=\"success\"}",
+    );
+    assert!(
+        runs >= before && runs <= after + 1.0,
+        "metrics say {runs} runs, history {before}..{after}"
+    );
+    let tasks = sample(
+        &metrics,
+        "picoflow_task_executions_total{workflow=\"tick\",task=\"t\",status=\"success\"}",
+    );
+    assert_eq!(tasks, runs, "one task per run");
+    assert!(
+        sample(
+            &metrics,
+            "picoflow_task_retries_total{workflow=\"flaky\",task=\"t\"}"
+        ) >= 1.0
+    );
+    assert!(sample(&metrics, "picoflow_memory_bytes") > 100_000.0);
+    assert_eq!(http_get(port, "/nope").0, 404);
+
+    let file = dir.path().join("scrape.txt");
+    std::fs::write(&file, &metrics).unwrap();
+    let check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .expect("promtool is needed (package prometheus; scripts/install-test-deps.sh)");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    drop(stalled);
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(15)), Some(0));
+}

@@ -44,12 +44,12 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineSettings, ResumeFrom, RunOptions};
 use crate::error::{Error, Result};
 use crate::executor::{CancelToken, Registry};
+use crate::metrics::{Metrics, MetricsServer};
 use crate::model::{Catchup, Workflow};
 use crate::schedule::{host_name, jitter_offset, Schedule};
 use crate::signals::{Signals, StopSignal};
 use crate::store::Store;
 use crate::validate::{load_workflow, workflow_files};
-use shim::{Metrics, MetricsServer};
 
 /// How a daemon ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -762,41 +762,4 @@ fn spawn_run<'a>(
         let _ = shared.done.send(()).await;
     })
     .detach();
-}
-
-// Stand-in for the metrics module until it is merged.
-mod shim {
-    use crate::error::Result;
-    use crate::events::{Event, EventSink};
-    use std::net::SocketAddr;
-    use std::sync::Arc;
-
-    #[derive(Clone, Debug)]
-    pub(super) struct Metrics;
-    impl Metrics {
-        pub(super) fn new() -> Metrics {
-            Metrics
-        }
-        pub(super) fn enabled() -> bool {
-            false
-        }
-        pub(super) fn set_workflows_loaded(&self, _n: usize) {}
-    }
-    impl EventSink for Metrics {
-        fn on_event(&self, _e: &Event) {}
-    }
-    pub(super) struct MetricsServer;
-    impl MetricsServer {
-        pub(super) fn start(
-            _ex: &Arc<smol::Executor<'static>>,
-            _bind: &str,
-            _port: u16,
-            _m: Metrics,
-        ) -> Result<MetricsServer> {
-            Ok(MetricsServer)
-        }
-        pub(super) fn local_addr(&self) -> Option<SocketAddr> {
-            None
-        }
-    }
 }
