@@ -186,16 +186,11 @@ fn variables_and_shell_command_lines() {
     assert!(!dir.path().join("injected").exists());
 }
 
-#[test]
-fn fifty_megabytes_of_output_keep_memory_bounded() {
-    let dir = TempDir::new("big");
-    let wf = dir.write(
-        "w.yaml",
-        "name: big\ntasks:\n  - name: noisy\n    type: shell\n    config:\n      command: \"head -c 52428800 /dev/zero | tr '\\\\0' x\"\n",
-    );
-    let mut child = picoflow(dir.path())
+/// Peak resident memory of `picoflow run <wf>`, in KiB (from `wait4`).
+fn peak_rss_kib(dir: &std::path::Path, wf: &std::path::Path) -> i64 {
+    let mut child = picoflow(dir)
         .arg("run")
-        .arg(&wf)
+        .arg(wf)
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -207,9 +202,32 @@ fn fifty_megabytes_of_output_keep_memory_bounded() {
     assert_eq!(r, pid);
     let _ = child.try_wait();
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
-    let peak_kib = usage.ru_maxrss;
-    eprintln!("peak RSS {peak_kib} KiB");
-    assert!(peak_kib < 40 * 1024, "peak RSS {peak_kib} KiB");
+    usage.ru_maxrss
+}
+
+#[test]
+fn fifty_megabytes_of_output_keep_memory_bounded() {
+    let dir = TempDir::new("big");
+    let quiet = dir.write(
+        "quiet.yaml",
+        "name: quiet\ntasks:\n  - name: hush\n    type: shell\n    config:\n      command: \"true\"\n",
+    );
+    let wf = dir.write(
+        "w.yaml",
+        "name: big\ntasks:\n  - name: noisy\n    type: shell\n    config:\n      command: \"head -c 52428800 /dev/zero | tr '\\\\0' x\"\n",
+    );
+    // The binary's own resident size depends on the build (debug, features): compare with a
+    // run whose task prints nothing.
+    let base = peak_rss_kib(dir.path(), &quiet);
+    let peak = peak_rss_kib(dir.path(), &wf);
+    eprintln!("peak RSS {peak} KiB, {base} KiB for a quiet task");
+    // 50 MB went through; what stays is the 10 MB capture, its stored record and the state
+    // file's page for it — never the whole stream.
+    assert!(
+        peak - base < 36 * 1024,
+        "peak RSS grew by {} KiB",
+        peak - base
+    );
     let log = walk(dir.path().join("logs").as_path())
         .into_iter()
         .find(|p| p.ends_with("noisy.log"))
