@@ -84,7 +84,7 @@ fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
 }
 
 /// Writes `executions` (each with its attempts, fetched by `attempts`) into the SQLite file
-/// at `path`, creating it with [`SCHEMA`] or adding to an earlier export.
+/// at `path`, creating it with the documented schema or adding to an earlier export.
 pub fn export_sqlite(
     path: &Path,
     executions: &[WorkflowExecution],
