@@ -371,10 +371,9 @@ fn max_parallel_bounds_tasks_across_all_workflows() {
     assert_eq!(peak, 2, "at most 2 tasks at once across the daemon");
 }
 
-fn seed_last_run(dir: &Path, wf: &str, hours_ago: i64) {
+fn seed_last_run(dir: &Path, wf: &str, t: chrono::DateTime<chrono::Utc>) {
     use picoflow_lib::{Event, Store, WorkflowExecution, WorkflowStatus};
     let store = Store::open(dir.join("picoflow.redb")).unwrap();
-    let t = chrono::Utc::now() - chrono::Duration::hours(hours_ago) - chrono::Duration::minutes(1);
     let exec = WorkflowExecution {
         id: picoflow_lib::new_id(),
         workflow_name: wf.into(),
@@ -396,14 +395,24 @@ fn seed_last_run(dir: &Path, wf: &str, hours_ago: i64) {
 
 #[test]
 fn catch_up_after_an_outage_follows_each_policy() {
+    use chrono::{DurationRound, TimeDelta, Utc};
     let dir = TempDir::new("daemon-catchup");
-    // Hourly workflows whose last run was about three hours ago: three fires were missed.
+    // Close to the top of an hour the daemon could see a regular fire as well: wait it out.
+    let hour = TimeDelta::hours(1);
+    let to_next_hour = Utc::now().duration_trunc(hour).unwrap() + hour - Utc::now();
+    if to_next_hour < TimeDelta::seconds(30) {
+        std::thread::sleep((to_next_hour + TimeDelta::seconds(1)).to_std().unwrap());
+    }
+    // Hourly workflows whose last run was just after the top of the hour three hours ago:
+    // the three fires since then were missed, whatever the minute is now.
+    let last =
+        Utc::now().duration_trunc(hour).unwrap() - TimeDelta::hours(3) + TimeDelta::minutes(1);
     for (name, policy) in [("none", "none"), ("latest", "latest"), ("all", "all")] {
         dir.write(
             &format!("{name}.yaml"),
             &shell_wf(name, "0 0 * * * *", &format!("catchup: {policy}\n"), "true"),
         );
-        seed_last_run(dir.path(), name, 3);
+        seed_last_run(dir.path(), name, last);
     }
     let mut d = Daemon::start(dir.path(), &["none.yaml", "latest.yaml", "all.yaml"]);
     wait_for(Duration::from_secs(15), "catch-up runs", || {
