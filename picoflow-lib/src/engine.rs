@@ -7,13 +7,17 @@
 //! finished for its dependents; any other failure marks everything downstream `skipped` and
 //! the workflow `failed`, while tasks that do not depend on the failed one keep running.
 //!
-//! Every state change is reported to the [`EventSink`]s in order. When tasks finish and
-//! dependents become ready, the engine awaits [`EventSink::flush`] once for the batch before
-//! starting them, so a completion is durable before anything that depends on it begins and a
-//! crash never re-runs a finished task (REL-001, REL-004). Tasks already running are not held
-//! up, and the state store shares one commit among everything that finished meanwhile. The engine runs entirely
-//! inside the caller's executor (it drives its tasks on a local executor of its own and
-//! drives async-process's reaper itself, so no helper thread is started).
+//! Every state change is reported to the [`EventSink`]s in order. As soon as tasks finish the
+//! engine asks the sinks to make them durable ([`EventSink::flush`]) and goes on meanwhile:
+//! dependents start at once, and one flush covers everything that finished while the previous
+//! one was in flight (group commit), so a slow disk sync adds nothing to a chain of short
+//! tasks. Order is what keeps this safe (REL-001, REL-004): the sinks record events in the
+//! order they happen, so a task's completion can never be durable before the completions of
+//! the tasks it depends on; after a crash, tasks whose end was recorded stay done and the rest
+//! run again. A failed flush stops the run, and the run ends only when everything is durable.
+//! The engine runs entirely inside the caller's executor (it drives its tasks on a local
+//! executor of its own and drives async-process's reaper itself, so no helper thread is
+//! started).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -165,6 +169,13 @@ struct Finished {
     index: usize,
     report: TaskReport,
     release_dependents: bool,
+}
+
+/// What the scheduling loop woke up for.
+enum Wake {
+    Finished(Finished),
+    Flushed(Result<()>),
+    Cancelled,
 }
 
 impl Engine {
@@ -378,6 +389,10 @@ impl Engine {
         let mut failed = false;
         let mut cancelled = false;
         let mut store_error = None;
+        // At most one flush in flight; completions meanwhile wait for the next one.
+        let (flushed_tx, flushed_rx) = smol::channel::bounded::<Result<()>>(1);
+        let mut flushing = false;
+        let mut unflushed = false;
 
         loop {
             if !cancelled {
@@ -404,19 +419,40 @@ impl Engine {
             if running == 0 {
                 break;
             }
-            let first = if cancelled {
-                rx.recv().await.ok()
-            } else {
-                future::or(async { rx.recv().await.ok() }, async {
-                    opts.cancel.cancelled().await;
-                    None
-                })
-                .await
-            };
+            let next = future::or(
+                async { rx.recv().await.map_or(Wake::Cancelled, Wake::Finished) },
+                future::or(
+                    async {
+                        match flushing {
+                            true => flushed_rx
+                                .recv()
+                                .await
+                                .map_or(Wake::Cancelled, Wake::Flushed),
+                            false => future::pending().await,
+                        }
+                    },
+                    async {
+                        match cancelled {
+                            false => opts.cancel.cancelled().await,
+                            true => future::pending().await,
+                        }
+                        Wake::Cancelled
+                    },
+                ),
+            )
+            .await;
             let mut batch: Vec<Finished> = Vec::new();
-            match first {
-                Some(f) => batch.push(f),
-                None => {
+            match next {
+                Wake::Finished(f) => batch.push(f),
+                Wake::Flushed(result) => {
+                    flushing = false;
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "cannot record task completion; stopping the run");
+                        store_error.get_or_insert(e);
+                        cancelled = true;
+                    }
+                }
+                Wake::Cancelled => {
                     cancelled = true;
                     continue;
                 }
@@ -424,6 +460,7 @@ impl Engine {
             while let Ok(f) = rx.try_recv() {
                 batch.push(f);
             }
+            unflushed |= !batch.is_empty();
             for f in batch {
                 running -= 1;
                 let i = f.index;
@@ -444,15 +481,16 @@ impl Engine {
                     self.skip_downstream(wf, dag, i, &execution.id, &mut slots, &mut reports);
                 }
             }
-            // A completion is durable before a task that depends on it starts (REL-004), so
-            // a crash never re-runs a finished task. One flush covers the whole batch, tasks
-            // already running go on meanwhile, and nothing waits when no dependent is ready.
-            if !ready.is_empty() && !cancelled {
-                if let Err(e) = self.flush().await {
-                    tracing::error!(error = %e, "cannot record task completion; stopping the run");
-                    store_error = Some(e);
-                    cancelled = true;
-                }
+            // Make the completions durable without holding up their dependents (see the
+            // module docs); the flush at the end of the run waits for whatever is left.
+            if unflushed && !flushing {
+                unflushed = false;
+                flushing = true;
+                let flushed_tx = flushed_tx.clone();
+                ex.spawn(async move {
+                    let _ = flushed_tx.send(self.flush().await).await;
+                })
+                .detach();
             }
         }
 
@@ -692,4 +730,100 @@ impl Engine {
 
 fn text(c: Capture) -> Option<String> {
     (!c.data.is_empty()).then(|| c.into_text())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::BoxFuture;
+    use std::sync::Mutex;
+
+    /// Records events and flushes in order; each flush takes `delay` and then succeeds or not.
+    struct Recorder {
+        log: Mutex<Vec<String>>,
+        delay: Duration,
+        fail: bool,
+    }
+
+    impl Recorder {
+        fn new(delay: Duration, fail: bool) -> Arc<Recorder> {
+            Arc::new(Recorder {
+                log: Mutex::new(Vec::new()),
+                delay,
+                fail,
+            })
+        }
+        fn log(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
+        }
+    }
+
+    impl EventSink for Recorder {
+        fn on_event(&self, event: &Event) {
+            let line = match event {
+                Event::TaskStarted(r) => format!("start {}", r.task_name),
+                Event::TaskFinished { record, .. } => format!("end {}", record.task_name),
+                Event::TaskSkipped(r) => format!("skip {}", r.task_name),
+                Event::WorkflowStarted(_) => "run start".into(),
+                Event::WorkflowFinished(_) => "run end".into(),
+            };
+            self.log.lock().unwrap().push(line);
+        }
+
+        fn flush(&self) -> BoxFuture<'_, Result<()>> {
+            Box::pin(async move {
+                smol::Timer::after(self.delay).await;
+                self.log.lock().unwrap().push("flushed".into());
+                match self.fail {
+                    true => Err(Error::Other("disk full".into())),
+                    false => Ok(()),
+                }
+            })
+        }
+    }
+
+    fn chain(tasks: usize, command: &str) -> Workflow {
+        let mut text = String::from("name: chain\ntasks:\n");
+        for i in 0..tasks {
+            text.push_str(&format!(
+                "  - name: t{i}\n    type: shell\n    config:\n      command: \"{command}\"\n"
+            ));
+            if i > 0 {
+                text.push_str(&format!("    depends_on: [t{}]\n", i - 1));
+            }
+        }
+        crate::yaml::parse_workflow(&text, "chain.yaml").unwrap()
+    }
+
+    #[test]
+    fn dependents_start_while_a_completion_is_being_made_durable() {
+        let sink = Recorder::new(Duration::from_millis(300), false);
+        let engine = Engine::new(Registry::builtin()).with_sink(sink.clone());
+        let report = smol::block_on(engine.run(&chain(3, "true"), RunOptions::default())).unwrap();
+        assert!(report.success());
+        let log = sink.log();
+        let pos = |s: &str| log.iter().position(|l| l == s).unwrap();
+        // The first completion's flush takes 300 ms; the dependents do not wait for it.
+        assert!(pos("start t2") < pos("flushed"), "{log:?}");
+        // Events reach the sink in the order they happen.
+        assert!(pos("end t0") < pos("start t1") && pos("end t1") < pos("start t2"));
+        // The run reports its end only once everything is durable.
+        assert_eq!(log.last().unwrap(), "flushed", "{log:?}");
+        assert!(pos("run end") < log.len() - 1);
+    }
+
+    #[test]
+    fn a_failed_flush_stops_the_run_with_an_error() {
+        let sink = Recorder::new(Duration::from_millis(10), true);
+        let engine = Engine::new(Registry::builtin()).with_sink(sink.clone());
+        let err =
+            smol::block_on(engine.run(&chain(5, "sleep 0.3"), RunOptions::default())).unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        let log = sink.log();
+        let started = log.iter().filter(|l| l.starts_with("start")).count();
+        assert!(
+            started < 5,
+            "no task starts after the store failed: {log:?}"
+        );
+    }
 }

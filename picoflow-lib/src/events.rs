@@ -204,8 +204,10 @@ pub trait EventSink: Send + Sync {
     /// Called for every event, in order, from the engine's task. Must not block for long.
     fn on_event(&self, event: &Event);
 
-    /// Completes once every event passed so far is durable. The engine awaits this after
-    /// task completions and before starting their dependents (REL-004).
+    /// Completes once every event passed so far is durable. The engine calls this as tasks
+    /// finish (without waiting for it to start their dependents) and awaits it at the end
+    /// of a run; a sink must therefore keep events in order, so that nothing is durable
+    /// before what happened earlier (REL-004).
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
     }

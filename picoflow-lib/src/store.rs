@@ -13,8 +13,9 @@
 //!
 //! # Durable completions, grouped commits
 //! A [`Store`] that writes owns one writer thread; engine events are queued to it, never
-//! written on the engine's executor. A task's completion must be durable before a task that
-//! depends on it starts (the engine awaits [`EventSink::flush`] for that), yet a redb commit
+//! written on the engine's executor, and recorded in the order they happen. A task's
+//! completion must become durable as soon as possible (the engine asks for it with
+//! [`EventSink::flush`] as tasks finish, one flush in flight at a time), yet a redb commit
 //! in these modes writes about 40 KiB — too much per task for an SD card. So a flush appends
 //! the completed attempts (without their output) to a small journal file beside the state
 //! file, `<state>.<pid>-<start>.journal`, and syncs it: one 4 KiB page. Everything queued is
@@ -341,7 +342,8 @@ impl Store {
         }
     }
 
-    /// Records (or updates) a workflow definition's name, schedule and file.
+    /// Records (or updates) a workflow definition's name, schedule and file. The record is
+    /// queued: it is committed with the next execution's start, or within a second.
     pub fn record_workflow(
         &self,
         name: &str,
@@ -353,8 +355,7 @@ impl Store {
             schedule: schedule.map(String::from),
             file: file.map(String::from),
             updated_at: Utc::now(),
-        }))?;
-        self.flush_blocking()
+        }))
     }
 
     /// Every workflow the store knows, by name: those recorded plus those that only appear
@@ -894,7 +895,7 @@ impl Writer {
                         // An execution's start and end are committed at once (one commit each
                         // per run): readers in other processes and crash recovery must know
                         // the execution exists.
-                        Msg::Execution(_) | Msg::Workflow(_) => {
+                        Msg::Execution(_) => {
                             commit_now = true;
                             GROUP_COMMIT_WINDOW
                         }
