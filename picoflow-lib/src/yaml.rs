@@ -447,10 +447,12 @@ fn strip_location(msg: &str) -> String {
 }
 
 /// Finds the line on which each task's `name:` appears, so that problems found after
-/// deserialization can still point at the file.
+/// deserialization can still point at the file. One pass over the text, then each lookup
+/// reads only its task's lines.
 struct TaskLines<'a> {
     text: &'a str,
-    starts: Vec<usize>,
+    /// Each task's list item: its line number (1-based) and byte offset.
+    starts: Vec<(usize, usize)>,
 }
 
 impl<'a> TaskLines<'a> {
@@ -458,7 +460,11 @@ impl<'a> TaskLines<'a> {
         let mut starts = Vec::new();
         let mut in_tasks = false;
         let mut item_indent = None;
-        for (i, line) in text.lines().enumerate() {
+        let mut offset = 0;
+        for (i, line) in text.split_inclusive('\n').enumerate() {
+            let at = offset;
+            offset += line.len();
+            let line = line.trim_end_matches(['\n', '\r']);
             let trimmed = line.trim_start();
             let indent = line.len() - trimmed.len();
             if indent == 0 && !trimmed.is_empty() && !trimmed.starts_with('#') {
@@ -474,24 +480,21 @@ impl<'a> TaskLines<'a> {
                 Some(ind) if ind != indent => continue,
                 _ => {}
             }
-            starts.push(i + 1);
+            starts.push((i + 1, at));
         }
         TaskLines { text, starts }
     }
 
     /// Line of the `name:` of task number `index`, or of its list item.
     fn line_of(&self, index: usize, name: &str) -> Option<usize> {
-        let start = *self.starts.get(index)?;
-        let end = self.starts.get(index + 1).copied().unwrap_or(usize::MAX);
-        for (i, line) in self.text.lines().enumerate().skip(start - 1) {
-            if i + 1 >= end {
-                break;
-            }
+        let (start, offset) = *self.starts.get(index)?;
+        let end = self.starts.get(index + 1).map_or(self.text.len(), |s| s.1);
+        for (i, line) in self.text[offset..end].lines().enumerate() {
             let t = line.trim_start().trim_start_matches('-').trim_start();
             if let Some(v) = t.strip_prefix("name:") {
                 let v = v.trim().trim_matches(|c| c == '"' || c == '\'');
                 if v == name {
-                    return Some(i + 1);
+                    return Some(start + i);
                 }
             }
         }
@@ -515,6 +518,33 @@ mod tests {
         match &wf.tasks[0].config {
             TaskConfig::Shell(s) => assert_eq!(s.args.as_deref(), Some(&["Hello".to_string()][..])),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn task_lines_point_at_each_name() {
+        for nl in ["\n", "\r\n"] {
+            let text = [
+                "name: w",
+                "tasks:",
+                "  - name: a",
+                "    type: shell",
+                "  # a comment",
+                "  - type: shell",
+                "    config: {command: x}",
+                "    name: \"b\"",
+                "  - name: c",
+                "config:",
+                "  max_parallel: 2",
+            ]
+            .join(nl);
+            let lines = TaskLines::new(&text);
+            assert_eq!(lines.line_of(0, "a"), Some(3));
+            assert_eq!(lines.line_of(1, "b"), Some(8));
+            assert_eq!(lines.line_of(2, "c"), Some(9));
+            // A name not found falls back to the item's first line.
+            assert_eq!(lines.line_of(1, "zz"), Some(6));
+            assert_eq!(lines.line_of(3, "d"), None);
         }
     }
 
