@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the system tools PicoFlow's tests use: a real OpenSSH server for the ssh
 # executor, the sqlite3 CLI for the export, promtool for the metrics format, OpenSSL headers
-# for libssh2/libcurl, and hyperfine for the benchmarks. Safe to run again.
+# for libssh2/libcurl, and hyperfine, make and GNU time for the benchmarks. Safe to run again.
 set -eu
 
 need=""
@@ -13,6 +13,7 @@ command -v hyperfine >/dev/null 2>&1 || need="$need hyperfine"
 command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
 dpkg -s libssl-dev >/dev/null 2>&1 || need="$need libssl-dev"
 command -v make >/dev/null 2>&1 || need="$need make"
+[ -x /usr/bin/time ] || need="$need time"
 command -v cc >/dev/null 2>&1 || need="$need gcc"
 
 if [ -n "$need" ]; then
@@ -31,7 +32,7 @@ if [ -n "$need" ]; then
     $SUDO apt-get install -y -qq --no-install-recommends $need
 fi
 
-for tool in /usr/sbin/sshd ssh-keygen sqlite3 promtool hyperfine; do
+for tool in /usr/sbin/sshd ssh-keygen sqlite3 promtool hyperfine make /usr/bin/time; do
     command -v "$tool" >/dev/null 2>&1 || { echo "missing after install: $tool" >&2; exit 1; }
 done
-echo "test tools present: sshd, ssh-keygen, sqlite3, promtool, hyperfine"
+echo "test tools present: sshd, ssh-keygen, sqlite3, promtool, hyperfine, make, time"
