@@ -48,21 +48,88 @@ use crate::error::{Error, Result};
 use crate::events::{Event, EventSink, TaskExecution, WorkflowExecution, WorkflowStatus};
 use crate::executor::BoxFuture;
 
-/// Workflow name → [`WorkflowRecord`] (JSON).
-const WORKFLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflows");
-/// Execution id → stored execution (JSON).
-const EXECUTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflow_executions");
-/// (execution id, task attempt id) → [`TaskExecution`] (JSON). Keyed by execution so that
-/// one table (one B-tree path) changes per task event: SD cards pay per page written.
-const TASKS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("task_executions");
-/// (workflow, start in µs, execution id): executions of a workflow in start order.
-const BY_WORKFLOW: TableDefinition<(&str, i64, &str), ()> =
-    TableDefinition::new("executions_by_workflow");
-/// (start in µs, execution id): all executions in start order.
-const BY_TIME: TableDefinition<(i64, &str), ()> = TableDefinition::new("executions_by_time");
+/// Every table maps bytes to bytes. redb's B-tree code is generic over key and value types,
+/// and one pair of types keeps one copy of it in the binary (about 100 KiB less than a pair
+/// per table); [`key`] builds composite keys whose byte order is the order wanted.
+type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
-/// Execution id → (): executions recorded as running, so recovery need not scan history.
-const RUNNING: TableDefinition<&str, ()> = TableDefinition::new("running_executions");
+/// Workflow name → [`WorkflowRecord`] (JSON).
+const WORKFLOWS: Table = TableDefinition::new("workflows");
+/// Execution id → stored execution (JSON).
+const EXECUTIONS: Table = TableDefinition::new("workflow_executions");
+/// [`key::pair`] (execution id, task attempt id) → [`TaskExecution`] (JSON). Keyed by
+/// execution so that one table (one B-tree path) changes per task event: SD cards pay per
+/// page written.
+const TASKS: Table = TableDefinition::new("task_executions");
+/// [`key::workflow_at`] (workflow, start, execution id) → nothing: executions of a workflow
+/// in start order.
+const BY_WORKFLOW: Table = TableDefinition::new("executions_by_workflow");
+/// [`key::at`] (start, execution id) → nothing: all executions in start order.
+const BY_TIME: Table = TableDefinition::new("executions_by_time");
+/// Execution id → nothing: executions recorded as running, so recovery need not scan
+/// history.
+const RUNNING: Table = TableDefinition::new("running_executions");
+
+/// Composite keys. Names and ids never contain NUL, so a NUL after one ends it and sorts it
+/// before any longer name; times are big-endian with the sign bit flipped, so they sort as
+/// numbers.
+mod key {
+    const SEP: u8 = 0;
+    const TIME: usize = 8;
+
+    fn time(t: i64) -> [u8; TIME] {
+        ((t as u64) ^ (1 << 63)).to_be_bytes()
+    }
+
+    /// `a`, then `b`.
+    pub(super) fn pair(a: &str, b: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(a.len() + 1 + b.len());
+        k.extend_from_slice(a.as_bytes());
+        k.push(SEP);
+        k.extend_from_slice(b.as_bytes());
+        k
+    }
+
+    /// The bounds of every key whose first part is `a`.
+    pub(super) fn under(a: &str) -> (Vec<u8>, Vec<u8>) {
+        let mut lo = a.as_bytes().to_vec();
+        lo.push(SEP);
+        let mut hi = lo.clone();
+        *hi.last_mut().expect("not empty") = SEP + 1;
+        (lo, hi)
+    }
+
+    /// The part of a [`pair`] or [`workflow_at`] key before the separator, and the rest.
+    pub(super) fn split(k: &[u8]) -> (&str, &[u8]) {
+        let i = k.iter().position(|&b| b == SEP).unwrap_or(k.len());
+        let first = std::str::from_utf8(&k[..i]).unwrap_or("");
+        (first, k.get(i + 1..).unwrap_or(&[]))
+    }
+
+    /// Start time (µs), then execution id.
+    pub(super) fn at(t: i64, id: &str) -> Vec<u8> {
+        let mut k = time(t).to_vec();
+        k.extend_from_slice(id.as_bytes());
+        k
+    }
+
+    /// The time and id of an [`at`] key.
+    pub(super) fn parse_at(k: &[u8]) -> (i64, &str) {
+        let (t, id) = k.split_at(TIME.min(k.len()));
+        let mut b = [0u8; TIME];
+        b[..t.len()].copy_from_slice(t);
+        let t = (u64::from_be_bytes(b) ^ (1 << 63)) as i64;
+        (t, std::str::from_utf8(id).unwrap_or(""))
+    }
+
+    /// Workflow name, then an [`at`] key.
+    pub(super) fn workflow_at(workflow: &str, t: i64, id: &str) -> Vec<u8> {
+        let mut k = workflow.as_bytes().to_vec();
+        k.push(SEP);
+        k.extend_from_slice(&at(t, id));
+        k
+    }
+}
 
 /// How long completed work may wait in the journal before it is committed to redb. Every
 /// commit of a multi-process redb file writes about ten 4 KiB pages (data, system tree,
@@ -374,7 +441,7 @@ impl Store {
             let mut last: Option<String> = None;
             for row in t.iter().map_err(|e| self.err("cannot read")(e.into()))? {
                 let (k, _) = row.map_err(|e| self.err("cannot read")(e.into()))?;
-                let name = k.value().0;
+                let (name, _) = key::split(k.value());
                 if last.as_deref() != Some(name) {
                     out.entry(name.to_string())
                         .or_insert_with(|| WorkflowRecord {
@@ -400,7 +467,10 @@ impl Store {
         let Some(t) = open_ro(&txn, EXECUTIONS, &self.path)? else {
             return Ok(None);
         };
-        if let Some(v) = t.get(id).map_err(|e| self.err("cannot read")(e.into()))? {
+        if let Some(v) = t
+            .get(id.as_bytes())
+            .map_err(|e| self.err("cannot read")(e.into()))?
+        {
             return Ok(Some(effective(decode(v.value(), &self.path)?)));
         }
         if id.len() < 4 {
@@ -408,11 +478,11 @@ impl Store {
         }
         let mut found = None;
         for row in t
-            .range(id..)
+            .range(id.as_bytes()..)
             .map_err(|e| self.err("cannot read")(e.into()))?
         {
             let (k, v) = row.map_err(|e| self.err("cannot read")(e.into()))?;
-            if !k.value().starts_with(id) {
+            if !k.value().starts_with(id.as_bytes()) {
                 break;
             }
             if found.is_some() {
@@ -436,23 +506,27 @@ impl Store {
         match &filter.workflow {
             Some(wf) => {
                 if let Some(t) = open_ro(&txn, BY_WORKFLOW, &self.path)? {
+                    let lo = key::workflow_at(wf, since, "");
+                    let (_, hi) = key::under(wf);
                     let range = t
-                        .range((wf.as_str(), since, "")..(wf.as_str(), i64::MAX, "\u{10ffff}"))
+                        .range(lo.as_slice()..hi.as_slice())
                         .map_err(|e| self.err("cannot read")(e.into()))?;
                     for row in range.rev() {
                         let (k, _) = row.map_err(|e| self.err("cannot read")(e.into()))?;
-                        ids.push(k.value().2.to_string());
+                        let (_, at) = key::split(k.value());
+                        ids.push(key::parse_at(at).1.to_string());
                     }
                 }
             }
             None => {
                 if let Some(t) = open_ro(&txn, BY_TIME, &self.path)? {
+                    let lo = key::at(since, "");
                     let range = t
-                        .range((since, "")..(i64::MAX, "\u{10ffff}"))
+                        .range(lo.as_slice()..)
                         .map_err(|e| self.err("cannot read")(e.into()))?;
                     for row in range.rev() {
                         let (k, _) = row.map_err(|e| self.err("cannot read")(e.into()))?;
-                        ids.push(k.value().1.to_string());
+                        ids.push(key::parse_at(k.value()).1.to_string());
                     }
                 }
             }
@@ -463,7 +537,7 @@ impl Store {
                 break;
             }
             let Some(v) = execs
-                .get(id.as_str())
+                .get(id.as_bytes())
                 .map_err(|e| self.err("cannot read")(e.into()))?
             else {
                 continue;
@@ -495,8 +569,9 @@ impl Store {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
+        let (lo, hi) = key::under(execution_id);
         let range = tasks
-            .range((execution_id, "")..=(execution_id, "\u{10ffff}"))
+            .range(lo.as_slice()..hi.as_slice())
             .map_err(|e| self.err("cannot read")(e.into()))?;
         for row in range {
             let (_, v) = row.map_err(|e| self.err("cannot read")(e.into()))?;
@@ -549,12 +624,12 @@ impl Store {
                 .map_err(|e| self.err("cannot read")(e.into()))?
             {
                 let (k, _) = row.map_err(|e| self.err("cannot read")(e.into()))?;
-                ids.push(k.value().to_string());
+                ids.push(String::from_utf8_lossy(k.value()).into_owned());
             }
             let mut stale = Vec::new();
             for id in ids {
                 let s: Option<Stored> = match execs
-                    .get(id.as_str())
+                    .get(id.as_bytes())
                     .map_err(|e| self.err("cannot read")(e.into()))?
                 {
                     Some(v) => Some(decode(v.value(), &self.path)?),
@@ -565,7 +640,7 @@ impl Store {
                     .is_some_and(|s| s.exec.status == WorkflowStatus::Running && owner_alive(s));
                 if !keep {
                     running
-                        .remove(id.as_str())
+                        .remove(id.as_bytes())
                         .map_err(|e| self.err("cannot write")(e.into()))?;
                 }
                 if let Some(s) = s.filter(|s| s.exec.status == WorkflowStatus::Running && !keep) {
@@ -578,8 +653,9 @@ impl Store {
             for (id, mut s) in stale {
                 let now = Utc::now();
                 let mut unfinished = Vec::new();
+                let (lo, hi) = key::under(&id);
                 for row in tasks
-                    .range((id.as_str(), "")..=(id.as_str(), "\u{10ffff}"))
+                    .range(lo.as_slice()..hi.as_slice())
                     .map_err(|e| self.err("cannot read")(e.into()))?
                 {
                     let (_, v) = row.map_err(|e| self.err("cannot read")(e.into()))?;
@@ -597,14 +673,14 @@ impl Store {
                         s.exec.pid
                     ));
                     tasks
-                        .insert((id.as_str(), rec.id.as_str()), encode(&rec).as_slice())
+                        .insert(key::pair(&id, &rec.id).as_slice(), encode(&rec).as_slice())
                         .map_err(|e| self.err("cannot write")(e.into()))?;
                 }
                 s.exec.status = WorkflowStatus::Interrupted;
                 tracing::warn!(execution = %id, workflow = %s.exec.workflow_name, pid = s.exec.pid,
                     "execution's process is gone; marked interrupted");
                 execs
-                    .insert(id.as_str(), encode(&s).as_slice())
+                    .insert(id.as_bytes(), encode(&s).as_slice())
                     .map_err(|e| self.err("cannot write")(e.into()))?;
             }
         }
@@ -640,17 +716,18 @@ impl Store {
             let mut execs = txn.open_table(EXECUTIONS).map_err(e)?;
             let mut tasks = txn.open_table(TASKS).map_err(e)?;
             let mut old = Vec::new();
+            let hi = key::at(micros(cutoff), "");
             for row in by_time
-                .range((i64::MIN, "")..(micros(cutoff), ""))
+                .range(..hi.as_slice())
                 .map_err(|e| self.err("cannot read")(e.into()))?
             {
                 let (k, _) = row.map_err(|e| self.err("cannot read")(e.into()))?;
-                let (t, id) = k.value();
+                let (t, id) = key::parse_at(k.value());
                 old.push((t, id.to_string()));
             }
             for (t, id) in old {
                 let Some(v) = execs
-                    .get(id.as_str())
+                    .get(id.as_bytes())
                     .map_err(|e| self.err("cannot read")(e.into()))?
                 else {
                     continue;
@@ -660,28 +737,29 @@ impl Store {
                 if s.exec.status == WorkflowStatus::Running && owner_alive(&s) {
                     continue;
                 }
-                let mut attempt_ids = Vec::new();
+                let mut attempt_keys = Vec::new();
+                let (lo, hi) = key::under(&id);
                 for row in tasks
-                    .range((id.as_str(), "")..=(id.as_str(), "\u{10ffff}"))
+                    .range(lo.as_slice()..hi.as_slice())
                     .map_err(|e| self.err("cannot read")(e.into()))?
                 {
                     let (k, _) = row.map_err(|e| self.err("cannot read")(e.into()))?;
-                    attempt_ids.push(k.value().1.to_string());
+                    attempt_keys.push(k.value().to_vec());
                 }
-                for tid in &attempt_ids {
+                for k in &attempt_keys {
                     tasks
-                        .remove((id.as_str(), tid.as_str()))
+                        .remove(k.as_slice())
                         .map_err(|e| self.err("cannot write")(e.into()))?;
                 }
-                counts.task_executions += attempt_ids.len();
+                counts.task_executions += attempt_keys.len();
                 execs
-                    .remove(id.as_str())
+                    .remove(id.as_bytes())
                     .map_err(|e| self.err("cannot write")(e.into()))?;
                 by_time
-                    .remove((t, id.as_str()))
+                    .remove(key::at(t, &id).as_slice())
                     .map_err(|e| self.err("cannot write")(e.into()))?;
                 by_wf
-                    .remove((s.exec.workflow_name.as_str(), t, id.as_str()))
+                    .remove(key::workflow_at(&s.exec.workflow_name, t, &id).as_slice())
                     .map_err(|e| self.err("cannot write")(e.into()))?;
                 counts.executions += 1;
             }
@@ -1015,7 +1093,8 @@ fn replay_journals(db: &Database, path: &Path) -> Result<()> {
             {
                 let mut tasks = txn.open_table(TASKS).map_err(|e| err(e.into()))?;
                 for rec in &records {
-                    let key = (rec.workflow_execution_id.as_str(), rec.id.as_str());
+                    let key = key::pair(&rec.workflow_execution_id, &rec.id);
+                    let key = key.as_slice();
                     let current = tasks
                         .get(key)
                         .map_err(|e| err(e.into()))?
@@ -1052,7 +1131,7 @@ fn commit(
         for m in work {
             match m {
                 Msg::Workflow(rec) => {
-                    workflows.insert(rec.name.as_str(), encode(rec).as_slice())?;
+                    workflows.insert(rec.name.as_bytes(), encode(rec).as_slice())?;
                 }
                 Msg::Execution(e) => {
                     let t = micros(e.started_at);
@@ -1060,13 +1139,16 @@ fn commit(
                         exec: e.clone(),
                         pid_start,
                     };
-                    execs.insert(e.id.as_str(), encode(&stored).as_slice())?;
-                    by_wf.insert((e.workflow_name.as_str(), t, e.id.as_str()), ())?;
-                    by_time.insert((t, e.id.as_str()), ())?;
+                    execs.insert(e.id.as_bytes(), encode(&stored).as_slice())?;
+                    by_wf.insert(
+                        key::workflow_at(&e.workflow_name, t, &e.id).as_slice(),
+                        &[][..],
+                    )?;
+                    by_time.insert(key::at(t, &e.id).as_slice(), &[][..])?;
                     if e.status == WorkflowStatus::Running {
-                        running.insert(e.id.as_str(), ())?;
+                        running.insert(e.id.as_bytes(), &[][..])?;
                     } else {
-                        running.remove(e.id.as_str())?;
+                        running.remove(e.id.as_bytes())?;
                     }
                 }
                 Msg::Task {
@@ -1075,7 +1157,7 @@ fn commit(
                     json,
                     ..
                 } => {
-                    tasks.insert((execution.as_str(), id.as_str()), json.as_slice())?;
+                    tasks.insert(key::pair(execution, id).as_slice(), json.as_slice())?;
                 }
                 Msg::Flush(_) | Msg::Commit(_) | Msg::Stop => {}
             }
@@ -1265,7 +1347,7 @@ mod tests {
                     exec: exec("a", "e1", "2026-11-20T10:00:00Z"),
                     pid_start: Some(1),
                 };
-                t.insert("e1", encode(&s).as_slice()).unwrap();
+                t.insert(&b"e1"[..], encode(&s).as_slice()).unwrap();
             }
             txn.commit().unwrap();
         }
@@ -1355,6 +1437,27 @@ mod tests {
             r.task_executions("e1").unwrap()[0].status,
             TaskState::Success
         );
+    }
+
+    #[test]
+    fn composite_keys_sort_like_their_parts() {
+        // Times sort as numbers, negative ones included, then by id.
+        let times = [i64::MIN, -5, -1, 0, 1, 1_700_000_000_000_000, i64::MAX];
+        for w in times.windows(2) {
+            assert!(key::at(w[0], "z") < key::at(w[1], "a"), "{w:?}");
+        }
+        assert!(key::at(7, "a") < key::at(7, "b"));
+        assert_eq!(key::parse_at(&key::at(-42, "id-1")), (-42, "id-1"));
+        // A name sorts before a longer name it starts, whatever follows.
+        assert!(key::workflow_at("a", i64::MAX, "z") < key::workflow_at("ab", i64::MIN, "a"));
+        assert!(key::pair("exec", "zzz") < key::pair("exec-2", ""));
+        let (lo, hi) = key::under("exec");
+        let inside = key::pair("exec", "attempt");
+        assert!(lo <= inside && inside < hi);
+        assert!(!(lo <= key::pair("exec-2", "x") && key::pair("exec-2", "x") < hi));
+        let k = key::workflow_at("backup", 3, "e9");
+        let (name, rest) = key::split(&k);
+        assert_eq!((name, key::parse_at(rest)), ("backup", (3, "e9")));
     }
 
     #[test]
