@@ -138,8 +138,8 @@ def daemon_figures(binary, work, label):
         time.sleep(5)
         wakeups = switches() - s0
         with open(f"/proc/{p.pid}/status") as f:
-            status = {l.split(":")[0]: l.split()[1] for l in f if ":" in l}
-        rss, anon = int(status["VmRSS"]), int(status["RssAnon"])
+            status = dict(l.split(":", 1) for l in f if ":" in l)
+        rss, anon = (int(status[k].split()[0]) for k in ("VmRSS", "RssAnon"))
         threads = len(os.listdir(f"/proc/{p.pid}/task"))
     finally:
         p.terminate()
