@@ -797,13 +797,13 @@ mod tests {
 
     #[test]
     fn dependents_start_while_a_completion_is_being_made_durable() {
-        let sink = Recorder::new(Duration::from_millis(300), false);
+        let sink = Recorder::new(Duration::from_secs(1), false);
         let engine = Engine::new(Registry::builtin()).with_sink(sink.clone());
         let report = smol::block_on(engine.run(&chain(3, "true"), RunOptions::default())).unwrap();
         assert!(report.success());
         let log = sink.log();
         let pos = |s: &str| log.iter().position(|l| l == s).unwrap();
-        // The first completion's flush takes 300 ms; the dependents do not wait for it.
+        // The first completion's flush takes a second; the dependents do not wait for it.
         assert!(pos("start t2") < pos("flushed"), "{log:?}");
         // Events reach the sink in the order they happen.
         assert!(pos("end t0") < pos("start t1") && pos("end t1") < pos("start t2"));
