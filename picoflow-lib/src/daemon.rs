@@ -11,7 +11,7 @@
 //! * **Overlap** (SCHED-004): a fire is skipped and logged while the workflow's previous run
 //!   is still going, unless the workflow sets `allow_concurrent: true`.
 //! * **Restarts.** On start, executions whose process died are marked interrupted and resumed
-//!   (finished tasks are not run again; the task that was running runs again: at-least-once).
+//!   (finished tasks are not run again; the tasks that were running run again: at-least-once).
 //!   Fires missed while the daemon was down are made up according to each workflow's
 //!   `catchup` (`none`: like cron, nothing; `latest`: one run; `all`: every missed fire, at
 //!   most [`Catchup::MAX_ALL`]).

@@ -30,8 +30,9 @@
 //! execution marked `running` whose process no longer exists — or whose pid now belongs to a
 //! different process — is reported as `interrupted` by every reader and rewritten as such by
 //! [`Store::recover_interrupted`]. `picoflow run --resume` and the daemon continue it:
-//! finished tasks are kept, and the task that was running when the process died runs again
-//! (at-least-once for that task).
+//! finished tasks are kept, and the tasks that were running when the process died run again
+//! (at-least-once) — as does a task that ended in the last few milliseconds, while its journal
+//! line was still being synced.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
