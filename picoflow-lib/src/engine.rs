@@ -8,13 +8,14 @@
 //! the workflow `failed`, while tasks that do not depend on the failed one keep running.
 //!
 //! Every state change is reported to the [`EventSink`]s in order. As soon as tasks finish the
-//! engine asks the sinks to make them durable ([`EventSink::flush`]) and goes on meanwhile:
-//! dependents start at once, and one flush covers everything that finished while the previous
-//! one was in flight (group commit), so a slow disk sync adds nothing to a chain of short
-//! tasks. Order is what keeps this safe (REL-001, REL-004): the sinks record events in the
-//! order they happen, so a task's completion can never be durable before the completions of
-//! the tasks it depends on; after a crash, tasks whose end was recorded stay done and the rest
-//! run again. A failed flush stops the run, and the run ends only when everything is durable.
+//! engine asks the sinks to make them durable ([`EventSink::flush`]), one flush at a time:
+//! a flush covers everything that finished while the previous one was in flight (group
+//! commit). Only the tasks that depend on a completion wait for it to be durable before they
+//! start; tasks already running and ready tasks whose dependencies are durable go on
+//! meanwhile. So a crash never re-runs a task whose dependents had started (REL-001,
+//! REL-004): after a crash, the tasks that were running run again, and so does a task whose
+//! end was being synced at that instant. A failed flush stops the run, and the run ends only
+//! when everything is durable.
 //! The engine runs entirely inside the caller's executor (it drives its tasks on a local
 //! executor of its own and drives async-process's reaper itself, so no helper thread is
 //! started).
@@ -174,7 +175,8 @@ struct Finished {
 /// What the scheduling loop woke up for.
 enum Wake {
     Finished(Finished),
-    Flushed(Result<()>),
+    /// A flush ended; it covered this many completions.
+    Flushed((u64, Result<()>)),
     Cancelled,
 }
 
@@ -378,8 +380,12 @@ impl Engine {
                     .count()
             })
             .collect();
-        let mut ready: VecDeque<usize> = (0..n)
+        // Ready tasks with the number of completions that must be durable before they start
+        // (those of their dependencies, and everything before them): in queue order, so only
+        // the front needs checking.
+        let mut ready: VecDeque<(usize, u64)> = (0..n)
             .filter(|&i| slots[i] == Slot::Waiting && remaining[i] == 0)
+            .map(|i| (i, 0))
             .collect();
         let shared = Rc::new(SharedState::default());
         let exec_id: Rc<str> = Rc::from(execution.id.as_str());
@@ -390,14 +396,22 @@ impl Engine {
         let mut cancelled = false;
         let mut store_error = None;
         // At most one flush in flight; completions meanwhile wait for the next one.
-        let (flushed_tx, flushed_rx) = smol::channel::bounded::<Result<()>>(1);
+        // `completed` counts completions, `covered` how many are durable.
+        let (flushed_tx, flushed_rx) = smol::channel::bounded::<(u64, Result<()>)>(1);
+        let mut completed = 0u64;
+        let mut covered = 0u64;
         let mut flushing = false;
-        let mut unflushed = false;
 
         loop {
             if !cancelled {
                 while running < limit {
-                    let Some(i) = ready.pop_front() else { break };
+                    let Some(&(i, needs)) = ready.front() else {
+                        break;
+                    };
+                    if needs > covered {
+                        break;
+                    }
+                    ready.pop_front();
                     slots[i] = Slot::Running;
                     running += 1;
                     let tx = tx.clone();
@@ -416,7 +430,8 @@ impl Engine {
                     .detach();
                 }
             }
-            if running == 0 {
+            // Ready tasks left over wait for a flush in flight (see below).
+            if running == 0 && (cancelled || ready.is_empty()) {
                 break;
             }
             let next = future::or(
@@ -444,8 +459,9 @@ impl Engine {
             let mut batch: Vec<Finished> = Vec::new();
             match next {
                 Wake::Finished(f) => batch.push(f),
-                Wake::Flushed(result) => {
+                Wake::Flushed((upto, result)) => {
                     flushing = false;
+                    covered = upto;
                     if let Err(e) = result {
                         tracing::error!(error = %e, "cannot record task completion; stopping the run");
                         store_error.get_or_insert(e);
@@ -460,7 +476,8 @@ impl Engine {
             while let Ok(f) = rx.try_recv() {
                 batch.push(f);
             }
-            unflushed |= !batch.is_empty();
+            completed += batch.len() as u64;
+            let done = completed;
             for f in batch {
                 running -= 1;
                 let i = f.index;
@@ -473,7 +490,7 @@ impl Engine {
                     for d in dag.dependents(i) {
                         remaining[d] -= 1;
                         if remaining[d] == 0 && slots[d] == Slot::Waiting {
-                            ready.push_back(d);
+                            ready.push_back((d, done));
                         }
                     }
                 } else if !cancelled {
@@ -481,14 +498,15 @@ impl Engine {
                     self.skip_downstream(wf, dag, i, &execution.id, &mut slots, &mut reports);
                 }
             }
-            // Make the completions durable without holding up their dependents (see the
-            // module docs); the flush at the end of the run waits for whatever is left.
-            if unflushed && !flushing {
-                unflushed = false;
+            // Make completions durable at once, one flush at a time; only their dependents
+            // wait for it (see the module docs). The flush at the end of the run waits for
+            // whatever is left.
+            if completed > covered && !flushing {
                 flushing = true;
                 let flushed_tx = flushed_tx.clone();
+                let upto = completed;
                 ex.spawn(async move {
-                    let _ = flushed_tx.send(self.flush().await).await;
+                    let _ = flushed_tx.send((upto, self.flush().await)).await;
                 })
                 .detach();
             }
@@ -796,20 +814,45 @@ mod tests {
     }
 
     #[test]
-    fn dependents_start_while_a_completion_is_being_made_durable() {
-        let sink = Recorder::new(Duration::from_secs(1), false);
+    fn a_dependent_starts_only_once_its_dependencies_are_durable() {
+        let sink = Recorder::new(Duration::from_millis(200), false);
         let engine = Engine::new(Registry::builtin()).with_sink(sink.clone());
         let report = smol::block_on(engine.run(&chain(3, "true"), RunOptions::default())).unwrap();
         assert!(report.success());
         let log = sink.log();
+        let flushes: Vec<usize> = (0..log.len()).filter(|&i| log[i] == "flushed").collect();
         let pos = |s: &str| log.iter().position(|l| l == s).unwrap();
-        // The first completion's flush takes a second; the dependents do not wait for it.
-        assert!(pos("start t2") < pos("flushed"), "{log:?}");
-        // Events reach the sink in the order they happen.
-        assert!(pos("end t0") < pos("start t1") && pos("end t1") < pos("start t2"));
+        // Each completion is durable before the task that depends on it starts.
+        assert!(
+            pos("end t0") < flushes[0] && flushes[0] < pos("start t1"),
+            "{log:?}"
+        );
+        assert!(
+            pos("end t1") < flushes[1] && flushes[1] < pos("start t2"),
+            "{log:?}"
+        );
         // The run reports its end only once everything is durable.
         assert_eq!(log.last().unwrap(), "flushed", "{log:?}");
         assert!(pos("run end") < log.len() - 1);
+    }
+
+    #[test]
+    fn independent_tasks_do_not_wait_for_flushes() {
+        let sink = Recorder::new(Duration::from_secs(1), false);
+        let engine = Engine::new(Registry::builtin()).with_sink(sink.clone());
+        let mut wf = crate::yaml::parse_workflow(
+            "name: w\nconfig: {max_parallel: 1}\ntasks:\n  - {name: a, type: shell, config: {command: \"true\"}}\n  - {name: b, type: shell, config: {command: \"true\"}}\n  - {name: c, type: shell, config: {command: \"true\"}}\n",
+            "w.yaml",
+        )
+        .unwrap();
+        wf.config.max_parallel = Some(1);
+        let report = smol::block_on(engine.run(&wf, RunOptions::default())).unwrap();
+        assert!(report.success());
+        let log = sink.log();
+        let pos = |s: &str| log.iter().position(|l| l == s).unwrap();
+        // The first completion's flush takes a second; tasks that do not depend on it go on.
+        assert!(pos("end c") < pos("flushed"), "{log:?}");
+        assert_eq!(log.last().unwrap(), "flushed", "{log:?}");
     }
 
     #[test]

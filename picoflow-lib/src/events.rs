@@ -205,9 +205,8 @@ pub trait EventSink: Send + Sync {
     fn on_event(&self, event: &Event);
 
     /// Completes once every event passed so far is durable. The engine calls this as tasks
-    /// finish (without waiting for it to start their dependents) and awaits it at the end
-    /// of a run; a sink must therefore keep events in order, so that nothing is durable
-    /// before what happened earlier (REL-004).
+    /// finish, starts their dependents only once it completes (REL-004), and awaits it at the
+    /// end of a run.
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
     }

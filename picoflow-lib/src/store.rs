@@ -14,9 +14,9 @@
 //! # Durable completions, grouped commits
 //! A [`Store`] that writes owns one writer thread; engine events are queued to it, never
 //! written on the engine's executor, and recorded in the order they happen. A task's
-//! completion must become durable as soon as possible (the engine asks for it with
-//! [`EventSink::flush`] as tasks finish, one flush in flight at a time), yet a redb commit
-//! in these modes writes about 40 KiB — too much per task for an SD card. So a flush appends
+//! completion must be durable before a task that depends on it starts (the engine asks for
+//! it with [`EventSink::flush`] as tasks finish, one flush in flight at a time), yet a redb
+//! commit in these modes writes about 40 KiB — too much per task for an SD card. So a flush appends
 //! the completed attempts (without their output) to a small journal file beside the state
 //! file, `<state>.<pid>-<start>.journal`, and syncs it: one 4 KiB page. Everything queued is
 //! committed to redb in one transaction at most a second later (two for starts), when an
@@ -31,8 +31,7 @@
 //! different process — is reported as `interrupted` by every reader and rewritten as such by
 //! [`Store::recover_interrupted`]. `picoflow run --resume` and the daemon continue it:
 //! finished tasks are kept, and the tasks that were running when the process died run again
-//! (at-least-once) — as does a task that ended in the last few milliseconds, while its journal
-//! line was still being synced.
+//! (at-least-once) — as does a task whose journal line was being synced at that instant.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
