@@ -15,10 +15,9 @@
 //! meanwhile. So a crash never re-runs a task whose dependents had started (REL-001,
 //! REL-004): after a crash, the tasks that were running run again, and so does a task whose
 //! end was being synced at that instant. A failed flush stops the run, and the run ends only
-//! when everything is durable.
-//! The engine runs entirely inside the caller's executor (it drives its tasks on a local
-//! executor of its own and drives async-process's reaper itself, so no helper thread is
-//! started).
+//! when everything is durable. The engine runs entirely inside the caller's executor (it
+//! drives its tasks on a local executor of its own and drives async-process's reaper itself,
+//! so no helper thread is started).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -461,11 +460,13 @@ impl Engine {
                 Wake::Finished(f) => batch.push(f),
                 Wake::Flushed((upto, result)) => {
                     flushing = false;
-                    covered = upto;
-                    if let Err(e) = result {
-                        tracing::error!(error = %e, "cannot record task completion; stopping the run");
-                        store_error.get_or_insert(e);
-                        cancelled = true;
+                    match result {
+                        Ok(()) => covered = upto,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot record task completion; stopping the run");
+                            store_error.get_or_insert(e);
+                            cancelled = true;
+                        }
                     }
                 }
                 Wake::Cancelled => {
@@ -477,7 +478,6 @@ impl Engine {
                 batch.push(f);
             }
             completed += batch.len() as u64;
-            let done = completed;
             for f in batch {
                 running -= 1;
                 let i = f.index;
@@ -490,7 +490,7 @@ impl Engine {
                     for d in dag.dependents(i) {
                         remaining[d] -= 1;
                         if remaining[d] == 0 && slots[d] == Slot::Waiting {
-                            ready.push_back((d, done));
+                            ready.push_back((d, completed));
                         }
                     }
                 } else if !cancelled {
