@@ -13,17 +13,17 @@
 //!
 //! # Durable completions, grouped commits
 //! A [`Store`] that writes owns one writer thread; engine events are queued to it, never
-//! written on the engine's executor, and recorded in the order they happen. A task's
-//! completion must be durable before a task that depends on it starts (the engine asks for
-//! it with [`EventSink::flush`] as tasks finish, one flush in flight at a time), yet a redb
-//! commit in these modes writes about 40 KiB — too much per task for an SD card. So a flush appends
-//! the completed attempts (without their output) to a small journal file beside the state
-//! file, `<state>.<pid>-<start>.journal`, and syncs it: one 4 KiB page. Everything queued is
+//! written on the engine's executor, and recorded in the order they happen. A task's completion
+//! must be durable before a task that depends on it starts (the engine asks for it with
+//! [`EventSink::flush`] as tasks finish, one flush in flight at a time), yet a redb commit in
+//! these modes writes about 40 KiB — too much per task for an SD card. So a flush appends the
+//! completed attempts (without their output) to a small journal file beside the state file,
+//! `<state>.<pid>-<start>.journal`, and syncs it: one 4 KiB page. Everything queued is
 //! committed to redb in one transaction at most a second later (two for starts), when an
-//! execution ends, and when the store closes; the journal is then emptied. A process that
-//! dies leaves its journal behind; the next writer to open the file replays it into redb, so
-//! a finished task is known as finished after any crash, and deletes it. Output captured in
-//! that last second before a crash is kept in the task log files, not in the history.
+//! execution ends, and when the store closes; the journal is then emptied. A process that dies
+//! leaves its journal behind; the next writer to open the file replays it into redb, so a
+//! finished task is known as finished after any crash, and deletes it. Output captured in that
+//! last second before a crash is kept in the task log files, not in the history.
 //!
 //! # Crash recovery
 //! Each execution records the process id and that process's start time (from `/proc`). An
@@ -81,19 +81,24 @@ mod key {
         ((t as u64) ^ (1 << 63)).to_be_bytes()
     }
 
-    /// `a`, then `b`.
-    pub(super) fn pair(a: &str, b: &str) -> Vec<u8> {
-        let mut k = Vec::with_capacity(a.len() + 1 + b.len());
+    /// `a` and the separator, with room for `rest` more bytes.
+    fn head(a: &str, rest: usize) -> Vec<u8> {
+        let mut k = Vec::with_capacity(a.len() + 1 + rest);
         k.extend_from_slice(a.as_bytes());
         k.push(SEP);
+        k
+    }
+
+    /// `a`, then `b`.
+    pub(super) fn pair(a: &str, b: &str) -> Vec<u8> {
+        let mut k = head(a, b.len());
         k.extend_from_slice(b.as_bytes());
         k
     }
 
     /// The bounds of every key whose first part is `a`.
     pub(super) fn under(a: &str) -> (Vec<u8>, Vec<u8>) {
-        let mut lo = a.as_bytes().to_vec();
-        lo.push(SEP);
+        let lo = head(a, 0);
         let mut hi = lo.clone();
         *hi.last_mut().expect("not empty") = SEP + 1;
         (lo, hi)
@@ -108,9 +113,14 @@ mod key {
 
     /// Start time (µs), then execution id.
     pub(super) fn at(t: i64, id: &str) -> Vec<u8> {
-        let mut k = time(t).to_vec();
-        k.extend_from_slice(id.as_bytes());
+        let mut k = Vec::with_capacity(TIME + id.len());
+        push_at(&mut k, t, id);
         k
+    }
+
+    fn push_at(k: &mut Vec<u8>, t: i64, id: &str) {
+        k.extend_from_slice(&time(t));
+        k.extend_from_slice(id.as_bytes());
     }
 
     /// The time and id of an [`at`] key.
@@ -124,9 +134,8 @@ mod key {
 
     /// Workflow name, then an [`at`] key.
     pub(super) fn workflow_at(workflow: &str, t: i64, id: &str) -> Vec<u8> {
-        let mut k = workflow.as_bytes().to_vec();
-        k.push(SEP);
-        k.extend_from_slice(&at(t, id));
+        let mut k = head(workflow, TIME + id.len());
+        push_at(&mut k, t, id);
         k
     }
 }
