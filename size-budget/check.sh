@@ -1,16 +1,50 @@
 #!/bin/sh
 # Builds the picoflow binary in every budgeted feature combination (release profile, stripped),
 # prints a table of size, budget and margin, and exits non-zero when one is over its budget in
-# size-budget/budget.txt. `--static` adds the build with OpenSSL compiled in (several minutes
-# more: it compiles OpenSSL).
+# size-budget/budget.txt.
+#
+#   size-budget/check.sh                  x86_64 (the host), every combination but static
+#   size-budget/check.sh --static         the same plus the build with OpenSSL compiled in
+#                                         (several minutes more: it compiles OpenSSL)
+#   size-budget/check.sh --target T [--no-install]
+#                                         the ARM builds of target T (aarch64, armv7), made by
+#                                         scripts/cross.sh, which also runs each under qemu
 set -eu
-combos="minimal ssh http metrics sqlite full"
-[ "${1:-}" = "--static" ] && combos="$combos static"
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-bin="$CARGO_TARGET_DIR/release/picoflow"
 status=0
-printf '%-9s %12s %12s %9s\n' combination bytes budget margin
+
+# gate NAME BYTES: one table row; records a failure when NAME is over its budget.
+gate() {
+    max=$(awk -v n="$1" '$1 == n { print $NF }' size-budget/budget.txt)
+    [ -n "$max" ] || { echo "no budget for $1 in size-budget/budget.txt" >&2; exit 1; }
+    margin=$(awk -v b="$2" -v m="$max" 'BEGIN { printf "%+.1f%%", (m - b) * 100 / m }')
+    printf '%-16s %12d %12d %9s\n' "$1" "$2" "$max" "$margin"
+    if [ "$2" -gt "$max" ]; then
+        echo "OVER BUDGET: $1 is $2 bytes, budget $max" >&2
+        status=1
+    fi
+}
+
+if [ "${1:-}" = "--target" ]; then
+    target=${2:?--target needs aarch64 or armv7}
+    shift 2
+    variants=$(awk -v p="$target-" 'index($1, p) == 1 { print substr($1, length(p) + 1) }' \
+        size-budget/budget.txt)
+    [ -n "$variants" ] || { echo "no budget for target $target" >&2; exit 1; }
+    # shellcheck disable=SC2086
+    scripts/cross.sh "$target" "$@" $variants
+    printf '%-16s %12s %12s %9s\n' combination bytes budget margin
+    for v in $variants; do
+        gate "$target-$v" "$(wc -c <"$CARGO_TARGET_DIR/dist/picoflow-$target-$v")"
+    done
+    exit $status
+fi
+
+combos="minimal ssh http metrics sqlite full"
+[ "${1:-}" = "--static" ] && combos="$combos static"
+bin="$CARGO_TARGET_DIR/release/picoflow"
+printf '%-16s %12s %12s %9s\n' combination bytes budget margin
 for name in $combos; do
     case $name in
         minimal) set -- --no-default-features ;;
@@ -19,13 +53,6 @@ for name in $combos; do
         *) set -- --no-default-features --features "$name" ;;
     esac
     cargo build -q --release -p picoflow-cli "$@"
-    bytes=$(wc -c < "$bin")
-    max=$(awk -v n="$name" '$1 == n { print $NF }' size-budget/budget.txt)
-    margin=$(awk -v b="$bytes" -v m="$max" 'BEGIN { printf "%+.1f%%", (m - b) * 100 / m }')
-    printf '%-9s %12d %12d %9s\n' "$name" "$bytes" "$max" "$margin"
-    if [ "$bytes" -gt "$max" ]; then
-        echo "OVER BUDGET: $name is $bytes bytes, budget $max" >&2
-        status=1
-    fi
+    gate "$name" "$(wc -c <"$bin")"
 done
 exit $status

@@ -868,8 +868,31 @@ fn owner_alive(s: &Stored) -> bool {
 }
 
 /// Start time of a process in clock ticks since boot, or `None` if it does not exist.
+///
+/// The file is opened relative to `/proc` rather than by its absolute path: qemu-user answers
+/// a process's own `/proc/<pid>/stat` with a start time of its own reckoning, a tick or more
+/// away from the one every other process reads, and a reader would then take a live run for
+/// an interrupted one. The relative path reaches the kernel's file in every case.
 fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let proc_dir = std::fs::File::open("/proc").ok()?;
+    let name = std::ffi::CString::new(format!("{pid}/stat")).ok()?;
+    // SAFETY: `name` is a NUL-terminated path and `proc_dir` an open directory.
+    let fd = unsafe {
+        libc::openat(
+            proc_dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut stat = String::new();
+    file.read_to_string(&mut stat).ok()?;
     // The command name (field 2) may contain spaces and parentheses: skip past its end.
     let rest = &stat[stat.rfind(')')? + 2..];
     // `rest` starts at field 3; the start time is field 22.
@@ -1473,5 +1496,27 @@ mod tests {
     fn process_start_time_identifies_this_process() {
         assert!(process_start_time(std::process::id()).is_some());
         assert!(process_start_time(u32::MAX - 1).is_none());
+    }
+
+    #[test]
+    fn process_start_time_is_field_22_of_the_kernels_stat() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+        let expected: u64 = stat
+            .rsplit(") ")
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(19)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let got = process_start_time(child.id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(got, Some(expected));
     }
 }

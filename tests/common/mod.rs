@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests: temporary directories and the real binary.
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// A temporary directory removed on drop.
 pub(crate) struct TempDir(pub(crate) PathBuf);
@@ -36,8 +38,25 @@ impl Drop for TempDir {
 }
 
 /// The `picoflow` binary, run in `dir` with its state there.
+///
+/// `PICOFLOW_TEST_BIN` names another binary to test (a cross-built one, say) and
+/// `PICOFLOW_TEST_RUNNER` a command line it runs under (`qemu-aarch64-static -L /`); without
+/// them the tests run the binary cargo built beside them.
 pub(crate) fn picoflow(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_picoflow"));
+    let bin = std::env::var_os("PICOFLOW_TEST_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_picoflow")),
+        PathBuf::from,
+    );
+    let runner = std::env::var("PICOFLOW_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    let mut c = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
     c.current_dir(dir)
         .env_remove("PICOFLOW_DB_PATH")
         .env_remove("PICOFLOW_LOG_LEVEL")
@@ -47,9 +66,42 @@ pub(crate) fn picoflow(dir: &Path) -> Command {
     c
 }
 
-/// Runs and returns the output; prints it for debugging.
+/// How long one command may take before the test fails instead of hanging the suite.
+const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs and returns the output; prints it for debugging. A command still running after
+/// two minutes is killed and fails the test, so a hung binary cannot stall the whole suite.
 pub(crate) fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("cannot start picoflow");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start picoflow");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        out.read_to_end(&mut buf).map(|_| buf)
+    });
+    let mut stderr_buf = Vec::new();
+    let errors = std::thread::spawn(move || err.read_to_end(&mut stderr_buf).map(|_| stderr_buf));
+    let deadline = Instant::now() + COMMAND_LIMIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {COMMAND_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = Output {
+        status,
+        stdout: reader.join().unwrap().unwrap(),
+        stderr: errors.join().unwrap().unwrap(),
+    };
     eprintln!(
         "--- {:?} exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
         cmd,

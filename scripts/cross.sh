@@ -1,0 +1,229 @@
+#!/bin/sh
+# Cross-builds release binaries of picoflow for a Raspberry Pi class device on a Debian
+# bookworm (or Ubuntu) x86_64 host, installing what it needs with apt, and runs each one under
+# qemu-user as a smoke test.
+#
+#   scripts/cross.sh aarch64 [minimal] [full] [static]   64-bit Raspberry Pi OS (Zero 2 W, 3, 4, 5)
+#   scripts/cross.sh armv7   [minimal] [full]            32-bit Raspberry Pi OS (ARMv7)
+#
+# Variants (default: minimal full):
+#   minimal --no-default-features: shell tasks only, the smallest binary
+#   full    every default feature (ssh, http, metrics, sqlite), linked to the device's libssl3
+#   static  minimal, linked statically against glibc (crt-static): no glibc version floor
+#
+# The binaries are copied to $CARGO_TARGET_DIR/dist/picoflow-<target>-<variant> (the target
+# directory defaults to ./target); their stripped sizes are printed. `--no-install` skips the
+# apt step. Debian's own Rust (package rustc-web, /usr/bin/rustc) is used because it ships the
+# standard library for the ARM targets as packages (libstd-rust-web-dev:<arch>); cargo is
+# whichever is on PATH.
+set -eu
+cd "$(dirname "$0")/.."
+root=$PWD
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+usage() {
+    echo "usage: scripts/cross.sh aarch64|armv7 [--no-install] [minimal] [full] [static]" >&2
+    exit 4
+}
+
+[ $# -ge 1 ] || usage
+target=$1
+shift
+case $target in
+    aarch64)
+        triple=aarch64-unknown-linux-gnu
+        arch=arm64
+        gnu=aarch64-linux-gnu
+        qemu=qemu-aarch64-static
+        ;;
+    armv7)
+        triple=armv7-unknown-linux-gnueabihf
+        arch=armhf
+        gnu=arm-linux-gnueabihf
+        qemu=qemu-arm-static
+        ;;
+    *) usage ;;
+esac
+
+install=yes
+variants=""
+for a in "$@"; do
+    case $a in
+        --no-install) install=no ;;
+        minimal | full) variants="$variants $a" ;;
+        static)
+            [ "$target" = aarch64 ] || { echo "static is built for aarch64 only" >&2; exit 4; }
+            variants="$variants $a"
+            ;;
+        *) usage ;;
+    esac
+done
+[ -n "$variants" ] || variants="minimal full"
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# apt-get update [OPTIONS], tried up to three times 15 s apart; returns 1 if an index is still
+# missing. When one index of a suite fails ("Mirror sync in progress?"), apt keeps the old lists
+# of that whole suite, for every architecture.
+apt_update() {
+    tries=0
+    while :; do
+        tries=$((tries + 1))
+        $SUDO apt-get update -q "$@" >/tmp/picoflow-apt-update.log 2>&1 || true
+        grep -qE '^(E: |W: (Failed to fetch|Some index files failed))' \
+            /tmp/picoflow-apt-update.log || return 0
+        [ $tries -lt 3 ] || return 1
+        echo "apt-get update incomplete (try $tries), retrying in 15 s" >&2
+        sleep 15
+    done
+}
+
+# The version apt would install of package $1.
+candidate() {
+    apt-cache policy "$1" | awk '$1 == "Candidate:" { print $2 }'
+}
+
+# adopt_index ARCH: when the security suite's index for ARCH cannot be downloaded whole (the
+# mirror serves an edition that the signed release file no longer lists), apt drops it and
+# offers nothing of that suite for ARCH. The edition the mirror has is fetched with apt's own
+# helper, from the address of the host's index of the same suite, and put where apt keeps its
+# lists; apt then installs from it as usual, checking each package against the sums it lists.
+adopt_index() {
+    read -r site suite component list <<EOF
+$(apt-get indextargets --format '$(SITE) $(RELEASE) $(COMPONENT) $(FILENAME)' \
+        "Architecture: $(dpkg --print-architecture)" 'Created-By: Packages' |
+        awk '$2 ~ /-security$/ { print; exit }')
+EOF
+    [ -n "${list:-}" ] || { echo "no security suite configured for apt" >&2; exit 1; }
+    list=$(echo "${list%_Packages*}_Packages" | sed "s/binary-$(dpkg --print-architecture)_/binary-$1_/")
+    tmp=$(mktemp)
+    /usr/lib/apt/apt-helper download-file \
+        "$site/dists/$suite/$component/binary-$1/Packages.xz" "$tmp.xz" >/dev/null 2>&1
+    xz -dc "$tmp.xz" | $SUDO tee "$list" >/dev/null
+    rm -f "$tmp" "$tmp.xz"
+    echo "warning: using the $suite index for $1 that the mirror has, which is not the signed one" >&2
+}
+
+packages_present() {
+    for p in rustc-web rust-web-src qemu-user-static pkg-config xz-utils "gcc-$gnu" \
+        "libc6-dev-$arch-cross" "libstd-rust-web-dev:$arch" "libssl-dev:$arch" "libc6:$arch"; do
+        dpkg -s "$p" >/dev/null 2>&1 || return 1
+    done
+    host=$(dpkg-query -W -f '${Version}' "libstd-rust-web-dev:$(dpkg --print-architecture)")
+    foreign=$(dpkg-query -W -f '${Version}' "libstd-rust-web-dev:$arch")
+    [ "$host" = "$foreign" ]
+}
+
+if [ $install = yes ] && ! packages_present; then
+    export DEBIAN_FRONTEND=noninteractive
+    # First the lists of the architectures already configured, so that a missing index of the
+    # new one cannot hold back the host's (Debian's newer Rust is in the security suite).
+    set -- -o "APT::Architectures::=$(dpkg --print-architecture)"
+    for a in $(dpkg --print-foreign-architectures); do
+        [ "$a" = "$arch" ] || set -- "$@" -o "APT::Architectures::=$a"
+    done
+    apt_update "$@" || {
+        grep -E '^[EW]: ' /tmp/picoflow-apt-update.log >&2
+        echo "apt-get update kept failing; try again later" >&2
+        exit 1
+    }
+    if ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
+        $SUDO dpkg --add-architecture "$arch"
+    fi
+    complete=yes
+    apt_update || complete=no
+    if [ $complete = no ]; then
+        # Tolerated only when what is missing is the target architecture's own index.
+        if grep -E '^E: Failed to fetch' /tmp/picoflow-apt-update.log | grep -qv "binary-$arch/"; then
+            grep -E '^[EW]: ' /tmp/picoflow-apt-update.log >&2
+            exit 1
+        fi
+        echo "the $arch index of a suite could not be downloaded; using the rest" >&2
+    fi
+    # Multi-arch packages are installed at one version on every architecture: the host's
+    # newest Rust and OpenSSL decide, and the target's packages follow them.
+    rust=$(candidate libstd-rust-web-dev)
+    native=$(dpkg --print-architecture)
+    ssl=$(dpkg-query -W -f '${Version}' "libssl-dev:$native" 2>/dev/null ||
+        candidate "libssl-dev:$native")
+    echo "installing Debian's Rust $rust with the $arch standard library"
+    $SUDO apt-get install -y -q --no-install-recommends \
+        "rustc-web=$rust" "libstd-rust-web-dev=$rust" rust-web-src "libssl-dev:$native=$ssl" \
+        qemu-user-static pkg-config xz-utils "gcc-$gnu" "libc6-dev-$arch-cross"
+    if [ "$(candidate "libstd-rust-web-dev:$arch")" != "$rust" ] ||
+        [ "$(candidate "libssl-dev:$arch")" != "$ssl" ]; then
+        [ $complete = no ] || { echo "no libstd-rust-web-dev $rust for $arch" >&2; exit 1; }
+        adopt_index "$arch"
+    fi
+    $SUDO apt-get install -y -q --no-install-recommends \
+        "libstd-rust-web-dev:$arch=$rust" "libssl-dev:$arch=$ssl" "libc6:$arch"
+fi
+
+rustc=/usr/bin/rustc
+[ -x $rustc ] || { echo "$rustc missing: run without --no-install" >&2; exit 1; }
+need=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+have=$($rustc --version | awk '{ print $2 }')
+if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" != "$need" ]; then
+    echo "$rustc is $have; PicoFlow needs $need (bookworm-security has it: apt-get update)" >&2
+    exit 1
+fi
+
+upper=$(echo "$triple" | tr 'a-z-' 'A-Z_')
+under=$(echo "$triple" | tr '-' '_')
+export RUSTC=$rustc
+export "CARGO_TARGET_${upper}_LINKER=$gnu-gcc"
+export "CC_${under}=$gnu-gcc"
+export "AR_${under}=$gnu-ar"
+# openssl-sys (ssh, http) finds the device's libssl through the multi-arch pkg-config files.
+export PKG_CONFIG_ALLOW_CROSS=1
+export "PKG_CONFIG_LIBDIR_${under}=/usr/lib/$gnu/pkgconfig:/usr/share/pkgconfig"
+
+# Host build scripts compiled by Debian's rustc must not replace those of the native builds.
+cross_dir=$CARGO_TARGET_DIR/cross
+dist=$CARGO_TARGET_DIR/dist
+mkdir -p "$dist"
+
+# qemu-user runs the binary with the multi-arch root `/` as its sysroot: there the loader and
+# libc.so.6 both come from the libc6:<arch> package. The cross toolchain's directory
+# (/usr/<gnu>) holds an older loader, and paired with the newer libc.so.6 that ld.so.cache
+# points to, glibc's pthread_create spins forever on its stack list.
+run_smoke() {
+    bin=$1
+    tmp=$(mktemp -d)
+    if ! (cd "$tmp" && timeout 120 $qemu -L / "$bin" run "$root/examples/hello-world.yaml" >run.out 2>&1); then
+        cat "$tmp/run.out" >&2
+        rm -rf "$tmp"
+        echo "smoke run of $bin under $qemu failed" >&2
+        exit 1
+    fi
+    rm -rf "$tmp"
+}
+
+printf '%-26s %10s  %s\n' binary bytes "needs"
+for v in $variants; do
+    dir=$cross_dir
+    case $v in
+        minimal) set -- --no-default-features ;;
+        full) set -- ;;
+        static)
+            set -- --no-default-features
+            dir=$CARGO_TARGET_DIR/cross-static
+            ;;
+    esac
+    if [ "$v" = static ]; then
+        RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$dir \
+            cargo build -q --release -p picoflow-cli --target "$triple" "$@"
+    else
+        CARGO_TARGET_DIR=$dir cargo build -q --release -p picoflow-cli --target "$triple" "$@"
+    fi
+    out=$dist/picoflow-$target-$v
+    cp "$dir/$triple/release/picoflow" "$out"
+    run_smoke "$out"
+    # The newest glibc symbol version the binary asks for is its glibc floor.
+    floor=$("$gnu-objdump" -T "$out" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -1)
+    libs=$("$gnu-objdump" -p "$out" | awk '$1 == "NEEDED" { printf "%s ", $2 }')
+    [ -n "$libs" ] || libs="nothing (static)"
+    printf '%-26s %10d  %s%s\n' "picoflow-$target-$v" "$(wc -c <"$out")" "$libs" "${floor:+($floor)}"
+done
