@@ -192,7 +192,24 @@ mkdir -p "$dist"
 run_smoke() {
     bin=$1
     tmp=$(mktemp -d)
-    if ! (cd "$tmp" && timeout 120 $qemu -L / "$bin" run "$root/examples/hello-world.yaml" >run.out 2>&1); then
+    # The sample, then 100 tasks in four layers, 16 at a time, each layer joined by one task.
+    {
+        printf 'name: fan\nconfig:\n  max_parallel: 16\ntasks:\n'
+        for layer in 1 2 3 4; do
+            for i in $(seq 1 25); do
+                printf '  - name: t%d_%d\n    type: shell\n' "$layer" "$i"
+                [ "$layer" = 1 ] || printf '    depends_on: [join%d]\n' $((layer - 1))
+                printf '    config:\n      command: "echo %d %d"\n' "$layer" "$i"
+            done
+            printf '  - name: join%d\n    type: shell\n    depends_on: [' "$layer"
+            for i in $(seq 1 25); do printf '%st%d_%d' "$([ "$i" = 1 ] || echo ', ')" "$layer" "$i"; done
+            printf ']\n    config:\n      command: "true"\n'
+        done
+    } >"$tmp/fan.yaml"
+    if ! (cd "$tmp" &&
+        timeout 120 $qemu -L / "$bin" run "$root/examples/hello-world.yaml" >run.out 2>&1 &&
+        timeout 300 $qemu -L / "$bin" run fan.yaml >>run.out 2>&1 &&
+        grep -q 'Tasks: 104 succeeded, 0 failed' run.out); then
         cat "$tmp/run.out" >&2
         rm -rf "$tmp"
         echo "smoke run of $bin under $qemu failed" >&2

@@ -1,7 +1,9 @@
 #!/bin/sh
 # The whole PicoFlow test suite: installs what the tests need, then checks formatting, lints
 # every package with and without its default features, builds each feature alone, runs all
-# tests, runs the sample workflow and checks the binary size budget.
+# tests, runs the sample workflow and checks the binary size budget; then cross-builds the
+# aarch64 and armv7 binaries (size budget, smoke runs) and runs the integration tests against
+# the aarch64 ones under qemu-user.
 set -eu
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -46,5 +48,24 @@ rm -rf "$tmp"
 
 step "size budget"
 size-budget/check.sh
+
+step "aarch64: cross builds under their size budget, each run under qemu-user"
+size-budget/check.sh --target aarch64
+dist="$CARGO_TARGET_DIR/dist"
+qemu_aarch64="qemu-aarch64-static -L /"
+
+step "aarch64: integration tests against the cross-built binary (all features) under qemu-user"
+PICOFLOW_TEST_BIN="$dist/picoflow-aarch64-full" PICOFLOW_TEST_RUNNER="$qemu_aarch64" \
+    cargo test -p picoflow-cli --test run --test validate --test state --test daemon \
+    --test export --test secrets
+
+step "aarch64: run and validate tests against the minimal and the static binary"
+for b in minimal static; do
+    PICOFLOW_TEST_BIN="$dist/picoflow-aarch64-$b" PICOFLOW_TEST_RUNNER="$qemu_aarch64" \
+        cargo test -p picoflow-cli --no-default-features --test validate --test run
+done
+
+step "armv7: cross builds under their size budget, each run under qemu-user"
+size-budget/check.sh --target armv7
 
 printf '\nall checks passed\n'
