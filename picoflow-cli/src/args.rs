@@ -8,6 +8,9 @@ use argh::FromArgs;
 ///
 /// Global options may be given before or after the command.
 #[derive(FromArgs, Debug)]
+#[argh(
+    note = "Output into a pipe that closes early (`| head`) ends a command quietly with\nstatus 0; `run` goes on to the end of its workflow and exits with the run's code."
+)]
 pub(crate) struct Cli {
     /// log level: error, warn, info, debug, trace (env PICOFLOW_LOG_LEVEL; default info)
     #[argh(option, short = 'l')]
@@ -330,12 +333,13 @@ pub(crate) fn parse(argv: &[String]) -> Cli {
     match Cli::from_args(&["picoflow"], &refs) {
         Ok(cli) => cli,
         Err(early) => match early.status {
+            // `--help` into a closed pipe ends quietly, like every other output.
             Ok(()) => {
-                println!("{}", early.output);
+                let _ = crate::out::outln!("{}", early.output);
                 std::process::exit(0);
             }
             Err(()) => {
-                eprintln!("{}", early.output);
+                crate::out::errln!("{}", early.output);
                 std::process::exit(4);
             }
         },

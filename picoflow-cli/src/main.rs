@@ -5,6 +5,7 @@
 
 mod args;
 mod display;
+mod out;
 mod report;
 
 use std::io::IsTerminal;
@@ -19,6 +20,7 @@ use picoflow_lib::{
 };
 
 use args::{Cli, Command, DaemonCommand, ExportCommand, WorkflowCommand};
+use out::{errln, out, outln};
 
 /// Exit code of a run whose workflow failed (API reference).
 const EXIT_RUN_FAILED: u8 = 3;
@@ -27,8 +29,10 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let cli = args::parse(&argv);
     if cli.version {
-        println!("{}", version_line());
-        return ExitCode::SUCCESS;
+        return match outln!("{}", version_line()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
     }
     let config = match resolve_config(&cli) {
         Ok(c) => c,
@@ -40,7 +44,7 @@ fn main() -> ExitCode {
         .filter(|v| !v.is_empty());
     init_logging(&config, rust_log);
     let Some(command) = cli.command else {
-        eprintln!("picoflow: no command given; try `picoflow --help`");
+        errln!("picoflow: no command given; try `picoflow --help`");
         return ExitCode::from(4);
     };
     match dispatch(command, &config) {
@@ -50,14 +54,25 @@ fn main() -> ExitCode {
 }
 
 /// Prints an error once, with its chain of causes, and maps it to the documented exit code.
+///
+/// Output into a pipe whose reader has gone (`| head`) is no error: the command stops
+/// writing and exits with status 0, printing nothing.
 fn fail(e: &Error) -> ExitCode {
+    if out::is_closed_stdout(e) {
+        return ExitCode::SUCCESS;
+    }
     let mut msg = format!("error: {e}");
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        msg.push_str(&format!("\n  caused by: {s}"));
+        // A cause the message already quotes (`file: No such file or directory`) is not
+        // repeated.
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(&format!("\n  caused by: {text}"));
+        }
         source = s.source();
     }
-    eprintln!("{msg}");
+    errln!("{msg}");
     ExitCode::from(e.exit_code() as u8)
 }
 
@@ -184,28 +199,28 @@ fn validate(path: &Path) -> Result<u8, Error> {
     let mut worst: Option<Error> = None;
     for (n, file) in files.iter().enumerate() {
         if n > 0 {
-            println!();
+            outln!()?;
         }
         match load_workflow(file, &registry) {
             Ok(wf) => {
                 let dag = Dag::from_workflow(&wf)?;
-                println!("Workflow '{}' is valid", wf.name);
-                println!("Tasks: {}", wf.tasks.len());
-                println!("Dependencies validated: No cycles detected");
-                println!("Max parallel levels: {}", dag.level_count());
+                outln!("Workflow '{}' is valid", wf.name)?;
+                outln!("Tasks: {}", wf.tasks.len())?;
+                outln!("Dependencies validated: No cycles detected")?;
+                outln!("Max parallel levels: {}", dag.level_count())?;
                 if let Some(expr) = &wf.schedule {
                     let sched =
                         Schedule::parse(expr, wf.timezone.as_deref()).map_err(Error::Other)?;
-                    println!("Schedule: {expr} ({})", sched.timezone_name());
-                    println!("Next runs:");
+                    outln!("Schedule: {expr} ({})", sched.timezone_name())?;
+                    outln!("Next runs:")?;
                     for t in sched.upcoming(chrono::Utc::now(), 3) {
-                        println!("  {}", sched.format_local(t));
+                        outln!("  {}", sched.format_local(t))?;
                     }
                 }
             }
             Err(e) => {
                 if files.len() > 1 {
-                    eprintln!("error: {e}");
+                    errln!("error: {e}");
                     worst.get_or_insert(e);
                 } else {
                     return Err(e);
@@ -253,8 +268,8 @@ fn init(name: Option<&str>, kind: &str) -> Result<u8, Error> {
         path: path.clone(),
         source: e,
     })?;
-    println!("Created {} from the '{kind}' template", path.display());
-    println!("Next: picoflow validate {}", path.display());
+    outln!("Created {} from the '{kind}' template", path.display())?;
+    outln!("Next: picoflow validate {}", path.display())?;
     Ok(0)
 }
 
@@ -262,8 +277,8 @@ fn graph(file: &Path, format: &str) -> Result<u8, Error> {
     let wf = load_workflow(file, &Registry::builtin())?;
     let dag = Dag::from_workflow(&wf)?;
     match format {
-        "dot" => print!("{}", dag.to_dot(&wf.name)),
-        "mermaid" => print!("{}", dag.to_mermaid()),
+        "dot" => out!("{}", dag.to_dot(&wf.name))?,
+        "mermaid" => out!("{}", dag.to_mermaid())?,
         other => {
             return Err(Error::Config {
                 origin: "--format".into(),
@@ -288,7 +303,8 @@ fn run(file: &Path, resume: bool, config: &Config) -> Result<u8, Error> {
         match store.latest_execution(&wf.name)? {
             Some(e) if e.status == WorkflowStatus::Interrupted => {
                 let tasks = store.task_executions(&e.id)?;
-                println!("Resuming execution {} of '{}'", e.id, wf.name);
+                // Best effort, like all of `run`'s output: a closed viewer never stops a run.
+                let _ = outln!("Resuming execution {} of '{}'", e.id, wf.name);
                 Some(ResumeFrom {
                     execution: e,
                     tasks,
@@ -352,10 +368,10 @@ fn prune(config: &Config, days: Option<u32>) -> Result<u8, Error> {
     }
     let store = Store::open(&config.db_path)?;
     let r = picoflow_lib::prune(&store, &config, chrono::Utc::now())?;
-    println!(
+    outln!(
         "Pruned {} executions ({} task attempts) and {} log directories ({} bytes) older than {} days",
         r.executions, r.task_executions, r.log_dirs, r.log_bytes, config.logs.retention_days
-    );
+    )?;
     Ok(0)
 }
 
@@ -375,17 +391,17 @@ fn daemon_start(config: &Config, paths: Vec<PathBuf>) -> Result<u8, Error> {
 
 fn daemon_stop(config: &Config, timeout: u64) -> Result<u8, Error> {
     if picoflow_lib::stop_daemon(config, std::time::Duration::from_secs(timeout))? {
-        println!("Daemon stopped");
+        outln!("Daemon stopped")?;
         Ok(0)
     } else {
-        println!("Daemon Status: Not running");
+        outln!("Daemon Status: Not running")?;
         Ok(1)
     }
 }
 
 fn daemon_status(config: &Config) -> Result<u8, Error> {
     let Some(st) = picoflow_lib::daemon_status(config)? else {
-        println!("Daemon Status: Not running");
+        outln!("Daemon Status: Not running")?;
         return Ok(1);
     };
     let uptime = (chrono::Utc::now() - st.started_at).num_seconds().max(0) as u64;
@@ -394,16 +410,16 @@ fn daemon_status(config: &Config) -> Result<u8, Error> {
         (uptime % 86_400) / 3600,
         (uptime % 3600) / 60,
     );
-    println!("Daemon Status: Running");
-    println!("PID: {}", st.pid);
+    outln!("Daemon Status: Running")?;
+    outln!("PID: {}", st.pid)?;
     if d > 0 {
-        println!("Uptime: {d}d {h}h {m}m");
+        outln!("Uptime: {d}d {h}h {m}m")?;
     } else if h > 0 {
-        println!("Uptime: {h}h {m}m");
+        outln!("Uptime: {h}h {m}m")?;
     } else {
-        println!("Uptime: {m}m {}s", uptime % 60);
+        outln!("Uptime: {m}m {}s", uptime % 60)?;
     }
-    println!("Workflows: {} loaded", st.workflows.len());
+    outln!("Workflows: {} loaded", st.workflows.len())?;
     for w in &st.workflows {
         match &w.schedule {
             Some(s) => {
@@ -412,19 +428,19 @@ fn daemon_status(config: &Config) -> Result<u8, Error> {
                     .as_deref()
                     .map(|t| format!(", {t}"))
                     .unwrap_or_default();
-                println!("  - {} (cron: {s}{tz})", w.name);
+                outln!("  - {} (cron: {s}{tz})", w.name)?;
             }
-            None => println!("  - {} (on demand)", w.name),
+            None => outln!("  - {} (on demand)", w.name)?,
         }
     }
     if let Some((name, at)) = st.next_run() {
-        println!(
+        outln!(
             "Next scheduled run: {name} at {}",
             at.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S")
-        );
+        )?;
     }
     if let Some(b) = st.memory_bytes {
-        println!("Memory usage: {:.1} MB", b as f64 / 1_000_000.0);
+        outln!("Memory usage: {:.1} MB", b as f64 / 1_000_000.0)?;
     }
     Ok(0)
 }
@@ -448,13 +464,13 @@ fn export_sqlite(
         Some(s) => s.task_executions(id),
         None => Ok(Vec::new()),
     })?;
-    println!(
+    outln!(
         "Exported to {}: {} executions added, {} updated; {} task attempts added, {} updated",
         file.display(),
         r.executions_added,
         r.executions_updated,
         r.tasks_added,
         r.tasks_updated
-    );
+    )?;
     Ok(0)
 }

@@ -1,8 +1,9 @@
 //! The read commands: `status`, `history`, `stats`, `logs`, `workflow list`. They open the
 //! state file read-only, so they work while a daemon or a `run` writes to it.
 
+use crate::out::{errln, out, outln};
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -99,9 +100,9 @@ pub(crate) fn status(
     let json_out = check_format(format)?;
     let Some(store) = open(config)? else {
         if json_out {
-            println!("[]");
+            outln!("[]")?;
         } else {
-            println!("No executions recorded yet ({}).", config.db_path.display());
+            outln!("No executions recorded yet ({}).", config.db_path.display())?;
         }
         return Ok(0);
     };
@@ -119,7 +120,7 @@ pub(crate) fn status(
         }
     }
     if let (Some(w), true) = (workflow, shown.is_empty() && !running_only) {
-        eprintln!("error: no executions of workflow '{w}'");
+        errln!("error: no executions of workflow '{w}'");
         return Ok(EXIT_NOT_FOUND);
     }
     if json_out {
@@ -127,37 +128,37 @@ pub(crate) fn status(
             .iter()
             .map(|(e, t)| json!({ "execution": e, "tasks": last_attempts(t) }))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
         return Ok(0);
     }
     if shown.is_empty() {
-        println!(
+        outln!(
             "{}",
             if running_only {
                 "No running workflows."
             } else {
                 "No executions recorded yet."
             }
-        );
+        )?;
     }
     let now = Utc::now();
     for (i, (e, tasks)) in shown.iter().enumerate() {
         if i > 0 {
-            println!();
+            outln!()?;
         }
-        println!("Workflow: {}", e.workflow_name);
-        println!("Execution: {}", e.id);
-        println!("Status: {}", capitalized(e.status));
-        println!("Started: {}", local(e.started_at));
+        outln!("Workflow: {}", e.workflow_name)?;
+        outln!("Execution: {}", e.id)?;
+        outln!("Status: {}", capitalized(e.status))?;
+        outln!("Started: {}", local(e.started_at))?;
         match (e.status, e.duration_seconds) {
-            (WorkflowStatus::Running, _) | (_, None) => println!(
+            (WorkflowStatus::Running, _) | (_, None) => outln!(
                 "Elapsed: {}",
                 human_duration((now - e.started_at).num_milliseconds().max(0) as f64 / 1000.0)
-            ),
-            (_, Some(d)) => println!("Duration: {}", human_duration(d)),
+            )?,
+            (_, Some(d)) => outln!("Duration: {}", human_duration(d))?,
         }
-        println!();
-        println!("Tasks:");
+        outln!()?;
+        outln!("Tasks:")?;
         let last = last_attempts(tasks);
         let mut rows: Vec<(String, String, String)> = last
             .iter()
@@ -207,7 +208,7 @@ pub(crate) fn status(
         }
         let width = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
         for (mark, name, what) in rows {
-            println!("  {mark} {name:<width$} ({what})");
+            outln!("  {mark} {name:<width$} ({what})")?;
         }
     }
     Ok(0)
@@ -226,12 +227,12 @@ pub(crate) fn watch_status(
     loop {
         if tty {
             // Clear the screen and go home, like `watch`.
-            print!("\x1b[2J\x1b[H");
+            out!("\x1b[2J\x1b[H")?;
         } else {
-            println!("--- {} ---", Local::now().format("%Y-%m-%d %H:%M:%S"));
+            outln!("--- {} ---", Local::now().format("%Y-%m-%d %H:%M:%S"))?;
         }
         status(config, workflow, running_only, format)?;
-        let _ = std::io::stdout().flush();
+        crate::out::flush()?;
         let stop = smol::block_on(futures_lite::future::or(
             async { signals.next().await.is_some() },
             async {
@@ -302,11 +303,11 @@ pub(crate) fn history(
                 j
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
         return Ok(0);
     }
     if execs.is_empty() {
-        println!("No executions found.");
+        outln!("No executions found.")?;
         return Ok(0);
     }
     let w = execs
@@ -315,15 +316,19 @@ pub(crate) fn history(
         .max()
         .unwrap_or(8)
         .max(8);
-    println!(
+    outln!(
         "{:<w$}  {:<19}  {:<9} {:<11} {:<6} RESULT",
-        "WORKFLOW", "STARTED", "DURATION", "STATUS", "TASKS"
-    );
+        "WORKFLOW",
+        "STARTED",
+        "DURATION",
+        "STATUS",
+        "TASKS"
+    )?;
     for (e, t) in &execs {
         let dur = e
             .duration_seconds
             .map_or_else(|| "-".to_string(), human_duration);
-        println!(
+        outln!(
             "{:<w$}  {:<19}  {:<9} {:<11} {:<6} {}",
             e.workflow_name,
             local(e.started_at),
@@ -331,7 +336,7 @@ pub(crate) fn history(
             capitalized(e.status),
             format!("{}/{}", e.successful_tasks, e.total_tasks),
             result_text(e, t)
-        );
+        )?;
     }
     Ok(0)
 }
@@ -381,11 +386,11 @@ pub(crate) fn stats(
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
         return Ok(0);
     }
     if stats.is_empty() {
-        println!("No finished executions in the last {period} days.");
+        outln!("No finished executions in the last {period} days.")?;
         return Ok(0);
     }
     let pct = |part: usize, all: usize| {
@@ -397,26 +402,26 @@ pub(crate) fn stats(
     };
     for (i, s) in stats.iter().enumerate() {
         if i > 0 {
-            println!();
+            outln!()?;
         }
-        println!("Workflow: {}", s.workflow);
-        println!("Period: Last {period} days");
-        println!();
-        println!("Executions: {}", s.executions);
-        println!(
+        outln!("Workflow: {}", s.workflow)?;
+        outln!("Period: Last {period} days")?;
+        outln!()?;
+        outln!("Executions: {}", s.executions)?;
+        outln!(
             "Success: {} ({})",
             s.successes,
             pct(s.successes, s.executions)
-        );
-        println!("Failed: {} ({})", s.failures, pct(s.failures, s.executions));
-        println!();
+        )?;
+        outln!("Failed: {} ({})", s.failures, pct(s.failures, s.executions))?;
+        outln!()?;
         let d = |v: Option<f64>| v.map_or_else(|| "-".into(), human_duration);
-        println!("Average duration: {}", d(s.avg_duration));
-        println!("Min duration: {}", d(s.min_duration));
-        println!("Max duration: {}", d(s.max_duration));
+        outln!("Average duration: {}", d(s.avg_duration))?;
+        outln!("Min duration: {}", d(s.min_duration))?;
+        outln!("Max duration: {}", d(s.max_duration))?;
         if !s.tasks.is_empty() {
-            println!();
-            println!("Task statistics:");
+            outln!()?;
+            outln!("Task statistics:")?;
             let w = s.tasks.iter().map(|t| t.task.len()).max().unwrap_or(0) + 1;
             for t in &s.tasks {
                 let rate = t.success_rate().map_or_else(|| "-".into(), trim_pct);
@@ -428,15 +433,15 @@ pub(crate) fn stats(
                 if t.retries > 0 {
                     line.push_str(&format!(", {} retries", t.retries));
                 }
-                println!("{line}");
+                outln!("{line}")?;
             }
         }
         if !s.failure_breakdown.is_empty() {
-            println!();
-            println!("Failure breakdown:");
+            outln!()?;
+            outln!("Failure breakdown:")?;
             for (at, task, why) in &s.failure_breakdown {
                 let at = at.with_timezone(&Local).format("%Y-%m-%d");
-                println!("  {at}: {task} failed ({why})");
+                outln!("  {at}: {task} failed ({why})")?;
             }
         }
     }
@@ -452,9 +457,9 @@ pub(crate) fn workflow_list(config: &Config, all: bool, format: &str) -> Result<
     let json_out = check_format(format)?;
     let Some(store) = open(config)? else {
         if json_out {
-            println!("[]");
+            outln!("[]")?;
         } else {
-            println!("No workflows recorded yet.");
+            outln!("No workflows recorded yet.")?;
         }
         return Ok(0);
     };
@@ -500,11 +505,11 @@ pub(crate) fn workflow_list(config: &Config, all: bool, format: &str) -> Result<
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
         return Ok(0);
     }
     if rows.is_empty() {
-        println!("No workflows recorded yet.");
+        outln!("No workflows recorded yet.")?;
         return Ok(0);
     }
     let w = rows
@@ -519,10 +524,16 @@ pub(crate) fn workflow_list(config: &Config, all: bool, format: &str) -> Result<
         .max()
         .unwrap_or(8)
         .max(8);
-    println!(
+    outln!(
         "{:<w$}  {:<9}  {:<sw$}  {:<16}  {:<11} {:>7} {:>7}",
-        "WORKFLOW", "TYPE", "SCHEDULE", "LAST RUN", "STATUS", "SUCCESS", "FAILED"
-    );
+        "WORKFLOW",
+        "TYPE",
+        "SCHEDULE",
+        "LAST RUN",
+        "STATUS",
+        "SUCCESS",
+        "FAILED"
+    )?;
     for (wf, last, s, f) in rows {
         let (when, st) = match &last {
             Some(l) => (
@@ -534,7 +545,7 @@ pub(crate) fn workflow_list(config: &Config, all: bool, format: &str) -> Result<
             ),
             None => ("-".into(), "-".into()),
         };
-        println!(
+        outln!(
             "{:<w$}  {:<9}  {:<sw$}  {:<16}  {:<11} {:>7} {:>7}",
             wf.name,
             if wf.schedule.is_some() {
@@ -547,7 +558,7 @@ pub(crate) fn workflow_list(config: &Config, all: bool, format: &str) -> Result<
             st,
             s,
             f
-        );
+        )?;
     }
     Ok(0)
 }
@@ -564,7 +575,7 @@ pub(crate) struct LogsQuery<'a> {
 
 pub(crate) fn logs(config: &Config, q: &LogsQuery<'_>) -> Result<u8, Error> {
     let Some(store) = open(config)? else {
-        eprintln!(
+        errln!(
             "error: no executions recorded yet ({})",
             config.db_path.display()
         );
@@ -581,7 +592,7 @@ pub(crate) fn logs(config: &Config, q: &LogsQuery<'_>) -> Result<u8, Error> {
         }
     };
     let Some(exec) = exec else {
-        eprintln!(
+        errln!(
             "error: no execution found for {}",
             q.execution_id
                 .map(|i| format!("id '{i}'"))
@@ -592,9 +603,10 @@ pub(crate) fn logs(config: &Config, q: &LogsQuery<'_>) -> Result<u8, Error> {
     };
     if let Some(w) = q.workflow {
         if exec.workflow_name != w {
-            eprintln!(
+            errln!(
                 "error: execution {} belongs to workflow '{}'",
-                exec.id, exec.workflow_name
+                exec.id,
+                exec.workflow_name
             );
             return Ok(EXIT_NOT_FOUND);
         }
@@ -617,25 +629,25 @@ pub(crate) fn logs(config: &Config, q: &LogsQuery<'_>) -> Result<u8, Error> {
     }
     if let Some(t) = q.task {
         if !names.iter().any(|n| n == t) {
-            eprintln!("error: task '{t}' has no record in execution {}", exec.id);
+            errln!("error: task '{t}' has no record in execution {}", exec.id);
             return Ok(EXIT_NOT_FOUND);
         }
         names.retain(|n| n == t);
     }
-    println!(
+    outln!(
         "Execution {} of '{}' ({}, started {})",
         exec.id,
         exec.workflow_name,
         exec.status,
         local(exec.started_at)
-    );
+    )?;
     let mut offsets: BTreeMap<String, u64> = BTreeMap::new();
     for name in &names {
         let path = task_log_path(&dir, name);
-        println!("\n==> {name} <==");
+        outln!("\n==> {name} <==")?;
         match std::fs::read(&path) {
             Ok(bytes) => {
-                print_tail(&bytes, q.tail);
+                print_tail(&bytes, q.tail)?;
                 offsets.insert(name.clone(), bytes.len() as u64);
             }
             Err(_) => {
@@ -651,12 +663,12 @@ pub(crate) fn logs(config: &Config, q: &LogsQuery<'_>) -> Result<u8, Error> {
                             text.push_str(s);
                         }
                         if text.is_empty() {
-                            println!("(no output; {})", r.status);
+                            outln!("(no output; {})", r.status)?;
                         } else {
-                            print_tail(text.as_bytes(), q.tail);
+                            print_tail(text.as_bytes(), q.tail)?;
                         }
                     }
-                    None => println!("(not started)"),
+                    None => outln!("(not started)")?,
                 }
                 offsets.insert(name.clone(), 0);
             }
@@ -668,14 +680,14 @@ pub(crate) fn logs(config: &Config, q: &LogsQuery<'_>) -> Result<u8, Error> {
     Ok(0)
 }
 
-fn print_tail(bytes: &[u8], n: usize) {
+fn print_tail(bytes: &[u8], n: usize) -> Result<(), Error> {
     let text = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(n);
-    let mut out = std::io::stdout().lock();
     for l in &lines[start..] {
-        let _ = writeln!(out, "{l}");
+        outln!("{l}")?;
     }
+    Ok(())
 }
 
 /// Prints what the running execution's tasks write, until it ends.
@@ -704,12 +716,10 @@ fn follow(
             let mut buf = Vec::new();
             if f.seek(SeekFrom::Start(off)).is_ok() && f.read_to_end(&mut buf).is_ok() {
                 if last_name.as_deref() != Some(name.as_str()) {
-                    println!("\n==> {name} <==");
+                    outln!("\n==> {name} <==")?;
                     last_name = Some(name.clone());
                 }
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(&buf);
-                let _ = out.flush();
+                crate::out::bytes(&buf)?;
                 offsets.insert(name.clone(), off + buf.len() as u64);
             }
         }

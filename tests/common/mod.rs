@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A temporary directory removed on drop.
@@ -68,40 +68,15 @@ pub(crate) fn picoflow(dir: &Path) -> Command {
 
 /// How long one command may take before the test fails instead of hanging the suite.
 const COMMAND_LIMIT: Duration = Duration::from_secs(120);
-
 /// Runs and returns the output; prints it for debugging. A command still running after
 /// two minutes is killed and fails the test, so a hung binary cannot stall the whole suite.
 pub(crate) fn run(cmd: &mut Command) -> Output {
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("cannot start picoflow");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        out.read_to_end(&mut buf).map(|_| buf)
-    });
-    let mut stderr_buf = Vec::new();
-    let errors = std::thread::spawn(move || err.read_to_end(&mut stderr_buf).map(|_| stderr_buf));
-    let deadline = Instant::now() + COMMAND_LIMIT;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {COMMAND_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let out = Output {
-        status,
-        stdout: reader.join().unwrap().unwrap(),
-        stderr: errors.join().unwrap().unwrap(),
-    };
+    let out = finish(child, &format!("{cmd:?}"));
     eprintln!(
         "--- {:?} exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
         cmd,
@@ -110,6 +85,38 @@ pub(crate) fn run(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Waits for `child` (its piped streams read as they come) for at most two minutes.
+pub(crate) fn finish(mut child: Child, what: &str) -> Output {
+    fn drain(r: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                r.read_to_end(&mut buf).unwrap();
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let deadline = Instant::now() + COMMAND_LIMIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {COMMAND_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
 }
 
 pub(crate) fn stdout(o: &Output) -> String {
