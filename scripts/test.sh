@@ -57,7 +57,7 @@ qemu_aarch64="qemu-aarch64-static -L /"
 step "aarch64: integration tests against the cross-built binary (all features) under qemu-user"
 PICOFLOW_TEST_BIN="$dist/picoflow-aarch64-full" PICOFLOW_TEST_RUNNER="$qemu_aarch64" \
     cargo test -p picoflow-cli --test run --test validate --test state --test daemon \
-    --test export --test secrets --test pipes
+    --test export --test secrets --test pipes --test faults
 
 step "aarch64: run and validate tests against the minimal and the static binary"
 for b in minimal static; do

@@ -326,6 +326,11 @@ fn run(file: &Path, resume: bool, config: &Config) -> Result<u8, Error> {
     } else {
         None
     };
+    // A new execution after a crash: what the crashed one left running is stopped first.
+    let after_crash = resume.is_none()
+        && store
+            .latest_execution(&wf.name)?
+            .is_some_and(|e| e.status == WorkflowStatus::Interrupted);
     let display = Arc::new(display::RunDisplay::new(std::io::stdout().is_terminal()));
     let engine = Engine::new(registry)
         .with_settings(EngineSettings::from(config))
@@ -338,6 +343,7 @@ fn run(file: &Path, resume: bool, config: &Config) -> Result<u8, Error> {
         cancel,
         resume,
         source: Some(source),
+        stop_leftovers: after_crash,
     };
     let report = smol::block_on(async {
         let run = engine.run(&wf, opts);

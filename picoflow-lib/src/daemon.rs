@@ -749,6 +749,7 @@ fn spawn_run<'a>(
                 cancel: shared.cancel.clone(),
                 resume: resume.take(),
                 source: Some(source.clone()),
+                stop_leftovers: false,
             };
             match shared.engine.run(&wf, opts).await {
                 Ok(r) => tracing::info!(workflow = %wf.name, execution = %r.execution.id,

@@ -99,6 +99,11 @@ pub struct RunOptions {
     pub resume: Option<ResumeFrom>,
     /// The workflow file, recorded for `run --resume`.
     pub source: Option<String>,
+    /// Before starting, stop the processes that crashed earlier runs of this workflow left
+    /// running (REL-001; a scan of `/proc`, which blocks the calling thread up to a few
+    /// seconds when there are some). Always done when resuming; set it for a new execution
+    /// whose workflow's latest execution was interrupted.
+    pub stop_leftovers: bool,
 }
 
 impl Default for RunOptions {
@@ -107,6 +112,7 @@ impl Default for RunOptions {
             cancel: CancelToken::never(),
             resume: None,
             source: None,
+            stop_leftovers: false,
         }
     }
 }
@@ -267,6 +273,11 @@ impl Engine {
     /// executor this engine lacks. Task failures are not errors: they are in the report.
     pub async fn run(&self, wf: &Workflow, opts: RunOptions) -> Result<RunReport> {
         let dag = validate_workflow(wf, &wf.name, &self.registry)?;
+        // What a crashed earlier run of this workflow left running must not run beside the
+        // tasks started now (REL-001): a resumed task would otherwise meet its own survivor.
+        if opts.resume.is_some() || opts.stop_leftovers {
+            crate::orphans::stop_leftovers(&wf.name, crate::orphans::GRACE);
+        }
         let ex = smol::LocalExecutor::new();
         // Reaping children here keeps async-process from starting its own thread.
         let reaper = ex.spawn(async_process::driver());
@@ -366,6 +377,9 @@ impl Engine {
             .as_ref()
             .map(|root| execution_log_dir(root, &wf.name, execution.started_at, &execution.id));
         self.emit(Event::WorkflowStarted(execution.clone()));
+        // The execution is on disk before its first task starts: a crash from here on leaves
+        // an execution that recovery finds, and with it the tasks' leftover processes.
+        self.flush().await?;
 
         let limit = wf
             .config
@@ -756,19 +770,20 @@ mod tests {
     use crate::executor::BoxFuture;
     use std::sync::Mutex;
 
-    /// Records events and flushes in order; each flush takes `delay` and then succeeds or not.
+    /// Records events and flushes in order; each flush takes `delay`, and flushes after the
+    /// first `good` ones fail.
     struct Recorder {
         log: Mutex<Vec<String>>,
         delay: Duration,
-        fail: bool,
+        good: usize,
     }
 
     impl Recorder {
-        fn new(delay: Duration, fail: bool) -> Arc<Recorder> {
+        fn new(delay: Duration, good: usize) -> Arc<Recorder> {
             Arc::new(Recorder {
                 log: Mutex::new(Vec::new()),
                 delay,
-                fail,
+                good,
             })
         }
         fn log(&self) -> Vec<String> {
@@ -791,10 +806,12 @@ mod tests {
         fn flush(&self) -> BoxFuture<'_, Result<()>> {
             Box::pin(async move {
                 smol::Timer::after(self.delay).await;
-                self.log.lock().unwrap().push("flushed".into());
-                match self.fail {
-                    true => Err(Error::Other("disk full".into())),
-                    false => Ok(()),
+                let mut log = self.log.lock().unwrap();
+                let done = log.iter().filter(|l| *l == "flushed").count();
+                log.push("flushed".into());
+                match done < self.good {
+                    true => Ok(()),
+                    false => Err(Error::Other("disk full".into())),
                 }
             })
         }
@@ -815,20 +832,25 @@ mod tests {
 
     #[test]
     fn a_dependent_starts_only_once_its_dependencies_are_durable() {
-        let sink = Recorder::new(Duration::from_millis(200), false);
+        let sink = Recorder::new(Duration::from_millis(200), usize::MAX);
         let engine = Engine::new(Registry::builtin()).with_sink(sink.clone());
         let report = smol::block_on(engine.run(&chain(3, "true"), RunOptions::default())).unwrap();
         assert!(report.success());
         let log = sink.log();
         let flushes: Vec<usize> = (0..log.len()).filter(|&i| log[i] == "flushed").collect();
         let pos = |s: &str| log.iter().position(|l| l == s).unwrap();
-        // Each completion is durable before the task that depends on it starts.
+        // The execution is durable before its first task starts ...
         assert!(
-            pos("end t0") < flushes[0] && flushes[0] < pos("start t1"),
+            pos("run start") < flushes[0] && flushes[0] < pos("start t0"),
+            "{log:?}"
+        );
+        // ... and each completion before the task that depends on it starts.
+        assert!(
+            pos("end t0") < flushes[1] && flushes[1] < pos("start t1"),
             "{log:?}"
         );
         assert!(
-            pos("end t1") < flushes[1] && flushes[1] < pos("start t2"),
+            pos("end t1") < flushes[2] && flushes[2] < pos("start t2"),
             "{log:?}"
         );
         // The run reports its end only once everything is durable.
@@ -838,7 +860,7 @@ mod tests {
 
     #[test]
     fn independent_tasks_do_not_wait_for_flushes() {
-        let sink = Recorder::new(Duration::from_secs(1), false);
+        let sink = Recorder::new(Duration::from_secs(1), usize::MAX);
         let engine = Engine::new(Registry::builtin()).with_sink(sink.clone());
         let mut wf = crate::yaml::parse_workflow(
             "name: w\nconfig: {max_parallel: 1}\ntasks:\n  - {name: a, type: shell, config: {command: \"true\"}}\n  - {name: b, type: shell, config: {command: \"true\"}}\n  - {name: c, type: shell, config: {command: \"true\"}}\n",
@@ -849,15 +871,19 @@ mod tests {
         let report = smol::block_on(engine.run(&wf, RunOptions::default())).unwrap();
         assert!(report.success());
         let log = sink.log();
+        let flushes: Vec<usize> = (0..log.len()).filter(|&i| log[i] == "flushed").collect();
         let pos = |s: &str| log.iter().position(|l| l == s).unwrap();
-        // The first completion's flush takes a second; tasks that do not depend on it go on.
-        assert!(pos("end c") < pos("flushed"), "{log:?}");
+        // After the execution's own flush, the first completion's flush takes a second; tasks
+        // that do not depend on it go on meanwhile.
+        assert!(flushes[0] < pos("start a"), "{log:?}");
+        assert!(pos("end c") < flushes[1], "{log:?}");
         assert_eq!(log.last().unwrap(), "flushed", "{log:?}");
     }
 
     #[test]
     fn a_failed_flush_stops_the_run_with_an_error() {
-        let sink = Recorder::new(Duration::from_millis(10), true);
+        // The execution's start is recorded, the first completion is not.
+        let sink = Recorder::new(Duration::from_millis(10), 1);
         let engine = Engine::new(Registry::builtin()).with_sink(sink.clone());
         let err =
             smol::block_on(engine.run(&chain(5, "sleep 0.3"), RunOptions::default())).unwrap_err();
@@ -868,5 +894,15 @@ mod tests {
             started < 5,
             "no task starts after the store failed: {log:?}"
         );
+    }
+
+    #[test]
+    fn no_task_starts_when_the_execution_cannot_be_recorded() {
+        let sink = Recorder::new(Duration::from_millis(10), 0);
+        let engine = Engine::new(Registry::builtin()).with_sink(sink.clone());
+        let err = smol::block_on(engine.run(&chain(2, "true"), RunOptions::default())).unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        let log = sink.log();
+        assert!(!log.iter().any(|l| l.starts_with("start")), "{log:?}");
     }
 }

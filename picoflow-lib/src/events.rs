@@ -204,9 +204,9 @@ pub trait EventSink: Send + Sync {
     /// Called for every event, in order, from the engine's task. Must not block for long.
     fn on_event(&self, event: &Event);
 
-    /// Completes once every event passed so far is durable. The engine calls this as tasks
-    /// finish, starts their dependents only once it completes (REL-004), and awaits it at the
-    /// end of a run.
+    /// Completes once every event passed so far is durable. The engine calls this once an
+    /// execution has started (before its first task starts), as tasks finish (starting their
+    /// dependents only once it completes, REL-004), and at the end of a run.
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
     }

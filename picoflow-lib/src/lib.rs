@@ -75,6 +75,7 @@ mod logs;
 #[cfg_attr(not(feature = "metrics"), path = "metrics/disabled.rs")]
 mod metrics;
 mod model;
+mod orphans;
 mod prune;
 mod schedule;
 mod signals;

@@ -26,6 +26,8 @@
 //! last second before a crash is kept in the task log files, not in the history.
 //!
 //! # Crash recovery
+//! An execution's start is committed at once, and the engine's flush after it waits for that
+//! commit, so every execution whose tasks started is in the file when a crash comes.
 //! Each execution records the process id and that process's start time (from `/proc`). An
 //! execution marked `running` whose process no longer exists — or whose pid now belongs to a
 //! different process — is reported as `interrupted` by every reader and rewritten as such by
@@ -47,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventSink, TaskExecution, WorkflowExecution, WorkflowStatus};
 use crate::executor::BoxFuture;
+use crate::orphans::process_start_time;
 
 /// Every table maps bytes to bytes. redb's B-tree code is generic over key and value types,
 /// and one pair of types keeps one copy of it in the binary (about 100 KiB less than a pair
@@ -867,38 +870,6 @@ fn owner_alive(s: &Stored) -> bool {
     }
 }
 
-/// Start time of a process in clock ticks since boot, or `None` if it does not exist.
-///
-/// The file is opened relative to `/proc` rather than by its absolute path: qemu-user answers
-/// a process's own `/proc/<pid>/stat` with a start time of its own reckoning, a tick or more
-/// away from the one every other process reads, and a reader would then take a live run for
-/// an interrupted one. The relative path reaches the kernel's file in every case.
-fn process_start_time(pid: u32) -> Option<u64> {
-    use std::io::Read;
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let proc_dir = std::fs::File::open("/proc").ok()?;
-    let name = std::ffi::CString::new(format!("{pid}/stat")).ok()?;
-    // SAFETY: `name` is a NUL-terminated path and `proc_dir` an open directory.
-    let fd = unsafe {
-        libc::openat(
-            proc_dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: `fd` was just opened and is owned by nothing else.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-    let mut stat = String::new();
-    file.read_to_string(&mut stat).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: skip past its end.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    // `rest` starts at field 3; the start time is field 22.
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 struct StoreSink {
     tx: Option<Mutex<mpsc::Sender<Msg>>>,
 }
@@ -1490,33 +1461,5 @@ mod tests {
         let k = key::workflow_at("backup", 3, "e9");
         let (name, rest) = key::split(&k);
         assert_eq!((name, key::parse_at(rest)), ("backup", (3, "e9")));
-    }
-
-    #[test]
-    fn process_start_time_identifies_this_process() {
-        assert!(process_start_time(std::process::id()).is_some());
-        assert!(process_start_time(u32::MAX - 1).is_none());
-    }
-
-    #[test]
-    fn process_start_time_is_field_22_of_the_kernels_stat() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
-        let expected: u64 = stat
-            .rsplit(") ")
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(19)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let got = process_start_time(child.id());
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert_eq!(got, Some(expected));
     }
 }

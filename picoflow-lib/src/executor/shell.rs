@@ -8,6 +8,12 @@
 //! * Every task runs in its own process group. On timeout or cancellation the whole group
 //!   gets SIGTERM, then SIGKILL after [`KILL_GRACE`]. When the main process exits, whatever
 //!   it left running in its group is killed too: a task's processes never outlive it.
+//! * The task's process is killed when the PicoFlow process dies (`PR_SET_PDEATHSIG`, REL-002).
+//!   The kernel sends that signal when the *thread* that started the process ends, so tasks
+//!   are started from the thread that runs the engine, which lives as long as the run. The
+//!   task's environment names it (`PICOFLOW_WORKFLOW`, `PICOFLOW_EXECUTION_ID`,
+//!   `PICOFLOW_TASK`, `PICOFLOW_ATTEMPT`, `PICOFLOW_OWNER`), so what it started in turn can be
+//!   found and stopped after a crash (see `orphans`).
 //! * stdout and stderr are read concurrently while the task runs and capped at
 //!   [`CAPTURE_LIMIT`] each; nothing is buffered beyond that.
 
@@ -21,6 +27,7 @@ use super::{
     BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
 use crate::model::{ShellConfig, TaskConfig};
+use crate::orphans;
 
 /// Time between SIGTERM and SIGKILL when a task's process group is stopped.
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -70,7 +77,26 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
     if let Some(dir) = &cfg.workdir {
         cmd.current_dir(ctx.vars.expand(&dir.to_string_lossy()));
     }
+    // After the task's own `env`, so that no task can hide from the search for leftovers.
+    cmd.env(orphans::WORKFLOW_VAR, ctx.workflow)
+        .env(orphans::EXECUTION_VAR, ctx.execution_id)
+        .env(orphans::TASK_VAR, &ctx.task.name)
+        .env(orphans::ATTEMPT_VAR, ctx.attempt.to_string())
+        .env(orphans::OWNER_VAR, orphans::owner());
     cmd.process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // async-signal-safe functions (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // The parent may have died before the signal was armed.
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
     // Stdio must be set on the async command: converting resets it.
     let mut cmd = async_process::Command::from(cmd);
     cmd.stdin(Stdio::null())

@@ -1,0 +1,214 @@
+//! Faults on real processes (REL-001, REL-002): what a `kill -9` of the orchestrator leaves.
+//! A killed `picoflow run` used to leave its running task alive, and `run --resume` then ran
+//! the task again beside the survivor (two `rsync`s at once).
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{picoflow, run, stderr, TempDir};
+
+/// Whether `pid` runs (a zombie, waiting for a parent to reap it, has ended).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(") ").next().unwrap_or("").chars().next();
+            !matches!(state, Some('Z' | 'X'))
+        }
+        Err(_) => false,
+    }
+}
+
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Pids of the processes whose command line is exactly `cmdline`.
+fn pids_of(cmdline: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let c: Vec<String> = c
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect();
+        if c.join(" ") == cmdline && alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A sleep duration no other test run uses, so that the processes it names are this test's.
+fn unique_seconds(whole: u32) -> String {
+    format!("{whole}.{:06}", std::process::id() % 1_000_000)
+}
+
+/// Kills the processes on drop, so that a failing test leaves nothing behind.
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            // SAFETY: kill(2) on a pid this test found; no memory is involved.
+            unsafe { libc::kill(*p, libc::SIGKILL) };
+        }
+    }
+}
+
+fn read_pid(dir: &Path, name: &str) -> i32 {
+    std::fs::read_to_string(dir.join(name))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Starts `picoflow run` of a task that starts two background processes, kills the run with
+/// SIGKILL while the task runs, checks that the task's own process died with it and returns
+/// the pids of the processes it started, which the kernel leaves running.
+fn crash_leaving_two_sleeps(dir: &Path, wf: &Path, cmdline: &str) -> Vec<i32> {
+    let mut child = picoflow(dir)
+        .arg("run")
+        .arg(wf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(20), "the task's two sleeps", || {
+        pids_of(cmdline).len() == 2
+    });
+    let shell = read_pid(dir, "sh.pid");
+    let sleeps = pids_of(cmdline);
+    let guard = KillOnDrop(sleeps.clone());
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // The task's own process dies with the orchestrator (PR_SET_PDEATHSIG) ...
+    wait_until(Duration::from_secs(5), "the task's shell to die", || {
+        !alive(shell)
+    });
+    // ... what it started lives on, as the kernel leaves it.
+    assert!(sleeps.iter().all(|p| alive(*p)), "{sleeps:?}");
+    std::mem::forget(guard);
+    sleeps
+}
+
+/// A task that ends at once when `resumed` exists, and otherwise starts two `sleep`s. Each
+/// test has its own workflow name: a run stops the leftovers of every crashed run of its
+/// workflow, whichever directory it ran in.
+fn sleeper(dir: &TempDir, name: &str, seconds: &str) -> std::path::PathBuf {
+    dir.write(
+        "w.yaml",
+        &format!("name: {name}\ntasks:\n  - name: long\n    type: shell\n    retry: 0\n    config:\n      command: \"[ -e resumed ] && exit 0; echo $$ > sh.pid; sleep {seconds} & sleep {seconds}; wait\"\n"),
+    )
+}
+
+fn assert_stopped(out: &std::process::Output, sleeps: &[i32]) {
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
+    for p in sleeps {
+        assert!(!alive(*p), "process {p} of the killed run survived");
+    }
+    let log = stderr(out);
+    assert!(
+        log.matches("left running by an interrupted execution")
+            .count()
+            >= 2,
+        "{log}"
+    );
+    assert!(log.contains("sleep"), "{log}");
+}
+
+#[test]
+fn a_killed_run_leaves_no_task_running_beside_its_resumed_self() {
+    let dir = TempDir::new("orphans");
+    // A distinctive duration lets the test find the task's processes.
+    let secs = unique_seconds(41);
+    let wf = sleeper(&dir, "orphans-resume", &secs);
+    let sleeps = crash_leaving_two_sleeps(dir.path(), &wf, &format!("sleep {secs}"));
+    // The resumed run stops them before any task starts.
+    std::fs::write(dir.path().join("resumed"), "").unwrap();
+    let out = run(picoflow(dir.path())
+        .args(["--log-format", "pretty", "run", "--resume"])
+        .arg(&wf));
+    assert_stopped(&out, &sleeps);
+}
+
+#[test]
+fn a_new_run_after_a_crash_stops_what_the_crash_left() {
+    let dir = TempDir::new("orphans-new");
+    let secs = unique_seconds(42);
+    let wf = sleeper(&dir, "orphans-new", &secs);
+    let sleeps = crash_leaving_two_sleeps(dir.path(), &wf, &format!("sleep {secs}"));
+    std::fs::write(dir.path().join("resumed"), "").unwrap();
+    let out = run(picoflow(dir.path())
+        .args(["--log-format", "pretty", "run"])
+        .arg(&wf));
+    assert_stopped(&out, &sleeps);
+    // A run after a clean one does not look for leftovers at all.
+    let out = run(picoflow(dir.path())
+        .args(["--log-format", "pretty", "run"])
+        .arg(&wf));
+    assert!(!stderr(&out).contains("left running"), "{}", stderr(&out));
+}
+
+#[test]
+fn tasks_know_their_workflow_execution_and_attempt() {
+    let dir = TempDir::new("task-env");
+    let wf = dir.write(
+        "w.yaml",
+        "name: envy\ntasks:\n  - name: show\n    type: shell\n    config:\n      command: \"echo $PICOFLOW_WORKFLOW/$PICOFLOW_TASK/$PICOFLOW_ATTEMPT/$PICOFLOW_EXECUTION_ID > env.txt\"\n",
+    );
+    let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+    assert_eq!(out.status.code(), Some(0));
+    let text = std::fs::read_to_string(dir.path().join("env.txt")).unwrap();
+    let parts: Vec<&str> = text.trim().split('/').collect();
+    assert_eq!(&parts[..3], ["envy", "show", "1"]);
+    assert!(
+        common::stdout(&out).contains(parts[3]),
+        "execution id {} not in the summary",
+        parts[3]
+    );
+}
+
+#[test]
+fn a_daemon_that_resumes_a_crashed_run_stops_what_it_left() {
+    let dir = TempDir::new("orphans-daemon");
+    let secs = unique_seconds(43);
+    let wf = sleeper(&dir, "orphans-daemon", &secs);
+    let sleeps = crash_leaving_two_sleeps(dir.path(), &wf, &format!("sleep {secs}"));
+    std::fs::write(dir.path().join("resumed"), "").unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut daemon = picoflow(dir.path())
+        .args(["--log-format", "pretty", "daemon", "start", "w.yaml"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stopped = Instant::now();
+    while sleeps.iter().any(|p| alive(*p)) && stopped.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    daemon.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    for p in &sleeps {
+        assert!(!alive(*p), "process {p} of the killed run survived: {text}");
+    }
+    assert!(
+        text.contains("left running by an interrupted execution"),
+        "{text}"
+    );
+}
