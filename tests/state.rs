@@ -324,3 +324,34 @@ fn prune_deletes_old_history_and_logs_and_keeps_recent_ones() {
     let out = run(picoflow(dir.path()).args(["history", "--format", "json"]));
     assert_eq!(json(&out).as_array().unwrap().len(), 0);
 }
+
+/// `status` listed an execution's tasks in the order they started, which is not the order of
+/// the workflow file; it lists them in the file's order now, in the table and in JSON.
+#[test]
+fn status_lists_tasks_in_workflow_order() {
+    let dir = TempDir::new("status-order");
+    let wf = dir.write(
+        "w.yaml",
+        "name: order\ntasks:\n  - name: report\n    type: shell\n    depends_on: [fastest]\n    config:\n      command: \"true\"\n  - name: slowest\n    type: shell\n    config:\n      command: \"sleep 0.4\"\n  - name: middle\n    type: shell\n    config:\n      command: \"sleep 0.2\"\n  - name: fastest\n    type: shell\n    config:\n      command: \"true\"\n",
+    );
+    let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+    assert_eq!(out.status.code(), Some(0));
+    let out = run(picoflow(dir.path()).args(["status", "--workflow", "order"]));
+    let text = stdout(&out);
+    let pos = |n: &str| {
+        text.find(&format!(" {n} "))
+            .unwrap_or_else(|| panic!("{n}: {text}"))
+    };
+    // The file's order, not the order the tasks started or ended in.
+    assert!(pos("report") < pos("slowest"), "{text}");
+    assert!(pos("slowest") < pos("middle"), "{text}");
+    assert!(pos("middle") < pos("fastest"), "{text}");
+    let out = run(picoflow(dir.path()).args(["status", "--workflow", "order", "--format", "json"]));
+    let names: Vec<String> = json(&out)[0]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["report", "slowest", "middle", "fastest"]);
+}

@@ -81,6 +81,22 @@ fn last_attempts(tasks: &[TaskExecution]) -> Vec<&TaskExecution> {
     order.into_iter().map(|n| last[n]).collect()
 }
 
+/// Attempts in the order of `planned` (the workflow file's), then any others in the order
+/// they started.
+fn in_workflow_order<'t>(
+    mut attempts: Vec<&'t TaskExecution>,
+    planned: &[String],
+) -> Vec<&'t TaskExecution> {
+    attempts.sort_by_key(|t| t.started_at);
+    attempts.sort_by_key(|t| {
+        planned
+            .iter()
+            .position(|n| *n == t.task_name)
+            .unwrap_or(usize::MAX)
+    });
+    attempts
+}
+
 /// Task names of the workflow file an execution came from, when it can still be read.
 fn planned_tasks(exec: &WorkflowExecution) -> Vec<String> {
     exec.source
@@ -126,7 +142,10 @@ pub(crate) fn status(
     if json_out {
         let v: Vec<_> = shown
             .iter()
-            .map(|(e, t)| json!({ "execution": e, "tasks": last_attempts(t) }))
+            .map(|(e, t)| {
+                let tasks = in_workflow_order(last_attempts(t), &planned_tasks(e));
+                json!({ "execution": e, "tasks": tasks })
+            })
             .collect();
         outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
         return Ok(0);
@@ -159,7 +178,8 @@ pub(crate) fn status(
         }
         outln!()?;
         outln!("Tasks:")?;
-        let last = last_attempts(tasks);
+        let planned = planned_tasks(e);
+        let last = in_workflow_order(last_attempts(tasks), &planned);
         let mut rows: Vec<(String, String, String)> = last
             .iter()
             .map(|t| {
@@ -196,14 +216,14 @@ pub(crate) fn status(
                 (mark.to_string(), t.task_name.clone(), what)
             })
             .collect();
-        for name in planned_tasks(e) {
+        for (i, name) in planned.into_iter().enumerate() {
             if !rows.iter().any(|r| r.1 == name) {
                 let what = if e.status == WorkflowStatus::Running {
                     "pending"
                 } else {
                     "not run"
                 };
-                rows.push(("○".into(), name, what.into()));
+                rows.insert(i.min(rows.len()), ("○".into(), name, what.into()));
             }
         }
         let width = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
