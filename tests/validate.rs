@@ -83,6 +83,14 @@ const INVALID: &[(&str, &[&str])] = &[
     ("ssh-port-range.yaml", &["task 'a'", "config.port", "70000"]),
     ("http-method.yaml", &["task 'a'", "config.method", "FETCH"]),
     ("http-url.yaml", &["task 'a'", "config.url", "http://"]),
+    (
+        "timeout-in-config.yaml",
+        &[
+            "task 'a'",
+            "unknown field `timeout`",
+            "`timeout` is a task field: move it out of `config`",
+        ],
+    ),
 ];
 
 #[test]
@@ -387,4 +395,22 @@ fn day_of_week_numbering_is_sunday_zero() {
     );
     let err = fire_dates("0 0 9 * * 8").unwrap_err();
     assert!(err.contains("out of range 0-7"), "{err}");
+}
+
+/// A URL built from a variable is checked when the task runs, not by `validate`.
+#[test]
+fn a_url_from_a_variable_validates() {
+    let dir = TempDir::new("url-var");
+    let wf = dir.write(
+        "hook.yaml",
+        "name: hook\ntasks:\n  - name: notify\n    type: http\n    config:\n      url: \"${NOTIFICATION_WEBHOOK_URL}\"\n      method: POST\n",
+    );
+    let out = run(picoflow(dir.path()).arg("validate").arg(&wf));
+    if has_feature("http") {
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    } else {
+        // Without the feature the task type is what gets refused, never the URL.
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains("feature 'http'"), "{}", stderr(&out));
+    }
 }

@@ -180,6 +180,14 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Whether `url` is an `http://` or `https://` URL with something after the scheme.
+pub(crate) fn is_http_url(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    ["http://", "https://"]
+        .iter()
+        .any(|scheme| lower.starts_with(scheme) && url.len() > scheme.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

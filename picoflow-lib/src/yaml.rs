@@ -246,6 +246,16 @@ pub(crate) fn parse_workflow(text: &str, origin: &str) -> Result<Workflow> {
     })
 }
 
+/// The fields of a task itself, beside its `config`.
+const TASK_FIELDS: &[&str] = &[
+    "name",
+    "type",
+    "depends_on",
+    "retry",
+    "timeout",
+    "continue_on_failure",
+];
+
 fn task_config(
     kind: &str,
     value: yaml::Value,
@@ -255,11 +265,22 @@ fn task_config(
     where_: &str,
     problems: &mut Vec<String>,
 ) -> Result<TaskConfig> {
-    let field_error = |e: yaml::Error| Error::Parse {
-        file: origin.to_string(),
-        line,
-        column: None,
-        message: format!("task '{task}': config: {}", strip_location(&e.to_string())),
+    let field_error = |e: yaml::Error| {
+        let text = strip_location(&e.to_string());
+        // Real workflows put task fields (`timeout:` most of all) under `config:`.
+        let hint = text
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(field, _)| field)
+            .filter(|f| TASK_FIELDS.contains(f))
+            .map(|f| format!("; `{f}` is a task field: move it out of `config`"))
+            .unwrap_or_default();
+        Error::Parse {
+            file: origin.to_string(),
+            line,
+            column: None,
+            message: format!("task '{task}': config: {text}{hint}"),
+        }
     };
     Ok(match kind {
         "shell" => {
@@ -321,10 +342,8 @@ fn task_config(
                     HTTP_METHODS.join(", ")
                 ));
             }
-            let lower = r.url.to_ascii_lowercase();
-            if !(lower.starts_with("http://") || lower.starts_with("https://"))
-                || r.url.len() <= "http://".len()
-            {
+            // A URL built from `${VAR}` is checked once expanded, when the task runs.
+            if !r.url.contains("${") && !crate::model::is_http_url(&r.url) {
                 problems.push(format!(
                     "{where_}: config.url '{}' must be an http:// or https:// URL",
                     r.url

@@ -380,6 +380,28 @@ mod with_http {
             .contains("503 Service Unavailable"));
     }
 
+    /// A webhook URL kept in the environment (`url: "${WEBHOOK}"`) used to fail validation as
+    /// "must be an http:// or https:// URL". It is checked once expanded, when the task runs.
+    #[test]
+    fn a_url_from_a_variable_is_checked_when_the_task_runs() {
+        let server = Server::start(vec![Reply::new(200, "ok")]);
+        let task = "  - name: hook\n    type: http\n    retry: 0\n    config:\n      url: \"${WEBHOOK}\"\n      method: POST\n";
+        let mut vars = Vars::isolated();
+        vars.set("WEBHOOK", server.url("/hook"));
+        let ran = run_with(task, vars, RunOptions::default(), None);
+        assert!(ran.report.success(), "{}", error(&ran));
+        assert_eq!(server.requests()[0].target, "/hook");
+
+        let mut vars = Vars::isolated();
+        vars.set("WEBHOOK", "ftp://files.example/drop");
+        let ran = run_with(task, vars, RunOptions::default(), None);
+        assert!(!ran.report.success());
+        let e = error(&ran);
+        assert!(e.contains("ftp://files.example/drop"), "{e}");
+        assert!(e.contains("${WEBHOOK}"), "{e}");
+        assert!(e.contains("must be an http:// or https:// URL"), "{e}");
+    }
+
     #[test]
     fn client_errors_are_not_retried() {
         let server = Server::start(vec![Reply::new(400, "bad"), Reply::new(200, "ok")]);

@@ -130,6 +130,12 @@ fn prepare(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> Result<Prepared, String> 
     }
     // Messages below may quote the URL or a header's name, never a value.
     let fail = |what: String| redactor.scrub(&what);
+    if !crate::model::is_http_url(&url) {
+        return Err(fail(format!(
+            "url '{shown_url}' (from '{}') must be an http:// or https:// URL",
+            cfg.url
+        )));
+    }
 
     let method = Method::from_bytes(cfg.method.as_bytes())
         .map_err(|_| fail(format!("method '{}' is not valid", cfg.method)))?;
