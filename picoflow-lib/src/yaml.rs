@@ -117,7 +117,15 @@ struct RawHttp {
 /// `origin` names the file in messages. Dependencies, cycles, schedules and executor
 /// availability are checked by `validate`.
 pub(crate) fn parse_workflow(text: &str, origin: &str) -> Result<Workflow> {
-    let raw: RawWorkflow = yaml::from_str(text).map_err(|e| syntax_error(origin, &e))?;
+    let raw: RawWorkflow = yaml::from_str(text).map_err(|e| {
+        // Deserializing stops at the first field it cannot use, which may come before a
+        // syntax error further down (a mis-indented `config:` makes its task lack `config`).
+        // A syntax error anywhere is the real problem: report it, at its own line.
+        match yaml::from_str::<serde::de::IgnoredAny>(text) {
+            Err(syntax) => syntax_error(origin, &syntax),
+            Ok(_) => syntax_error(origin, &e),
+        }
+    })?;
     let lines = TaskLines::new(text);
     let mut problems = Vec::new();
 
@@ -627,6 +635,21 @@ mod tests {
         match err {
             Error::Parse { line, column, .. } => {
                 assert!(line.is_some() && column.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A `config:` one column left of its task's other keys was reported as the task missing
+    /// `config` at the task's first line; the YAML itself is invalid two lines further down.
+    #[test]
+    fn a_mis_indented_key_is_a_syntax_error_at_its_own_line() {
+        let text =
+            "name: t\ntasks:\n  - name: a\n    type: shell\n   config:\n      command: \"true\"\n";
+        match parse_workflow(text, "w.yaml").unwrap_err() {
+            Error::Parse { line, message, .. } => {
+                assert_eq!(line, Some(5), "{message}");
+                assert!(!message.contains("missing field"), "{message}");
             }
             other => panic!("{other:?}"),
         }
