@@ -381,6 +381,7 @@ struct Shared {
     cancel: CancelToken,
     last_prune: RefCell<Option<Instant>>,
     config: Config,
+    metrics: Metrics,
 }
 
 impl Daemon {
@@ -433,6 +434,7 @@ impl Daemon {
             cancel,
             last_prune: RefCell::new(None),
             config: self.config.clone(),
+            metrics: metrics.clone(),
         });
 
         let host = host_name();
@@ -447,7 +449,7 @@ impl Daemon {
             let l = Loaded::new(wf, path, &host, now)?;
             loaded.insert(l.wf.name.clone(), l);
         }
-        metrics.set_workflows_loaded(loaded.len());
+        metrics.set_workflows(loaded.values().map(|l| &*l.wf));
         let status_file = status_path(&pid_file);
         write_status(&status_file, started, &loaded);
         tracing::info!(
@@ -701,6 +703,9 @@ impl Daemon {
             }
         }
         *loaded = fresh;
+        shared
+            .metrics
+            .set_workflows(loaded.values().map(|l| &*l.wf));
         tracing::info!(workflows = loaded.len(), "reloaded");
     }
 }

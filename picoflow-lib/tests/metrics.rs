@@ -156,7 +156,16 @@ fn promtool_check_is_effective() {
 #[test]
 fn health_routes_and_methods() {
     let metrics = Metrics::new();
-    metrics.set_workflows_loaded(2);
+    let loaded: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let text = format!(
+                "name: {n}\ntasks:\n  - {{name: t, type: shell, config: {{command: x}}}}\n"
+            );
+            parse_workflow(&text, "w.yaml", &Registry::builtin()).unwrap()
+        })
+        .collect();
+    metrics.set_workflows(&loaded);
     with_server(metrics, |_ex, server| async move {
         let addr = addr_of(&server);
         let r = get(addr, "/health").await;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::events::{Event, EventSink};
+use crate::model::Workflow;
 
 /// Run-time metrics (OBS-003); in this build, which lacks the `metrics` feature, a no-op.
 #[derive(Clone, Debug, Default)]
@@ -28,7 +29,7 @@ impl Metrics {
 
     /// Ignored in this build.
     #[inline]
-    pub fn set_workflows_loaded(&self, _n: usize) {}
+    pub fn set_workflows<'w>(&self, _workflows: impl IntoIterator<Item = &'w Workflow>) {}
 
     /// Always empty in this build.
     #[inline]

@@ -27,6 +27,7 @@ use smol::{Executor, Task, Timer};
 
 use crate::error::{Error, Result};
 use crate::events::{Event, EventSink, WorkflowStatus};
+use crate::model::Workflow;
 
 /// Histogram bounds in seconds: tasks on edge devices range from sub-second checks to
 /// multi-hour backups, so the buckets span 0.1 s to 4 h (the user guide's 60/300/600 among them).
@@ -210,9 +211,37 @@ impl Metrics {
         true
     }
 
-    /// Records how many workflows the daemon has loaded, reported by `/health`.
-    pub fn set_workflows_loaded(&self, n: usize) {
-        self.inner.workflows_loaded.store(n, Ordering::Relaxed);
+    /// Records the workflows the daemon has loaded: their count for `/health`, and every
+    /// series whose labels they determine at 0, so that a `rate()` or an alert over retries or
+    /// failed executions works from the first scrape, before the first one happens.
+    pub fn set_workflows<'w>(&self, workflows: impl IntoIterator<Item = &'w Workflow>) {
+        let inner = &self.inner;
+        let mut n = 0;
+        for wf in workflows {
+            n += 1;
+            for status in [
+                WorkflowStatus::Success,
+                WorkflowStatus::Failed,
+                WorkflowStatus::Interrupted,
+            ] {
+                // Creating the series is the point; the guard is dropped at once.
+                drop(
+                    inner
+                        .workflow_executions
+                        .get_or_create(&WorkflowStatusLabels {
+                            workflow: wf.name.clone(),
+                            status: status.as_str().to_string(),
+                        }),
+                );
+            }
+            for task in &wf.tasks {
+                drop(inner.task_retries.get_or_create(&TaskLabels {
+                    workflow: wf.name.clone(),
+                    task: task.name.clone(),
+                }));
+            }
+        }
+        inner.workflows_loaded.store(n, Ordering::Relaxed);
     }
 
     /// Every metric in the Prometheus text exposition format, version 0.0.4 (OBS-003).
@@ -861,10 +890,36 @@ mod tests {
         );
     }
 
+    /// A workflow `name` with tasks `dump` and `upload`.
+    fn wf(name: &str) -> Workflow {
+        let text = format!(
+            "name: {name}\ntasks:\n  - {{name: dump, type: shell, config: {{command: x}}}}\n  - {{name: upload, type: shell, config: {{command: x}}}}\n"
+        );
+        crate::yaml::parse_workflow(&text, "w.yaml").unwrap()
+    }
+
+    /// Series whose labels are known from the loaded workflows are exported at 0 from the
+    /// first scrape: a rate or an alert over retries works before the first retry.
+    #[test]
+    fn loaded_workflows_export_their_series_at_zero() {
+        let m = Metrics::new();
+        m.set_workflows(&[wf("backup")]);
+        let t = m.render();
+        for series in [
+            "picoflow_task_retries_total{workflow=\"backup\",task=\"dump\"}",
+            "picoflow_task_retries_total{workflow=\"backup\",task=\"upload\"}",
+            "picoflow_workflow_executions_total{workflow=\"backup\",status=\"success\"}",
+            "picoflow_workflow_executions_total{workflow=\"backup\",status=\"failed\"}",
+            "picoflow_workflow_executions_total{workflow=\"backup\",status=\"interrupted\"}",
+        ] {
+            assert_eq!(sample(&t, series), Some(0.0), "{series} in\n{t}");
+        }
+    }
+
     #[test]
     fn health_reports_loaded_workflows_and_last_results() {
         let m = Metrics::new();
-        m.set_workflows_loaded(3);
+        m.set_workflows(&[wf("a"), wf("b"), wf("c")]);
         feed(&m);
         m.on_event(&Event::WorkflowFinished(execution(
             "e1",
