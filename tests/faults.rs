@@ -212,3 +212,137 @@ fn a_daemon_that_resumes_a_crashed_run_stops_what_it_left() {
         "{text}"
     );
 }
+
+/// A tmpfs of `size` mounted at `dir` (CI runs as root), unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("mount(8) is needed for the full-disk tests");
+        assert!(
+            out.status.success(),
+            "the full-disk tests need to mount a small tmpfs (run as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot resize the tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Three tasks in a chain, each adding its name to `ledger`; the middle one prints 2 MB.
+const FILL: &str = "name: fill
+tasks:
+  - name: a
+    type: shell
+    config:
+      command: \"echo a >> ledger\"
+  - name: b
+    type: shell
+    depends_on: [a]
+    config:
+      command: \"echo b >> ledger; head -c 2000000 /dev/zero | tr '\\\\0' x\"
+  - name: c
+    type: shell
+    depends_on: [b]
+    config:
+      command: \"echo c >> ledger\"
+";
+
+/// REL-003: the state file on a full disk. The run used to end with exit code 1, and
+/// `history`/`status` then showed every task "not run" although their completions were
+/// durable in the journal beside the state file.
+#[test]
+fn a_full_disk_is_a_state_store_error_and_nothing_completed_is_lost() {
+    let dir = TempDir::new("full-disk");
+    let disk = Tmpfs::mount(&dir.path().join("state"), "600k");
+    let wf = dir.write("fill.yaml", FILL);
+    let db = "state/pf.redb";
+    let out = run(picoflow(dir.path())
+        .args(["--db-path", db, "--log-format", "pretty", "run"])
+        .arg(&wf));
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("pf.redb") && err.contains("No space left"),
+        "{err}"
+    );
+
+    // Readers show what the journal holds.
+    let out = run(picoflow(dir.path()).args(["--db-path", db, "status", "--format", "json"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let done: Vec<&str> = v[0]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"] == "success")
+        .map(|t| t["task_name"].as_str().unwrap())
+        .collect();
+    assert!(!done.is_empty(), "no completion shown: {v}");
+    let out = run(picoflow(dir.path()).args(["--db-path", db, "history"]));
+    assert!(common::stdout(&out).contains(&format!("{}/3", done.len())));
+
+    // With room again, the execution finishes without running again what completed.
+    disk.resize("64m");
+    let out = run(picoflow(dir.path())
+        .args(["--db-path", db, "run", "--resume"])
+        .arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ledger = std::fs::read_to_string(dir.path().join("ledger")).unwrap();
+    for task in ["a", "b", "c"] {
+        assert_eq!(
+            ledger.lines().filter(|l| *l == task).count(),
+            1,
+            "task {task} ran other than once: {ledger:?}"
+        );
+    }
+    let out = run(picoflow(dir.path()).args(["--db-path", db, "history", "--format", "json"]));
+    let h: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(h[0]["status"], "success", "{h}");
+    drop(disk);
+}
+
+/// A task log that cannot be written is reported on the task, never silently lost.
+#[test]
+fn a_task_log_on_a_full_disk_is_reported_on_the_task() {
+    let dir = TempDir::new("full-logs");
+    let _disk = Tmpfs::mount(&dir.path().join("logs"), "64k");
+    let wf = dir.write(
+        "w.yaml",
+        "name: loud\ntasks:\n  - name: talk\n    type: shell\n    config:\n      command: \"seq 1 100000\"\n",
+    );
+    let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run(picoflow(dir.path()).args(["status", "--format", "json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let message = v[0]["tasks"][0]["error_message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("talk.log") && message.contains("No space left"),
+        "{v}"
+    );
+}

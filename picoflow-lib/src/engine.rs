@@ -240,6 +240,10 @@ impl Engine {
         }
     }
 
+    fn check(&self) -> Result<()> {
+        self.sinks.iter().try_for_each(|s| s.check())
+    }
+
     async fn flush(&self) -> Result<()> {
         for s in &self.sinks {
             s.flush().await?;
@@ -422,6 +426,13 @@ impl Engine {
                         break;
                     };
                     if needs > covered {
+                        break;
+                    }
+                    // Nothing starts that could not be recorded.
+                    if let Err(e) = self.check() {
+                        tracing::error!(error = %e, "cannot record state; stopping the run");
+                        store_error.get_or_insert(e);
+                        cancelled = true;
                         break;
                     }
                     ready.pop_front();
@@ -690,6 +701,7 @@ impl Engine {
             };
             let mut out = executor.execute(ctx).await;
             drop(permit);
+            let log_problem = writer.as_ref().and_then(TaskLogWriter::problem);
             drop(writer);
             let finished = Utc::now();
             record.finished_at = Some(finished);
@@ -698,6 +710,13 @@ impl Engine {
             record.stdout = text(std::mem::take(&mut out.stdout));
             record.stderr = text(std::mem::take(&mut out.stderr));
             record.error_message = out.error.clone();
+            // A log that could not be written (full disk) is said on the task's record.
+            if let Some(p) = log_problem {
+                record.error_message = Some(match record.error_message.take() {
+                    Some(e) => format!("{e}; warning: {p}"),
+                    None => format!("warning: {p}"),
+                });
+            }
             report.attempts += 1;
             report.exit_code = out.exit_code;
             report.duration_seconds = record.duration_seconds;

@@ -210,6 +210,12 @@ pub trait EventSink: Send + Sync {
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Fails once the sink can no longer record events (the state store's disk is full,
+    /// REL-003). The engine asks before it starts each task and starts none after a failure.
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// How the error message of an attempt cut short by a crash begins; a resumed execution

@@ -44,7 +44,9 @@ pub(crate) struct TaskLogWriter {
 #[derive(Debug, Default)]
 struct WriterState {
     file: Option<File>,
-    failed: bool,
+    /// The first error met creating or writing the file (REL-003: reported on the task,
+    /// never silently lost); nothing more is written after it.
+    failed: Option<String>,
     written: [usize; 2],
     marked: [bool; 2],
 }
@@ -59,11 +61,33 @@ impl TaskLogWriter {
         }
     }
 
+    /// Why the log is incomplete, if it is: the file and the error.
+    pub(crate) fn problem(&self) -> Option<String> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.failed.clone()
+    }
+
+    fn fail(&self, st: &mut WriterState, e: &std::io::Error) {
+        tracing::warn!(path = %self.path.display(), error = %e, "cannot write task log");
+        st.failed = Some(format!("task log {} not written: {e}", self.path.display()));
+        st.file = None;
+    }
+
+    fn write(&self, st: &mut WriterState, bytes: &[u8]) {
+        let result = match st.file.as_mut() {
+            Some(f) => f.write_all(bytes),
+            None => return,
+        };
+        if let Err(e) = result {
+            self.fail(st, &e);
+        }
+    }
+
     fn open(&self, st: &mut WriterState) -> Option<()> {
         if st.file.is_some() {
             return Some(());
         }
-        if st.failed {
+        if st.failed.is_some() {
             return None;
         }
         let opened = self
@@ -77,16 +101,15 @@ impl TaskLogWriter {
                     .open(&self.path)
             });
         match opened {
-            Ok(mut f) => {
-                if let Some(h) = &self.header {
-                    let _ = f.write_all(h.as_bytes());
-                }
+            Ok(f) => {
                 st.file = Some(f);
-                Some(())
+                if let Some(h) = &self.header {
+                    self.write(st, h.as_bytes());
+                }
+                st.file.as_ref().map(|_| ())
             }
             Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot write task log");
-                st.failed = true;
+                self.fail(st, &e);
                 None
             }
         }
@@ -107,9 +130,7 @@ impl OutputSink for TaskLogWriter {
         if room == 0 {
             if !st.marked[idx] {
                 st.marked[idx] = true;
-                if let Some(f) = st.file.as_mut() {
-                    let _ = f.write_all(b"\n[output truncated at 10 MB]\n");
-                }
+                self.write(&mut st, b"\n[output truncated at 10 MB]\n");
             }
             return;
         }
@@ -118,9 +139,7 @@ impl OutputSink for TaskLogWriter {
         }
         let n = chunk.len().min(room);
         st.written[idx] += n;
-        if let Some(f) = st.file.as_mut() {
-            let _ = f.write_all(&chunk[..n]);
-        }
+        self.write(&mut st, &chunk[..n]);
     }
 }
 
@@ -138,6 +157,21 @@ mod tests {
         w.output(Stream::Stdout, b"hi\n");
         w.output(Stream::Stderr, b"err\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "hi\nerr\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_written_says_why() {
+        let dir = std::env::temp_dir().join(format!("pf-logs-{}", crate::events::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A regular file where the execution's directory should be.
+        let blocker = dir.join("exec");
+        std::fs::write(&blocker, "").unwrap();
+        let w = TaskLogWriter::new(task_log_path(&blocker, "t"), None);
+        assert_eq!(w.problem(), None);
+        w.output(Stream::Stdout, b"hi\n");
+        let p = w.problem().expect("a problem");
+        assert!(p.contains("t.log") && p.contains("not written"), "{p}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -47,7 +47,9 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::events::{Event, EventSink, TaskExecution, WorkflowExecution, WorkflowStatus};
+use crate::events::{
+    Event, EventSink, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
+};
 use crate::executor::BoxFuture;
 use crate::orphans::process_start_time;
 
@@ -239,7 +241,12 @@ pub struct Store {
 struct Writer {
     tx: Mutex<mpsc::Sender<Msg>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The first commit that failed, once one has (REL-003): no task starts after it.
+    failure: Failure,
 }
+
+/// The first failure of the writer thread, shared with every sink of the store.
+type Failure = Arc<Mutex<Option<String>>>;
 
 /// The journal of completed attempts not yet committed to redb (see the module docs).
 struct Journal {
@@ -336,9 +343,11 @@ impl Store {
         let (tx, rx) = mpsc::channel();
         let thread_db = db.clone();
         let thread_path = path.clone();
+        let failure = Failure::default();
+        let thread_failure = failure.clone();
         let thread = std::thread::Builder::new()
             .name("picoflow-store".into())
-            .spawn(move || Writer::run(&thread_db, &thread_path, rx))
+            .spawn(move || Writer::run(&thread_db, &thread_path, rx, &thread_failure))
             .map_err(|e| Error::io(&path, e))?;
         Ok(Store {
             path,
@@ -346,6 +355,7 @@ impl Store {
             writer: Some(Writer {
                 tx: Mutex::new(tx),
                 thread: Some(thread),
+                failure,
             }),
         })
     }
@@ -384,10 +394,15 @@ impl Store {
     /// store was opened read-only.
     pub fn sink(&self) -> Arc<dyn EventSink> {
         Arc::new(StoreSink {
+            path: self.path.clone(),
             tx: self
                 .writer
                 .as_ref()
                 .map(|w| Mutex::new(w.tx.lock().expect("store queue").clone())),
+            failure: self
+                .writer
+                .as_ref()
+                .map_or_else(Failure::default, |w| w.failure.clone()),
         })
     }
 
@@ -416,7 +431,7 @@ impl Store {
         self.send(Msg::Commit(tx))?;
         match rx.recv_blocking() {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(m)) => Err(Error::Other(m)),
+            Ok(Err(m)) => Err(cannot_record(&self.path, m)),
             Err(_) => Err(Error::Other("the state store's writer has stopped".into())),
         }
     }
@@ -589,6 +604,18 @@ impl Store {
             let (_, v) = row.map_err(|e| self.err("cannot read")(e.into()))?;
             out.push(decode::<TaskExecution>(v.value(), &self.path)?);
         }
+        // Completions still only in a journal (their writer is within its commit window, or
+        // died, or its disk is full) are part of the truth.
+        for rec in journaled(&self.path)
+            .into_iter()
+            .filter(|r| r.workflow_execution_id == execution_id)
+        {
+            match out.iter_mut().find(|t| t.id == rec.id) {
+                Some(t) if !t.status.is_final() => *t = rec,
+                Some(_) => {}
+                None => out.push(rec),
+            }
+        }
         out.sort_by(|a, b| {
             (a.started_at, a.attempt, &a.task_name).cmp(&(b.started_at, b.attempt, &b.task_name))
         });
@@ -602,8 +629,29 @@ impl Store {
     ) -> Result<Vec<(WorkflowExecution, Vec<TaskExecution>)>> {
         self.executions(filter)?
             .into_iter()
-            .map(|e| {
+            .map(|mut e| {
                 let t = self.task_executions(&e.id)?;
+                if matches!(
+                    e.status,
+                    WorkflowStatus::Running | WorkflowStatus::Interrupted
+                ) {
+                    // An execution that may not have recorded its end counts what its tasks did.
+                    let mut last: BTreeMap<&str, &TaskExecution> = BTreeMap::new();
+                    for a in &t {
+                        let slot = last.entry(&a.task_name).or_insert(a);
+                        if a.attempt >= slot.attempt {
+                            *slot = a;
+                        }
+                    }
+                    e.successful_tasks = last
+                        .values()
+                        .filter(|a| a.status == TaskState::Success)
+                        .count() as u32;
+                    e.failed_tasks = last
+                        .values()
+                        .filter(|a| matches!(a.status, TaskState::Failed | TaskState::Timeout))
+                        .count() as u32;
+                }
                 Ok((e, t))
             })
             .collect()
@@ -871,7 +919,15 @@ fn owner_alive(s: &Stored) -> bool {
 }
 
 struct StoreSink {
+    path: PathBuf,
     tx: Option<Mutex<mpsc::Sender<Msg>>>,
+    failure: Failure,
+}
+
+/// The state store error for a commit that failed with `cause`, naming the file (exit
+/// code 6).
+fn cannot_record(path: &Path, cause: String) -> Error {
+    Error::store(format!("cannot record state in {}", path.display()), cause)
 }
 
 impl EventSink for StoreSink {
@@ -909,10 +965,17 @@ impl EventSink for StoreSink {
                 .map_err(|_| Error::Other("the state store's writer has stopped".into()))?;
             match done_rx.recv().await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(m)) => Err(Error::Other(m)),
+                Ok(Err(m)) => Err(cannot_record(&self.path, m)),
                 Err(_) => Err(Error::Other("the state store's writer has stopped".into())),
             }
         })
+    }
+
+    fn check(&self) -> Result<()> {
+        match self.failure.lock().expect("store failure").clone() {
+            Some(m) => Err(cannot_record(&self.path, m)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -925,7 +988,7 @@ impl std::fmt::Debug for StoreSink {
 impl Writer {
     /// The writer thread: queues records, journals completions on a flush, commits to redb
     /// when a window closes or an execution ends, and acknowledges waiters.
-    fn run(db: &Database, path: &Path, rx: mpsc::Receiver<Msg>) {
+    fn run(db: &Database, path: &Path, rx: mpsc::Receiver<Msg>, failure: &Failure) {
         use std::time::Instant;
         let pid_start = process_start_time(std::process::id());
         let mut journal = Journal {
@@ -1000,9 +1063,8 @@ impl Writer {
                 } else {
                     tracing::trace!(records = pending.len(), "committing state");
                     commit(db, &pending, pid_start).map_err(|e| {
-                        let msg = format!("cannot record state in {}: {e}", path.display());
-                        tracing::error!("{msg}");
-                        msg
+                        tracing::error!(path = %path.display(), error = %e, "cannot record state");
+                        e.to_string()
                     })
                 };
                 if result.is_ok() {
@@ -1011,7 +1073,11 @@ impl Writer {
                     journal.clear();
                     deadline = None;
                 } else {
-                    failed = result.clone().err();
+                    // The first failure is the cause (later ones say "Previous I/O error").
+                    if failed.is_none() {
+                        failed = result.clone().err();
+                        *failure.lock().expect("store failure") = failed.clone();
+                    }
                     // Try again later rather than spin.
                     deadline = Some(Instant::now() + GROUP_COMMIT_WINDOW);
                 }
@@ -1051,19 +1117,20 @@ fn journal_line(r: &TaskExecution) -> Vec<u8> {
     line
 }
 
-/// Replays the journals of processes that died into redb, then deletes them. Records already
-/// committed in their final state are left alone, so replaying twice does no harm.
-fn replay_journals(db: &Database, path: &Path) -> Result<()> {
+/// The journals beside the state file `path`: each one's path and whether its writer still
+/// runs.
+fn journals(path: &Path) -> Vec<(PathBuf, bool)> {
     let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
         Some(d) => d.to_path_buf(),
         None => PathBuf::from("."),
     };
     let Some(base) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
-        return Ok(());
+        return Vec::new();
     };
     let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(());
+        return Vec::new();
     };
+    let mut found = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(owner) = name
@@ -1079,17 +1146,39 @@ fn replay_journals(db: &Database, path: &Path) -> Result<()> {
         let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
             continue;
         };
-        if process_start_time(pid) == Some(start) {
+        found.push((entry.path(), process_start_time(pid) == Some(start)));
+    }
+    found
+}
+
+/// The completed attempts in one journal. A line torn by a crash is simply not there: its
+/// task runs again.
+fn read_journal(jpath: &Path) -> Result<Vec<TaskExecution>> {
+    let text = std::fs::read(jpath).map_err(|e| Error::io(jpath, e))?;
+    Ok(text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect())
+}
+
+/// Every completion in the journals beside the state file, of live writers and dead ones
+/// (a journal that vanishes while being read has been committed meanwhile).
+fn journaled(path: &Path) -> Vec<TaskExecution> {
+    journals(path)
+        .into_iter()
+        .flat_map(|(j, _)| read_journal(&j).unwrap_or_default())
+        .collect()
+}
+
+/// Replays the journals of processes that died into redb, then deletes them. Records already
+/// committed in their final state are left alone, so replaying twice does no harm.
+fn replay_journals(db: &Database, path: &Path) -> Result<()> {
+    for (jpath, alive) in journals(path) {
+        if alive {
             continue; // Its writer is alive and will commit it.
         }
-        let jpath = entry.path();
-        let text = std::fs::read(&jpath).map_err(|e| Error::io(&jpath, e))?;
-        let records: Vec<TaskExecution> = text
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            // A line torn by the crash is simply not there: its task runs again.
-            .filter_map(|l| serde_json::from_slice(l).ok())
-            .collect();
+        let records = read_journal(&jpath)?;
         if !records.is_empty() {
             let err = |e: redb::Error| store_err(path, "cannot replay the journal into")(e);
             let txn = db.begin_write().map_err(|e| err(e.into()))?;
