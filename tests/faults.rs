@@ -346,3 +346,261 @@ fn a_task_log_on_a_full_disk_is_reported_on_the_task() {
         "{v}"
     );
 }
+
+/// A small random generator for kill times; the seed is printed so a failure can be replayed
+/// with `PICOFLOW_FAULT_SEED`.
+struct Lcg(u64);
+
+impl Lcg {
+    fn new() -> Lcg {
+        let seed = std::env::var("PICOFLOW_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("fault seed {seed} (PICOFLOW_FAULT_SEED={seed} replays it)");
+        Lcg(seed)
+    }
+
+    /// A number in `lo..hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        lo + (self.0 >> 33) % (hi - lo)
+    }
+}
+
+/// Pids of live processes whose environment names workflow `wf`.
+fn processes_of(wf: &str) -> Vec<i32> {
+    let needle = format!("PICOFLOW_WORKFLOW={wf}");
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|v| v == needle.as_bytes()) && alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn ledger(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("ledger"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The latest execution's id and the names of its tasks that `status` shows as
+/// successful; `status` must open the state file whatever the kill left.
+fn succeeded(dir: &Path) -> (String, Vec<String>) {
+    let out = run(picoflow(dir).args(["status", "--format", "json"]));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "state unreadable: {}",
+        stderr(&out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v[0]["execution"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let done = v[0]["tasks"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter(|t| t["status"] == "success")
+                .map(|t| t["task_name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    (id, done)
+}
+
+/// The fault suite's core (REL-001 … REL-003): `kill -9` of `picoflow run` and `run
+/// --resume` at random moments, twenty times, over a chain of tasks that each append their
+/// name to a ledger. Counts what must stay zero: unreadable state files, tasks shown as
+/// completed that ran again, writes to the ledger by a killed run's task after the kill,
+/// processes of a killed run still alive when the next run starts, and completions lost.
+#[test]
+fn random_kills_of_run_lose_nothing_run_nothing_twice_and_leave_nothing() {
+    let dir = TempDir::new("fault-kills");
+    let name = format!("kills{}", std::process::id());
+    let mut text = format!("name: {name}\ntasks:\n");
+    for i in 0..8 {
+        text.push_str(&format!(
+            "  - name: t{i}\n    type: shell\n    retry: 0\n{}    config:\n      command: \"sleep 0.0{}; echo t{i} >> ledger; sleep 0.02\"\n",
+            if i > 0 { format!("    depends_on: [t{}]\n", i - 1) } else { String::new() },
+            1 + i % 9
+        ));
+    }
+    let wf = dir.write("chain.yaml", &text);
+    let mut rng = Lcg::new();
+    // After each kill: the ledger's length, the execution and its tasks shown as completed.
+    let mut seen: Vec<(usize, String, Vec<String>)> = Vec::new();
+    let (mut late_writes, mut survivors) = (0, 0);
+    for round in 0..20 {
+        // Resume what is unfinished; a finished execution, or one that completed nothing,
+        // gives way to a new one.
+        let resume = seen
+            .last()
+            .is_some_and(|(_, _, done)| (1..8).contains(&done.len()));
+        let mut cmd = picoflow(dir.path());
+        cmd.arg("run");
+        if resume {
+            cmd.arg("--resume");
+        }
+        let mut child = cmd
+            .arg(&wf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.range(20, 400)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let at_kill = ledger(dir.path()).len();
+        std::thread::sleep(Duration::from_millis(300));
+        if ledger(dir.path()).len() != at_kill {
+            late_writes += 1;
+        }
+        survivors += processes_of(&name).len();
+        let (id, done) = succeeded(dir.path());
+        seen.push((ledger(dir.path()).len(), id, done));
+    }
+    // Let the last execution finish.
+    let resume = seen
+        .last()
+        .is_some_and(|(_, _, done)| (1..8).contains(&done.len()));
+    let mut cmd = picoflow(dir.path());
+    cmd.arg("run");
+    if resume {
+        cmd.arg("--resume");
+    }
+    let out = run(cmd.arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let all = ledger(dir.path());
+    // A task shown as completed never runs again in its execution: nothing in the ledger
+    // after the snapshot, up to the last snapshot of the same execution (or the end).
+    let mut reruns = Vec::new();
+    for (k, (len, id, done)) in seen.iter().enumerate() {
+        let end = seen[k..]
+            .iter()
+            .take_while(|(_, other, _)| other == id)
+            .last()
+            .map(|(l, _, _)| *l)
+            .filter(|_| seen[k..].iter().any(|(_, other, _)| other != id) || !resume)
+            .unwrap_or(all.len());
+        for t in done {
+            if all[*len..end].iter().any(|l| l == t) {
+                reruns.push(format!("{t} after snapshot {k}"));
+            }
+        }
+    }
+    assert_eq!(late_writes, 0, "a killed run's task wrote after the kill");
+    assert_eq!(survivors, 0, "processes of killed runs were still alive");
+    assert!(
+        reruns.is_empty(),
+        "completed tasks ran again: {reruns:?}\n{all:?}"
+    );
+    assert_eq!(
+        succeeded(dir.path()).1.len(),
+        8,
+        "the last execution did not complete"
+    );
+}
+
+/// The same for the daemon: `kill -9` at random moments, eight times, while it fires a
+/// chain every second; each restart resumes what the kill interrupted. Each task appends its
+/// execution id and name to the ledger, so a task shown as completed that ran again in its
+/// execution is seen whichever execution came after.
+#[test]
+fn random_kills_of_the_daemon_lose_nothing_run_nothing_twice_and_leave_nothing() {
+    let dir = TempDir::new("fault-daemon");
+    let name = format!("dkills{}", std::process::id());
+    let mut text = format!("name: {name}\nschedule: \"* * * * * *\"\ntasks:\n");
+    for i in 0..4 {
+        text.push_str(&format!(
+            "  - name: t{i}\n    type: shell\n    retry: 0\n{}    config:\n      command: \"sleep 0.0{}; echo $PICOFLOW_EXECUTION_ID t{i} >> ledger; sleep 0.05\"\n",
+            if i > 0 { format!("    depends_on: [t{}]\n", i - 1) } else { String::new() },
+            3 + i
+        ));
+    }
+    dir.write("d.yaml", &text);
+    let mut rng = Lcg::new();
+    let mut seen: Vec<(usize, String, Vec<String>)> = Vec::new();
+    let (mut late_writes, mut survivors) = (0, 0);
+    let start = |log: &str| {
+        picoflow(dir.path())
+            .args(["--log-format", "pretty", "daemon", "start", "d.yaml"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(log)).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    for round in 0..8 {
+        let mut daemon = start(&format!("daemon-{round}.log"));
+        std::thread::sleep(Duration::from_millis(rng.range(300, 2500)));
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        let at_kill = ledger(dir.path()).len();
+        std::thread::sleep(Duration::from_millis(300));
+        if ledger(dir.path()).len() != at_kill {
+            late_writes += 1;
+        }
+        survivors += processes_of(&name).len();
+        let (id, done) = succeeded(dir.path());
+        seen.push((ledger(dir.path()).len(), id, done));
+    }
+    // A last daemon resumes what the last kill interrupted and stops cleanly.
+    let mut daemon = start("daemon-last.log");
+    std::thread::sleep(Duration::from_millis(2500));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let status = daemon.wait().unwrap();
+    assert!(
+        status.code().is_some(),
+        "the daemon died of a signal: {status:?}"
+    );
+
+    let all = ledger(dir.path());
+    let mut reruns = Vec::new();
+    for (k, (len, id, done)) in seen.iter().enumerate() {
+        for t in done {
+            let line = format!("{id} {t}");
+            if all[*len..].contains(&line) {
+                reruns.push(format!("{line} after snapshot {k}"));
+            }
+        }
+    }
+    assert_eq!(
+        late_writes, 0,
+        "a killed daemon's task wrote after the kill"
+    );
+    assert_eq!(survivors, 0, "processes of killed daemons were still alive");
+    assert!(reruns.is_empty(), "completed tasks ran again: {reruns:?}");
+    // Every execution the daemons started is accounted for: none is left running.
+    let out = run(picoflow(dir.path()).args(["history", "--format", "json", "--limit", "1000"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let h: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let execs = h.as_array().unwrap();
+    assert!(!execs.is_empty());
+    assert!(
+        execs.iter().all(|e| e["status"] != "running"),
+        "an execution is still shown running: {h}"
+    );
+    // SIGTERM lets the running execution finish.
+    assert_eq!(execs[0]["status"], "success", "{}", execs[0]);
+}
