@@ -451,7 +451,7 @@ fn random_kills_of_run_lose_nothing_run_nothing_twice_and_leave_nothing() {
     // After each kill: the ledger's length, the execution and its tasks shown as completed.
     let mut seen: Vec<(usize, String, Vec<String>)> = Vec::new();
     let (mut late_writes, mut survivors) = (0, 0);
-    for round in 0..20 {
+    for _ in 0..20 {
         // Resume what is unfinished; a finished execution, or one that completed nothing,
         // gives way to a new one.
         let resume = seen
