@@ -36,6 +36,9 @@ step "tests (no default features)"
 cargo test -p picoflow-lib --no-default-features
 cargo test -p picoflow-cli --no-default-features --test validate --test run
 
+step "fuzzing: workflow, schedule, duration and configuration parsers (20 s each)"
+PICOFLOW_FUZZ_SECONDS=20 cargo test -p picoflow-lib --test fuzz -- --nocapture
+
 step "documentation examples and crate docs"
 RUSTDOCFLAGS="-D warnings" cargo doc -q -p picoflow-lib --no-deps
 cargo run -q -p picoflow-lib --example custom_executor
