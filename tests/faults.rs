@@ -429,6 +429,42 @@ fn succeeded(dir: &Path) -> (String, Vec<String>) {
     (id, done)
 }
 
+/// What the kills of one test left.
+#[derive(Default)]
+struct Tally {
+    /// After each kill: the ledger's length, the latest execution and its tasks shown as
+    /// completed.
+    seen: Vec<(usize, String, Vec<String>)>,
+    /// Kills after which a task of the killed process still wrote to the ledger.
+    late_writes: usize,
+    /// Processes of the workflow alive 300 ms after a kill.
+    survivors: usize,
+}
+
+impl Tally {
+    /// Kills `child` with SIGKILL and records what it left.
+    fn kill(&mut self, mut child: std::process::Child, dir: &Path, workflow: &str) {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let at_kill = ledger(dir).len();
+        std::thread::sleep(Duration::from_millis(300));
+        if ledger(dir).len() != at_kill {
+            self.late_writes += 1;
+        }
+        self.survivors += processes_of(workflow).len();
+        let (id, done) = succeeded(dir);
+        self.seen.push((ledger(dir).len(), id, done));
+    }
+
+    /// Whether the latest execution (of `tasks` tasks) completed some but not all of them:
+    /// one to resume.
+    fn unfinished(&self, tasks: usize) -> bool {
+        self.seen
+            .last()
+            .is_some_and(|(_, _, done)| (1..tasks).contains(&done.len()))
+    }
+}
+
 /// The fault suite's core (REL-001 … REL-003): `kill -9` of `picoflow run` and `run
 /// --resume` at random moments, twenty times, over a chain of tasks that each append their
 /// name to a ledger. Counts what must stay zero: unreadable state files, tasks shown as
@@ -448,42 +484,27 @@ fn random_kills_of_run_lose_nothing_run_nothing_twice_and_leave_nothing() {
     }
     let wf = dir.write("chain.yaml", &text);
     let mut rng = Lcg::new();
-    // After each kill: the ledger's length, the execution and its tasks shown as completed.
-    let mut seen: Vec<(usize, String, Vec<String>)> = Vec::new();
-    let (mut late_writes, mut survivors) = (0, 0);
+    let mut tally = Tally::default();
     for _ in 0..20 {
         // Resume what is unfinished; a finished execution, or one that completed nothing,
         // gives way to a new one.
-        let resume = seen
-            .last()
-            .is_some_and(|(_, _, done)| (1..8).contains(&done.len()));
+        let resume = tally.unfinished(8);
         let mut cmd = picoflow(dir.path());
         cmd.arg("run");
         if resume {
             cmd.arg("--resume");
         }
-        let mut child = cmd
+        let child = cmd
             .arg(&wf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(rng.range(20, 400)));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let at_kill = ledger(dir.path()).len();
-        std::thread::sleep(Duration::from_millis(300));
-        if ledger(dir.path()).len() != at_kill {
-            late_writes += 1;
-        }
-        survivors += processes_of(&name).len();
-        let (id, done) = succeeded(dir.path());
-        seen.push((ledger(dir.path()).len(), id, done));
+        tally.kill(child, dir.path(), &name);
     }
     // Let the last execution finish.
-    let resume = seen
-        .last()
-        .is_some_and(|(_, _, done)| (1..8).contains(&done.len()));
+    let resume = tally.unfinished(8);
     let mut cmd = picoflow(dir.path());
     cmd.arg("run");
     if resume {
@@ -495,6 +516,7 @@ fn random_kills_of_run_lose_nothing_run_nothing_twice_and_leave_nothing() {
     // A task shown as completed never runs again in its execution: nothing in the ledger
     // after the snapshot, up to the last snapshot of the same execution (or the end).
     let mut reruns = Vec::new();
+    let seen = &tally.seen;
     for (k, (len, id, done)) in seen.iter().enumerate() {
         let end = seen[k..]
             .iter()
@@ -509,8 +531,14 @@ fn random_kills_of_run_lose_nothing_run_nothing_twice_and_leave_nothing() {
             }
         }
     }
-    assert_eq!(late_writes, 0, "a killed run's task wrote after the kill");
-    assert_eq!(survivors, 0, "processes of killed runs were still alive");
+    assert_eq!(
+        tally.late_writes, 0,
+        "a killed run's task wrote after the kill"
+    );
+    assert_eq!(
+        tally.survivors, 0,
+        "processes of killed runs were still alive"
+    );
     assert!(
         reruns.is_empty(),
         "completed tasks ran again: {reruns:?}\n{all:?}"
@@ -540,8 +568,7 @@ fn random_kills_of_the_daemon_lose_nothing_run_nothing_twice_and_leave_nothing()
     }
     dir.write("d.yaml", &text);
     let mut rng = Lcg::new();
-    let mut seen: Vec<(usize, String, Vec<String>)> = Vec::new();
-    let (mut late_writes, mut survivors) = (0, 0);
+    let mut tally = Tally::default();
     let start = |log: &str| {
         picoflow(dir.path())
             .args(["--log-format", "pretty", "daemon", "start", "d.yaml"])
@@ -551,18 +578,9 @@ fn random_kills_of_the_daemon_lose_nothing_run_nothing_twice_and_leave_nothing()
             .unwrap()
     };
     for round in 0..8 {
-        let mut daemon = start(&format!("daemon-{round}.log"));
+        let daemon = start(&format!("daemon-{round}.log"));
         std::thread::sleep(Duration::from_millis(rng.range(300, 2500)));
-        daemon.kill().unwrap();
-        daemon.wait().unwrap();
-        let at_kill = ledger(dir.path()).len();
-        std::thread::sleep(Duration::from_millis(300));
-        if ledger(dir.path()).len() != at_kill {
-            late_writes += 1;
-        }
-        survivors += processes_of(&name).len();
-        let (id, done) = succeeded(dir.path());
-        seen.push((ledger(dir.path()).len(), id, done));
+        tally.kill(daemon, dir.path(), &name);
     }
     // A last daemon resumes what the last kill interrupted and stops cleanly.
     let mut daemon = start("daemon-last.log");
@@ -577,7 +595,7 @@ fn random_kills_of_the_daemon_lose_nothing_run_nothing_twice_and_leave_nothing()
 
     let all = ledger(dir.path());
     let mut reruns = Vec::new();
-    for (k, (len, id, done)) in seen.iter().enumerate() {
+    for (k, (len, id, done)) in tally.seen.iter().enumerate() {
         for t in done {
             let line = format!("{id} {t}");
             if all[*len..].contains(&line) {
@@ -586,10 +604,13 @@ fn random_kills_of_the_daemon_lose_nothing_run_nothing_twice_and_leave_nothing()
         }
     }
     assert_eq!(
-        late_writes, 0,
+        tally.late_writes, 0,
         "a killed daemon's task wrote after the kill"
     );
-    assert_eq!(survivors, 0, "processes of killed daemons were still alive");
+    assert_eq!(
+        tally.survivors, 0,
+        "processes of killed daemons were still alive"
+    );
     assert!(reruns.is_empty(), "completed tasks ran again: {reruns:?}");
     // Every execution the daemons started is accounted for: none is left running.
     let out = run(picoflow(dir.path()).args(["history", "--format", "json", "--limit", "1000"]));
