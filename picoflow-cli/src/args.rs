@@ -83,9 +83,13 @@ pub(crate) struct GraphArgs {
 }
 
 /// Run a workflow once. Exit 0 success, 3 a task failed, 2 invalid, 5 file not found,
-/// 9 interrupted by SIGINT/SIGTERM.
+/// 6 the state file cannot be written (e.g. a full disk), 9 interrupted by SIGINT/SIGTERM.
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "run")]
+#[argh(
+    subcommand,
+    name = "run",
+    note = "Tasks get PICOFLOW_WORKFLOW, PICOFLOW_EXECUTION_ID, PICOFLOW_TASK, PICOFLOW_ATTEMPT\nand PICOFLOW_OWNER in their environment. A task's process dies with picoflow; what\na crashed run left running is stopped before --resume (or the next run) starts a task."
+)]
 pub(crate) struct RunArgs {
     /// workflow file
     #[argh(positional)]
