@@ -11,7 +11,9 @@
 //!   backoff, timeouts that kill the whole process group, failure and skip rules (DAG-003 …
 //!   DAG-009). It reports every change as an [`Event`] to [`EventSink`]s.
 //! * [`Store`] keeps state and history in one redb file shared safely by several processes,
-//!   and lets an interrupted execution resume (REL-001, REL-003, REL-004).
+//!   and lets an interrupted execution resume (REL-001, REL-003, REL-004). A task's process
+//!   dies with the process running the engine, and what a crashed run left behind is stopped
+//!   before the next run of its workflow starts a task ([`RunOptions::stop_leftovers`]).
 //! * [`Schedule`] and [`Daemon`] run workflows on cron schedules (SCHED-001 … SCHED-005).
 //! * [`Registry`] maps task types to [`Executor`]s; register your own.
 //!
