@@ -19,7 +19,6 @@
 //! drives its tasks on a local executor of its own and drives async-process's reaper itself,
 //! so no helper thread is started).
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -40,6 +39,7 @@ use crate::executor::{
 use crate::expand::Vars;
 use crate::logs::{execution_log_dir, task_log_path, TaskLogWriter};
 use crate::model::{Task, Workflow};
+use crate::plan::Plan;
 use crate::validate::validate_workflow;
 
 /// Settings the engine takes from the global configuration.
@@ -160,15 +160,6 @@ impl RunReport {
     pub fn success(&self) -> bool {
         self.execution.status == WorkflowStatus::Success
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
-    Waiting,
-    Running,
-    /// Finished; the flag says whether dependents may run.
-    Done(bool),
-    Skipped,
 }
 
 struct Finished {
@@ -298,83 +289,12 @@ impl Engine {
         opts: RunOptions,
     ) -> Result<RunReport> {
         let n = wf.tasks.len();
-        let now = Utc::now();
-        let mut slots = vec![Slot::Waiting; n];
-        let mut first_attempt = vec![1u32; n];
-        let mut reports: Vec<TaskReport> = wf
-            .tasks
-            .iter()
-            .map(|t| TaskReport {
-                name: t.name.clone(),
-                state: TaskState::Pending,
-                attempts: 0,
-                exit_code: None,
-                duration_seconds: None,
-                error: None,
-                resumed: false,
-            })
-            .collect();
-
-        let mut execution = match &opts.resume {
-            Some(r) => {
-                if r.execution.workflow_name != wf.name {
-                    return Err(Error::Other(format!(
-                        "execution {} belongs to workflow '{}', not '{}'",
-                        r.execution.id, r.execution.workflow_name, wf.name
-                    )));
-                }
-                for (i, t) in wf.tasks.iter().enumerate() {
-                    let last = r
-                        .tasks
-                        .iter()
-                        .filter(|a| a.task_name == t.name)
-                        .max_by_key(|a| a.attempt);
-                    if let Some(a) = last {
-                        first_attempt[i] = a.attempt + 1;
-                        // An attempt cut short by a crash ran to no conclusion: run it again.
-                        let interrupted = a
-                            .error_message
-                            .as_deref()
-                            .is_some_and(|m| m.starts_with(crate::events::INTERRUPTED));
-                        let done = a.status == TaskState::Success
-                            || (t.continue_on_failure
-                                && !interrupted
-                                && matches!(a.status, TaskState::Failed | TaskState::Timeout));
-                        if done {
-                            slots[i] = Slot::Done(true);
-                            reports[i].state = a.status;
-                            reports[i].exit_code = a.exit_code;
-                            reports[i].duration_seconds = a.duration_seconds;
-                            reports[i].error = a.error_message.clone();
-                            reports[i].resumed = true;
-                        }
-                    }
-                }
-                let mut e = r.execution.clone();
-                e.status = WorkflowStatus::Running;
-                e.finished_at = None;
-                e.duration_seconds = None;
-                e.pid = std::process::id();
-                if opts.source.is_some() {
-                    e.source = opts.source.clone();
-                }
-                e
-            }
-            None => WorkflowExecution {
-                id: new_id(),
-                workflow_name: wf.name.clone(),
-                started_at: now,
-                finished_at: None,
-                status: WorkflowStatus::Running,
-                duration_seconds: None,
-                total_tasks: n as u32,
-                successful_tasks: 0,
-                failed_tasks: 0,
-                created_at: now,
-                pid: std::process::id(),
-                source: opts.source.clone(),
-            },
-        };
+        let Start {
+            mut execution,
+            done,
+            first_attempt,
+            mut reports,
+        } = start(wf, &opts)?;
         execution.total_tasks = n as u32;
         let log_dir = self
             .log_dir
@@ -390,85 +310,56 @@ impl Engine {
             .max_parallel
             .unwrap_or(self.settings.max_parallel)
             .max(1) as usize;
-        let mut remaining: Vec<usize> = (0..n)
-            .map(|i| {
-                dag.dependencies(i)
-                    .filter(|&d| slots[d] != Slot::Done(true))
-                    .count()
-            })
-            .collect();
-        // Ready tasks with the number of completions that must be durable before they start
-        // (those of their dependencies, and everything before them): in queue order, so only
-        // the front needs checking.
-        let mut ready: VecDeque<(usize, u64)> = (0..n)
-            .filter(|&i| slots[i] == Slot::Waiting && remaining[i] == 0)
-            .map(|i| (i, 0))
-            .collect();
+        let dependencies: Vec<Vec<usize>> = (0..n).map(|i| dag.dependencies(i).collect()).collect();
+        let mut plan = Plan::new(&dependencies, &done, limit);
         let shared = Rc::new(SharedState::default());
         let exec_id: Rc<str> = Rc::from(execution.id.as_str());
         let log_dir: Option<Rc<std::path::Path>> = log_dir.map(Rc::from);
         let (tx, rx) = smol::channel::unbounded::<Finished>();
-        let mut running = 0usize;
         let mut failed = false;
         let mut cancelled = false;
         let mut store_error = None;
-        // At most one flush in flight; completions meanwhile wait for the next one.
-        // `completed` counts completions, `covered` how many are durable.
         let (flushed_tx, flushed_rx) = smol::channel::bounded::<(u64, Result<()>)>(1);
-        let mut completed = 0u64;
-        let mut covered = 0u64;
-        let mut flushing = false;
 
+        // The I/O loop: start what the plan allows, wait for a task or a flush to end, tell
+        // the plan, flush what it says is due.
         loop {
-            if !cancelled {
-                while running < limit {
-                    let Some(&(i, needs)) = ready.front() else {
-                        break;
-                    };
-                    if needs > covered {
-                        break;
-                    }
-                    // Nothing starts that could not be recorded.
-                    if let Err(e) = self.check() {
-                        tracing::error!(error = %e, "cannot record state; stopping the run");
-                        store_error.get_or_insert(e);
-                        cancelled = true;
-                        break;
-                    }
-                    ready.pop_front();
-                    slots[i] = Slot::Running;
-                    running += 1;
-                    let tx = tx.clone();
-                    let task_fut = self.run_task(
-                        wf,
-                        i,
-                        first_attempt[i],
-                        exec_id.clone(),
-                        log_dir.clone(),
-                        opts.cancel.clone(),
-                        shared.clone(),
-                    );
-                    ex.spawn(async move {
-                        let _ = tx.send(task_fut.await).await;
-                    })
-                    .detach();
+            while let Some(i) = plan.startable().filter(|_| !cancelled) {
+                // Nothing starts that could not be recorded.
+                if let Err(e) = self.check() {
+                    tracing::error!(error = %e, "cannot record state; stopping the run");
+                    store_error.get_or_insert(e);
+                    cancelled = true;
+                    break;
                 }
+                plan.start(i);
+                let tx = tx.clone();
+                let task_fut = self.run_task(
+                    wf,
+                    i,
+                    first_attempt[i],
+                    exec_id.clone(),
+                    log_dir.clone(),
+                    opts.cancel.clone(),
+                    shared.clone(),
+                );
+                ex.spawn(async move {
+                    let _ = tx.send(task_fut.await).await;
+                })
+                .detach();
             }
             // Ready tasks left over wait for a flush in flight (see below).
-            if running == 0 && (cancelled || ready.is_empty()) {
+            if plan.settled(cancelled) {
                 break;
             }
             let next = future::or(
                 async { rx.recv().await.map_or(Wake::Cancelled, Wake::Finished) },
                 future::or(
                     async {
-                        match flushing {
-                            true => flushed_rx
-                                .recv()
-                                .await
-                                .map_or(Wake::Cancelled, Wake::Flushed),
-                            false => future::pending().await,
-                        }
+                        flushed_rx
+                            .recv()
+                            .await
+                            .map_or(Wake::Cancelled, Wake::Flushed)
                     },
                     async {
                         match cancelled {
@@ -483,16 +374,12 @@ impl Engine {
             let mut batch: Vec<Finished> = Vec::new();
             match next {
                 Wake::Finished(f) => batch.push(f),
-                Wake::Flushed((upto, result)) => {
-                    flushing = false;
-                    match result {
-                        Ok(()) => covered = upto,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot record task completion; stopping the run");
-                            store_error.get_or_insert(e);
-                            cancelled = true;
-                        }
-                    }
+                Wake::Flushed((upto, Ok(()))) => plan.durable(upto),
+                Wake::Flushed((_, Err(e))) => {
+                    plan.flush_failed();
+                    tracing::error!(error = %e, "cannot record task completion; stopping the run");
+                    store_error.get_or_insert(e);
+                    cancelled = true;
                 }
                 Wake::Cancelled => {
                     cancelled = true;
@@ -502,34 +389,25 @@ impl Engine {
             while let Ok(f) = rx.try_recv() {
                 batch.push(f);
             }
-            completed += batch.len() as u64;
             for f in batch {
-                running -= 1;
                 let i = f.index;
                 reports[i] = f.report;
                 if opts.cancel.is_cancelled() && !f.release_dependents {
                     cancelled = true;
                 }
-                slots[i] = Slot::Done(f.release_dependents);
-                if f.release_dependents {
-                    for d in dag.dependents(i) {
-                        remaining[d] -= 1;
-                        if remaining[d] == 0 && slots[d] == Slot::Waiting {
-                            ready.push_back((d, completed));
-                        }
-                    }
-                } else if !cancelled {
+                let skipped = plan.finish(i, f.release_dependents);
+                if !f.release_dependents && !cancelled {
                     failed = true;
-                    self.skip_downstream(wf, dag, i, &execution.id, &mut slots, &mut reports);
+                    for d in skipped {
+                        self.report_skipped(wf, i, d, &execution.id, &mut reports[d]);
+                    }
                 }
             }
             // Make completions durable at once, one flush at a time; only their dependents
-            // wait for it (see the module docs). The flush at the end of the run waits for
-            // whatever is left.
-            if completed > covered && !flushing {
-                flushing = true;
+            // wait for it (see `plan`). The flush at the end of the run waits for whatever
+            // is left.
+            if let Some(upto) = plan.flush_due() {
                 let flushed_tx = flushed_tx.clone();
-                let upto = completed;
                 ex.spawn(async move {
                     let _ = flushed_tx.send((upto, self.flush().await)).await;
                 })
@@ -567,42 +445,34 @@ impl Engine {
         })
     }
 
-    fn skip_downstream(
+    /// Reports task `skipped`, which will not run because task `failed` failed.
+    fn report_skipped(
         &self,
         wf: &Workflow,
-        dag: &crate::dag::Dag,
         failed: usize,
+        skipped: usize,
         execution_id: &str,
-        slots: &mut [Slot],
-        reports: &mut [TaskReport],
+        report: &mut TaskReport,
     ) {
-        let mut queue: VecDeque<usize> = dag.dependents(failed).collect();
-        while let Some(d) = queue.pop_front() {
-            if slots[d] != Slot::Waiting {
-                continue;
-            }
-            slots[d] = Slot::Skipped;
-            reports[d].state = TaskState::Skipped;
-            let now = Utc::now();
-            let reason = format!("skipped: dependency '{}' failed", wf.tasks[failed].name);
-            reports[d].error = Some(reason.clone());
-            self.emit(Event::TaskSkipped(TaskExecution {
-                id: new_id(),
-                workflow_execution_id: execution_id.to_string(),
-                task_name: wf.tasks[d].name.clone(),
-                status: TaskState::Skipped,
-                started_at: now,
-                finished_at: Some(now),
-                exit_code: None,
-                stdout: None,
-                stderr: None,
-                attempt: 1,
-                error_message: Some(reason),
-                duration_seconds: Some(0.0),
-                created_at: now,
-            }));
-            queue.extend(dag.dependents(d));
-        }
+        let now = Utc::now();
+        let reason = format!("skipped: dependency '{}' failed", wf.tasks[failed].name);
+        report.state = TaskState::Skipped;
+        report.error = Some(reason.clone());
+        self.emit(Event::TaskSkipped(TaskExecution {
+            id: new_id(),
+            workflow_execution_id: execution_id.to_string(),
+            task_name: wf.tasks[skipped].name.clone(),
+            status: TaskState::Skipped,
+            started_at: now,
+            finished_at: Some(now),
+            exit_code: None,
+            stdout: None,
+            stderr: None,
+            attempt: 1,
+            error_message: Some(reason),
+            duration_seconds: Some(0.0),
+            created_at: now,
+        }));
     }
 
     /// Runs every attempt of one task (DAG-006, DAG-007, DAG-008).
@@ -781,6 +651,104 @@ impl Engine {
 
 fn text(c: Capture) -> Option<String> {
     (!c.data.is_empty()).then(|| c.into_text())
+}
+
+/// Where an execution starts: a new one, or the interrupted one `opts.resume` names with the
+/// tasks it finished already.
+struct Start {
+    execution: WorkflowExecution,
+    /// Tasks that finished in an earlier run of the execution.
+    done: Vec<bool>,
+    /// The number of each task's next attempt.
+    first_attempt: Vec<u32>,
+    reports: Vec<TaskReport>,
+}
+
+fn start(wf: &Workflow, opts: &RunOptions) -> Result<Start> {
+    let n = wf.tasks.len();
+    let now = Utc::now();
+    let mut done = vec![false; n];
+    let mut first_attempt = vec![1u32; n];
+    let mut reports: Vec<TaskReport> = wf
+        .tasks
+        .iter()
+        .map(|t| TaskReport {
+            name: t.name.clone(),
+            state: TaskState::Pending,
+            attempts: 0,
+            exit_code: None,
+            duration_seconds: None,
+            error: None,
+            resumed: false,
+        })
+        .collect();
+
+    let execution = match &opts.resume {
+        Some(r) => {
+            if r.execution.workflow_name != wf.name {
+                return Err(Error::Other(format!(
+                    "execution {} belongs to workflow '{}', not '{}'",
+                    r.execution.id, r.execution.workflow_name, wf.name
+                )));
+            }
+            for (i, t) in wf.tasks.iter().enumerate() {
+                let last = r
+                    .tasks
+                    .iter()
+                    .filter(|a| a.task_name == t.name)
+                    .max_by_key(|a| a.attempt);
+                if let Some(a) = last {
+                    first_attempt[i] = a.attempt + 1;
+                    // An attempt cut short by a crash ran to no conclusion: run it again.
+                    let interrupted = a
+                        .error_message
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with(crate::events::INTERRUPTED));
+                    let finished = a.status == TaskState::Success
+                        || (t.continue_on_failure
+                            && !interrupted
+                            && matches!(a.status, TaskState::Failed | TaskState::Timeout));
+                    if finished {
+                        done[i] = true;
+                        reports[i].state = a.status;
+                        reports[i].exit_code = a.exit_code;
+                        reports[i].duration_seconds = a.duration_seconds;
+                        reports[i].error = a.error_message.clone();
+                        reports[i].resumed = true;
+                    }
+                }
+            }
+            let mut e = r.execution.clone();
+            e.status = WorkflowStatus::Running;
+            e.finished_at = None;
+            e.duration_seconds = None;
+            e.pid = std::process::id();
+            if opts.source.is_some() {
+                e.source = opts.source.clone();
+            }
+            e
+        }
+        None => WorkflowExecution {
+            id: new_id(),
+            workflow_name: wf.name.clone(),
+            started_at: now,
+            finished_at: None,
+            status: WorkflowStatus::Running,
+            duration_seconds: None,
+            total_tasks: n as u32,
+            successful_tasks: 0,
+            failed_tasks: 0,
+            created_at: now,
+            pid: std::process::id(),
+            source: opts.source.clone(),
+        },
+    };
+    Ok(Start {
+        execution,
+        done,
+        first_attempt,
+        reports,
+    })
 }
 
 #[cfg(test)]

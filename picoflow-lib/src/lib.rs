@@ -78,6 +78,7 @@ mod logs;
 mod metrics;
 mod model;
 mod orphans;
+mod plan;
 mod prune;
 mod schedule;
 mod signals;
