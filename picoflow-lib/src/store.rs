@@ -591,6 +591,16 @@ impl Store {
 
     /// Every attempt of every task of an execution, in start order.
     pub fn task_executions(&self, execution_id: &str) -> Result<Vec<TaskExecution>> {
+        self.task_executions_with(execution_id, &journaled(&self.path))
+    }
+
+    /// [`Store::task_executions`] with the journals' completions already read, so that a
+    /// caller asking for many executions reads the journals once.
+    fn task_executions_with(
+        &self,
+        execution_id: &str,
+        journaled: &[TaskExecution],
+    ) -> Result<Vec<TaskExecution>> {
         let txn = self.read()?;
         let Some(tasks) = open_ro(&txn, TASKS, &self.path)? else {
             return Ok(Vec::new());
@@ -606,14 +616,14 @@ impl Store {
         }
         // Completions still only in a journal (their writer is within its commit window, or
         // died, or its disk is full) are part of the truth.
-        for rec in journaled(&self.path)
-            .into_iter()
+        for rec in journaled
+            .iter()
             .filter(|r| r.workflow_execution_id == execution_id)
         {
             match out.iter_mut().find(|t| t.id == rec.id) {
-                Some(t) if !t.status.is_final() => *t = rec,
+                Some(t) if !t.status.is_final() => *t = rec.clone(),
                 Some(_) => {}
-                None => out.push(rec),
+                None => out.push(rec.clone()),
             }
         }
         out.sort_by(|a, b| {
@@ -627,10 +637,11 @@ impl Store {
         &self,
         filter: &HistoryFilter,
     ) -> Result<Vec<(WorkflowExecution, Vec<TaskExecution>)>> {
+        let journaled = journaled(&self.path);
         self.executions(filter)?
             .into_iter()
             .map(|mut e| {
-                let t = self.task_executions(&e.id)?;
+                let t = self.task_executions_with(&e.id, &journaled)?;
                 if matches!(
                     e.status,
                     WorkflowStatus::Running | WorkflowStatus::Interrupted
@@ -999,7 +1010,8 @@ impl Writer {
         let mut pending: Vec<Msg> = Vec::new();
         let mut unjournaled: Vec<u8> = Vec::new();
         let mut deadline: Option<Instant> = None;
-        let mut failed: Option<String> = None;
+        // What a flush answers once a commit has failed: the first failure, for good.
+        let failed = || failure.lock().expect("store failure").clone();
         loop {
             let msg = match deadline {
                 Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
@@ -1018,10 +1030,10 @@ impl Writer {
                             commit_now = true;
                         } else {
                             unjournaled.clear();
-                            let _ = tx.send_blocking(failed.clone().map_or(Ok(()), Err));
+                            let _ = tx.send_blocking(failed().map_or(Ok(()), Err));
                         }
                     } else {
-                        let _ = tx.send_blocking(failed.clone().map_or(Ok(()), Err));
+                        let _ = tx.send_blocking(failed().map_or(Ok(()), Err));
                     }
                 }
                 Ok(Msg::Commit(tx)) => {
@@ -1074,10 +1086,10 @@ impl Writer {
                     deadline = None;
                 } else {
                     // The first failure is the cause (later ones say "Previous I/O error").
-                    if failed.is_none() {
-                        failed = result.clone().err();
-                        *failure.lock().expect("store failure") = failed.clone();
-                    }
+                    failure
+                        .lock()
+                        .expect("store failure")
+                        .get_or_insert_with(|| result.clone().unwrap_err());
                     // Try again later rather than spin.
                     deadline = Some(Instant::now() + GROUP_COMMIT_WINDOW);
                 }
