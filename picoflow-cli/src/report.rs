@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Local, NaiveDate, Utc};
 use picoflow_lib::{
-    compute_stats, execution_log_dir, load_workflow, task_log_path, Config, Error, HistoryFilter,
-    Registry, Store, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
+    compute_stats, execution_log_dir, last_attempts, load_workflow, task_log_path, Config, Error,
+    HistoryFilter, Registry, Store, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
 };
 use serde_json::json;
 
@@ -61,24 +61,6 @@ pub(crate) fn parse_since(since: Option<&str>) -> Result<Option<DateTime<Utc>>, 
         .earliest()
         .map_or_else(|| midnight.and_utc(), |t| t.with_timezone(&Utc));
     Ok(Some(t))
-}
-
-/// The last attempt of each task, in order of first start.
-fn last_attempts(tasks: &[TaskExecution]) -> Vec<&TaskExecution> {
-    let mut order: Vec<&str> = Vec::new();
-    let mut last: BTreeMap<&str, &TaskExecution> = BTreeMap::new();
-    for t in tasks {
-        if !last.contains_key(t.task_name.as_str()) {
-            order.push(&t.task_name);
-        }
-        let replace = last
-            .get(t.task_name.as_str())
-            .is_none_or(|p| p.attempt <= t.attempt);
-        if replace {
-            last.insert(&t.task_name, t);
-        }
-    }
-    order.into_iter().map(|n| last[n]).collect()
 }
 
 /// Attempts in the order of `planned` (the workflow file's), then any others in the order
@@ -274,7 +256,7 @@ fn result_text(e: &WorkflowExecution, tasks: &[TaskExecution]) -> String {
         WorkflowStatus::Failed => {
             let failed: Vec<&str> = last_attempts(tasks)
                 .into_iter()
-                .filter(|t| matches!(t.status, TaskState::Failed | TaskState::Timeout))
+                .filter(|t| t.status.is_failure())
                 .map(|t| t.task_name.as_str())
                 .collect();
             if failed.is_empty() {

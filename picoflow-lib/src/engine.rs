@@ -155,6 +155,21 @@ pub struct TaskReport {
     pub resumed: bool,
 }
 
+impl TaskReport {
+    /// The report of a task that has not started.
+    fn pending(name: &str) -> TaskReport {
+        TaskReport {
+            name: name.to_string(),
+            state: TaskState::Pending,
+            attempts: 0,
+            exit_code: None,
+            duration_seconds: None,
+            error: None,
+            resumed: false,
+        }
+    }
+}
+
 impl RunReport {
     /// Whether the workflow succeeded.
     pub fn success(&self) -> bool {
@@ -423,10 +438,7 @@ impl Engine {
             .iter()
             .filter(|r| r.state == TaskState::Success)
             .count() as u32;
-        execution.failed_tasks = reports
-            .iter()
-            .filter(|r| matches!(r.state, TaskState::Failed | TaskState::Timeout))
-            .count() as u32;
+        execution.failed_tasks = reports.iter().filter(|r| r.state.is_failure()).count() as u32;
         execution.status = if cancelled {
             WorkflowStatus::Interrupted
         } else if failed {
@@ -501,15 +513,7 @@ impl Engine {
             .clone();
         let last_attempt = first_attempt + retries;
         let mut attempt = first_attempt;
-        let mut report = TaskReport {
-            name: task.name.clone(),
-            state: TaskState::Pending,
-            attempts: 0,
-            exit_code: None,
-            duration_seconds: None,
-            error: None,
-            resumed: false,
-        };
+        let mut report = TaskReport::pending(&task.name);
         loop {
             let permit = match &self.limiter {
                 Some(l) => {
@@ -672,15 +676,7 @@ fn start(wf: &Workflow, opts: &RunOptions) -> Result<Start> {
     let mut reports: Vec<TaskReport> = wf
         .tasks
         .iter()
-        .map(|t| TaskReport {
-            name: t.name.clone(),
-            state: TaskState::Pending,
-            attempts: 0,
-            exit_code: None,
-            duration_seconds: None,
-            error: None,
-            resumed: false,
-        })
+        .map(|t| TaskReport::pending(&t.name))
         .collect();
 
     let execution = match &opts.resume {
@@ -705,9 +701,7 @@ fn start(wf: &Workflow, opts: &RunOptions) -> Result<Start> {
                         .as_deref()
                         .is_some_and(|m| m.starts_with(crate::events::INTERRUPTED));
                     let finished = a.status == TaskState::Success
-                        || (t.continue_on_failure
-                            && !interrupted
-                            && matches!(a.status, TaskState::Failed | TaskState::Timeout));
+                        || (t.continue_on_failure && !interrupted && a.status.is_failure());
                     if finished {
                         done[i] = true;
                         reports[i].state = a.status;

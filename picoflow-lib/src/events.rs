@@ -67,6 +67,11 @@ impl TaskState {
     pub fn is_final(self) -> bool {
         !matches!(self, TaskState::Pending | TaskState::Running)
     }
+
+    /// Whether the task counts as failed in an execution's figures: it failed or timed out.
+    pub fn is_failure(self) -> bool {
+        matches!(self, TaskState::Failed | TaskState::Timeout)
+    }
 }
 
 impl fmt::Display for TaskState {
@@ -221,6 +226,23 @@ pub trait EventSink: Send + Sync {
 /// How the error message of an attempt cut short by a crash begins; a resumed execution
 /// runs such a task again.
 pub const INTERRUPTED: &str = "interrupted:";
+/// The last attempt of each task among `attempts`, in the order the tasks first started.
+pub fn last_attempts(attempts: &[TaskExecution]) -> Vec<&TaskExecution> {
+    let mut order: Vec<&str> = Vec::new();
+    let mut last: std::collections::BTreeMap<&str, &TaskExecution> = Default::default();
+    for t in attempts {
+        if !last.contains_key(t.task_name.as_str()) {
+            order.push(&t.task_name);
+        }
+        let replace = last
+            .get(t.task_name.as_str())
+            .is_none_or(|p| p.attempt <= t.attempt);
+        if replace {
+            last.insert(&t.task_name, t);
+        }
+    }
+    order.into_iter().map(|n| last[n]).collect()
+}
 
 /// A new random identifier in UUID v4 text form.
 pub fn new_id() -> String {

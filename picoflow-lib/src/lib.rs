@@ -97,8 +97,8 @@ pub use dag::Dag;
 pub use engine::{Engine, EngineSettings, ResumeFrom, RunOptions, RunReport, TaskReport};
 pub use error::{BoxError, Error, Result};
 pub use events::{
-    new_id, Event, EventSink, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
-    INTERRUPTED,
+    last_attempts, new_id, Event, EventSink, TaskExecution, TaskState, WorkflowExecution,
+    WorkflowStatus, INTERRUPTED,
 };
 pub use executor::{
     feature_for, BoxFuture, CancelToken, Canceller, Capture, Executor, NoOutput, Outcome,

@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::events::{
-    Event, EventSink, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
+    last_attempts, Event, EventSink, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
 };
 use crate::executor::BoxFuture;
 use crate::orphans::process_start_time;
@@ -647,21 +647,12 @@ impl Store {
                     WorkflowStatus::Running | WorkflowStatus::Interrupted
                 ) {
                     // An execution that may not have recorded its end counts what its tasks did.
-                    let mut last: BTreeMap<&str, &TaskExecution> = BTreeMap::new();
-                    for a in &t {
-                        let slot = last.entry(&a.task_name).or_insert(a);
-                        if a.attempt >= slot.attempt {
-                            *slot = a;
-                        }
-                    }
+                    let last = last_attempts(&t);
                     e.successful_tasks = last
-                        .values()
+                        .iter()
                         .filter(|a| a.status == TaskState::Success)
                         .count() as u32;
-                    e.failed_tasks = last
-                        .values()
-                        .filter(|a| matches!(a.status, TaskState::Failed | TaskState::Timeout))
-                        .count() as u32;
+                    e.failed_tasks = last.iter().filter(|a| a.status.is_failure()).count() as u32;
                 }
                 Ok((e, t))
             })
