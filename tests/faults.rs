@@ -31,20 +31,27 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
 
 /// Pids of the processes whose command line is exactly `cmdline`.
 fn pids_of(cmdline: &str) -> Vec<i32> {
+    live_pids_whose("cmdline", |c| {
+        let words: Vec<String> = c
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect();
+        words.join(" ") == cmdline
+    })
+}
+
+/// Pids of the live processes whose `/proc/<pid>/<file>` satisfies `test`.
+fn live_pids_whose(file: &str, test: impl Fn(&[u8]) -> bool) -> Vec<i32> {
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        let Ok(text) = std::fs::read(format!("/proc/{pid}/{file}")) else {
             continue;
         };
-        let c: Vec<String> = c
-            .split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect();
-        if c.join(" ") == cmdline && alive(pid) {
+        if test(&text) && alive(pid) {
             pids.push(pid);
         }
     }
@@ -379,19 +386,9 @@ impl Lcg {
 /// Pids of live processes whose environment names workflow `wf`.
 fn processes_of(wf: &str) -> Vec<i32> {
     let needle = format!("PICOFLOW_WORKFLOW={wf}");
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if env.split(|b| *b == 0).any(|v| v == needle.as_bytes()) && alive(pid) {
-            pids.push(pid);
-        }
-    }
-    pids
+    live_pids_whose("environ", |env| {
+        env.split(|b| *b == 0).any(|v| v == needle.as_bytes())
+    })
 }
 
 fn ledger(dir: &Path) -> Vec<String> {
