@@ -3,41 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-
-use common::{picoflow, run, stderr, stdout, TempDir};
-
-/// Answers every request with 200 and a small JSON body; returns the port.
-fn serve() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = reader.read_exact(&mut body);
-            let reply = "{\"ok\":true}";
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
-                reply.len()
-            );
-        }
-    });
-    port
-}
+use common::{picoflow, run, stderr, stdout, HttpServer, TempDir};
 
 fn all_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -58,7 +24,8 @@ fn a_token_appears_nowhere_even_at_trace_level() {
         "this test needs the http feature (run the suite with default features)"
     );
     let dir = TempDir::new("secret");
-    let port = serve();
+    let server = HttpServer::start("{\"ok\":true}");
+    let port = server.port;
     let token = "s3cr3t-token-7f3a9";
     let wf = dir.write(
         "api.yaml",

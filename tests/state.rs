@@ -268,6 +268,7 @@ fn record(store: &Store, wf: &str, days_ago: i64, log_root: &std::path::Path) ->
         error_message: None,
         duration_seconds: Some(1.0),
         created_at: started,
+        outputs: None,
     };
     let sink = store.sink();
     sink.on_event(&Event::TaskFinished {

@@ -65,7 +65,7 @@ pub(crate) struct InitArgs {
     /// workflow name (default my-workflow)
     #[argh(positional)]
     pub(crate) name: Option<String>,
-    /// template: minimal, shell, ssh, http, full (default minimal)
+    /// template: minimal, shell, ssh, http, full, data (default minimal)
     #[argh(option, default = "String::from(\"minimal\")")]
     pub(crate) template: String,
 }

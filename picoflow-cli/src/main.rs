@@ -208,6 +208,23 @@ fn validate(path: &Path) -> Result<u8, Error> {
                 outln!("Tasks: {}", wf.tasks.len())?;
                 outln!("Dependencies validated: No cycles detected")?;
                 outln!("Max parallel levels: {}", dag.level_count())?;
+                let noted: Vec<usize> = (0..wf.tasks.len())
+                    .filter(|&i| !dag.notes(i).is_empty())
+                    .collect();
+                if !noted.is_empty() {
+                    outln!("Conditions, rules and loops:")?;
+                    for i in noted {
+                        outln!("  {}: {}", wf.tasks[i].name, dag.notes(i).join("; "))?;
+                    }
+                }
+                if !dag.handlers().is_empty() {
+                    let list: Vec<String> = dag
+                        .handlers()
+                        .iter()
+                        .map(|(when, name)| format!("{name} ({when})"))
+                        .collect();
+                    outln!("Handlers: {}", list.join(", "))?;
+                }
                 if let Some(expr) = &wf.schedule {
                     let sched =
                         Schedule::parse(expr, wf.timezone.as_deref()).map_err(Error::Other)?;

@@ -63,8 +63,8 @@ pub(crate) fn parse_since(since: Option<&str>) -> Result<Option<DateTime<Utc>>, 
     Ok(Some(t))
 }
 
-/// Attempts in the order of `planned` (the workflow file's), then any others in the order
-/// they started.
+/// Attempts in the order of `planned` (the workflow file's, a loop's tasks `NAME[item]` at
+/// their loop's place), then any others in the order they started.
 fn in_workflow_order<'t>(
     mut attempts: Vec<&'t TaskExecution>,
     planned: &[String],
@@ -73,19 +73,31 @@ fn in_workflow_order<'t>(
     attempts.sort_by_key(|t| {
         planned
             .iter()
-            .position(|n| *n == t.task_name)
+            .position(|n| {
+                t.task_name
+                    .strip_prefix(n.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
+            })
             .unwrap_or(usize::MAX)
     });
     attempts
 }
 
-/// Task names of the workflow file an execution came from, when it can still be read.
+/// Task names of the workflow file an execution came from, then its handlers', when it can
+/// still be read.
 fn planned_tasks(exec: &WorkflowExecution) -> Vec<String> {
     exec.source
         .as_deref()
         .and_then(|f| load_workflow(Path::new(f), &Registry::builtin()).ok())
         .filter(|wf| wf.name == exec.workflow_name)
-        .map(|wf| wf.tasks.into_iter().map(|t| t.name).collect())
+        .map(|wf| {
+            let handlers = wf.handlers.all().map(|(_, t)| t.name.clone());
+            wf.tasks
+                .iter()
+                .map(|t| t.name.clone())
+                .chain(handlers)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -192,7 +204,17 @@ pub(crate) fn status(
                             None => "failed".to_string(),
                         },
                     ),
-                    TaskState::Skipped => ("-", "skipped".to_string()),
+                    // A condition or rule that skipped a task is said; a failure upstream
+                    // is the user guide's plain "skipped".
+                    TaskState::Skipped => match t.error_message.as_deref() {
+                        Some(m)
+                            if m.starts_with("skipped: condition")
+                                || m.starts_with("skipped: run_if") =>
+                        {
+                            ("-", m.to_string())
+                        }
+                        _ => ("-", "skipped".to_string()),
+                    },
                     TaskState::Pending => ("○", "pending".to_string()),
                 };
                 (mark.to_string(), t.task_name.clone(), what)

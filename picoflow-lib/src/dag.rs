@@ -18,6 +18,10 @@ pub struct Dag {
     names: Vec<String>,
     order: Vec<usize>,
     levels: Vec<usize>,
+    /// Per task: its condition, rule and loop, in words (empty for a plain task).
+    notes: Vec<Vec<String>>,
+    /// Handlers: list (`on_failure` …) and task name.
+    handlers: Vec<(&'static str, String)>,
 }
 
 /// Why a workflow's dependencies do not form a DAG.
@@ -91,6 +95,12 @@ impl Dag {
             names: wf.tasks.iter().map(|t| t.name.clone()).collect(),
             order,
             levels,
+            notes: wf.tasks.iter().map(crate::flow::notes).collect(),
+            handlers: wf
+                .handlers
+                .all()
+                .map(|(list, t)| (list, t.name.clone()))
+                .collect(),
         })
     }
 
@@ -144,6 +154,17 @@ impl Dag {
             .map(|n| n.index())
     }
 
+    /// Whether task `b` depends on task `a`, directly or through other tasks.
+    pub fn is_ancestor(&self, a: usize, b: usize) -> bool {
+        a != b
+            && petgraph::algo::has_path_connecting(
+                &self.graph,
+                NodeIndex::new(a),
+                NodeIndex::new(b),
+                None,
+            )
+    }
+
     /// Indices (file order) of the tasks that depend on task `i`.
     pub fn dependents(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
         self.graph
@@ -151,11 +172,34 @@ impl Dag {
             .map(|n| n.index())
     }
 
-    /// Graphviz DOT text of the graph.
+    /// Each task's condition, trigger rule and loop, in words (empty for a plain task).
+    pub fn notes(&self, i: usize) -> &[String] {
+        &self.notes[i]
+    }
+
+    /// The workflow's handlers: their list (`on_success`, `on_failure`, `on_exit`) and name.
+    pub fn handlers(&self) -> &[(&'static str, String)] {
+        &self.handlers
+    }
+
+    /// Graphviz DOT text of the graph. Conditions, rules and loops are in the nodes' labels;
+    /// handlers are a cluster run after the DAG.
     pub fn to_dot(&self, title: &str) -> String {
         let mut s = format!("digraph \"{}\" {{\n  rankdir=LR;\n", escape(title));
-        for name in &self.names {
-            let _ = writeln!(s, "  \"{}\";", escape(name));
+        for (i, name) in self.names.iter().enumerate() {
+            match self.notes[i].is_empty() {
+                true => {
+                    let _ = writeln!(s, "  \"{}\";", escape(name));
+                }
+                false => {
+                    let label = std::iter::once(name.as_str())
+                        .chain(self.notes[i].iter().map(String::as_str))
+                        .map(escape)
+                        .collect::<Vec<_>>()
+                        .join("\\n");
+                    let _ = writeln!(s, "  \"{}\" [label=\"{label}\"];", escape(name));
+                }
+            }
         }
         for e in self.graph.raw_edges() {
             let _ = writeln!(
@@ -165,18 +209,42 @@ impl Dag {
                 escape(&self.names[e.target().index()])
             );
         }
+        if !self.handlers.is_empty() {
+            s.push_str("  subgraph cluster_handlers {\n    label=\"after the run\";\n");
+            for (list, name) in &self.handlers {
+                let _ = writeln!(
+                    s,
+                    "    \"{}\" [label=\"{}\\n{list}\", shape=box];",
+                    escape(name),
+                    escape(name)
+                );
+            }
+            s.push_str("  }\n");
+        }
         s.push_str("}\n");
         s
     }
 
-    /// Mermaid flowchart text of the graph.
+    /// Mermaid flowchart text of the graph, with the same annotations as [`Dag::to_dot`].
     pub fn to_mermaid(&self) -> String {
         let mut s = String::from("flowchart LR\n");
         for (i, name) in self.names.iter().enumerate() {
-            let _ = writeln!(s, "  t{i}[\"{name}\"]");
+            let mut label = name.clone();
+            for note in &self.notes[i] {
+                label.push_str("<br/>");
+                label.push_str(note);
+            }
+            let _ = writeln!(s, "  t{i}[\"{}\"]", label.replace('"', "#quot;"));
         }
         for e in self.graph.raw_edges() {
             let _ = writeln!(s, "  t{} --> t{}", e.source().index(), e.target().index());
+        }
+        if !self.handlers.is_empty() {
+            s.push_str("  subgraph after the run\n");
+            for (k, (list, name)) in self.handlers.iter().enumerate() {
+                let _ = writeln!(s, "    h{k}[\"{name}<br/>{list}\"]");
+            }
+            s.push_str("  end\n");
         }
         s
     }
@@ -263,15 +331,11 @@ mod tests {
             tasks: edges
                 .iter()
                 .map(|(n, d)| Task {
-                    name: n.to_string(),
-                    kind: "shell".into(),
                     depends_on: d.iter().map(|s| s.to_string()).collect(),
-                    config: TaskConfig::Shell(ShellConfig::default()),
-                    retry: None,
-                    timeout: None,
-                    continue_on_failure: false,
+                    ..Task::new(*n, "shell", TaskConfig::Shell(ShellConfig::default()))
                 })
                 .collect(),
+            handlers: Default::default(),
         }
     }
 

@@ -19,6 +19,9 @@
 //! drives its tasks on a local executor of its own and drives async-process's reaper itself,
 //! so no helper thread is started).
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -35,11 +38,14 @@ use crate::events::{
 };
 use crate::executor::{
     CancelToken, Capture, NoOutput, Outcome, OutputSink, Registry, SharedState, TaskContext,
+    TaskOutput,
 };
 use crate::expand::Vars;
+use crate::expr::Expr;
+use crate::flow::RunValues;
 use crate::logs::{execution_log_dir, task_log_path, TaskLogWriter};
 use crate::model::{Task, Workflow};
-use crate::plan::Plan;
+use crate::plan::{Plan, Skip};
 use crate::validate::validate_workflow;
 
 /// Settings the engine takes from the global configuration.
@@ -170,6 +176,21 @@ impl TaskReport {
     }
 }
 
+impl TaskReport {
+    /// The report of a task whose last attempt is `a`.
+    fn from_attempt(a: &TaskExecution) -> TaskReport {
+        TaskReport {
+            name: a.task_name.clone(),
+            state: a.status,
+            attempts: 1,
+            exit_code: a.exit_code,
+            duration_seconds: a.duration_seconds,
+            error: a.error_message.clone(),
+            resumed: false,
+        }
+    }
+}
+
 impl RunReport {
     /// Whether the workflow succeeded.
     pub fn success(&self) -> bool {
@@ -181,6 +202,22 @@ struct Finished {
     index: usize,
     report: TaskReport,
     release_dependents: bool,
+    /// What the task published.
+    outputs: Option<BTreeMap<String, String>>,
+    /// The reports of a loop's tasks, in item order.
+    items: Vec<TaskReport>,
+}
+
+impl Finished {
+    fn failed(index: usize, report: TaskReport) -> Finished {
+        Finished {
+            index,
+            report,
+            release_dependents: false,
+            outputs: None,
+            items: Vec::new(),
+        }
+    }
 }
 
 /// What the scheduling loop woke up for.
@@ -189,6 +226,26 @@ enum Wake {
     /// A flush ended; it covered this many completions.
     Flushed((u64, Result<()>)),
     Cancelled,
+}
+
+/// What every task of one execution shares.
+struct Run<'a> {
+    wf: &'a Workflow,
+    /// The tasks as they run (see `flow::prepare`), then the handlers.
+    tasks: Vec<Cow<'a, Task>>,
+    /// The run values each of them reads.
+    refs: Vec<Vec<String>>,
+    /// Each one's parsed `when`.
+    conditions: Vec<Option<Expr>>,
+    execution_id: String,
+    log_dir: Option<PathBuf>,
+    cancel: CancelToken,
+    shared: SharedState,
+    values: RefCell<RunValues>,
+    /// Bounds every attempt by `max_parallel` when loops run tasks beside the plan's.
+    slots: Option<Semaphore>,
+    /// The last attempt of each task of a resumed execution, by task name.
+    earlier: HashMap<String, TaskExecution>,
 }
 
 impl Engine {
@@ -325,16 +382,32 @@ impl Engine {
             .max_parallel
             .unwrap_or(self.settings.max_parallel)
             .max(1) as usize;
+        let run = Rc::new(self.prepare_run(wf, &execution.id, log_dir, &opts, limit));
+        for (i, t) in wf.tasks.iter().enumerate() {
+            if done[i] {
+                let earlier = run.earlier.get(&t.name);
+                run.values.borrow_mut().publish(
+                    &t.name,
+                    reports[i].state,
+                    earlier.and_then(|a| a.outputs.as_ref()),
+                );
+            }
+        }
+        // Shell tasks write their outputs into files there (`$PICOFLOW_OUTPUT`).
+        let output_dir = crate::flow::create_output_dir(&execution.id)
+            .map_err(|e| tracing::warn!(error = %e, "cannot create the directory for task outputs"))
+            .ok();
+
         let dependencies: Vec<Vec<usize>> = (0..n).map(|i| dag.dependencies(i).collect()).collect();
-        let mut plan = Plan::new(&dependencies, &done, limit);
-        let shared = Rc::new(SharedState::default());
-        let exec_id: Rc<str> = Rc::from(execution.id.as_str());
-        let log_dir: Option<Rc<std::path::Path>> = log_dir.map(Rc::from);
+        let rules: Vec<_> = wf.tasks.iter().map(|t| t.run_if).collect();
+        let mut plan = Plan::new(&dependencies, &rules, &done, limit);
+        let mut items: Vec<Vec<TaskReport>> = vec![Vec::new(); n];
         let (tx, rx) = smol::channel::unbounded::<Finished>();
         let mut failed = false;
         let mut cancelled = false;
         let mut store_error = None;
         let (flushed_tx, flushed_rx) = smol::channel::bounded::<(u64, Result<()>)>(1);
+        self.report_skips(&run, &mut plan, &mut reports);
 
         // The I/O loop: start what the plan allows, wait for a task or a flush to end, tell
         // the plan, flush what it says is due.
@@ -348,18 +421,25 @@ impl Engine {
                     break;
                 }
                 plan.start(i);
+                // A loop's condition is asked of each item.
+                let is_loop = wf.tasks[i].iterate_over.is_some();
+                if !is_loop && !self.condition_holds(&run, i, None, &mut reports[i]) {
+                    plan.finish(i, true);
+                    self.report_skips(&run, &mut plan, &mut reports);
+                    continue;
+                }
                 let tx = tx.clone();
-                let task_fut = self.run_task(
-                    wf,
-                    i,
-                    first_attempt[i],
-                    exec_id.clone(),
-                    log_dir.clone(),
-                    opts.cancel.clone(),
-                    shared.clone(),
-                );
+                let run = run.clone();
+                let first = first_attempt[i];
                 ex.spawn(async move {
-                    let _ = tx.send(task_fut.await).await;
+                    let f = match run.wf.tasks[i].iterate_over.is_some() {
+                        true => self.run_loop(&run, i).await,
+                        false => {
+                            self.run_task(&run, i, &run.tasks[i], None, first, false)
+                                .await
+                        }
+                    };
+                    let _ = tx.send(f).await;
                 })
                 .detach();
             }
@@ -406,16 +486,22 @@ impl Engine {
             }
             for f in batch {
                 let i = f.index;
+                run.values.borrow_mut().publish(
+                    &wf.tasks[i].name,
+                    f.report.state,
+                    f.outputs.as_ref(),
+                );
                 reports[i] = f.report;
+                items[i] = f.items;
                 if opts.cancel.is_cancelled() && !f.release_dependents {
                     cancelled = true;
                 }
-                let skipped = plan.finish(i, f.release_dependents);
+                plan.finish(i, f.release_dependents);
                 if !f.release_dependents && !cancelled {
                     failed = true;
-                    for d in skipped {
-                        self.report_skipped(wf, i, d, &execution.id, &mut reports[d]);
-                    }
+                }
+                if !cancelled {
+                    self.report_skips(&run, &mut plan, &mut reports);
                 }
             }
             // Make completions durable at once, one flush at a time; only their dependents
@@ -430,15 +516,19 @@ impl Engine {
             }
         }
 
-        let end = Utc::now();
-        execution.finished_at = Some(end);
-        execution.duration_seconds =
-            Some((end - execution.started_at).num_milliseconds().max(0) as f64 / 1000.0);
-        execution.successful_tasks = reports
-            .iter()
-            .filter(|r| r.state == TaskState::Success)
-            .count() as u32;
-        execution.failed_tasks = reports.iter().filter(|r| r.state.is_failure()).count() as u32;
+        // A loop counts by its tasks, not as one.
+        let mut all: Vec<TaskReport> = Vec::with_capacity(n);
+        for (i, r) in reports.into_iter().enumerate() {
+            let its = std::mem::take(&mut items[i]);
+            if its.is_empty() || wf.tasks[i].iterate_over.is_none() {
+                all.push(r);
+            }
+            all.extend(its);
+        }
+        execution.total_tasks = all.len() as u32;
+        execution.successful_tasks =
+            all.iter().filter(|r| r.state == TaskState::Success).count() as u32;
+        execution.failed_tasks = all.iter().filter(|r| r.state.is_failure()).count() as u32;
         execution.status = if cancelled {
             WorkflowStatus::Interrupted
         } else if failed {
@@ -446,6 +536,26 @@ impl Engine {
         } else {
             WorkflowStatus::Success
         };
+        if !cancelled && !wf.handlers.is_empty() {
+            let failed_tasks: Vec<&str> = all
+                .iter()
+                .filter(|r| r.state.is_failure())
+                .map(|r| r.name.as_str())
+                .collect();
+            run.values
+                .borrow_mut()
+                .finish(execution.status.as_str(), &failed_tasks);
+            let handlers = self.run_handlers(&run, execution.status).await;
+            all.extend(handlers);
+        }
+        if let Some(dir) = output_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+
+        let end = Utc::now();
+        execution.finished_at = Some(end);
+        execution.duration_seconds =
+            Some((end - execution.started_at).num_milliseconds().max(0) as f64 / 1000.0);
         self.emit(Event::WorkflowFinished(execution.clone()));
         self.flush().await?;
         if let Some(e) = store_error {
@@ -453,28 +563,113 @@ impl Engine {
         }
         Ok(RunReport {
             execution,
-            tasks: reports,
+            tasks: all,
         })
     }
 
-    /// Reports task `skipped`, which will not run because task `failed` failed.
-    fn report_skipped(
+    /// The shared part of an execution: prepared tasks and handlers, their references and
+    /// conditions, and a resumed execution's earlier attempts.
+    fn prepare_run<'a>(
         &self,
-        wf: &Workflow,
-        failed: usize,
-        skipped: usize,
+        wf: &'a Workflow,
         execution_id: &str,
+        log_dir: Option<PathBuf>,
+        opts: &RunOptions,
+        limit: usize,
+    ) -> Run<'a> {
+        let tasks: Vec<Cow<'a, Task>> = wf
+            .tasks
+            .iter()
+            .chain(wf.handlers.all().map(|(_, t)| t))
+            .map(crate::flow::prepare)
+            .collect();
+        let refs = tasks
+            .iter()
+            .map(|t| crate::flow::run_references(t))
+            .collect();
+        let conditions = tasks
+            .iter()
+            .map(|t| t.when.as_deref().and_then(|w| Expr::parse(w).ok()))
+            .collect();
+        let earlier = opts
+            .resume
+            .iter()
+            .flat_map(|r| crate::last_attempts(&r.tasks))
+            .map(|a| (a.task_name.clone(), a.clone()))
+            .collect();
+        let loops = wf.tasks.iter().any(|t| t.iterate_over.is_some());
+        Run {
+            wf,
+            tasks,
+            refs,
+            conditions,
+            execution_id: execution_id.to_string(),
+            log_dir,
+            cancel: opts.cancel.clone(),
+            shared: SharedState::default(),
+            values: RefCell::new(RunValues::new(&wf.name, execution_id)),
+            slots: loops.then(|| Semaphore::new(limit)),
+            earlier,
+        }
+    }
+
+    /// Reports the tasks the plan skipped since the last call.
+    fn report_skips(&self, run: &Run<'_>, plan: &mut Plan, reports: &mut [TaskReport]) {
+        for (i, skip) in plan.take_skipped() {
+            let task = &run.wf.tasks[i];
+            let reason = match skip {
+                Skip::Failed(c) => format!("skipped: dependency '{}' failed", run.wf.tasks[c].name),
+                Skip::Rule => format!("skipped: run_if: {} does not hold", task.run_if.as_str()),
+            };
+            self.skip(run, &task.name, reason, &mut reports[i]);
+        }
+    }
+
+    /// Whether task `index`'s condition lets it run; when not, reports it skipped.
+    /// `report` names the task (a loop's item task for `item`).
+    fn condition_holds(
+        &self,
+        run: &Run<'_>,
+        index: usize,
+        item: Option<(&str, usize)>,
+        report: &mut TaskReport,
+    ) -> bool {
+        let Some(expr) = &run.conditions[index] else {
+            return true;
+        };
+        if run.values.borrow().condition(expr, &self.vars, item) {
+            return true;
+        }
+        let when = run.tasks[index].when.as_deref().unwrap_or_default();
+        let reason = format!("skipped: condition is false (when: {when})");
+        let name = report.name.clone();
+        self.skip(run, &name, reason, report);
+        false
+    }
+
+    /// Records a task that will not run.
+    fn skip(&self, run: &Run<'_>, name: &str, reason: String, report: &mut TaskReport) {
+        self.record_unrun(run, name, TaskState::Skipped, reason, report);
+    }
+
+    /// Records a task that ends in `state` without running.
+    fn record_unrun(
+        &self,
+        run: &Run<'_>,
+        name: &str,
+        state: TaskState,
+        reason: String,
         report: &mut TaskReport,
     ) {
         let now = Utc::now();
-        let reason = format!("skipped: dependency '{}' failed", wf.tasks[failed].name);
-        report.state = TaskState::Skipped;
+        report.state = state;
         report.error = Some(reason.clone());
-        self.emit(Event::TaskSkipped(TaskExecution {
+        run.values.borrow_mut().publish(name, state, None);
+        let record = TaskExecution {
             id: new_id(),
-            workflow_execution_id: execution_id.to_string(),
-            task_name: wf.tasks[skipped].name.clone(),
-            status: TaskState::Skipped,
+            workflow_execution_id: run.execution_id.clone(),
+            task_name: name.to_string(),
+            status: state,
             started_at: now,
             finished_at: Some(now),
             exit_code: None,
@@ -484,63 +679,220 @@ impl Engine {
             error_message: Some(reason),
             duration_seconds: Some(0.0),
             created_at: now,
-        }));
+            outputs: None,
+        };
+        self.emit(match state {
+            TaskState::Skipped => Event::TaskSkipped(record),
+            _ => Event::TaskFinished {
+                record,
+                retry_in: None,
+            },
+        });
     }
 
-    /// Runs every attempt of one task (DAG-006, DAG-007, DAG-008).
-    #[allow(clippy::too_many_arguments)]
+    /// Runs a loop task: one task `NAME[item]` per item, at most `max_parallel` at once; the
+    /// loop succeeds when every item does. Items finished in an earlier run of a resumed
+    /// execution are kept, with their outputs.
+    async fn run_loop(&self, run: &Run<'_>, index: usize) -> Finished {
+        let task = &run.tasks[index];
+        let mut report = TaskReport::pending(&task.name);
+        let spec = task.iterate_over.as_ref().expect("a loop task");
+        let list = match run.values.borrow().items(spec, &self.vars) {
+            Ok(l) => l,
+            Err(e) => {
+                self.record_unrun(run, &task.name, TaskState::Failed, e, &mut report);
+                return Finished::failed(index, report);
+            }
+        };
+        if list.is_empty() {
+            self.skip(
+                run,
+                &task.name,
+                "skipped: iterate_over has no items".into(),
+                &mut report,
+            );
+            return Finished {
+                release_dependents: true,
+                ..Finished::failed(index, report)
+            };
+        }
+        let names = item_names(&task.name, &list);
+        let lex = smol::LocalExecutor::new();
+        let driver = async {
+            let mut handles = Vec::with_capacity(list.len());
+            for (k, (item, name)) in list.iter().zip(&names).enumerate() {
+                let earlier = run.earlier.get(name);
+                if let Some(a) = earlier.filter(|a| finished_before(a, task)) {
+                    let mut r = TaskReport::from_attempt(a);
+                    r.resumed = true;
+                    handles.push(lex.spawn(async move { (r, true, a.outputs.clone()) }));
+                    continue;
+                }
+                let mut r = TaskReport::pending(name);
+                if !self.condition_holds(run, index, Some((item, k)), &mut r) {
+                    handles.push(lex.spawn(async move { (r, true, None) }));
+                    continue;
+                }
+                // Items start in their order: each takes its slot here, in turn.
+                let slot = match &run.slots {
+                    None => None,
+                    Some(s) => {
+                        let got = future::or(async { Some(s.acquire().await) }, async {
+                            run.cancel.cancelled().await;
+                            None
+                        })
+                        .await;
+                        match got {
+                            Some(g) => Some(g),
+                            None => {
+                                let mut r = TaskReport::pending(name);
+                                r.error = Some("interrupted before starting".into());
+                                handles.push(lex.spawn(async move { (r, false, None) }));
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let first = earlier.map_or(1, |a| a.attempt + 1);
+                let mut t = task.clone().into_owned();
+                t.name = name.clone();
+                t.iterate_over = None;
+                handles.push(lex.spawn(async move {
+                    let f = self
+                        .run_task(run, index, &t, Some((item, k)), first, slot.is_some())
+                        .await;
+                    drop(slot);
+                    // An item's end is durable at once: a resume after a crash keeps it.
+                    if let Err(e) = self.flush().await {
+                        tracing::error!(error = %e, task = %t.name, "cannot record the end of a loop's task");
+                    }
+                    (f.report, f.release_dependents, f.outputs)
+                }));
+            }
+            let mut out = Vec::with_capacity(handles.len());
+            for h in handles {
+                out.push(h.await);
+            }
+            out
+        };
+        let results = lex.run(driver).await;
+        let mut items = Vec::with_capacity(results.len());
+        let mut failures = Vec::new();
+        let mut release = true;
+        for (r, ok, outputs) in results {
+            run.values
+                .borrow_mut()
+                .publish(&r.name, r.state, outputs.as_ref());
+            release &= ok;
+            if r.state.is_failure() || r.state == TaskState::Pending {
+                failures.push(r.name.clone());
+            }
+            report.attempts += r.attempts;
+            items.push(r);
+        }
+        report.state = match failures.is_empty() {
+            true => TaskState::Success,
+            false => TaskState::Failed,
+        };
+        if !failures.is_empty() {
+            report.error = Some(format!(
+                "{} of {} items did not succeed: {}",
+                failures.len(),
+                items.len(),
+                failures.join(", ")
+            ));
+        }
+        Finished {
+            index,
+            report,
+            release_dependents: release,
+            outputs: None,
+            items,
+        }
+    }
+
+    /// Runs the workflow's handlers for an execution that ended with `status`, one after
+    /// the other; their results do not change the execution's.
+    async fn run_handlers(&self, run: &Run<'_>, status: WorkflowStatus) -> Vec<TaskReport> {
+        let n = run.wf.tasks.len();
+        let mut reports = Vec::new();
+        for (k, (list, _)) in run.wf.handlers.all().enumerate() {
+            let due = match list {
+                "on_success" => status == WorkflowStatus::Success,
+                "on_failure" => status == WorkflowStatus::Failed,
+                _ => true,
+            };
+            if !due || run.cancel.is_cancelled() {
+                continue;
+            }
+            let index = n + k;
+            let mut report = TaskReport::pending(&run.tasks[index].name);
+            if self.condition_holds(run, index, None, &mut report) {
+                report = self
+                    .run_task(run, index, &run.tasks[index], None, 1, false)
+                    .await
+                    .report;
+            }
+            reports.push(report);
+        }
+        reports
+    }
+
+    /// Runs every attempt of one task (DAG-006, DAG-007, DAG-008): `task` is the `index`th of
+    /// the run (a loop's item task for loops), `item` its loop item.
     async fn run_task(
         &self,
-        wf: &Workflow,
+        run: &Run<'_>,
         index: usize,
+        task: &Task,
+        item: Option<(&str, usize)>,
         first_attempt: u32,
-        execution_id: Rc<str>,
-        log_dir: Option<Rc<std::path::Path>>,
-        cancel: CancelToken,
-        shared: Rc<SharedState>,
+        slot_held: bool,
     ) -> Finished {
-        let execution_id: &str = &execution_id;
-        let cancel = &cancel;
-        let shared: &SharedState = &shared;
-        let log_dir = log_dir.as_deref();
-        let task = &wf.tasks[index];
-        let retries = self.retries(wf, task);
-        let timeout = self.timeout(wf, task);
+        let retries = self.retries(run.wf, task);
+        let timeout = self.timeout(run.wf, task);
         let executor = self
             .registry
             .get(&task.kind)
             .expect("validated: every task type has an executor")
             .clone();
+        let refs = &run.refs[index];
         let last_attempt = first_attempt + retries;
         let mut attempt = first_attempt;
         let mut report = TaskReport::pending(&task.name);
         loop {
-            let permit = match &self.limiter {
-                Some(l) => {
-                    let got = future::or(async { Some(l.acquire_arc().await) }, async {
-                        cancel.cancelled().await;
-                        None
-                    })
-                    .await;
-                    match got {
-                        Some(p) => Some(p),
-                        None => {
-                            report.error = Some("interrupted before starting".into());
-                            return Finished {
-                                index,
-                                report,
-                                release_dependents: false,
-                            };
-                        }
-                    }
-                }
-                None => None,
+            let permits = future::or(
+                async {
+                    let slot = match (&run.slots, slot_held) {
+                        (Some(s), false) => Some(s.acquire().await),
+                        _ => None,
+                    };
+                    let permit = match &self.limiter {
+                        Some(l) => Some(l.acquire_arc().await),
+                        None => None,
+                    };
+                    Some((slot, permit))
+                },
+                async {
+                    run.cancel.cancelled().await;
+                    None
+                },
+            )
+            .await;
+            let Some(permits) = permits else {
+                report.error = Some("interrupted before starting".into());
+                return Finished::failed(index, report);
+            };
+            // Values of the run this attempt reads, as they are now.
+            let vars = match refs.is_empty() {
+                true => None,
+                false => Some(run.values.borrow().vars_for(&self.vars, refs, item)),
             };
             let started = Utc::now();
             let clock = Instant::now();
             let mut record = TaskExecution {
                 id: new_id(),
-                workflow_execution_id: execution_id.to_string(),
+                workflow_execution_id: run.execution_id.clone(),
                 task_name: task.name.clone(),
                 status: TaskState::Running,
                 started_at: started,
@@ -552,9 +904,10 @@ impl Engine {
                 error_message: None,
                 duration_seconds: None,
                 created_at: started,
+                outputs: None,
             };
             self.emit(Event::TaskStarted(record.clone()));
-            let writer = log_dir.map(|d| {
+            let writer = run.log_dir.as_deref().map(|d| {
                 let header = (attempt > 1).then(|| format!("--- attempt {attempt} ---\n"));
                 TaskLogWriter::new(task_log_path(d, &task.name), header)
             });
@@ -563,20 +916,21 @@ impl Engine {
                 None => &NoOutput,
             };
             let ctx = TaskContext {
-                workflow: &wf.name,
-                execution_id,
+                workflow: &run.wf.name,
+                execution_id: &run.execution_id,
                 task,
                 attempt,
                 timeout,
-                cancel: cancel.clone(),
-                vars: &self.vars,
-                shared,
+                cancel: run.cancel.clone(),
+                vars: vars.as_ref().unwrap_or(&self.vars),
+                shared: &run.shared,
                 output,
             };
             let mut out = executor.execute(ctx).await;
-            drop(permit);
+            drop(permits);
             let log_problem = writer.as_ref().and_then(TaskLogWriter::problem);
             drop(writer);
+            let outputs = self.outputs(run, task, attempt, &mut out);
             let finished = Utc::now();
             record.finished_at = Some(finished);
             record.duration_seconds = Some(clock.elapsed().as_secs_f64());
@@ -584,6 +938,7 @@ impl Engine {
             record.stdout = text(std::mem::take(&mut out.stdout));
             record.stderr = text(std::mem::take(&mut out.stderr));
             record.error_message = out.error.clone();
+            record.outputs = outputs.clone();
             // A log that could not be written (full disk) is said on the task's record.
             if let Some(p) = log_problem {
                 record.error_message = Some(match record.error_message.take() {
@@ -605,7 +960,7 @@ impl Engine {
             let may_retry = matches!(out.outcome, Outcome::Failed | Outcome::Timeout)
                 && out.retryable
                 && attempt < last_attempt
-                && !cancel.is_cancelled();
+                && !run.cancel.is_cancelled();
             if may_retry {
                 let delay = self.settings.retry.backoff(attempt + 1);
                 record.status = TaskState::Retrying;
@@ -619,7 +974,7 @@ impl Engine {
                         true
                     },
                     async {
-                        cancel.cancelled().await;
+                        run.cancel.cancelled().await;
                         false
                     },
                 )
@@ -627,11 +982,7 @@ impl Engine {
                 if !slept {
                     report.state = TaskState::Failed;
                     report.error = Some("interrupted while waiting to retry".into());
-                    return Finished {
-                        index,
-                        report,
-                        release_dependents: false,
-                    };
+                    return Finished::failed(index, report);
                 }
                 attempt += 1;
                 continue;
@@ -648,8 +999,81 @@ impl Engine {
                 index,
                 report,
                 release_dependents: ok,
+                outputs,
+                items: Vec::new(),
             };
         }
+    }
+
+    /// The values a finished attempt publishes: what it wrote to `$PICOFLOW_OUTPUT`, then its
+    /// `outputs:` selectors. A problem with them fails a successful attempt (not retried).
+    fn outputs(
+        &self,
+        run: &Run<'_>,
+        task: &Task,
+        attempt: u32,
+        out: &mut TaskOutput,
+    ) -> Option<BTreeMap<String, String>> {
+        let file = crate::flow::output_file(&run.execution_id, &task.name, attempt);
+        let written = std::fs::read(&file).ok();
+        if written.is_some() {
+            let _ = std::fs::remove_file(&file);
+        }
+        if out.outcome != Outcome::Success {
+            return None;
+        }
+        let mut values = BTreeMap::new();
+        let result = (|| {
+            if let Some(bytes) = &written {
+                values = crate::flow::parse_output_file(&String::from_utf8_lossy(bytes))
+                    .map_err(|e| format!("${}: {e}", crate::flow::OUTPUT_VAR))?;
+            }
+            if !task.outputs.is_empty() {
+                let stdout = String::from_utf8_lossy(&out.stdout.data);
+                let stderr = String::from_utf8_lossy(&out.stderr.data);
+                let produced = crate::flow::Produced {
+                    stdout: &stdout,
+                    stderr: &stderr,
+                    exit_code: out.exit_code,
+                    http: task.kind == "http",
+                };
+                crate::flow::select(&task.outputs, &produced, &mut values)?;
+            }
+            crate::flow::check_size(&values)
+        })();
+        match result {
+            Ok(()) => (!values.is_empty()).then_some(values),
+            Err(e) => {
+                out.outcome = Outcome::Failed;
+                out.retryable = false;
+                out.error = Some(e);
+                None
+            }
+        }
+    }
+}
+
+/// Whether a task's earlier attempt `a` finished it, so that a resume keeps it: it succeeded,
+/// or failed with `continue_on_failure` (and was not cut short by a crash).
+fn finished_before(a: &TaskExecution, task: &Task) -> bool {
+    let interrupted = a
+        .error_message
+        .as_deref()
+        .is_some_and(|m| m.starts_with(crate::events::INTERRUPTED));
+    a.status == TaskState::Success
+        || (task.continue_on_failure && !interrupted && a.status.is_failure())
+}
+
+/// The names of a loop's tasks: `NAME[item]`, or `NAME[index]` for every item when items
+/// repeat, are longer than 64 characters or hold control characters or brackets.
+fn item_names(task: &str, items: &[String]) -> Vec<String> {
+    let plain = |s: &String| {
+        !s.is_empty() && s.len() <= 64 && !s.chars().any(|c| c.is_control() || c == '[' || c == ']')
+    };
+    let unique = items.iter().collect::<std::collections::HashSet<_>>().len() == items.len();
+    match unique && items.iter().all(plain) {
+        true => items.iter().map(|i| format!("{task}[{i}]")).collect(),
+        false => (0..items.len()).map(|k| format!("{task}[{k}]")).collect(),
     }
 }
 
@@ -687,29 +1111,19 @@ fn start(wf: &Workflow, opts: &RunOptions) -> Result<Start> {
                     r.execution.id, r.execution.workflow_name, wf.name
                 )));
             }
+            let last = crate::last_attempts(&r.tasks);
             for (i, t) in wf.tasks.iter().enumerate() {
-                let last = r
-                    .tasks
-                    .iter()
-                    .filter(|a| a.task_name == t.name)
-                    .max_by_key(|a| a.attempt);
-                if let Some(a) = last {
-                    first_attempt[i] = a.attempt + 1;
-                    // An attempt cut short by a crash ran to no conclusion: run it again.
-                    let interrupted = a
-                        .error_message
-                        .as_deref()
-                        .is_some_and(|m| m.starts_with(crate::events::INTERRUPTED));
-                    let finished = a.status == TaskState::Success
-                        || (t.continue_on_failure && !interrupted && a.status.is_failure());
-                    if finished {
-                        done[i] = true;
-                        reports[i].state = a.status;
-                        reports[i].exit_code = a.exit_code;
-                        reports[i].duration_seconds = a.duration_seconds;
-                        reports[i].error = a.error_message.clone();
-                        reports[i].resumed = true;
-                    }
+                // A loop is done when its items are: it has no attempt of its own.
+                let Some(a) = last.iter().find(|a| a.task_name == t.name) else {
+                    continue;
+                };
+                first_attempt[i] = a.attempt + 1;
+                // An attempt cut short by a crash ran to no conclusion: run it again.
+                if finished_before(a, t) && t.iterate_over.is_none() {
+                    done[i] = true;
+                    reports[i] = TaskReport::from_attempt(a);
+                    reports[i].attempts = 0;
+                    reports[i].resumed = true;
                 }
             }
             let mut e = r.execution.clone();

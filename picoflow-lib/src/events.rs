@@ -181,6 +181,10 @@ pub struct TaskExecution {
     pub duration_seconds: Option<f64>,
     /// When the record was created.
     pub created_at: DateTime<Utc>,
+    /// Values the attempt published for its dependents (not a column of `task_executions`:
+    /// the export writes them to `task_outputs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Something that happened during a run.

@@ -1,6 +1,7 @@
 //! `${VAR}` expansion of workflow values (API reference, "Variable Expansion").
 //!
-//! `${NAME}` is replaced by the variable's value, an undefined variable by the empty string,
+//! `${NAME}` is replaced by the variable's value (a name may have dotted parts, as the
+//! values of a run have: `${tasks.dump.outputs.size}`), an undefined variable by the empty string,
 //! and `$$` by a single `$`. A `$` followed by anything else is kept as it is. Expansion is
 //! applied to values handed to programs directly (arguments, environment values, HTTP
 //! headers); a command line run by `/bin/sh -c` is never expanded by PicoFlow — the shell
@@ -102,10 +103,19 @@ pub fn expand_with(text: &str, mut lookup: impl FnMut(&str) -> Option<String>) -
     out
 }
 
-fn is_var_name(s: &str) -> bool {
-    let mut bytes = s.bytes();
+/// Whether `s` can be named in `${…}`: a variable name (`[A-Za-z_][A-Za-z0-9_]*`), or one
+/// followed by dot-separated parts of `[A-Za-z0-9_-]` (`tasks.dump.outputs.size`).
+pub(crate) fn is_var_name(s: &str) -> bool {
+    let mut parts = s.split('.');
+    let head = parts.next().unwrap_or_default();
+    let mut bytes = head.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && parts.all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
 }
 
 #[cfg(test)]
@@ -128,6 +138,8 @@ mod tests {
         assert_eq!(v.expand("$HOME stays"), "$HOME stays");
         assert_eq!(v.expand("${not closed"), "${not closed");
         assert_eq!(v.expand("${1BAD}"), "${1BAD}");
+        assert_eq!(v.expand("${a..b}"), "${a..b}");
+        assert_eq!(v.expand("[${tasks.my-task.outputs.x}]"), "[]");
         assert_eq!(v.expand("trailing $"), "trailing $");
     }
 

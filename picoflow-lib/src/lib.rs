@@ -14,6 +14,10 @@
 //!   and lets an interrupted execution resume (REL-001, REL-003, REL-004). A task's process
 //!   dies with the process running the engine, and what a crashed run left behind is stopped
 //!   before the next run of its workflow starts a task ([`RunOptions::stop_leftovers`]).
+//! * Tasks pass data: a task publishes outputs (`KEY=VALUE` lines in [`OUTPUT_VAR`]'s file, or
+//!   selectors over its output) that later tasks read as `${tasks.NAME.outputs.KEY}`; `when`
+//!   conditions ([`expr`]), `run_if` trigger rules, workflow handlers and `iterate_over` loops
+//!   decide what runs.
 //! * [`Schedule`] and [`Daemon`] run workflows on cron schedules (SCHED-001 … SCHED-005).
 //! * [`Registry`] maps task types to [`Executor`]s; register your own.
 //!
@@ -66,11 +70,13 @@ mod engine;
 mod error;
 mod events;
 mod executor;
-// One switch for the SQLite export: the real module or a stand-in naming the feature.
 mod expand;
+// One switch for the SQLite export: the real module or a stand-in naming the feature.
 #[cfg_attr(feature = "sqlite", path = "export/enabled.rs")]
 #[cfg_attr(not(feature = "sqlite"), path = "export/disabled.rs")]
 mod export;
+pub mod expr;
+mod flow;
 mod logs;
 // One switch, so call sites never test the feature (conventions: cross-cutting features).
 #[cfg_attr(feature = "metrics", path = "metrics/enabled.rs")]
@@ -106,6 +112,7 @@ pub use executor::{
 };
 pub use expand::{expand_with, Vars};
 pub use export::{export_sqlite, ExportReport};
+pub use flow::{MAX_ITEMS, OUTPUT_LIMIT, OUTPUT_VAR};
 pub use logs::{execution_log_dir, task_log_path};
 pub use metrics::{Metrics, MetricsServer};
 pub use model::{

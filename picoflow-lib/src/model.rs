@@ -42,6 +42,84 @@ pub struct Workflow {
     pub config: WorkflowConfig,
     /// The tasks, in file order.
     pub tasks: Vec<Task>,
+    /// Tasks run once after the DAG has finished, by the execution's result.
+    pub handlers: Handlers,
+}
+
+/// Workflow-level handlers: tasks run after every task of the DAG has finished. Their results
+/// are recorded but never change the execution's status.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Handlers {
+    /// Run when the execution succeeded.
+    pub on_success: Vec<Task>,
+    /// Run when the execution failed.
+    pub on_failure: Vec<Task>,
+    /// Run after either, last.
+    pub on_exit: Vec<Task>,
+}
+
+impl Handlers {
+    /// Every handler with the name of its list: `on_success`, `on_failure`, then `on_exit`.
+    pub fn all(&self) -> impl Iterator<Item = (&'static str, &Task)> {
+        self.on_success
+            .iter()
+            .map(|t| ("on_success", t))
+            .chain(self.on_failure.iter().map(|t| ("on_failure", t)))
+            .chain(self.on_exit.iter().map(|t| ("on_exit", t)))
+    }
+
+    /// Whether there is no handler.
+    pub fn is_empty(&self) -> bool {
+        self.on_success.is_empty() && self.on_failure.is_empty() && self.on_exit.is_empty()
+    }
+}
+
+/// When a task runs, given how its dependencies ended (`run_if`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RunIf {
+    /// Every dependency succeeded (or was skipped by its condition). The default.
+    #[default]
+    AllSuccess,
+    /// Every dependency finished, whatever its result.
+    AllDone,
+    /// At least one dependency failed (or was skipped because of a failure).
+    AnyFailed,
+    /// Every dependency failed (or was skipped because of a failure).
+    AllFailed,
+}
+
+impl RunIf {
+    /// The spelling in workflow files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunIf::AllSuccess => "all_success",
+            RunIf::AllDone => "all_done",
+            RunIf::AnyFailed => "any_failed",
+            RunIf::AllFailed => "all_failed",
+        }
+    }
+
+    /// Parses [`RunIf::as_str`].
+    pub fn parse(s: &str) -> Option<RunIf> {
+        [
+            RunIf::AllSuccess,
+            RunIf::AllDone,
+            RunIf::AnyFailed,
+            RunIf::AllFailed,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// The items of a loop task (`iterate_over`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Items {
+    /// Items written in the file.
+    List(Vec<String>),
+    /// A `${…}` reference (usually a task's output) whose value, once its task has run, is
+    /// one item per non-empty line, or a JSON array.
+    From(String),
 }
 
 /// The `config:` block of a workflow. `None` means "not set in the file".
@@ -89,6 +167,45 @@ pub struct Task {
     pub timeout: Option<u64>,
     /// A failure of this task does not fail the workflow and lets dependents run.
     pub continue_on_failure: bool,
+    /// Values published from the attempt's output: name and selector (`stdout`,
+    /// `stdout.field`, `body`, `body.field.sub`, `status`, `exit_code`), in file order.
+    pub outputs: Vec<(String, String)>,
+    /// The task's condition (`when`); false skips it.
+    pub when: Option<String>,
+    /// Which results of its dependencies let the task run.
+    pub run_if: RunIf,
+    /// Makes the task a loop: one task `NAME[item]` per item.
+    pub iterate_over: Option<Items>,
+    /// The line of the task's `name:` in its workflow file, for messages.
+    pub line: Option<usize>,
+}
+
+impl Task {
+    /// A task with every optional field at its default.
+    pub fn new(name: impl Into<String>, kind: impl Into<String>, config: TaskConfig) -> Task {
+        Task {
+            name: name.into(),
+            kind: kind.into(),
+            depends_on: Vec::new(),
+            config,
+            retry: None,
+            timeout: None,
+            continue_on_failure: false,
+            outputs: Vec::new(),
+            when: None,
+            run_if: RunIf::AllSuccess,
+            iterate_over: None,
+            line: None,
+        }
+    }
+
+    /// How messages name the task: `line 12: task 'dump'`, or `task 'dump'` without a line.
+    pub fn label(&self) -> String {
+        match self.line {
+            Some(l) => format!("line {l}: task '{}'", self.name),
+            None => format!("task '{}'", self.name),
+        }
+    }
 }
 
 /// Executor-specific task configuration.

@@ -11,14 +11,27 @@
 
 use std::collections::VecDeque;
 
+use crate::model::RunIf;
+
 /// Where a task stands in the execution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Waiting,
     Running,
-    /// Finished; the flag says whether its dependents may run.
+    /// Finished; the flag says whether it counts as a success for its dependents.
     Done(bool),
-    Skipped,
+    /// Not run; the flag as for `Done`.
+    Skipped(bool),
+}
+
+/// Why the plan skipped a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Skip {
+    /// A task it needs failed: the task that failed first, upstream.
+    Failed(usize),
+    /// Its `run_if` rule does not hold (a failure handler when nothing failed). Counts as a
+    /// success for its own dependents.
+    Rule,
 }
 
 /// The state of one execution's tasks. Indices are those of the workflow's tasks.
@@ -26,11 +39,19 @@ enum Slot {
 pub(crate) struct Plan {
     slots: Vec<Slot>,
     dependents: Vec<Vec<usize>>,
-    /// Dependencies of each task that have not released it yet.
+    rules: Vec<RunIf>,
+    dependency_count: Vec<usize>,
+    /// Dependencies of each task that have not ended yet.
     remaining: Vec<usize>,
+    /// Of those that ended, how many failed (or were skipped because of a failure), and the
+    /// failure upstream that caused the first of them.
+    failed: Vec<usize>,
+    cause: Vec<Option<usize>>,
     /// Ready tasks in the order they became ready, each with the number of completions that
     /// must be durable before it starts.
     ready: VecDeque<(usize, u64)>,
+    /// Skips not yet taken by the caller.
+    skipped: Vec<(usize, Skip)>,
     limit: usize,
     running: usize,
     /// Completions reported so far.
@@ -41,10 +62,15 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// A plan for tasks whose dependencies are `dependencies[i]`, at most `limit` running at
-    /// once. Tasks with `done[i]` set finished in an earlier run of the execution (a resume):
-    /// they do not run and they release their dependents.
-    pub(crate) fn new(dependencies: &[Vec<usize>], done: &[bool], limit: usize) -> Plan {
+    /// A plan for tasks whose dependencies are `dependencies[i]` and whose trigger rules are
+    /// `rules[i]`, at most `limit` running at once. Tasks with `done[i]` set finished in an
+    /// earlier run of the execution (a resume): they do not run and they count as successes.
+    pub(crate) fn new(
+        dependencies: &[Vec<usize>],
+        rules: &[RunIf],
+        done: &[bool],
+        limit: usize,
+    ) -> Plan {
         let n = dependencies.len();
         let mut dependents = vec![Vec::new(); n];
         for (i, deps) in dependencies.iter().enumerate() {
@@ -62,21 +88,28 @@ impl Plan {
             .iter()
             .map(|deps| deps.iter().filter(|&&d| !done[d]).count())
             .collect();
-        let ready = (0..n)
-            .filter(|&i| slots[i] == Slot::Waiting && remaining[i] == 0)
-            .map(|i| (i, 0))
-            .collect();
-        Plan {
+        let mut plan = Plan {
             slots,
             dependents,
+            rules: rules.to_vec(),
+            dependency_count: dependencies.iter().map(Vec::len).collect(),
             remaining,
-            ready,
+            failed: vec![0; n],
+            cause: vec![None; n],
+            ready: VecDeque::new(),
+            skipped: Vec::new(),
             limit: limit.max(1),
             running: 0,
             completed: 0,
             covered: 0,
             flushing: false,
+        };
+        for i in 0..n {
+            if plan.slots[i] == Slot::Waiting && plan.remaining[i] == 0 {
+                plan.decide(i);
+            }
         }
+        plan
     }
 
     /// The task that may start now, if any: the first ready one, when a slot is free and the
@@ -94,34 +127,77 @@ impl Plan {
         self.running += 1;
     }
 
-    /// Records that running task `i` ended. With `release` its dependents may run once this
-    /// completion is durable; without it, every task downstream that has not run is skipped
-    /// and returned (in breadth-first order) for the caller to report.
-    pub(crate) fn finish(&mut self, i: usize, release: bool) -> Vec<usize> {
+    /// Records that running task `i` ended, as a success for its dependents (`ok`: it
+    /// succeeded, failed with `continue_on_failure`, or its condition skipped it) or as a
+    /// failure. Dependents whose every dependency has ended become ready, or are skipped by
+    /// their rule ([`Plan::take_skipped`]).
+    pub(crate) fn finish(&mut self, i: usize, ok: bool) {
         debug_assert_eq!(self.slots[i], Slot::Running);
         self.running -= 1;
         self.completed += 1;
-        self.slots[i] = Slot::Done(release);
-        if release {
-            for &d in &self.dependents[i] {
+        self.slots[i] = Slot::Done(ok);
+        self.resolved(i, ok, if ok { None } else { Some(i) });
+    }
+
+    /// The tasks skipped since the last call, in the order the plan decided.
+    pub(crate) fn take_skipped(&mut self) -> Vec<(usize, Skip)> {
+        std::mem::take(&mut self.skipped)
+    }
+
+    /// Task `i` ended (`ok` as in [`Plan::finish`]); tells its dependents, breadth first.
+    fn resolved(&mut self, i: usize, ok: bool, cause: Option<usize>) {
+        let mut queue = VecDeque::from([(i, ok, cause)]);
+        while let Some((i, ok, cause)) = queue.pop_front() {
+            for k in 0..self.dependents[i].len() {
+                let d = self.dependents[i][k];
                 self.remaining[d] -= 1;
-                if self.remaining[d] == 0 && self.slots[d] == Slot::Waiting {
-                    self.ready.push_back((d, self.completed));
+                if !ok {
+                    self.failed[d] += 1;
+                    self.cause[d] = self.cause[d].or(cause);
+                }
+                if self.slots[d] == Slot::Waiting && self.decidable(d) {
+                    if let Some(skip) = self.decide(d) {
+                        let ok = skip == Skip::Rule;
+                        queue.push_back((d, ok, self.cause[d]));
+                    }
                 }
             }
-            return Vec::new();
         }
-        let mut skipped = Vec::new();
-        let mut queue: VecDeque<usize> = self.dependents[i].iter().copied().collect();
-        while let Some(d) = queue.pop_front() {
-            if self.slots[d] != Slot::Waiting {
-                continue;
+    }
+
+    /// Whether waiting task `i`'s fate is known: every dependency has ended, or enough of
+    /// them for its rule never to hold (a failure under `all_success`, a success under
+    /// `all_failed`), so that it is skipped at once.
+    fn decidable(&self, i: usize) -> bool {
+        let ended_ok = self.dependency_count[i] - self.remaining[i] - self.failed[i];
+        self.remaining[i] == 0
+            || match self.rules[i] {
+                RunIf::AllSuccess => self.failed[i] > 0,
+                RunIf::AllFailed => ended_ok > 0,
+                RunIf::AllDone | RunIf::AnyFailed => false,
             }
-            self.slots[d] = Slot::Skipped;
-            skipped.push(d);
-            queue.extend(self.dependents[d].iter().copied());
+    }
+
+    /// Waiting task `i` is [`Plan::decidable`]: it becomes ready, or is skipped.
+    fn decide(&mut self, i: usize) -> Option<Skip> {
+        let failed = self.failed[i];
+        let runs = match self.rules[i] {
+            RunIf::AllSuccess => failed == 0,
+            RunIf::AllDone => true,
+            RunIf::AnyFailed => failed > 0,
+            RunIf::AllFailed => failed > 0 && failed == self.dependency_count[i],
+        };
+        if runs {
+            self.ready.push_back((i, self.completed));
+            return None;
         }
-        skipped
+        let skip = match (self.rules[i], self.cause[i]) {
+            (RunIf::AllSuccess, Some(c)) => Skip::Failed(c),
+            _ => Skip::Rule,
+        };
+        self.slots[i] = Slot::Skipped(skip == Skip::Rule);
+        self.skipped.push((i, skip));
+        Some(skip)
     }
 
     /// The number of completions a flush should make durable, when one is due: there are
@@ -157,6 +233,11 @@ impl Plan {
 mod tests {
     use super::*;
 
+    /// A plan where every task has the default rule.
+    fn plan(deps: &[Vec<usize>], done: &[bool], limit: usize) -> Plan {
+        Plan::new(deps, &vec![RunIf::AllSuccess; deps.len()], done, limit)
+    }
+
     /// Starts everything startable; returns the indices in start order.
     fn start_all(p: &mut Plan) -> Vec<usize> {
         let mut started = Vec::new();
@@ -176,9 +257,9 @@ mod tests {
 
     #[test]
     fn a_chain_runs_one_task_at_a_time_each_after_its_dependency_is_durable() {
-        let mut p = Plan::new(&[vec![], vec![0], vec![1]], &[false; 3], 4);
+        let mut p = plan(&[vec![], vec![0], vec![1]], &[false; 3], 4);
         assert_eq!(start_all(&mut p), [0]);
-        assert!(p.finish(0, true).is_empty());
+        p.finish(0, true);
         // Released, but its dependency's completion is not durable yet.
         assert_eq!(p.startable(), None);
         sync(&mut p);
@@ -194,7 +275,7 @@ mod tests {
 
     #[test]
     fn the_limit_bounds_running_tasks_and_independent_tasks_never_wait_for_a_flush() {
-        let mut p = Plan::new(&[vec![], vec![], vec![], vec![0]], &[false; 4], 2);
+        let mut p = plan(&[vec![], vec![], vec![], vec![0]], &[false; 4], 2);
         // Task 2 is ready too, but two run already.
         assert_eq!(start_all(&mut p), [0, 1]);
         p.finish(1, true);
@@ -215,9 +296,14 @@ mod tests {
     fn a_failure_skips_everything_downstream_and_nothing_else() {
         // 0 -> 1 -> 3, 0 -> 2, 4 alone; 5 depends on 3 and 4.
         let deps = [vec![], vec![0], vec![0], vec![1], vec![], vec![3, 4]];
-        let mut p = Plan::new(&deps, &[false; 6], 8);
+        let mut p = plan(&deps, &[false; 6], 8);
         assert_eq!(start_all(&mut p), [0, 4]);
-        assert_eq!(p.finish(0, false), [1, 2, 3, 5]);
+        p.finish(0, false);
+        let failed = Skip::Failed(0);
+        assert_eq!(
+            p.take_skipped(),
+            [(1, failed), (2, failed), (3, failed), (5, failed)]
+        );
         p.finish(4, true);
         sync(&mut p);
         assert_eq!(p.startable(), None);
@@ -227,9 +313,9 @@ mod tests {
     #[test]
     fn a_released_failure_lets_its_dependents_run() {
         // `continue_on_failure`: the engine releases the dependents of a failed task.
-        let mut p = Plan::new(&[vec![], vec![0]], &[false; 2], 1);
+        let mut p = plan(&[vec![], vec![0]], &[false; 2], 1);
         start_all(&mut p);
-        assert!(p.finish(0, true).is_empty());
+        p.finish(0, true);
         sync(&mut p);
         assert_eq!(start_all(&mut p), [1]);
     }
@@ -237,13 +323,13 @@ mod tests {
     #[test]
     fn a_resume_starts_after_the_tasks_that_finished_before() {
         let deps = [vec![], vec![0], vec![1], vec![]];
-        let mut p = Plan::new(&deps, &[true, true, false, false], 4);
+        let mut p = plan(&deps, &[true, true, false, false], 4);
         assert_eq!(start_all(&mut p), [2, 3]);
     }
 
     #[test]
     fn a_failed_flush_makes_nothing_durable_and_a_later_one_can_retry() {
-        let mut p = Plan::new(&[vec![], vec![0]], &[false; 2], 2);
+        let mut p = plan(&[vec![], vec![0]], &[false; 2], 2);
         start_all(&mut p);
         p.finish(0, true);
         assert_eq!(p.flush_due(), Some(1));
@@ -256,11 +342,75 @@ mod tests {
 
     #[test]
     fn a_stopping_run_settles_once_its_running_tasks_end() {
-        let mut p = Plan::new(&[vec![], vec![], vec![]], &[false; 3], 1);
+        let mut p = plan(&[vec![], vec![], vec![]], &[false; 3], 1);
         start_all(&mut p);
         assert!(!p.settled(true), "a task still runs");
         p.finish(0, true);
         assert!(p.settled(true), "ready tasks do not start when stopping");
         assert!(!p.settled(false));
+    }
+
+    #[test]
+    fn trigger_rules_decide_once_every_dependency_has_ended() {
+        // 0 fails; 1 needs it (skipped); 2 cleans up (all_done) after 0 and 1; 3 handles
+        // failures of 1 (a skip caused by a failure counts); 4 runs only if 0 and 5 both
+        // failed; 5 succeeds; 6 depends on handler 4, which its rule skipped.
+        let deps = [
+            vec![],
+            vec![0],
+            vec![0, 1],
+            vec![1],
+            vec![0, 5],
+            vec![],
+            vec![4],
+        ];
+        let rules = [
+            RunIf::AllSuccess,
+            RunIf::AllSuccess,
+            RunIf::AllDone,
+            RunIf::AnyFailed,
+            RunIf::AllFailed,
+            RunIf::AllSuccess,
+            RunIf::AllSuccess,
+        ];
+        let mut p = Plan::new(&deps, &rules, &[false; 7], 8);
+        assert_eq!(start_all(&mut p), [0, 5]);
+        p.finish(0, false);
+        assert_eq!(p.take_skipped(), [(1, Skip::Failed(0))]);
+        p.finish(5, true);
+        assert_eq!(p.take_skipped(), [(4, Skip::Rule)]);
+        sync(&mut p);
+        // The rule's skip counts as a success: 6 runs.
+        assert_eq!(start_all(&mut p), [2, 3, 6]);
+    }
+
+    #[test]
+    fn a_failure_handler_is_skipped_when_nothing_failed() {
+        let deps = [vec![], vec![0]];
+        let mut p = Plan::new(
+            &deps,
+            &[RunIf::AllSuccess, RunIf::AnyFailed],
+            &[false; 2],
+            2,
+        );
+        start_all(&mut p);
+        p.finish(0, true);
+        assert_eq!(p.take_skipped(), [(1, Skip::Rule)]);
+        sync(&mut p);
+        assert!(p.settled(false));
+    }
+
+    #[test]
+    fn on_resume_a_rule_sees_the_tasks_finished_before() {
+        // 0 succeeded in the earlier run: a handler of its failure is skipped at once.
+        let deps = [vec![], vec![0]];
+        let mut p = Plan::new(
+            &deps,
+            &[RunIf::AllSuccess, RunIf::AnyFailed],
+            &[true, false],
+            2,
+        );
+        assert_eq!(p.take_skipped(), [(1, Skip::Rule)]);
+        assert_eq!(p.startable(), None);
     }
 }

@@ -184,6 +184,7 @@ mod tests {
             error_message: Some("boom".into()),
             duration_seconds: Some(dur),
             created_at: now,
+            outputs: None,
         }
     }
 

@@ -1114,6 +1114,7 @@ fn journal_line(r: &TaskExecution) -> Vec<u8> {
         error_message: r.error_message.clone(),
         duration_seconds: r.duration_seconds,
         created_at: r.created_at,
+        outputs: r.outputs.clone(),
     };
     let mut line = encode(&compact);
     line.push(b'\n');
@@ -1311,6 +1312,7 @@ mod tests {
             error_message: None,
             duration_seconds: None,
             created_at: t,
+            outputs: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Starter workflows written by `picoflow init`.
 
 /// Names of the templates, for help texts.
-pub const TEMPLATE_NAMES: [&str; 5] = ["minimal", "shell", "ssh", "http", "full"];
+pub const TEMPLATE_NAMES: [&str; 6] = ["minimal", "shell", "ssh", "http", "full", "data"];
 
 /// The YAML text of template `kind` for a workflow called `name`.
 pub fn template(kind: &str, name: &str) -> Option<String> {
@@ -11,6 +11,7 @@ pub fn template(kind: &str, name: &str) -> Option<String> {
         "ssh" => SSH,
         "http" => HTTP,
         "full" => FULL,
+        "data" => DATA,
         _ => return None,
     };
     Some(body.replace("__NAME__", name))
@@ -141,6 +142,53 @@ tasks:
     continue_on_failure: true
 "#;
 
+const DATA: &str = r#"name: __NAME__
+description: "Data between tasks: outputs, a condition, a loop and a failure handler"
+
+tasks:
+  - name: find
+    type: shell
+    config:
+      # Outputs: KEY=VALUE lines, or KEY<<EOF ... EOF blocks, appended to $PICOFLOW_OUTPUT.
+      command: |
+        ls /etc/*.conf 2>/dev/null | head -n 3 > /tmp/__NAME__-files.txt
+        printf 'count=%s\n' "$(wc -l < /tmp/__NAME__-files.txt)" >> "$PICOFLOW_OUTPUT"
+        printf 'files<<EOF\n%s\nEOF\n' "$(cat /tmp/__NAME__-files.txt)" >> "$PICOFLOW_OUTPUT"
+
+  - name: report
+    type: shell
+    depends_on: [find]
+    # Runs only when the condition holds; otherwise it is skipped (and its dependents run).
+    when: "${tasks.find.outputs.count} > 0"
+    config:
+      # In a /bin/sh -c command line a value reaches the shell as a variable, never as code.
+      command: "echo \"found ${tasks.find.outputs.count} files\""
+
+  - name: checksum
+    type: shell
+    depends_on: [find]
+    # One task per line of the output: checksum[/etc/a.conf], checksum[/etc/b.conf] ...
+    iterate_over: "${tasks.find.outputs.files}"
+    config:
+      command: "sha256sum"
+      args: ["${item}"]
+    continue_on_failure: true
+
+  - name: cleanup
+    type: shell
+    depends_on: [report, checksum]
+    run_if: all_done              # all_success (default), all_done, any_failed, all_failed
+    config:
+      command: "rm -f /tmp/__NAME__-files.txt"
+
+# Run after the whole workflow; they never change its status.
+on_failure:
+  - name: alert
+    type: shell
+    config:
+      command: "echo \"${workflow.name} failed: ${failed_tasks} (execution ${execution.id})\" >&2"
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +201,11 @@ mod tests {
                 crate::yaml::parse_workflow(&text, kind).unwrap_or_else(|e| panic!("{kind}: {e}"));
             assert_eq!(wf.name, "demo");
             crate::dag::Dag::build(&wf).unwrap();
+            // The shell-only ones are complete workflows in every build.
+            if ["minimal", "shell", "data"].contains(&kind) {
+                crate::validate::validate_workflow(&wf, kind, &crate::Registry::builtin())
+                    .unwrap_or_else(|e| panic!("{kind}: {e}"));
+            }
         }
         assert!(template("nope", "x").is_none());
     }

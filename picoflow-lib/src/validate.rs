@@ -59,13 +59,16 @@ pub fn validate_workflow(wf: &Workflow, origin: &str, registry: &Registry) -> Re
             None
         }
     };
+    if let Some(dag) = &dag {
+        problems.extend(crate::flow::check(wf, &|a, b| dag.is_ancestor(a, b)));
+    }
     if !problems.is_empty() {
         return Err(Error::Invalid {
             file: origin.to_string(),
             problems,
         });
     }
-    for task in &wf.tasks {
+    for task in wf.tasks.iter().chain(wf.handlers.all().map(|(_, t)| t)) {
         match registry.get(&task.kind) {
             None => {
                 return Err(Error::MissingFeature {

@@ -15,9 +15,9 @@ use serde_yaml as yaml;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    is_valid_name, Catchup, HttpConfig, ShellConfig, SshConfig, Task, TaskConfig, Workflow,
-    WorkflowConfig, DEFAULT_HTTP_TIMEOUT_SECS, DEFAULT_SSH_PORT, DEFAULT_SSH_TIMEOUT_SECS,
-    HTTP_METHODS,
+    is_valid_name, Catchup, Handlers, HttpConfig, Items, RunIf, ShellConfig, SshConfig, Task,
+    TaskConfig, Workflow, WorkflowConfig, DEFAULT_HTTP_TIMEOUT_SECS, DEFAULT_SSH_PORT,
+    DEFAULT_SSH_TIMEOUT_SECS, HTTP_METHODS,
 };
 
 #[derive(Deserialize)]
@@ -39,6 +39,12 @@ struct RawWorkflow {
     #[serde(default)]
     config: Option<RawConfig>,
     tasks: Vec<RawTask>,
+    #[serde(default)]
+    on_success: Vec<RawTask>,
+    #[serde(default)]
+    on_failure: Vec<RawTask>,
+    #[serde(default)]
+    on_exit: Vec<RawTask>,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +73,18 @@ struct RawTask {
     timeout: Option<i64>,
     #[serde(default)]
     continue_on_failure: bool,
+    #[serde(default)]
+    outputs: yaml::Mapping,
+    #[serde(default)]
+    when: Option<yaml::Value>,
+    #[serde(default)]
+    run_if: Option<String>,
+    #[serde(default)]
+    on_success: Vec<String>,
+    #[serde(default)]
+    on_failure: Vec<String>,
+    #[serde(default)]
+    iterate_over: Option<yaml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -126,7 +144,6 @@ pub(crate) fn parse_workflow(text: &str, origin: &str) -> Result<Workflow> {
             Ok(_) => syntax_error(origin, &e),
         }
     })?;
-    let lines = TaskLines::new(text);
     let mut problems = Vec::new();
 
     if !is_valid_name(&raw.name) {
@@ -191,49 +208,24 @@ pub(crate) fn parse_workflow(text: &str, origin: &str) -> Result<Workflow> {
         },
     };
 
-    let mut tasks = Vec::with_capacity(raw.tasks.len());
-    for (index, rt) in raw.tasks.into_iter().enumerate() {
-        let at = lines.line_of(index, &rt.name);
-        let where_ = match at {
-            Some(l) => format!("line {l}: task '{}'", rt.name),
-            None => format!("task '{}'", rt.name),
-        };
-        let before = problems.len();
-        if !is_valid_name(&rt.name) {
-            problems.push(format!(
-                "{where_}: name must be 1-64 characters of letters, digits, '-' and '_'"
-            ));
+    let mut sections = Vec::with_capacity(4);
+    for (section, list) in [
+        ("tasks", raw.tasks),
+        ("on_success", raw.on_success),
+        ("on_failure", raw.on_failure),
+        ("on_exit", raw.on_exit),
+    ] {
+        let lines = TaskLines::new(text, section);
+        let mut tasks = Vec::with_capacity(list.len());
+        for (index, rt) in list.into_iter().enumerate() {
+            let at = lines.line_of(index, &rt.name);
+            tasks.push(task(rt, at, origin, &mut problems)?);
         }
-        let retry = range(&mut problems, &format!("{where_}: retry"), rt.retry, 0, 100);
-        let timeout = range(
-            &mut problems,
-            &format!("{where_}: timeout"),
-            rt.timeout,
-            0,
-            86_400,
-        );
-        let config = task_config(
-            &rt.kind,
-            rt.config,
-            origin,
-            at,
-            &rt.name,
-            &where_,
-            &mut problems,
-        )?;
-        if problems.len() > before {
-            // Keep going to report every problem at once, but do not build a task from it.
-        }
-        tasks.push(Task {
-            name: rt.name,
-            kind: rt.kind,
-            depends_on: rt.depends_on,
-            config,
-            retry: retry.map(|v| v as u32),
-            timeout: timeout.map(|v| v as u64),
-            continue_on_failure: rt.continue_on_failure,
-        });
+        sections.push(tasks);
     }
+    let mut sections = sections.into_iter();
+    let mut next = || sections.next().unwrap_or_default();
+    let (tasks, on_success, on_failure, on_exit) = (next(), next(), next(), next());
 
     if !problems.is_empty() {
         return Err(Error::Invalid {
@@ -251,6 +243,118 @@ pub(crate) fn parse_workflow(text: &str, origin: &str) -> Result<Workflow> {
         jitter,
         config,
         tasks,
+        handlers: Handlers {
+            on_success,
+            on_failure,
+            on_exit,
+        },
+    })
+}
+
+/// Converts one task (of `tasks:` or of a handler list) found at line `at`.
+fn task(rt: RawTask, at: Option<usize>, origin: &str, problems: &mut Vec<String>) -> Result<Task> {
+    let where_ = match at {
+        Some(l) => format!("line {l}: task '{}'", rt.name),
+        None => format!("task '{}'", rt.name),
+    };
+    if !is_valid_name(&rt.name) {
+        problems.push(format!(
+            "{where_}: name must be 1-64 characters of letters, digits, '-' and '_'"
+        ));
+    }
+    let retry = range(problems, &format!("{where_}: retry"), rt.retry, 0, 100);
+    let timeout = range(
+        problems,
+        &format!("{where_}: timeout"),
+        rt.timeout,
+        0,
+        86_400,
+    );
+    let mut outputs = Vec::with_capacity(rt.outputs.len());
+    for (k, v) in &rt.outputs {
+        match (scalar_text(k), scalar_text(v)) {
+            (Some(k), Some(v)) => outputs.push((k, v)),
+            _ => problems.push(format!(
+                "{where_}: outputs: names and selectors must be strings"
+            )),
+        }
+    }
+    let when = match rt.when {
+        None => None,
+        Some(v) => match scalar_text(&v) {
+            Some(t) => Some(t),
+            None => {
+                problems.push(format!(
+                    "{where_}: when: expected a condition such as \"${{tasks.check.outputs.changed}} == 'yes'\""
+                ));
+                None
+            }
+        },
+    };
+    let mut depends_on = rt.depends_on;
+    let mut run_if = match rt.run_if.as_deref() {
+        None => RunIf::AllSuccess,
+        Some(r) => RunIf::parse(r).unwrap_or_else(|| {
+            problems.push(format!(
+                "{where_}: run_if: '{r}' is not one of all_success, all_done, any_failed, all_failed"
+            ));
+            RunIf::AllSuccess
+        }),
+    };
+    // `on_success: [a]` / `on_failure: [a]` are shorthands for `depends_on` with a rule.
+    match (rt.on_success.is_empty(), rt.on_failure.is_empty()) {
+        (true, true) => {}
+        (false, false) => problems.push(format!(
+            "{where_}: on_success and on_failure cannot both be set; use depends_on with run_if"
+        )),
+        (false, true) if rt.run_if.is_some() => problems.push(format!(
+            "{where_}: on_success is short for depends_on with run_if: all_success; it cannot be combined with run_if"
+        )),
+        (true, false) if rt.run_if.is_some() || !depends_on.is_empty() => problems.push(format!(
+            "{where_}: on_failure is short for depends_on with run_if: any_failed; it cannot be combined with depends_on or run_if"
+        )),
+        (false, true) => depends_on.extend(rt.on_success.iter().cloned()),
+        (true, false) => {
+            depends_on = rt.on_failure.clone();
+            run_if = RunIf::AnyFailed;
+        }
+    }
+    let iterate_over = match rt.iterate_over {
+        None => None,
+        Some(yaml::Value::Sequence(items)) => {
+            let mut list = Vec::with_capacity(items.len());
+            for item in &items {
+                match scalar_text(item) {
+                    Some(t) => list.push(t),
+                    None => problems.push(format!(
+                        "{where_}: iterate_over: items must be strings or numbers"
+                    )),
+                }
+            }
+            Some(Items::List(list))
+        }
+        Some(yaml::Value::String(r)) => Some(Items::From(r)),
+        Some(_) => {
+            problems.push(format!(
+                "{where_}: iterate_over: expected a list of items or a reference such as \"${{tasks.list.outputs.files}}\""
+            ));
+            None
+        }
+    };
+    let config = task_config(&rt.kind, rt.config, origin, at, &rt.name, &where_, problems)?;
+    Ok(Task {
+        name: rt.name,
+        kind: rt.kind,
+        depends_on,
+        config,
+        retry: retry.map(|v| v as u32),
+        timeout: timeout.map(|v| v as u64),
+        continue_on_failure: rt.continue_on_failure,
+        outputs,
+        when,
+        run_if,
+        iterate_over,
+        line: at,
     })
 }
 
@@ -262,6 +366,12 @@ const TASK_FIELDS: &[&str] = &[
     "retry",
     "timeout",
     "continue_on_failure",
+    "outputs",
+    "when",
+    "run_if",
+    "on_success",
+    "on_failure",
+    "iterate_over",
 ];
 
 fn task_config(
@@ -483,7 +593,8 @@ struct TaskLines<'a> {
 }
 
 impl<'a> TaskLines<'a> {
-    fn new(text: &'a str) -> Self {
+    /// The items of the top-level list `section` (`tasks`, `on_failure` …).
+    fn new(text: &'a str, section: &str) -> Self {
         let mut starts = Vec::new();
         let mut in_tasks = false;
         let mut item_indent = None;
@@ -495,7 +606,9 @@ impl<'a> TaskLines<'a> {
             let trimmed = line.trim_start();
             let indent = line.len() - trimmed.len();
             if indent == 0 && !trimmed.is_empty() && !trimmed.starts_with('#') {
-                in_tasks = trimmed.starts_with("tasks:");
+                in_tasks = trimmed
+                    .strip_prefix(section)
+                    .is_some_and(|rest| rest.starts_with(':'));
                 item_indent = None;
                 continue;
             }
@@ -565,7 +678,7 @@ mod tests {
                 "  max_parallel: 2",
             ]
             .join(nl);
-            let lines = TaskLines::new(&text);
+            let lines = TaskLines::new(&text, "tasks");
             assert_eq!(lines.line_of(0, "a"), Some(3));
             assert_eq!(lines.line_of(1, "b"), Some(8));
             assert_eq!(lines.line_of(2, "c"), Some(9));

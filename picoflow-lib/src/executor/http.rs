@@ -1,6 +1,7 @@
 //! `type: http`: one HTTP request per attempt (EXEC-003, EXEC-005, DAG-008), on isahc.
 //!
-//! * `url` and header values get `${VAR}` expansion. A `body` is sent as JSON with
+//! * `url`, header values and the strings of `body` get `${VAR}` expansion (values are
+//!   inserted as JSON strings, so no value can change the body's structure). A `body` is sent as JSON with
 //!   `Content-Type: application/json` unless a header sets the content type (in any case).
 //! * Success is a status in `expected_status`, or any 2xx when it is absent. Redirects are
 //!   never followed: a 3xx is a result like any other and is judged by `expected_status`, so
@@ -167,7 +168,7 @@ fn prepare(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> Result<Prepared, String> 
             if !has_content_type {
                 builder = builder.header(CONTENT_TYPE, "application/json");
             }
-            let bytes = serde_json::to_vec(json)
+            let bytes = serde_json::to_vec(&expand_json(json, ctx))
                 .map_err(|e| fail(format!("cannot encode the body as JSON: {e}")))?;
             AsyncBody::from(bytes)
         }
@@ -338,6 +339,21 @@ async fn run(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> TaskOutput {
         tracing::debug!(task = %ctx.task.name, error = %e, retryable = out.retryable, "http attempt failed");
     }
     out
+}
+
+/// `json` with `${VAR}` expanded in its strings (keys and values).
+fn expand_json(json: &serde_json::Value, ctx: &TaskContext<'_>) -> serde_json::Value {
+    use serde_json::Value;
+    match json {
+        Value::String(s) => Value::String(ctx.vars.expand(s)),
+        Value::Array(a) => Value::Array(a.iter().map(|v| expand_json(v, ctx)).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (ctx.vars.expand(k), expand_json(v, ctx)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// Sends the request and reads the whole answer, streaming the body to the task's output.

@@ -89,6 +89,15 @@ pub struct TaskContext<'a> {
     pub output: &'a dyn OutputSink,
 }
 
+impl TaskContext<'_> {
+    /// The file this attempt may write published values to, as `KEY=VALUE` lines or
+    /// `KEY<<DELIMITER` blocks (the shell executor names it in `$PICOFLOW_OUTPUT`). The
+    /// engine reads it after the attempt.
+    pub fn output_file(&self) -> std::path::PathBuf {
+        crate::flow::output_file(self.execution_id, &self.task.name, self.attempt)
+    }
+}
+
 impl fmt::Debug for TaskContext<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskContext")

@@ -82,7 +82,8 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
         .env(orphans::EXECUTION_VAR, ctx.execution_id)
         .env(orphans::TASK_VAR, &ctx.task.name)
         .env(orphans::ATTEMPT_VAR, ctx.attempt.to_string())
-        .env(orphans::OWNER_VAR, orphans::owner());
+        .env(orphans::OWNER_VAR, orphans::owner())
+        .env(crate::flow::OUTPUT_VAR, ctx.output_file());
     cmd.process_group(0);
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the child between fork and exec and calls only
@@ -254,15 +255,7 @@ mod tests {
     use std::time::Instant;
 
     fn task(cfg: ShellConfig) -> Task {
-        Task {
-            name: "t".into(),
-            kind: "shell".into(),
-            depends_on: vec![],
-            config: TaskConfig::Shell(cfg),
-            retry: None,
-            timeout: None,
-            continue_on_failure: false,
-        }
+        Task::new("t", "shell", TaskConfig::Shell(cfg))
     }
 
     fn exec(cfg: ShellConfig, timeout: Option<Duration>, vars: &Vars) -> TaskOutput {

@@ -4,6 +4,9 @@
 //! * **Schema.** [`SCHEMA`] is the API reference's DDL: both tables with their columns, types,
 //!   `NOT NULL`, defaults, primary keys, the foreign key with `ON DELETE CASCADE`, and the
 //!   seven indexes with their documented names.
+//! * **Outputs.** Values tasks published go to one more table, [`OUTPUTS_SCHEMA`]'s
+//!   `task_outputs` (one row per attempt and name); the documented tables stay exact, and an
+//!   export made before outputs existed gets the table added.
 //! * **Values.** Timestamps are UTC in SQLite's own ISO 8601 form, `YYYY-MM-DD HH:MM:SS.SSS`,
 //!   so comparisons with `datetime('now', '-1 day')` and `BETWEEN '2025-11-01' AND …` work
 //!   as text; statuses are lower case; one `task_executions` row per attempt.
@@ -62,6 +65,17 @@ CREATE INDEX idx_task_status ON task_executions(status);
 CREATE INDEX idx_task_started_at ON task_executions(started_at);
 ";
 
+/// The table of published values, beside the documented ones.
+pub(crate) const OUTPUTS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS task_outputs (
+    task_execution_id TEXT NOT NULL,          -- FK to task_executions
+    name TEXT NOT NULL,                       -- Output name
+    value TEXT NOT NULL,                      -- Published value
+    PRIMARY KEY (task_execution_id, name),
+    FOREIGN KEY (task_execution_id) REFERENCES task_executions(id) ON DELETE CASCADE
+);
+";
+
 /// What an export wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExportReport {
@@ -112,6 +126,7 @@ pub fn export_sqlite(
         } else {
             check_schema(&tx, path)?;
         }
+        tx.execute_batch(OUTPUTS_SCHEMA).map_err(&err)?;
         let mut report = ExportReport::default();
         {
             let mut get_exec = tx
@@ -143,6 +158,12 @@ pub fn export_sqlite(
                      stdout = excluded.stdout, stderr = excluded.stderr, \
                      error_message = excluded.error_message, \
                      duration_seconds = excluded.duration_seconds",
+                )
+                .map_err(&err)?;
+            let mut put_output = tx
+                .prepare(
+                    "INSERT INTO task_outputs (task_execution_id, name, value) \
+                     VALUES (?1, ?2, ?3) ON CONFLICT DO UPDATE SET value = excluded.value",
                 )
                 .map_err(&err)?;
             for e in executions {
@@ -207,6 +228,11 @@ pub fn export_sqlite(
                             ts(t.created_at),
                         ])
                         .map_err(&err)?;
+                    for (name, value) in t.outputs.iter().flatten() {
+                        put_output
+                            .execute(params![t.id, name, value])
+                            .map_err(&err)?;
+                    }
                     if before.is_some() {
                         report.tasks_updated += 1;
                     } else {

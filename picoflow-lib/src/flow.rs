@@ -1,0 +1,684 @@
+//! Data between tasks: outputs, the values `${…}` reads from a run, conditions' inputs, loop
+//! items and the checks of all of them.
+//!
+//! * A task publishes named values: a shell task writes `KEY=VALUE` lines (or `KEY<<EOF` …
+//!   `EOF` blocks) to the file named by `$PICOFLOW_OUTPUT`; any task can publish parts of
+//!   its result with `outputs: {name: selector}` (`stdout`, `stdout.a.b` on JSON output,
+//!   `stderr`, `exit_code`; for HTTP `body`, `body.a.b` and `status`). At most
+//!   [`OUTPUT_LIMIT`] bytes per task.
+//! * Dependents read them as `${tasks.NAME.outputs.KEY}`, and a task's result as
+//!   `${tasks.NAME.status}`. `${workflow.name}` and `${execution.id}` are always set;
+//!   handlers also get `${execution.status}` and `${failed_tasks}`; a loop's tasks `${item}`
+//!   and `${item_index}`.
+//! * In a command line run by `/bin/sh -c` such a reference is handed to the shell as an
+//!   environment variable (`PICOFLOW_REF_1` …): the value is never pasted into shell text,
+//!   so no value can inject commands.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use crate::events::TaskState;
+use crate::expand::Vars;
+use crate::expr::Expr;
+use crate::model::{Items, Task, TaskConfig, Workflow};
+
+/// Largest total size of one task's published values (names and values), in bytes.
+pub const OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// Environment variable naming the file a shell task writes its outputs to.
+pub const OUTPUT_VAR: &str = "PICOFLOW_OUTPUT";
+
+/// Largest number of items a loop may have.
+pub const MAX_ITEMS: usize = 10_000;
+
+/// Whether `name` is a value PicoFlow provides during a run (rather than an environment
+/// variable or a configured value).
+pub(crate) fn is_run_value(name: &str) -> bool {
+    name.starts_with("tasks.")
+        || name.starts_with("workflow.")
+        || name.starts_with("execution.")
+        || matches!(name, "failed_tasks" | "item" | "item_index")
+}
+
+/// The file a task's attempt writes its outputs to: one per attempt, in a directory of the
+/// execution under the system's temporary directory.
+pub(crate) fn output_file(execution_id: &str, task: &str, attempt: u32) -> PathBuf {
+    let mut name = String::with_capacity(task.len() + 8);
+    for b in task.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => name.push(b as char),
+            _ => name.push_str(&format!("%{b:02X}")),
+        }
+    }
+    output_dir(execution_id).join(format!("{name}.{attempt}"))
+}
+
+/// The directory of an execution's output files.
+pub(crate) fn output_dir(execution_id: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("picoflow-{execution_id}"))
+}
+
+/// Creates the execution's output directory, readable by its owner only.
+pub(crate) fn create_output_dir(execution_id: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let dir = output_dir(execution_id);
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
+        Err(e) => Err(e),
+    }
+}
+
+/// What one finished task left for the others.
+#[derive(Debug, Clone)]
+struct Published {
+    status: TaskState,
+    outputs: BTreeMap<String, String>,
+}
+
+/// The values of one run that `${…}` and conditions read.
+#[derive(Debug, Default)]
+pub(crate) struct RunValues {
+    workflow: String,
+    execution_id: String,
+    status: Option<String>,
+    failed_tasks: Option<String>,
+    tasks: HashMap<String, Published>,
+}
+
+impl RunValues {
+    pub(crate) fn new(workflow: &str, execution_id: &str) -> RunValues {
+        RunValues {
+            workflow: workflow.to_string(),
+            execution_id: execution_id.to_string(),
+            ..RunValues::default()
+        }
+    }
+
+    /// Records how a task ended and what it published.
+    pub(crate) fn publish(
+        &mut self,
+        task: &str,
+        status: TaskState,
+        outputs: Option<&BTreeMap<String, String>>,
+    ) {
+        self.tasks.insert(
+            task.to_string(),
+            Published {
+                status,
+                outputs: outputs.cloned().unwrap_or_default(),
+            },
+        );
+    }
+
+    /// Sets the values handlers see: the execution's status and its failed tasks.
+    pub(crate) fn finish(&mut self, status: &str, failed_tasks: &[&str]) {
+        self.status = Some(status.to_string());
+        self.failed_tasks = Some(failed_tasks.join(","));
+    }
+
+    /// The value of a run reference (see [`is_run_value`]); `None` if it has none (yet).
+    pub(crate) fn get(&self, name: &str, item: Option<(&str, usize)>) -> Option<String> {
+        match name {
+            "workflow.name" => return Some(self.workflow.clone()),
+            "execution.id" => return Some(self.execution_id.clone()),
+            "execution.status" => {
+                return Some(self.status.clone().unwrap_or_else(|| "running".into()))
+            }
+            "failed_tasks" => return self.failed_tasks.clone(),
+            "item" => return item.map(|(v, _)| v.to_string()),
+            "item_index" => return item.map(|(_, i)| i.to_string()),
+            _ => {}
+        }
+        let (task, what) = split_task_reference(name)?;
+        let p = self.tasks.get(task)?;
+        match what {
+            TaskField::Status => Some(p.status.as_str().to_string()),
+            TaskField::Output(key) => p.outputs.get(key).cloned(),
+        }
+    }
+
+    /// The `${…}` values for one attempt of `task`: `base` plus the run values the task
+    /// references (including those a `/bin/sh -c` command line reads as `PICOFLOW_REF_n`).
+    pub(crate) fn vars_for(
+        &self,
+        base: &Vars,
+        refs: &[String],
+        item: Option<(&str, usize)>,
+    ) -> Vars {
+        let mut vars = base.clone();
+        for name in refs {
+            if let Some(v) = self.get(name, item) {
+                vars.set(name.clone(), v);
+            }
+        }
+        vars
+    }
+
+    /// Evaluates a task's `when` condition.
+    pub(crate) fn condition(&self, expr: &Expr, base: &Vars, item: Option<(&str, usize)>) -> bool {
+        expr.eval(&|name: &str| match is_run_value(name) {
+            true => self.get(name, item),
+            false => base.get(name),
+        })
+    }
+
+    /// The items of a loop: the list itself, or the referenced value split into lines (or
+    /// read as a JSON array).
+    pub(crate) fn items(&self, items: &Items, base: &Vars) -> Result<Vec<String>, String> {
+        let list = match items {
+            Items::List(l) => l.clone(),
+            Items::From(text) => {
+                let value = crate::expand::expand_with(text, |n| match is_run_value(n) {
+                    true => self.get(n, None),
+                    false => base.get(n),
+                });
+                split_items(&value)?
+            }
+        };
+        if list.len() > MAX_ITEMS {
+            return Err(format!(
+                "iterate_over: {} items, at most {MAX_ITEMS}",
+                list.len()
+            ));
+        }
+        Ok(list)
+    }
+}
+
+/// A JSON array (of strings, numbers or booleans) or one item per non-empty line.
+fn split_items(value: &str) -> Result<Vec<String>, String> {
+    let trimmed = value.trim();
+    if trimmed.starts_with('[') {
+        let parsed: Vec<serde_json::Value> = serde_json::from_str(trimmed)
+            .map_err(|e| format!("iterate_over: the value is not a JSON array: {e}"))?;
+        return parsed
+            .into_iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => Ok(s),
+                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => Ok(v.to_string()),
+                other => Err(format!(
+                    "iterate_over: items must be strings or numbers, not {other}"
+                )),
+            })
+            .collect();
+    }
+    Ok(value
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+enum TaskField<'a> {
+    Status,
+    Output(&'a str),
+}
+
+/// Splits `tasks.NAME.status` / `tasks.NAME.outputs.KEY`.
+fn split_task_reference(name: &str) -> Option<(&str, TaskField<'_>)> {
+    let rest = name.strip_prefix("tasks.")?;
+    if let Some(task) = rest.strip_suffix(".status") {
+        return Some((task, TaskField::Status));
+    }
+    let (task, key) = rest.split_once(".outputs.")?;
+    (!key.contains('.')).then_some((task, TaskField::Output(key)))
+}
+
+/// Reads the `KEY=VALUE` lines and `KEY<<DELIMITER` … `DELIMITER` blocks a task wrote.
+pub(crate) fn parse_output_file(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut values = BTreeMap::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((n, line)) = lines.next() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (key, value) = if let Some((key, delimiter)) = line.split_once("<<") {
+            let delimiter = delimiter.trim();
+            if delimiter.is_empty() {
+                return Err(format!("line {}: '{key}<<' needs a delimiter", n + 1));
+            }
+            let mut block: Vec<&str> = Vec::new();
+            loop {
+                match lines.next() {
+                    Some((_, l)) if l == delimiter => break,
+                    Some((_, l)) => block.push(l),
+                    None => {
+                        return Err(format!(
+                            "line {}: no closing '{delimiter}' for '{key}'",
+                            n + 1
+                        ))
+                    }
+                }
+            }
+            (key, block.join("\n"))
+        } else if let Some((key, value)) = line.split_once('=') {
+            (key, value.to_string())
+        } else {
+            return Err(format!(
+                "line {}: expected KEY=VALUE or KEY<<DELIMITER",
+                n + 1
+            ));
+        };
+        if !is_output_name(key) {
+            return Err(format!(
+                "line {}: '{key}' is not a valid output name (letters, digits and '_', not starting with a digit)",
+                n + 1
+            ));
+        }
+        values.insert(key.to_string(), value);
+    }
+    Ok(values)
+}
+
+/// Whether `name` may name an output: `[A-Za-z_][A-Za-z0-9_]*`, at most 64 bytes.
+pub(crate) fn is_output_name(name: &str) -> bool {
+    let mut b = name.bytes();
+    name.len() <= 64
+        && matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// What an attempt produced, for the selectors of `outputs:`.
+pub(crate) struct Produced<'a> {
+    pub(crate) stdout: &'a str,
+    pub(crate) stderr: &'a str,
+    pub(crate) exit_code: Option<i32>,
+    /// The task is an HTTP request (stdout is the body, stderr the status line).
+    pub(crate) http: bool,
+}
+
+/// Applies a task's `outputs:` selectors.
+pub(crate) fn select(
+    selectors: &[(String, String)],
+    produced: &Produced<'_>,
+    into: &mut BTreeMap<String, String>,
+) -> Result<(), String> {
+    for (name, selector) in selectors {
+        let value = select_one(selector, produced)
+            .map_err(|e| format!("outputs.{name}: '{selector}': {e}"))?;
+        into.insert(name.clone(), value);
+    }
+    Ok(())
+}
+
+fn select_one(selector: &str, p: &Produced<'_>) -> Result<String, String> {
+    let (head, path) = match selector.split_once('.') {
+        Some((h, rest)) => (h, Some(rest)),
+        None => (selector, None),
+    };
+    let source = match (head, p.http) {
+        ("stdout", _) | ("body", true) => p.stdout,
+        ("stderr", false) => p.stderr,
+        ("exit_code", _) if path.is_none() => {
+            return Ok(p.exit_code.map(|c| c.to_string()).unwrap_or_default())
+        }
+        ("status", true) if path.is_none() => {
+            // The HTTP executor's stderr is the status line: `HTTP/1.1 200 OK`.
+            return p
+                .stderr
+                .split_whitespace()
+                .nth(1)
+                .map(str::to_string)
+                .ok_or_else(|| "no HTTP status was received".to_string());
+        }
+        _ => return Err(selector_help(p.http)),
+    };
+    let Some(path) = path else {
+        return Ok(source.strip_suffix('\n').unwrap_or(source).to_string());
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(source).map_err(|e| format!("the {head} is not JSON: {e}"))?;
+    let mut at = &json;
+    for field in path.split('.') {
+        at = match at {
+            serde_json::Value::Object(m) => m.get(field),
+            serde_json::Value::Array(a) => field.parse::<usize>().ok().and_then(|i| a.get(i)),
+            _ => None,
+        }
+        .ok_or_else(|| format!("the {head} has no field '{path}'"))?;
+    }
+    Ok(match at {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+fn selector_help(http: bool) -> String {
+    match http {
+        true => "expected status, body, body.FIELD.SUB… or exit_code".into(),
+        false => "expected stdout, stdout.FIELD.SUB… (JSON output), stderr or exit_code".into(),
+    }
+}
+
+/// Total size of published values, checked against [`OUTPUT_LIMIT`].
+pub(crate) fn check_size(values: &BTreeMap<String, String>) -> Result<(), String> {
+    let size: usize = values.iter().map(|(k, v)| k.len() + v.len()).sum();
+    match size > OUTPUT_LIMIT {
+        true => Err(format!(
+            "outputs: {size} bytes, at most {OUTPUT_LIMIT} per task (pass larger data in a file)"
+        )),
+        false => Ok(()),
+    }
+}
+
+/// The text fields of a task in which `${…}` is expanded (or, for `/bin/sh -c`, handed over).
+pub(crate) fn texts(task: &Task) -> Vec<Cow<'_, str>> {
+    let mut out: Vec<Cow<'_, str>> = Vec::new();
+    match &task.config {
+        TaskConfig::Shell(c) => {
+            out.push(Cow::Borrowed(&c.command));
+            out.extend(c.args.iter().flatten().map(|a| Cow::Borrowed(a.as_str())));
+            out.extend(c.env.values().map(|v| Cow::Borrowed(v.as_str())));
+            if let Some(w) = &c.workdir {
+                out.push(w.to_string_lossy());
+            }
+        }
+        TaskConfig::Ssh(c) => {
+            out.extend([&c.host, &c.user, &c.command].map(|s| Cow::Borrowed(s.as_str())));
+        }
+        TaskConfig::Http(c) => {
+            out.push(Cow::Borrowed(&c.url));
+            out.extend(c.headers.iter().map(|(_, v)| Cow::Borrowed(v.as_str())));
+            if let Some(b) = &c.body {
+                json_strings(b, &mut out);
+            }
+        }
+        TaskConfig::Custom(v) => json_strings(v, &mut out),
+    }
+    if let Some(Items::From(r)) = &task.iterate_over {
+        out.push(Cow::Borrowed(r));
+    }
+    out
+}
+
+fn json_strings<'a>(v: &'a serde_json::Value, out: &mut Vec<Cow<'a, str>>) {
+    match v {
+        serde_json::Value::String(s) => out.push(Cow::Borrowed(s)),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| json_strings(x, out)),
+        serde_json::Value::Object(m) => m.iter().for_each(|(k, x)| {
+            out.push(Cow::Borrowed(k));
+            json_strings(x, out)
+        }),
+        _ => {}
+    }
+}
+
+/// The run values a task reads, for [`RunValues::vars_for`] (of the [`prepare`]d task).
+pub(crate) fn run_references(task: &Task) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for text in texts(task) {
+        for name in Vars::referenced(&text) {
+            if is_run_value(&name) && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+/// The run values a `/bin/sh -c` command line references, in order.
+fn shell_references(task: &Task) -> Vec<String> {
+    let TaskConfig::Shell(c) = &task.config else {
+        return Vec::new();
+    };
+    if !c.uses_shell() {
+        return Vec::new();
+    }
+    let mut names = Vec::new();
+    for name in Vars::referenced(&c.command) {
+        if is_run_value(&name) && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// The task as it runs: a `/bin/sh -c` command line's run references become environment
+/// variables (`${tasks.a.outputs.k}` → `${PICOFLOW_REF_1}`, with `PICOFLOW_REF_1` set from
+/// the value), so the shell sees values only as variables, never as code.
+pub(crate) fn prepare(task: &Task) -> Cow<'_, Task> {
+    let names = shell_references(task);
+    if names.is_empty() {
+        return Cow::Borrowed(task);
+    }
+    let mut t = task.clone();
+    if let TaskConfig::Shell(c) = &mut t.config {
+        for (i, name) in names.iter().enumerate() {
+            let var = format!("PICOFLOW_REF_{}", i + 1);
+            c.command = c
+                .command
+                .replace(&format!("${{{name}}}"), &format!("${{{var}}}"));
+            c.env.insert(var, format!("${{{name}}}"));
+        }
+    }
+    Cow::Owned(t)
+}
+
+/// A task's condition, trigger rule and loop, in words, for `validate` and `graph`.
+pub(crate) fn notes(task: &Task) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(w) = &task.when {
+        notes.push(format!("when: {w}"));
+    }
+    if task.run_if != crate::model::RunIf::AllSuccess {
+        notes.push(format!("run_if: {}", task.run_if.as_str()));
+    }
+    match &task.iterate_over {
+        Some(Items::List(l)) => notes.push(format!("for each of {} items", l.len())),
+        Some(Items::From(r)) => notes.push(format!("for each item of {r}")),
+        None => {}
+    }
+    notes
+}
+
+/// Checks the run references, conditions, rules and loops of a workflow: every problem, each
+/// naming the task (and its line).
+pub(crate) fn check(wf: &Workflow, ancestors: &dyn Fn(usize, usize) -> bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    let index: HashMap<&str, usize> = wf
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    let handlers: Vec<&Task> = wf.handlers.all().map(|(_, t)| t).collect();
+    for (i, task) in wf
+        .tasks
+        .iter()
+        .map(Some)
+        .enumerate()
+        .chain(handlers.iter().map(|&t| (usize::MAX, Some(t))))
+    {
+        let task = task.expect("a task");
+        let handler = i == usize::MAX;
+        let at = task.label();
+        let mut refs: Vec<String> = Vec::new();
+        for text in texts(task) {
+            refs.extend(Vars::referenced(&text));
+        }
+        if let Some(w) = &task.when {
+            match Expr::parse(w) {
+                Ok(e) => refs.extend(e.references().into_iter().map(str::to_string)),
+                Err(msg) => problems.push(format!("{at}: when: {msg}")),
+            }
+        }
+        for name in &refs {
+            if !name.starts_with("tasks.") {
+                if matches!(name.as_str(), "item" | "item_index") && task.iterate_over.is_none() {
+                    problems.push(format!(
+                        "{at}: ${{{name}}} is set only in a task with iterate_over"
+                    ));
+                }
+                if (name.starts_with("workflow.") && name != "workflow.name")
+                    || (name.starts_with("execution.")
+                        && !matches!(name.as_str(), "execution.id" | "execution.status"))
+                {
+                    problems.push(format!(
+                        "{at}: ${{{name}}}: unknown value (workflow.name, execution.id, execution.status)"
+                    ));
+                }
+                continue;
+            }
+            let Some((other, _)) = split_task_reference(name) else {
+                problems.push(format!(
+                    "{at}: ${{{name}}}: expected tasks.NAME.outputs.KEY or tasks.NAME.status"
+                ));
+                continue;
+            };
+            match index.get(other) {
+                None => problems.push(format!("{at}: ${{{name}}}: unknown task '{other}'")),
+                Some(&o) if !handler && !ancestors(o, i) => problems.push(format!(
+                    "{at}: ${{{name}}}: task '{other}' is not among the tasks this one depends on (directly or indirectly), so it may not have run yet"
+                )),
+                Some(_) => {}
+            }
+        }
+        for (name, _) in &task.outputs {
+            if !is_output_name(name) {
+                problems.push(format!(
+                    "{at}: outputs: '{name}' is not a valid output name (letters, digits and '_', not starting with a digit)"
+                ));
+            }
+        }
+        let http = task.kind == "http";
+        for (name, selector) in &task.outputs {
+            let dummy = Produced {
+                stdout: "",
+                stderr: "HTTP/1.1 200 OK",
+                exit_code: Some(0),
+                http,
+            };
+            if let Err(msg) = select_one(selector, &dummy) {
+                if msg.starts_with("expected") {
+                    problems.push(format!("{at}: outputs.{name}: '{selector}': {msg}"));
+                }
+            }
+        }
+        if task.run_if != crate::model::RunIf::AllSuccess && task.depends_on.is_empty() {
+            problems.push(format!(
+                "{at}: run_if: {} needs depends_on (the tasks whose results it looks at)",
+                task.run_if.as_str()
+            ));
+        }
+        if handler && (!task.depends_on.is_empty() || task.iterate_over.is_some()) {
+            problems.push(format!(
+                "{at}: a handler runs after the whole workflow: depends_on, on_success, on_failure and iterate_over are not allowed here"
+            ));
+        }
+        if let Some(Items::From(r)) = &task.iterate_over {
+            if Vars::referenced(r).is_empty() {
+                problems.push(format!(
+                    "{at}: iterate_over: '{r}' is neither a list nor a reference such as \"${{tasks.list.outputs.files}}\""
+                ));
+            }
+        }
+    }
+    let mut names: HashMap<&str, &Task> = HashMap::new();
+    for t in wf.tasks.iter().chain(handlers.iter().copied()) {
+        if let Some(first) = names.insert(&t.name, t) {
+            if handlers.iter().any(|h| std::ptr::eq(*h, t)) {
+                problems.push(format!(
+                    "{}: name is used by another task or handler ({})",
+                    t.label(),
+                    first.label()
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_file_lines_and_blocks() {
+        let text = "A=1\nB=x=y\n\nMULTI<<EOF\nline 1\n$(rm -rf /)\n\"quoted\"\nEOF\nC=\n";
+        let v = parse_output_file(text).unwrap();
+        assert_eq!(v["A"], "1");
+        assert_eq!(v["B"], "x=y");
+        assert_eq!(v["MULTI"], "line 1\n$(rm -rf /)\n\"quoted\"");
+        assert_eq!(v["C"], "");
+        assert!(parse_output_file("nonsense\n")
+            .unwrap_err()
+            .contains("line 1: expected KEY=VALUE"));
+        assert!(parse_output_file("X<<END\nnot closed\n")
+            .unwrap_err()
+            .contains("no closing 'END'"));
+        assert!(parse_output_file("1BAD=x\n")
+            .unwrap_err()
+            .contains("not a valid output name"));
+    }
+
+    #[test]
+    fn selectors_read_output_json_and_status() {
+        let p = Produced {
+            stdout: "{\"id\": 7, \"user\": {\"name\": \"ann\"}, \"list\": [\"a\", \"b\"]}\n",
+            stderr: "HTTP/1.1 201 Created\n",
+            exit_code: Some(0),
+            http: true,
+        };
+        let sel = |s: &str| select_one(s, &p);
+        assert_eq!(sel("status").unwrap(), "201");
+        assert_eq!(sel("body.id").unwrap(), "7");
+        assert_eq!(sel("body.user.name").unwrap(), "ann");
+        assert_eq!(sel("body.list.1").unwrap(), "b");
+        assert_eq!(sel("body.user").unwrap(), "{\"name\":\"ann\"}");
+        assert!(sel("body.nope").unwrap_err().contains("no field 'nope'"));
+        assert!(sel("stderr").is_err(), "HTTP tasks have no stderr selector");
+        let shell = Produced {
+            stdout: "plain\n",
+            stderr: "warn",
+            exit_code: Some(3),
+            http: false,
+        };
+        assert_eq!(select_one("stdout", &shell).unwrap(), "plain");
+        assert_eq!(select_one("exit_code", &shell).unwrap(), "3");
+        assert!(select_one("stdout.x", &shell)
+            .unwrap_err()
+            .contains("not JSON"));
+        assert!(select_one("status", &shell).is_err());
+    }
+
+    #[test]
+    fn run_values_and_items() {
+        let mut v = RunValues::new("wf", "e1");
+        let outs: BTreeMap<String, String> =
+            [("files".to_string(), "a.txt\n\n b.txt \n".to_string())].into();
+        v.publish("list", TaskState::Success, Some(&outs));
+        assert_eq!(v.get("tasks.list.status", None).as_deref(), Some("success"));
+        assert_eq!(v.get("tasks.list.outputs.nope", None), None);
+        assert_eq!(v.get("workflow.name", None).as_deref(), Some("wf"));
+        assert_eq!(v.get("item_index", Some(("x", 2))).as_deref(), Some("2"));
+        let base = Vars::isolated();
+        let items = v
+            .items(&Items::From("${tasks.list.outputs.files}".into()), &base)
+            .unwrap();
+        assert_eq!(items, ["a.txt", "b.txt"]);
+        assert_eq!(split_items("[\"x\", 2, true]").unwrap(), ["x", "2", "true"]);
+        assert!(split_items("[{}]").is_err());
+    }
+
+    #[test]
+    fn shell_command_lines_get_references_as_variables() {
+        let wf = crate::yaml::parse_workflow(
+            "name: w\ntasks:\n  - name: a\n    type: shell\n    config: {command: \"echo '${tasks.x.outputs.v}' $$ ${HOME} ${tasks.x.outputs.v}\"}\n",
+            "w.yaml",
+        )
+        .unwrap();
+        let t = prepare(&wf.tasks[0]);
+        let TaskConfig::Shell(c) = &t.config else {
+            panic!()
+        };
+        assert_eq!(
+            c.command,
+            "echo '${PICOFLOW_REF_1}' $$ ${HOME} ${PICOFLOW_REF_1}"
+        );
+        assert_eq!(c.env["PICOFLOW_REF_1"], "${tasks.x.outputs.v}");
+        assert_eq!(run_references(&t), ["tasks.x.outputs.v"]);
+    }
+}
