@@ -1,7 +1,7 @@
 //! Fuzzing on the stable toolchain: the workflow parser and validator, the cron and duration
-//! parsers and the configuration file get mutated versions of real inputs (every fixture,
-//! example and template, and lists of schedules, durations and settings) for a while, and
-//! none may panic. A panic writes the input to `target/fuzz-crash-*` and fails.
+//! parsers, the configuration file and the `when:` expression language get mutated versions
+//! of real inputs (every fixture, example and template, and lists of schedules, durations,
+//! settings and conditions) for a while, and none may panic. A panic writes the input to `target/fuzz-crash-*` and fails.
 //!
 //! `PICOFLOW_FUZZ_SECONDS` sets how long each target runs (default 2; CI runs 20, a long run
 //! 600); `PICOFLOW_FUZZ_SEED` replays a run. Schedules found valid are also asked for their
@@ -11,7 +11,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use picoflow_lib::{parse_duration, parse_workflow, template, Config, Registry, Schedule};
+use picoflow_lib::expr::Expr;
+use picoflow_lib::{
+    parse_duration, parse_workflow, template, Config, Registry, Schedule, TEMPLATE_NAMES,
+};
 
 struct Rng(u64);
 
@@ -105,6 +108,23 @@ const TOKENS: &[&str] = &[
     "Europe/Berlin",
     "Mars/Base",
     "retry: ",
+    "&&",
+    "||",
+    "!",
+    "==",
+    "!=",
+    "<=",
+    ">",
+    " in ",
+    " not in ",
+    "(",
+    ")",
+    "${tasks.a.outputs.x}",
+    "${item}",
+    "when: ",
+    "iterate_over: ",
+    "run_if: any_failed",
+    "on_failure:",
 ];
 
 fn mutate(rng: &mut Rng, corpus: &[String]) -> String {
@@ -168,7 +188,7 @@ fn fixtures() -> Vec<String> {
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .collect();
-    for kind in ["minimal", "shell", "ssh", "http", "full"] {
+    for kind in TEMPLATE_NAMES {
         corpus.extend(template(kind, "fuzzed"));
     }
     assert!(
@@ -292,6 +312,35 @@ fn config_files() {
                 }
             }
             let _ = c.apply_env(|_| Some("-1".into()));
+        }
+    });
+}
+
+#[test]
+fn expressions() {
+    let corpus: Vec<String> = [
+        "${tasks.a.outputs.x} == 'yes' && !(${N} > 3)",
+        "${item} in ['a', \"b\", 3]",
+        "${tasks.a.status} not in \"failed timeout\"",
+        "(${a} || ${b}) && ${c} != -1.5",
+        "'it\\'s' == \"x\\n\" || true",
+        "${L} in ${J}",
+        "!!${x} <= 10",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let values = |name: &str| match name {
+        "N" => Some("4".to_string()),
+        "J" => Some("[1, \"2\", {\"x\": 1}]".to_string()),
+        "L" => Some("[1,2]".to_string()),
+        "a" => Some(String::new()),
+        _ => None,
+    };
+    fuzz("expression", &corpus, |text| {
+        if let Ok(e) = Expr::parse(text) {
+            let _ = e.references();
+            let _ = e.eval(&values);
         }
     });
 }
