@@ -36,7 +36,7 @@ step "tests (no default features)"
 cargo test -p picoflow-lib --no-default-features
 cargo test -p picoflow-cli --no-default-features --test validate --test run
 
-step "fuzzing: workflow, schedule, duration and configuration parsers (20 s each)"
+step "fuzzing: workflow, schedule, duration, configuration and condition parsers (20 s each)"
 PICOFLOW_FUZZ_SECONDS=20 cargo test -p picoflow-lib --test fuzz -- --nocapture
 
 step "documentation examples and crate docs"
@@ -60,7 +60,7 @@ qemu_aarch64="qemu-aarch64-static -L /"
 step "aarch64: integration tests against the cross-built binary (all features) under qemu-user"
 PICOFLOW_TEST_BIN="$dist/picoflow-aarch64-full" PICOFLOW_TEST_RUNNER="$qemu_aarch64" \
     cargo test -p picoflow-cli --test run --test validate --test state --test daemon \
-    --test export --test secrets --test pipes --test faults
+    --test export --test secrets --test pipes --test faults --test data
 
 step "aarch64: run and validate tests against the minimal and the static binary"
 for b in minimal static; do

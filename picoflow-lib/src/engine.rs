@@ -516,19 +516,6 @@ impl Engine {
             }
         }
 
-        // A loop counts by its tasks, not as one.
-        let mut all: Vec<TaskReport> = Vec::with_capacity(n);
-        for (i, r) in reports.into_iter().enumerate() {
-            let its = std::mem::take(&mut items[i]);
-            if its.is_empty() || wf.tasks[i].iterate_over.is_none() {
-                all.push(r);
-            }
-            all.extend(its);
-        }
-        execution.total_tasks = all.len() as u32;
-        execution.successful_tasks =
-            all.iter().filter(|r| r.state == TaskState::Success).count() as u32;
-        execution.failed_tasks = all.iter().filter(|r| r.state.is_failure()).count() as u32;
         execution.status = if cancelled {
             WorkflowStatus::Interrupted
         } else if failed {
@@ -536,18 +523,7 @@ impl Engine {
         } else {
             WorkflowStatus::Success
         };
-        if !cancelled && !wf.handlers.is_empty() {
-            let failed_tasks: Vec<&str> = all
-                .iter()
-                .filter(|r| r.state.is_failure())
-                .map(|r| r.name.as_str())
-                .collect();
-            run.values
-                .borrow_mut()
-                .finish(execution.status.as_str(), &failed_tasks);
-            let handlers = self.run_handlers(&run, execution.status).await;
-            all.extend(handlers);
-        }
+        let all = self.conclude(&run, &mut execution, reports, items).await;
         if let Some(dir) = output_dir {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -565,6 +541,45 @@ impl Engine {
             execution,
             tasks: all,
         })
+    }
+
+    /// After the DAG: the execution's figures (a loop counts by its tasks, not as one), then
+    /// the handlers its status calls for. Returns every report: tasks and loop items in file
+    /// order, then handlers.
+    async fn conclude(
+        &self,
+        run: &Run<'_>,
+        execution: &mut WorkflowExecution,
+        reports: Vec<TaskReport>,
+        mut items: Vec<Vec<TaskReport>>,
+    ) -> Vec<TaskReport> {
+        let wf = run.wf;
+        let mut all: Vec<TaskReport> = Vec::with_capacity(reports.len());
+        for (i, r) in reports.into_iter().enumerate() {
+            let its = std::mem::take(&mut items[i]);
+            if its.is_empty() || wf.tasks[i].iterate_over.is_none() {
+                all.push(r);
+            }
+            all.extend(its);
+        }
+        execution.total_tasks = all.len() as u32;
+        execution.successful_tasks =
+            all.iter().filter(|r| r.state == TaskState::Success).count() as u32;
+        execution.failed_tasks = all.iter().filter(|r| r.state.is_failure()).count() as u32;
+        // An interrupted run runs no handler: its resume will.
+        if execution.status != WorkflowStatus::Interrupted && !wf.handlers.is_empty() {
+            let failed_tasks: Vec<&str> = all
+                .iter()
+                .filter(|r| r.state.is_failure())
+                .map(|r| r.name.as_str())
+                .collect();
+            run.values
+                .borrow_mut()
+                .finish(execution.status.as_str(), &failed_tasks);
+            let handlers = self.run_handlers(run, execution.status).await;
+            all.extend(handlers);
+        }
+        all
     }
 
     /// The shared part of an execution: prepared tasks and handlers, their references and
