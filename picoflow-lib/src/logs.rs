@@ -28,9 +28,15 @@ pub fn execution_log_dir(
     ))
 }
 
-/// Log file of one task inside an execution's directory.
+/// Log file of one task inside an execution's directory. A loop's task names its item
+/// (`upload[/srv/a.txt]`): `/` and `%` are written `%2F` and `%25`, so the file stays in the
+/// directory whatever the item.
 pub fn task_log_path(execution_dir: &Path, task: &str) -> PathBuf {
-    execution_dir.join(format!("{task}.log"))
+    let name = match task.contains(['/', '%']) {
+        true => task.replace('%', "%25").replace('/', "%2F"),
+        false => task.to_string(),
+    };
+    execution_dir.join(format!("{name}.log"))
 }
 
 /// Writes one attempt's output to its task log file, creating it lazily.
@@ -146,6 +152,16 @@ impl OutputSink for TaskLogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loop_item_cannot_leave_the_execution_directory() {
+        let dir = Path::new("/logs/w/run");
+        assert_eq!(task_log_path(dir, "a"), dir.join("a.log"));
+        assert_eq!(
+            task_log_path(dir, "up[../../etc/x%]"),
+            dir.join("up[..%2F..%2Fetc%2Fx%25].log")
+        );
+    }
 
     #[test]
     fn quiet_tasks_leave_no_file() {
