@@ -6,15 +6,20 @@
 //! ```
 //!
 //! * Values: strings in single or double quotes (`\\`, `\'`, `\"`, `\n`, `\t` escapes), numbers
-//!   (`-1.5`), `true`, `false`, and references `${NAME}` (an undefined one is empty). Lists
-//!   `[a, b]` only on the right of `in`.
+//!   (`3`, `-1.5`), `true`, `false`, and references `${NAME}` (an undefined one is empty; see
+//!   [`is_reference_name`]). Lists `[a, b]` only on the right of `in`.
 //! * Operators, loosest first: `||`, `&&`, `!`, then one comparison — `==`, `!=`, `<`, `<=`,
 //!   `>`, `>=`, `in`, `not in` — and parentheses.
-//! * Every value is text. Two values that both read as numbers compare as numbers (`"10" > "9"`,
-//!   `"1.0" == "1"`); otherwise as text. `x in [..]` is membership, `x in y` is membership when
-//!   `y` holds a JSON array, else substring. A value alone is true unless it is empty, `false`,
-//!   `0` or `no` (any case).
-//! * A reference's value is data: it is never parsed as an expression.
+//! * Every value is text (`true` is `"true"`, a number is as written). Two values that both
+//!   read as plain decimal numbers (`-12.5`, surrounding blanks ignored) compare as numbers
+//!   (`"10" > "9"`, `"1.0" == "1"`); otherwise as text, byte by byte. `x in [..]` is membership
+//!   by that equality; `x in y` is membership when `y` is a reference whose value is a JSON
+//!   array of strings, numbers and booleans (`["a", 3]`: the lists `iterate_over` reads), else
+//!   substring.
+//!   A value alone is true unless it is empty, `false`, `0` or `no` (any case, blanks ignored).
+//! * A reference's value is data: it is never parsed as an expression, so a value such as
+//!   `' || true` or `$(rm -rf /)` is only text.
+//! * Limits: 4096 bytes of text, parentheses and `!` nested at most 64 deep.
 //!
 //! ```
 //! use picoflow_lib::expr::Expr;
@@ -134,8 +139,9 @@ pub fn is_reference_name(name: &str) -> bool {
 }
 
 impl Expr {
-    /// Parses `text`. The message says what is wrong and where (`column N`, counted in
-    /// characters from 1).
+    /// Parses `text`. The message says what is wrong and where (`column N: …`, counted in
+    /// characters from 1), except for faults of the whole text (empty, longer than 4096
+    /// bytes).
     pub fn parse(text: &str) -> Result<Expr, String> {
         if text.len() > MAX_LEN {
             return Err(format!(
@@ -156,14 +162,15 @@ impl Expr {
         let root = p.any()?;
         match p.peek() {
             None => Ok(Expr { root }),
+            Some((Token::Close, col)) => Err(format!("column {col}: ')' without its '('")),
             Some((t, col)) => Err(format!(
-                "column {col}: unexpected {} after a complete condition",
+                "column {col}: expected '&&', '||' or the end, found {}",
                 t.describe()
             )),
         }
     }
 
-    /// Every `${…}` name the condition reads, in order of first appearance.
+    /// Every `${…}` name the condition reads, in order of first appearance, each once.
     pub fn references(&self) -> Vec<&str> {
         let mut names: Vec<&str> = Vec::new();
         collect(&self.root, &mut names);
@@ -240,7 +247,12 @@ fn eval(node: &Node, lookup: &dyn Fn(&str) -> Option<String>) -> bool {
                     .any(|v| compare(&needle, &text(v, lookup)) == Some(Ordering::Equal)),
                 Haystack::Value(v) => {
                     let hay = text(v, lookup);
-                    match json_items(&hay) {
+                    // Only a reference's value can be a list; a quoted literal is text.
+                    let items = match v {
+                        Value::Reference(_) => json_items(&hay),
+                        Value::Literal(_) => None,
+                    };
+                    match items {
                         Some(items) => items
                             .iter()
                             .any(|i| compare(&needle, i) == Some(Ordering::Equal)),
@@ -281,7 +293,8 @@ fn truthy(s: &str) -> bool {
             .any(|f| t.eq_ignore_ascii_case(f)))
 }
 
-/// The items of a JSON array of scalars, as text.
+/// The items of a JSON array of strings, numbers and booleans (as `iterate_over` reads them),
+/// as text; `None` for anything else.
 fn json_items(s: &str) -> Option<Vec<String>> {
     let t = s.trim();
     if !t.starts_with('[') {
@@ -349,7 +362,9 @@ fn tokenize(text: &str) -> Result<Vec<(Token, usize)>, String> {
                     .take_while(|c| c.is_ascii_digit() || **c == '.')
                     .count();
                 let s: String = chars[i..i + len].iter().collect();
-                if number(&s).is_none() {
+                // `-?[0-9]+(.[0-9]+)?`: the leading digit is checked above.
+                let plain = s.matches('.').count() <= 1 && !s.ends_with('.');
+                if !plain || number(&s).is_none() {
                     return Err(format!("column {col}: '{s}' is not a number"));
                 }
                 (Token::Value(Value::Literal(s)), len)
@@ -451,10 +466,6 @@ impl Parser {
         hit
     }
 
-    fn column(&self) -> usize {
-        self.peek().map_or(self.end, |(_, c)| c)
-    }
-
     fn expected(&self, what: &str) -> String {
         match self.peek() {
             Some((t, col)) => format!("column {col}: expected {what}, found {}", t.describe()),
@@ -462,12 +473,15 @@ impl Parser {
         }
     }
 
+    /// Runs `f` one level deeper, for the `(` or `!` just read (the error names its column).
     fn nested<T>(&mut self, f: impl FnOnce(&mut Parser) -> Result<T, String>) -> Result<T, String> {
         if self.depth >= MAX_DEPTH {
-            return Err(format!(
-                "column {}: nested more than {MAX_DEPTH} deep",
-                self.column()
-            ));
+            let col = self
+                .at
+                .checked_sub(1)
+                .and_then(|i| self.tokens.get(i))
+                .map_or(self.end, |(_, c)| *c);
+            return Err(format!("column {col}: nested more than {MAX_DEPTH} deep"));
         }
         self.depth += 1;
         let r = f(self);
@@ -594,63 +608,177 @@ mod tests {
     }
 
     #[test]
+    fn every_operator() {
+        let v = [("a", "apple"), ("b", "banana"), ("n", "5"), ("m", " 5.0 ")];
+        let cases = [
+            ("${n} == 5", true),
+            ("${n} == ${m}", true),
+            ("${a} == 'apple'", true),
+            ("${a} == ${b}", false),
+            ("${n} != 6", true),
+            ("${n} != ${m}", false),
+            ("${a} != 'apple'", false),
+            ("${n} < 6", true),
+            ("${n} < 5", false),
+            ("${a} < ${b}", true),
+            ("${n} <= 5", true),
+            ("${a} <= 'apple'", true),
+            ("${b} <= ${a}", false),
+            ("${n} > -10", true),
+            ("${n} > 10", false),
+            ("${b} > ${a}", true),
+            ("${n} >= 5.0", true),
+            ("${a} >= 'b'", false),
+            ("${a} in ['x', 'apple']", true),
+            ("${a} not in ['x', 'apple']", false),
+            ("'nan' in ${b}", true),
+            ("'nan' not in ${b}", false),
+            ("${a} && ${b}", true),
+            ("${a} && ${missing}", false),
+            ("${missing} || ${b}", true),
+            ("${missing} || false", false),
+            ("!${missing}", true),
+            ("!${a}", false),
+            ("true", true),
+            ("false", false),
+            ("1", true),
+            ("0", false),
+            ("-0.0", true),
+            ("'no'", false),
+        ];
+        for (text, want) in cases {
+            assert_eq!(check(text, &v), want, "{text}");
+        }
+    }
+
+    #[test]
     fn comparisons_of_numbers_and_text() {
-        let v = [("n", "10"), ("s", "abc"), ("f", "1.0")];
+        let v = [
+            ("n", "10"),
+            ("s", "abc"),
+            ("f", "1.0"),
+            ("v", "1.10"),
+            ("w", "1.9"),
+            ("x", "1e3"),
+        ];
         assert!(check("${n} > 9", &v), "numbers compare as numbers");
         assert!(check("'10' > '9'", &v));
         assert!(check("${f} == 1", &v));
+        assert!(check("${v} < ${w}", &v), "1.10 < 1.9 as numbers");
+        assert!(check("'-2' < '-1'", &v));
+        assert!(check("-1 < 0", &v));
+        assert!(
+            check("' 7 ' == 7", &v),
+            "blanks around a number are ignored"
+        );
         assert!(check("${n} >= 10 && ${n} <= 10 && ${n} != 11", &v));
         assert!(check("${s} < 'abd'", &v), "text compares as text");
+        assert!(
+            check("'10' < 'a9'", &v),
+            "text when one side is not a number"
+        );
+        assert!(check("'v1.10' < 'v1.9'", &v), "text compares byte by byte");
         assert!(check("${s} == \"abc\"", &v));
         assert!(!check("${s} == 'ABC'", &v));
-        assert!(check("-1 < 0", &v));
         assert!(check("${missing} == ''", &v), "undefined is empty");
+        assert!(!check("${missing} == 0", &v), "empty is not a number");
+        assert!(check("${missing} < 0", &v), "'' sorts before '0' as text");
         assert!(
-            check("'1e3' != 1000", &v),
+            check("'1e3' != 1000", &v) && check("${x} != 1000", &v),
             "only plain decimals are numbers"
         );
+        assert!(check("'inf' != 'infinity'", &v));
+        assert!(check("'NaN' == 'NaN'", &v), "text, so equal to itself");
     }
 
     #[test]
     fn logic_precedence_and_parentheses() {
         let v = [("t", "yes"), ("f", "no")];
-        // && binds tighter than ||.
+        // && binds tighter than ||: a || (b && c).
         assert!(check("${t} || ${f} && ${f}", &v));
+        assert!(check("${f} && ${f} || ${t}", &v));
         assert!(!check("(${t} || ${f}) && ${f}", &v));
+        // ! binds tighter than && and ||, looser than a comparison: !(a == b).
+        assert!(!check("!${t} && ${t}", &v));
+        assert!(check("!${f} || ${f}", &v));
+        assert!(check("!${t} == 'no'", &v));
+        assert!(!check("!${f} == 'no'", &v));
         assert!(check("!${f}", &v));
         assert!(check("!!${t}", &v));
         assert!(check("!(${t} == 'no')", &v));
         assert!(check("true && !false", &v));
+        assert!(check("((((${t}))))", &v));
+        assert!(check("!(${f} || !(${t} && (${t} != ${f})))", &v));
     }
 
     #[test]
     fn truthiness_of_a_value_alone() {
-        for falsy in ["", " ", "false", "FALSE", "0", "no", "No"] {
+        for falsy in ["", " ", "false", "FALSE", " False\n", "0", "no", "No"] {
             assert!(!check("${x}", &[("x", falsy)]), "{falsy:?}");
         }
-        for truthy in ["yes", "1", "true", "anything", "0.0"] {
+        for truthy in ["yes", "1", "true", "anything", "0.0", "nope"] {
             assert!(check("${x}", &[("x", truthy)]), "{truthy:?}");
         }
         assert!(!check("${undefined}", &[]));
+        assert!(check("!${undefined}", &[]));
     }
 
     #[test]
     fn membership() {
-        let v = [("x", "b"), ("list", "[\"a\", \"b\", 3]"), ("n", "3.0")];
+        let v = [
+            ("x", "b"),
+            ("n", "3.0"),
+            ("status", "failed"),
+            ("list", "[\"a\", \"b\", 3]"),
+            ("pair", "[1,2]"),
+            ("padded", "  [\"x\"]  "),
+            ("empty_list", "[]"),
+            ("objects", "[{\"a\": 1}]"),
+            ("bools", "[true]"),
+            ("broken", "[1, 2"),
+        ];
+        // List literals, by the same equality as ==.
         assert!(check("${x} in ['a', 'b']", &v));
         assert!(check("${x} not in ['c']", &v));
         assert!(!check("${x} in []", &v));
-        assert!(check("${x} in ${list}", &v), "a JSON array value is a list");
-        assert!(check("${n} in ${list}", &v), "with numeric equality");
+        assert!(check("${n} in [1, 3]", &v), "with numeric equality");
         assert!(
-            check("'ail' in 'failed timeout'", &v),
-            "otherwise a substring"
+            check("${status} in [1, ${status}]", &v),
+            "items may be references"
         );
+        // Another value: a substring.
+        assert!(check("'ail' in 'failed timeout'", &v));
         assert!(check("'timeout' not in 'success'", &v));
+        assert!(check("${status} not in 'success skipped'", &v));
+        // A reference holding a JSON array of strings and numbers: that list.
+        assert!(check("${x} in ${list}", &v));
+        assert!(check("${n} in ${list}", &v), "with numeric equality");
+        assert!(check("2 in ${pair}", &v));
+        assert!(check("'2.0' in ${pair}", &v));
+        assert!(check("3 not in ${pair}", &v));
         assert!(
-            !check("'[' in ${list}", &v),
+            !check("',' in ${pair}", &v),
             "a JSON array is not searched as text"
         );
+        assert!(!check("'[' in ${list}", &v));
+        assert!(check("'x' in ${padded}", &v));
+        assert!(!check("'' in ${empty_list}", &v));
+        assert!(check("true in ${bools}", &v));
+        assert!(!check("'rue]' in ${bools}", &v));
+        // Anything else is text.
+        assert!(check("'a' in ${objects}", &v), "not only scalars");
+        assert!(check("', 2' in ${broken}", &v), "not JSON");
+        assert!(
+            check("'[' in '[\"a\"]'", &v),
+            "a quoted literal is always text"
+        );
+        // Undefined values are empty.
+        assert!(check("${undefined} in ['', 'x']", &v));
+        assert!(
+            check("'' in ${undefined}", &v),
+            "the empty text is in any text"
+        );
+        assert!(check("'a' not in ${undefined}", &v));
     }
 
     #[test]
@@ -658,45 +786,130 @@ mod tests {
         let e =
             Expr::parse("${b} == ${a} || ${b} in [${c}, 'x'] && ${tasks.my-t.outputs.k}").unwrap();
         assert_eq!(e.references(), ["b", "a", "c", "tasks.my-t.outputs.k"]);
+        let e = Expr::parse(
+            "!(${tasks.my-task.status} != 'x') && ${item} not in [${A}, ${item}] || 1 in ${BACKUP_DIR}",
+        )
+        .unwrap();
+        assert_eq!(
+            e.references(),
+            ["tasks.my-task.status", "item", "A", "BACKUP_DIR"]
+        );
+        let quoted = Expr::parse("'${x}' == \"${y}\"").unwrap();
+        assert!(quoted.references().is_empty(), "text in quotes is text");
+    }
+
+    #[test]
+    fn reference_names() {
+        for ok in [
+            "a",
+            "_x",
+            "BACKUP_DIR",
+            "item",
+            "tasks.dump.outputs.changed",
+            "tasks.my-task.status",
+            "tasks.t.outputs.1",
+            "a.-",
+        ] {
+            assert!(is_reference_name(ok), "{ok}");
+        }
+        for bad in [
+            "", "1a", "-a", "my-task", "a.", ".a", "a..b", "a.b c", "é", "a.é", "a$", "a}",
+        ] {
+            assert!(!is_reference_name(bad), "{bad}");
+        }
     }
 
     #[test]
     fn hostile_values_are_only_text() {
-        let v = [("x", "' || true || '"), ("y", "$(rm -rf /)"), ("z", "${x}")];
+        let v = [
+            ("quote", "' || true"),
+            ("x", "' || true || '"),
+            ("dquote", "\" || \"\" == \""),
+            ("cmd", "$(rm -rf /)"),
+            ("ref", "${tasks.a.status}"),
+            ("list", "['a']"),
+            ("a", "failed"),
+        ];
+        assert!(check("${quote} == \"' || true\"", &v));
+        assert!(!check("${quote} == ''", &v));
         assert!(!check("${x} == 'a'", &v));
-        assert!(check("${y} == '$(rm -rf /)'", &v));
-        assert!(check("${z} == '${x}'", &v), "a value is not expanded again");
+        assert!(!check("${dquote} == ''", &v));
+        assert!(check("${cmd} == '$(rm -rf /)'", &v));
+        assert!(
+            check("${ref} == '${tasks.a.status}'", &v),
+            "not expanded again"
+        );
+        assert!(check("${ref} != ${a}", &v));
+        assert!(check("\"['a']\" == ${list}", &v), "not JSON, so text");
+        assert!(
+            check("${q}", &[("q", "' || false")]),
+            "a value alone: only its text decides"
+        );
+        let e = Expr::parse("${quote} == 'x'").unwrap();
+        let calls = std::cell::Cell::new(0);
+        e.eval(&|n: &str| {
+            calls.set(calls.get() + 1);
+            assert_eq!(n, "quote");
+            Some("${quote}".into())
+        });
+        assert_eq!(calls.get(), 1, "each reference is looked up once");
     }
 
     #[test]
     fn escapes_in_strings() {
         assert!(check(r#"'it\'s' == "it's""#, &[]));
+        assert!(check(r#""say \"hi\"" == 'say "hi"'"#, &[]));
         assert!(check(r#"${x} == 'a\nb\t\\'"#, &[("x", "a\nb\t\\")]));
     }
 
     #[test]
     fn errors_say_what_and_where() {
         let cases = [
-            ("", "empty"),
-            ("   ", "empty"),
+            // Empty.
+            ("", "the condition is empty"),
+            ("   ", "the condition is empty"),
+            // Strings.
+            ("'open", "column 1: string without its closing '"),
+            ("\"open", "column 1: string without its closing \""),
+            ("'ends in \\", "column 1: string without its closing '"),
+            ("'\\q'", "column 2: unknown escape"),
+            // Unknown characters and words.
+            ("${a} = 1", "column 6: unexpected character '='"),
+            ("${a} & ${b}", "column 6: unexpected character '&'"),
+            ("${a} == 1 ;", "column 11: unexpected character ';'"),
+            ("${a} == -", "column 9: unexpected character '-'"),
+            ("$a == 1", "column 1: unexpected character '$'"),
+            ("'é' == é", "column 8: unexpected character 'é'"), // characters, not bytes
+            ("a == 1", "column 1: unknown word 'a'"),
+            ("yes", "column 1: unknown word 'yes'"),
+            ("TRUE", "column 1: unknown word 'TRUE'"),
+            ("${x} not ['a']", "column 6: 'not' is only used as 'not in'"),
+            ("1.2.3 > 0", "column 1: '1.2.3' is not a number"),
+            ("1. == 1", "column 1: '1.' is not a number"),
+            // References.
+            ("${a", "column 1: '${' without its closing '}'"),
+            ("${a} == ${b", "column 9: '${' without its closing '}'"),
+            ("${1a} == 1", "column 1: '${1a}' is not a valid reference"),
+            ("${} == 1", "column 1: '${}' is not a valid reference"),
+            ("${a..b}", "column 1: '${a..b}' is not a valid reference"),
+            ("${a b} == 1", "column 1: '${a b}' is not a valid reference"),
+            // Missing operands.
             (
                 "${a} ==",
                 "column 8: expected a value after '==' at the end",
             ),
-            ("'open", "column 1: string without its closing '"),
-            ("${a", "column 1: '${' without its closing '}'"),
-            ("${1a} == 1", "column 1: '${1a}' is not a valid reference"),
-            ("${a} = 1", "column 6: unexpected character '='"),
-            ("a == 1", "column 1: unknown word 'a'"),
-            ("(${a}", "column 6: expected ')' at the end"),
             (
-                "${a})",
-                "column 5: unexpected ')' after a complete condition",
+                "${a} >= && ${b}",
+                "column 9: expected a value after '>=', found '&&'",
             ),
-            ("${a} == 1 == 2", "column 11: comparisons do not chain"),
-            ("['a'] == ${x}", "column 1: a list can only follow 'in'"),
-            ("${x} in ['a' 'b']", "column 14: expected ',' or ']'"),
-            ("${x} not ['a']", "column 6: 'not' is only used as 'not in'"),
+            (
+                "${x} in",
+                "column 8: expected a list or a value after 'in' at the end",
+            ),
+            (
+                "${x} not in",
+                "column 12: expected a list or a value after 'in' at the end",
+            ),
             (
                 "&& ${a}",
                 "column 1: expected a condition or a value, found '&&'",
@@ -705,28 +918,72 @@ mod tests {
                 "${a} ||",
                 "column 8: expected a condition or a value at the end",
             ),
-            ("'\\q'", "column 2: unknown escape"),
-            ("1.2.3 > 0", "column 1: '1.2.3' is not a number"),
+            ("!", "column 2: expected a condition or a value at the end"),
+            ("()", "column 2: expected a condition or a value, found ')'"),
+            // Trailing tokens, chained comparisons.
+            (
+                "${a} ${b}",
+                "column 6: expected '&&', '||' or the end, found a value",
+            ),
+            (
+                "${a} == 'x' 'y'",
+                "column 13: expected '&&', '||' or the end",
+            ),
+            ("${a} == 1 == 2", "column 11: comparisons do not chain"),
+            (
+                "${a} in ['x'] == 'y'",
+                "column 15: comparisons do not chain",
+            ),
+            ("${a} < ${b} in 'c'", "column 13: comparisons do not chain"),
+            // Lists.
+            ("['a'] == ${x}", "column 1: a list can only follow 'in'"),
+            ("['a']", "column 1: a list can only follow 'in'"),
+            ("${a} == ['a']", "column 9: a list can only follow 'in'"),
+            ("${x} in [['a']]", "column 10: a list can only follow 'in'"),
+            (
+                "${x} in ['a' 'b']",
+                "column 14: expected ',' or ']', found a value",
+            ),
+            (
+                "${x} in ['a',]",
+                "column 14: expected a list item, found ']'",
+            ),
+            ("${x} in ['a'", "column 13: expected ',' or ']' at the end"),
+            // Parentheses.
+            ("(${a}", "column 6: expected ')' at the end"),
+            ("((${a})", "column 8: expected ')' at the end"),
+            ("(${a} ${b})", "column 7: expected ')', found a value"),
+            ("${a})", "column 5: ')' without its '('"),
+            ("(${a}))", "column 7: ')' without its '('"),
         ];
         for (text, want) in cases {
             let got = error(text);
             assert!(got.contains(want), "{text:?}: {got}");
         }
-        let deep = format!("{}${{a}}{}", "(".repeat(100), ")".repeat(100));
-        assert!(error(&deep).contains("nested more than 64 deep"));
-        assert!(error(&"!".repeat(1000)).contains("nested more than 64 deep"));
-        assert!(error(&"1 ".repeat(3000)).contains("at most 4096"));
-        // Columns count characters, not bytes.
-        assert!(
-            error("'é' == é").contains("column 8"),
-            "{}",
-            error("'é' == é")
-        );
     }
 
     #[test]
-    fn long_flat_chains_are_fine() {
+    fn limits() {
+        // Length, in bytes.
+        let at_limit = format!("'{}'", "x".repeat(MAX_LEN - 2));
+        assert!(Expr::parse(&at_limit).is_ok());
+        let over = format!("'{}'", "x".repeat(MAX_LEN - 1));
+        assert!(error(&over).contains("4097 bytes long, at most 4096"));
+        assert!(error(&format!("'{}'", "é".repeat(MAX_LEN / 2))).contains("at most 4096"));
+        assert!(error(&"1 ".repeat(3000)).contains("at most 4096"));
+        // Nesting: an error at the ( or ! one too deep, never a stack overflow.
+        let ok = format!("{}${{a}}{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        assert!(Expr::parse(&ok).is_ok());
+        let deep = format!("{}${{a}}{}", "(".repeat(65), ")".repeat(65));
+        assert!(error(&deep).contains("column 65: nested more than 64 deep"));
+        let nots = format!("{}${{a}}", "!".repeat(65));
+        assert!(error(&nots).contains("column 65: nested more than 64 deep"));
+        assert!(error(&"!(".repeat(2000)).contains("nested more than 64 deep"));
+        assert!(error(&"(".repeat(4096)).contains("nested more than 64 deep"));
+        // Long chains are flat, not deep.
         let text = vec!["${a}"; 500].join(" && ");
         assert!(check(&text, &[("a", "yes")]));
+        let text = vec!["${a} == 1"; 300].join(" || ");
+        assert!(check(&text, &[("a", "1.0")]));
     }
 }

@@ -1,17 +1,19 @@
 //! Fuzzing on the stable toolchain: the workflow parser and validator, the cron and duration
 //! parsers, the configuration file and the `when:` expression language get mutated versions
 //! of real inputs (every fixture, example and template, and lists of schedules, durations,
-//! settings and conditions) for a while, and none may panic. A panic writes the input to `target/fuzz-crash-*` and fails.
+//! settings and conditions) for a while, and none may panic. A panic writes the input to
+//! `target/fuzz-crash-*` and fails.
 //!
 //! `PICOFLOW_FUZZ_SECONDS` sets how long each target runs (default 2; CI runs 20, a long run
 //! 600); `PICOFLOW_FUZZ_SEED` replays a run. Schedules found valid are also asked for their
-//! next fire times, so the scheduler's arithmetic is fuzzed too.
+//! next fire times, so the scheduler's arithmetic is fuzzed too; conditions that parse are
+//! evaluated against fixed values (JSON arrays, empty, undefined, hostile text).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use picoflow_lib::expr::Expr;
+use picoflow_lib::expr::{is_reference_name, Expr};
 use picoflow_lib::{
     parse_duration, parse_workflow, template, Config, Registry, Schedule, TEMPLATE_NAMES,
 };
@@ -32,7 +34,7 @@ impl Rng {
     }
 }
 
-/// Pieces that tend to reach corners of YAML, TOML, cron and duration syntax.
+/// Pieces that tend to reach corners of YAML, TOML, cron, duration and condition syntax.
 const TOKENS: &[&str] = &[
     "\n",
     " ",
@@ -113,10 +115,16 @@ const TOKENS: &[&str] = &[
     "!",
     "==",
     "!=",
+    "<",
     "<=",
     ">",
+    ">=",
+    "in",
     " in ",
+    "not",
     " not in ",
+    ".",
+    "\\'",
     "(",
     ")",
     "${tasks.a.outputs.x}",
@@ -326,6 +334,8 @@ fn expressions() {
         "'it\\'s' == \"x\\n\" || true",
         "${L} in ${J}",
         "!!${x} <= 10",
+        "${tasks.my-task.status} >= \"ok\" || ((${a})) && ${b} < 0.25",
+        "${Q} in [${N}, ${L}, '']",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -335,11 +345,16 @@ fn expressions() {
         "J" => Some("[1, \"2\", {\"x\": 1}]".to_string()),
         "L" => Some("[1,2]".to_string()),
         "a" => Some(String::new()),
+        "Q" => Some("' || true".to_string()),
         _ => None,
     };
     fuzz("expression", &corpus, |text| {
         if let Ok(e) = Expr::parse(text) {
-            let _ = e.references();
+            let refs = e.references();
+            for (i, r) in refs.iter().enumerate() {
+                assert!(is_reference_name(r), "invalid reference {r:?}");
+                assert!(!refs[..i].contains(r), "{r:?} listed twice");
+            }
             let _ = e.eval(&values);
         }
     });
