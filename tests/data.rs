@@ -607,4 +607,21 @@ fn the_backup_example_runs_and_validate_and_graph_show_its_flow() {
         server.requests().is_empty(),
         "the failure webhook is for failures"
     );
+
+    // Again with the same dump: nothing to compress, so nothing to upload.
+    let out = run(picoflow(dir.path())
+        .env("BACKUP_DIR", dir.path().join("backups"))
+        .env(
+            "WEBHOOK_URL",
+            format!("http://127.0.0.1:{}/hook", server.port),
+        )
+        .arg("run")
+        .arg(&example));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (_, tasks) = status(dir.path(), "backup");
+    assert_eq!(task(&tasks, "compress")["status"], "skipped");
+    assert_eq!(
+        task(&tasks, "upload")["error_message"],
+        "skipped: iterate_over has no items"
+    );
 }

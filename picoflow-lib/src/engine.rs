@@ -443,7 +443,17 @@ impl Engine {
                 })
                 .detach();
             }
-            // Ready tasks left over wait for a flush in flight (see below).
+            // Make completions durable at once, one flush at a time; only their dependents
+            // wait for it (see `plan`). That includes a task its condition skipped just now.
+            // The flush at the end of the run waits for whatever is left.
+            if let Some(upto) = plan.flush_due() {
+                let flushed_tx = flushed_tx.clone();
+                ex.spawn(async move {
+                    let _ = flushed_tx.send((upto, self.flush().await)).await;
+                })
+                .detach();
+            }
+            // Ready tasks left over wait for that flush.
             if plan.settled(cancelled) {
                 break;
             }
@@ -503,16 +513,6 @@ impl Engine {
                 if !cancelled {
                     self.report_skips(&run, &mut plan, &mut reports);
                 }
-            }
-            // Make completions durable at once, one flush at a time; only their dependents
-            // wait for it (see `plan`). The flush at the end of the run waits for whatever
-            // is left.
-            if let Some(upto) = plan.flush_due() {
-                let flushed_tx = flushed_tx.clone();
-                ex.spawn(async move {
-                    let _ = flushed_tx.send((upto, self.flush().await)).await;
-                })
-                .detach();
             }
         }
 
@@ -1314,5 +1314,32 @@ mod tests {
         assert!(err.to_string().contains("disk full"), "{err}");
         let log = sink.log();
         assert!(!log.iter().any(|l| l.starts_with("start")), "{log:?}");
+    }
+
+    /// A task its condition skips is a completion like any other: its dependents start once
+    /// it is durable, even when nothing else is running to bring a flush about.
+    #[test]
+    fn a_task_skipped_by_its_condition_releases_its_dependents() {
+        let sink = Recorder::new(Duration::from_millis(10), usize::MAX);
+        let engine = Engine::new(Registry::builtin()).with_sink(sink.clone());
+        let wf = crate::yaml::parse_workflow(
+            "name: w\ntasks:\n  - {name: a, type: shell, when: 'false', config: {command: \"true\"}}\n  - {name: b, type: shell, depends_on: [a], config: {command: \"true\"}}\n",
+            "w.yaml",
+        )
+        .unwrap();
+        let report = future::block_on(async {
+            future::or(engine.run(&wf, RunOptions::default()), async {
+                smol::Timer::after(Duration::from_secs(20)).await;
+                panic!("the run never ended: {:?}", sink.log());
+            })
+            .await
+        })
+        .unwrap();
+        assert!(report.success());
+        assert_eq!(report.tasks[0].state, TaskState::Skipped);
+        assert_eq!(report.tasks[1].state, TaskState::Success);
+        let log = sink.log();
+        let pos = |s: &str| log.iter().position(|l| l == s).unwrap();
+        assert!(pos("skip a") < pos("start b"), "{log:?}");
     }
 }
