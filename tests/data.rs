@@ -586,16 +586,20 @@ fn the_backup_example_runs_and_validate_and_graph_show_its_flow() {
     assert!(stdout(&out).contains("after the run"), "{}", stdout(&out));
 
     let server = HttpServer::start("{}");
-    let out = run(picoflow(dir.path())
-        .env("BACKUP_DIR", dir.path().join("backups"))
-        .env(
-            "WEBHOOK_URL",
-            format!("http://127.0.0.1:{}/hook", server.port),
-        )
-        .arg("run")
-        .arg(&example));
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let (_, tasks) = status(dir.path(), "backup");
+    // Runs the example to success; returns its tasks' last attempts.
+    let run_backup = || {
+        let out = run(picoflow(dir.path())
+            .env("BACKUP_DIR", dir.path().join("backups"))
+            .env(
+                "WEBHOOK_URL",
+                format!("http://127.0.0.1:{}/hook", server.port),
+            )
+            .arg("run")
+            .arg(&example));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        status(dir.path(), "backup").1
+    };
+    let tasks = run_backup();
     assert_eq!(task(&tasks, "compress")["status"], "success");
     assert!(
         tasks
@@ -609,16 +613,7 @@ fn the_backup_example_runs_and_validate_and_graph_show_its_flow() {
     );
 
     // Again with the same dump: nothing to compress, so nothing to upload.
-    let out = run(picoflow(dir.path())
-        .env("BACKUP_DIR", dir.path().join("backups"))
-        .env(
-            "WEBHOOK_URL",
-            format!("http://127.0.0.1:{}/hook", server.port),
-        )
-        .arg("run")
-        .arg(&example));
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let (_, tasks) = status(dir.path(), "backup");
+    let tasks = run_backup();
     assert_eq!(task(&tasks, "compress")["status"], "skipped");
     assert_eq!(
         task(&tasks, "upload")["error_message"],

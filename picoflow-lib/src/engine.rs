@@ -174,19 +174,18 @@ impl TaskReport {
             resumed: false,
         }
     }
-}
 
-impl TaskReport {
-    /// The report of a task whose last attempt is `a`.
-    fn from_attempt(a: &TaskExecution) -> TaskReport {
+    /// The report of a task that finished in an earlier run of a resumed execution, with
+    /// `a` its last attempt (none made in this run).
+    fn resumed(a: &TaskExecution) -> TaskReport {
         TaskReport {
             name: a.task_name.clone(),
             state: a.status,
-            attempts: 1,
+            attempts: 0,
             exit_code: a.exit_code,
             duration_seconds: a.duration_seconds,
             error: a.error_message.clone(),
-            resumed: false,
+            resumed: true,
         }
     }
 }
@@ -432,7 +431,7 @@ impl Engine {
                 let run = run.clone();
                 let first = first_attempt[i];
                 ex.spawn(async move {
-                    let f = match run.wf.tasks[i].iterate_over.is_some() {
+                    let f = match is_loop {
                         true => self.run_loop(&run, i).await,
                         false => {
                             self.run_task(&run, i, &run.tasks[i], None, first, false)
@@ -738,8 +737,7 @@ impl Engine {
             for (k, (item, name)) in list.iter().zip(&names).enumerate() {
                 let earlier = run.earlier.get(name);
                 if let Some(a) = earlier.filter(|a| finished_before(a, task)) {
-                    let mut r = TaskReport::from_attempt(a);
-                    r.resumed = true;
+                    let r = TaskReport::resumed(a);
                     handles.push(lex.spawn(async move { (r, true, a.outputs.clone()) }));
                     continue;
                 }
@@ -1136,9 +1134,7 @@ fn start(wf: &Workflow, opts: &RunOptions) -> Result<Start> {
                 // An attempt cut short by a crash ran to no conclusion: run it again.
                 if finished_before(a, t) && t.iterate_over.is_none() {
                     done[i] = true;
-                    reports[i] = TaskReport::from_attempt(a);
-                    reports[i].attempts = 0;
-                    reports[i].resumed = true;
+                    reports[i] = TaskReport::resumed(a);
                 }
             }
             let mut e = r.execution.clone();

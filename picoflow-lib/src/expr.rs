@@ -296,19 +296,7 @@ fn truthy(s: &str) -> bool {
 /// The items of a JSON array of strings, numbers and booleans (as `iterate_over` reads them),
 /// as text; `None` for anything else.
 fn json_items(s: &str) -> Option<Vec<String>> {
-    let t = s.trim();
-    if !t.starts_with('[') {
-        return None;
-    }
-    let items: Vec<serde_json::Value> = serde_json::from_str(t).ok()?;
-    items
-        .into_iter()
-        .map(|v| match v {
-            serde_json::Value::String(s) => Some(s),
-            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => Some(v.to_string()),
-            _ => None,
-        })
-        .collect()
+    crate::flow::json_list(s).and_then(Result::ok)
 }
 
 /// Splits the text into tokens, each with its column.

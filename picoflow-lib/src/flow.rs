@@ -189,27 +189,38 @@ impl RunValues {
 
 /// A JSON array (of strings, numbers or booleans) or one item per non-empty line.
 fn split_items(value: &str) -> Result<Vec<String>, String> {
-    let trimmed = value.trim();
-    if trimmed.starts_with('[') {
-        let parsed: Vec<serde_json::Value> = serde_json::from_str(trimmed)
-            .map_err(|e| format!("iterate_over: the value is not a JSON array: {e}"))?;
-        return parsed
+    match json_list(value) {
+        Some(list) => list.map_err(|e| format!("iterate_over: {e}")),
+        None => Ok(value
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()),
+    }
+}
+
+/// The items of `text` as text when it is a JSON array of strings, numbers or booleans; `None`
+/// when it does not start with `[`. Shared by loops and by conditions' `in`.
+pub(crate) fn json_list(text: &str) -> Option<Result<Vec<String>, String>> {
+    let trimmed = text.trim();
+    if !trimmed.starts_with('[') {
+        return None;
+    }
+    let parsed: Vec<serde_json::Value> = match serde_json::from_str(trimmed) {
+        Ok(p) => p,
+        Err(e) => return Some(Err(format!("the value is not a JSON array: {e}"))),
+    };
+    Some(
+        parsed
             .into_iter()
             .map(|v| match v {
                 serde_json::Value::String(s) => Ok(s),
                 serde_json::Value::Number(_) | serde_json::Value::Bool(_) => Ok(v.to_string()),
-                other => Err(format!(
-                    "iterate_over: items must be strings or numbers, not {other}"
-                )),
+                other => Err(format!("items must be strings or numbers, not {other}")),
             })
-            .collect();
-    }
-    Ok(value
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect())
+            .collect(),
+    )
 }
 
 enum TaskField<'a> {
@@ -304,27 +315,47 @@ pub(crate) fn select(
     Ok(())
 }
 
-fn select_one(selector: &str, p: &Produced<'_>) -> Result<String, String> {
+/// What a selector reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Stdout,
+    Stderr,
+    ExitCode,
+    /// The HTTP status.
+    Status,
+}
+
+/// Splits a selector into what it reads, its name and the JSON path after it (`body.a.b`).
+fn parse_selector(selector: &str, http: bool) -> Result<(Source, &str, Option<&str>), String> {
     let (head, path) = match selector.split_once('.') {
         Some((h, rest)) => (h, Some(rest)),
         None => (selector, None),
     };
-    let source = match (head, p.http) {
-        ("stdout", _) | ("body", true) => p.stdout,
-        ("stderr", false) => p.stderr,
-        ("exit_code", _) if path.is_none() => {
-            return Ok(p.exit_code.map(|c| c.to_string()).unwrap_or_default())
-        }
-        ("status", true) if path.is_none() => {
-            // The HTTP executor's stderr is the status line: `HTTP/1.1 200 OK`.
+    let source = match (head, http, path) {
+        ("stdout", _, _) | ("body", true, _) => Source::Stdout,
+        ("stderr", false, _) => Source::Stderr,
+        ("exit_code", _, None) => Source::ExitCode,
+        ("status", true, None) => Source::Status,
+        _ => return Err(selector_help(http)),
+    };
+    Ok((source, head, path))
+}
+
+fn select_one(selector: &str, p: &Produced<'_>) -> Result<String, String> {
+    let (source, head, path) = parse_selector(selector, p.http)?;
+    let source = match source {
+        Source::Stdout => p.stdout,
+        Source::Stderr => p.stderr,
+        Source::ExitCode => return Ok(p.exit_code.map(|c| c.to_string()).unwrap_or_default()),
+        // The HTTP executor's stderr is the status line: `HTTP/1.1 200 OK`.
+        Source::Status => {
             return p
                 .stderr
                 .split_whitespace()
                 .nth(1)
                 .map(str::to_string)
-                .ok_or_else(|| "no HTTP status was received".to_string());
+                .ok_or_else(|| "no HTTP status was received".to_string())
         }
-        _ => return Err(selector_help(p.http)),
     };
     let Some(path) = path else {
         return Ok(source.strip_suffix('\n').unwrap_or(source).to_string());
@@ -408,29 +439,25 @@ fn json_strings<'a>(v: &'a serde_json::Value, out: &mut Vec<Cow<'a, str>>) {
 
 /// The run values a task reads, for [`RunValues::vars_for`] (of the [`prepare`]d task).
 pub(crate) fn run_references(task: &Task) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for text in texts(task) {
-        for name in Vars::referenced(&text) {
-            if is_run_value(&name) && !names.contains(&name) {
-                names.push(name);
-            }
-        }
-    }
-    names
+    run_values_in(texts(task).iter().map(|t| t.as_ref()))
 }
 
 /// The run values a `/bin/sh -c` command line references, in order.
 fn shell_references(task: &Task) -> Vec<String> {
-    let TaskConfig::Shell(c) = &task.config else {
-        return Vec::new();
-    };
-    if !c.uses_shell() {
-        return Vec::new();
+    match &task.config {
+        TaskConfig::Shell(c) if c.uses_shell() => run_values_in([c.command.as_str()]),
+        _ => Vec::new(),
     }
-    let mut names = Vec::new();
-    for name in Vars::referenced(&c.command) {
-        if is_run_value(&name) && !names.contains(&name) {
-            names.push(name);
+}
+
+/// The run values (see [`is_run_value`]) `${…}` names in `texts`, once each, in order.
+fn run_values_in<'a>(texts: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for text in texts {
+        for name in Vars::referenced(text) {
+            if is_run_value(&name) && !names.contains(&name) {
+                names.push(name);
+            }
         }
     }
     names
@@ -484,16 +511,15 @@ pub(crate) fn check(wf: &Workflow, ancestors: &dyn Fn(usize, usize) -> bool) -> 
         .enumerate()
         .map(|(i, t)| (t.name.as_str(), i))
         .collect();
-    let handlers: Vec<&Task> = wf.handlers.all().map(|(_, t)| t).collect();
-    for (i, task) in wf
+    // Each task with its index; handlers have none (every task has run before them).
+    let all = wf
         .tasks
         .iter()
-        .map(Some)
         .enumerate()
-        .chain(handlers.iter().map(|&t| (usize::MAX, Some(t))))
-    {
-        let task = task.expect("a task");
-        let handler = i == usize::MAX;
+        .map(|(i, t)| (Some(i), t))
+        .chain(wf.handlers.all().map(|(_, t)| (None, t)));
+    for (index_of, task) in all {
+        let handler = index_of.is_none();
         let at = task.label();
         let mut refs: Vec<String> = Vec::new();
         for text in texts(task) {
@@ -530,7 +556,7 @@ pub(crate) fn check(wf: &Workflow, ancestors: &dyn Fn(usize, usize) -> bool) -> 
             };
             match index.get(other) {
                 None => problems.push(format!("{at}: ${{{name}}}: unknown task '{other}'")),
-                Some(&o) if !handler && !ancestors(o, i) => problems.push(format!(
+                Some(&o) if index_of.is_some_and(|i| !ancestors(o, i)) => problems.push(format!(
                     "{at}: ${{{name}}}: task '{other}' is not among the tasks this one depends on (directly or indirectly), so it may not have run yet"
                 )),
                 Some(_) => {}
@@ -543,18 +569,9 @@ pub(crate) fn check(wf: &Workflow, ancestors: &dyn Fn(usize, usize) -> bool) -> 
                 ));
             }
         }
-        let http = task.kind == "http";
         for (name, selector) in &task.outputs {
-            let dummy = Produced {
-                stdout: "",
-                stderr: "HTTP/1.1 200 OK",
-                exit_code: Some(0),
-                http,
-            };
-            if let Err(msg) = select_one(selector, &dummy) {
-                if msg.starts_with("expected") {
-                    problems.push(format!("{at}: outputs.{name}: '{selector}': {msg}"));
-                }
+            if let Err(msg) = parse_selector(selector, task.kind == "http") {
+                problems.push(format!("{at}: outputs.{name}: '{selector}': {msg}"));
             }
         }
         if task.run_if != crate::model::RunIf::AllSuccess && task.depends_on.is_empty() {
@@ -576,16 +593,15 @@ pub(crate) fn check(wf: &Workflow, ancestors: &dyn Fn(usize, usize) -> bool) -> 
             }
         }
     }
-    let mut names: HashMap<&str, &Task> = HashMap::new();
-    for t in wf.tasks.iter().chain(handlers.iter().copied()) {
-        if let Some(first) = names.insert(&t.name, t) {
-            if handlers.iter().any(|h| std::ptr::eq(*h, t)) {
-                problems.push(format!(
-                    "{}: name is used by another task or handler ({})",
-                    t.label(),
-                    first.label()
-                ));
-            }
+    // Task names are checked with the graph; a handler's must differ from every other name.
+    let mut names: HashMap<&str, &Task> = wf.tasks.iter().map(|t| (t.name.as_str(), t)).collect();
+    for (_, h) in wf.handlers.all() {
+        if let Some(first) = names.insert(&h.name, h) {
+            problems.push(format!(
+                "{}: name is used by another task or handler ({})",
+                h.label(),
+                first.label()
+            ));
         }
     }
     problems
