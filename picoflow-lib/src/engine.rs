@@ -388,7 +388,7 @@ impl Engine {
                 run.values.borrow_mut().publish(
                     &t.name,
                     reports[i].state,
-                    earlier.and_then(|a| a.outputs.as_ref()),
+                    earlier.and_then(|a| a.outputs.clone()),
                 );
             }
         }
@@ -495,11 +495,9 @@ impl Engine {
             }
             for f in batch {
                 let i = f.index;
-                run.values.borrow_mut().publish(
-                    &wf.tasks[i].name,
-                    f.report.state,
-                    f.outputs.as_ref(),
-                );
+                run.values
+                    .borrow_mut()
+                    .publish(&wf.tasks[i].name, f.report.state, f.outputs);
                 reports[i] = f.report;
                 items[i] = f.items;
                 if opts.cancel.is_cancelled() && !f.release_dependents {
@@ -793,9 +791,7 @@ impl Engine {
         let mut failures = Vec::new();
         let mut release = true;
         for (r, ok, outputs) in results {
-            run.values
-                .borrow_mut()
-                .publish(&r.name, r.state, outputs.as_ref());
+            run.values.borrow_mut().publish(&r.name, r.state, outputs);
             release &= ok;
             if r.state.is_failure() || r.state == TaskState::Pending {
                 failures.push(r.name.clone());

@@ -101,13 +101,13 @@ impl RunValues {
         &mut self,
         task: &str,
         status: TaskState,
-        outputs: Option<&BTreeMap<String, String>>,
+        outputs: Option<BTreeMap<String, String>>,
     ) {
         self.tasks.insert(
             task.to_string(),
             Published {
                 status,
-                outputs: outputs.cloned().unwrap_or_default(),
+                outputs: outputs.unwrap_or_default(),
             },
         );
     }
@@ -665,7 +665,7 @@ mod tests {
         let mut v = RunValues::new("wf", "e1");
         let outs: BTreeMap<String, String> =
             [("files".to_string(), "a.txt\n\n b.txt \n".to_string())].into();
-        v.publish("list", TaskState::Success, Some(&outs));
+        v.publish("list", TaskState::Success, Some(outs));
         assert_eq!(v.get("tasks.list.status", None).as_deref(), Some("success"));
         assert_eq!(v.get("tasks.list.outputs.nope", None), None);
         assert_eq!(v.get("workflow.name", None).as_deref(), Some("wf"));
