@@ -226,6 +226,9 @@ pub(crate) enum DaemonCommand {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "start")]
 pub(crate) struct DaemonStartArgs {
+    /// serve the web UI and API (as [web] enabled = true): http://127.0.0.1:9090/ by default
+    #[argh(switch)]
+    pub(crate) web: bool,
     /// workflow files or directories
     #[argh(positional)]
     pub(crate) paths: Vec<PathBuf>,

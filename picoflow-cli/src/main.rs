@@ -181,7 +181,7 @@ fn dispatch(command: Command, config: &Config) -> Result<u8, Error> {
         },
         Command::Prune(a) => prune(config, a.days),
         Command::Daemon(a) => match a.command {
-            DaemonCommand::Start(s) => daemon_start(config, s.paths),
+            DaemonCommand::Start(s) => daemon_start(config, s.paths, s.web),
             DaemonCommand::Stop(s) => daemon_stop(config, s.timeout),
             DaemonCommand::Status(_) => daemon_status(config),
         },
@@ -361,6 +361,7 @@ fn run(file: &Path, resume: bool, config: &Config) -> Result<u8, Error> {
         resume,
         source: Some(source),
         stop_leftovers: after_crash,
+        ..RunOptions::default()
     };
     let report = smol::block_on(async {
         let run = engine.run(&wf, opts);
@@ -398,14 +399,16 @@ fn prune(config: &Config, days: Option<u32>) -> Result<u8, Error> {
     Ok(0)
 }
 
-fn daemon_start(config: &Config, paths: Vec<PathBuf>) -> Result<u8, Error> {
+fn daemon_start(config: &Config, paths: Vec<PathBuf>, web: bool) -> Result<u8, Error> {
     if paths.is_empty() {
         return Err(Error::Config {
             origin: "daemon start".into(),
             message: "give one or more workflow files or directories".into(),
         });
     }
-    let daemon = picoflow_lib::Daemon::new(config.clone(), Registry::builtin(), paths);
+    let mut config = config.clone();
+    config.web.enabled |= web;
+    let daemon = picoflow_lib::Daemon::new(config, Registry::builtin(), paths);
     match smol::block_on(daemon.run())? {
         picoflow_lib::DaemonExit::Graceful => Ok(0),
         picoflow_lib::DaemonExit::Terminated => Ok(9),

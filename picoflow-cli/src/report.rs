@@ -7,10 +7,11 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{DateTime, Local, NaiveDate, Utc};
+use chrono::{DateTime, Local, Utc};
+use picoflow_lib::views::{self, in_workflow_order, planned_tasks, WorkflowSummary};
 use picoflow_lib::{
-    compute_stats, execution_log_dir, last_attempts, load_workflow, task_log_path, Config, Error,
-    HistoryFilter, Registry, Store, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
+    compute_stats, execution_log_dir, last_attempts, task_log_path, Config, Error, HistoryFilter,
+    Store, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
 };
 use serde_json::json;
 
@@ -50,55 +51,7 @@ fn check_format(format: &str) -> Result<bool, Error> {
 
 /// Parses `--since YYYY-MM-DD` as local midnight.
 pub(crate) fn parse_since(since: Option<&str>) -> Result<Option<DateTime<Utc>>, Error> {
-    let Some(s) = since else { return Ok(None) };
-    let date = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| Error::Config {
-        origin: "--since".into(),
-        message: format!("'{s}' is not a date in the form YYYY-MM-DD"),
-    })?;
-    let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
-    let t = midnight
-        .and_local_timezone(Local)
-        .earliest()
-        .map_or_else(|| midnight.and_utc(), |t| t.with_timezone(&Utc));
-    Ok(Some(t))
-}
-
-/// Attempts in the order of `planned` (the workflow file's, a loop's tasks `NAME[item]` at
-/// their loop's place), then any others in the order they started.
-fn in_workflow_order<'t>(
-    mut attempts: Vec<&'t TaskExecution>,
-    planned: &[String],
-) -> Vec<&'t TaskExecution> {
-    attempts.sort_by_key(|t| t.started_at);
-    attempts.sort_by_key(|t| {
-        planned
-            .iter()
-            .position(|n| {
-                t.task_name
-                    .strip_prefix(n.as_str())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
-            })
-            .unwrap_or(usize::MAX)
-    });
-    attempts
-}
-
-/// Task names of the workflow file an execution came from, then its handlers', when it can
-/// still be read.
-fn planned_tasks(exec: &WorkflowExecution) -> Vec<String> {
-    exec.source
-        .as_deref()
-        .and_then(|f| load_workflow(Path::new(f), &Registry::builtin()).ok())
-        .filter(|wf| wf.name == exec.workflow_name)
-        .map(|wf| {
-            let handlers = wf.handlers.all().map(|(_, t)| t.name.clone());
-            wf.tasks
-                .iter()
-                .map(|t| t.name.clone())
-                .chain(handlers)
-                .collect()
-        })
-        .unwrap_or_default()
+    since.map(|s| views::parse_since(s, "--since")).transpose()
 }
 
 pub(crate) fn status(
@@ -136,10 +89,7 @@ pub(crate) fn status(
     if json_out {
         let v: Vec<_> = shown
             .iter()
-            .map(|(e, t)| {
-                let tasks = in_workflow_order(last_attempts(t), &planned_tasks(e));
-                json!({ "execution": e, "tasks": tasks })
-            })
+            .map(|(e, t)| views::execution_json(e, t))
             .collect();
         outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
         return Ok(0);
@@ -299,15 +249,9 @@ pub(crate) fn history(
     format: &str,
 ) -> Result<u8, Error> {
     let json_out = check_format(format)?;
-    let status = match status {
-        None => None,
-        Some(s) => Some(
-            WorkflowStatus::parse(&s.to_ascii_lowercase()).ok_or_else(|| Error::Config {
-                origin: "--status".into(),
-                message: format!("'{s}' is not one of success, failed, running, interrupted"),
-            })?,
-        ),
-    };
+    let status = status
+        .map(|s| views::parse_status(s, "--status"))
+        .transpose()?;
     let filter = HistoryFilter {
         workflow: workflow.map(String::from),
         status,
@@ -321,11 +265,7 @@ pub(crate) fn history(
     if json_out {
         let v: Vec<_> = execs
             .iter()
-            .map(|(e, t)| {
-                let mut j = serde_json::to_value(e).expect("json");
-                j["tasks"] = serde_json::to_value(t).expect("json");
-                j
-            })
+            .map(|(e, t)| views::history_json(e, t))
             .collect();
         outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
         return Ok(0);
@@ -487,48 +427,9 @@ pub(crate) fn workflow_list(config: &Config, all: bool, format: &str) -> Result<
         }
         return Ok(0);
     };
-    let recent = Utc::now() - chrono::Duration::days(30);
-    let mut rows = Vec::new();
-    for w in store.workflows()? {
-        let execs = store.executions(&HistoryFilter {
-            workflow: Some(w.name.clone()),
-            ..Default::default()
-        })?;
-        let last = execs.first().cloned();
-        if !all && last.as_ref().is_none_or(|l| l.started_at < recent) && w.schedule.is_none() {
-            continue;
-        }
-        let success = execs
-            .iter()
-            .filter(|e| e.status == WorkflowStatus::Success)
-            .count();
-        let failed = execs
-            .iter()
-            .filter(|e| {
-                matches!(
-                    e.status,
-                    WorkflowStatus::Failed | WorkflowStatus::Interrupted
-                )
-            })
-            .count();
-        rows.push((w, last, success, failed));
-    }
+    let rows = WorkflowSummary::list(&store, all, Utc::now())?;
     if json_out {
-        let v: Vec<_> = rows
-            .iter()
-            .map(|(w, last, s, f)| {
-                json!({
-                    "name": w.name,
-                    "type": if w.schedule.is_some() { "cron" } else { "on-demand" },
-                    "schedule": w.schedule,
-                    "file": w.file,
-                    "last_run": last.as_ref().map(|l| l.started_at),
-                    "last_status": last.as_ref().map(|l| l.status),
-                    "success": s,
-                    "failed": f,
-                })
-            })
-            .collect();
+        let v: Vec<_> = rows.iter().map(WorkflowSummary::to_json).collect();
         outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
         return Ok(0);
     }
@@ -538,13 +439,13 @@ pub(crate) fn workflow_list(config: &Config, all: bool, format: &str) -> Result<
     }
     let w = rows
         .iter()
-        .map(|r| r.0.name.len())
+        .map(|r| r.record.name.len())
         .max()
         .unwrap_or(8)
         .max(8);
     let sw = rows
         .iter()
-        .map(|r| r.0.schedule.as_deref().map_or(1, str::len))
+        .map(|r| r.record.schedule.as_deref().map_or(1, str::len))
         .max()
         .unwrap_or(8)
         .max(8);
@@ -558,8 +459,9 @@ pub(crate) fn workflow_list(config: &Config, all: bool, format: &str) -> Result<
         "SUCCESS",
         "FAILED"
     )?;
-    for (wf, last, s, f) in rows {
-        let (when, st) = match &last {
+    for row in rows {
+        let (wf, s, f) = (&row.record, row.success, row.failed);
+        let (when, st) = match &row.last {
             Some(l) => (
                 l.started_at
                     .with_timezone(&Local)

@@ -29,6 +29,8 @@ pub struct Config {
     pub log_format: String,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[web]`.
+    pub web: WebConfig,
     /// `[retry]`.
     pub retry: RetryConfig,
     /// `[timeout]`.
@@ -54,6 +56,61 @@ pub struct MetricsConfig {
     pub port: u16,
     /// Address to listen on (localhost only by default).
     pub bind_address: String,
+}
+
+/// `[web]`: the daemon's web UI and REST API (OBS-005), built with the `web` feature.
+///
+/// Served on the same listener as `/metrics` when `port` and `bind` equal the `[metrics]`
+/// ones (the default port does), otherwise on a listener of its own.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Serve the UI and the API (off by default; `daemon start --web` turns it on).
+    pub enabled: bool,
+    /// TCP port.
+    pub port: u16,
+    /// Address to listen on (localhost only by default).
+    pub bind: String,
+    /// Bearer token that allows `POST /api/v1/workflows/NAME/run`; without a token (here,
+    /// in `token_file` or in `PICOFLOW_WEB_TOKEN`) triggering is disabled.
+    pub token: Option<String>,
+    /// File holding the token (its first line), so that it stays out of the config file.
+    pub token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for WebConfig {
+    // The token is a secret: never printed, even in debug logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebConfig")
+            .field("enabled", &self.enabled)
+            .field("port", &self.port)
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+impl WebConfig {
+    /// The trigger token: `token`, else the first line of `token_file`; `None` when neither
+    /// is set. An unreadable or empty token file is an error, so that a typo never silently
+    /// disables (or opens) triggering.
+    pub fn resolve_token(&self) -> Result<Option<String>> {
+        if let Some(t) = self.token.as_ref().filter(|t| !t.is_empty()) {
+            return Ok(Some(t.clone()));
+        }
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
+            Some(t) => Ok(Some(t.to_string())),
+            None => Err(Error::Config {
+                origin: path.display().to_string(),
+                message: "web.token_file: the file is empty".into(),
+            }),
+        }
+    }
 }
 
 /// `[retry]`: backoff between attempts (DAG-006, DAG-007).
@@ -117,6 +174,7 @@ impl Default for Config {
             log_level: "info".into(),
             log_format: "json".into(),
             metrics: MetricsConfig::default(),
+            web: WebConfig::default(),
             retry: RetryConfig::default(),
             timeout: TimeoutConfig::default(),
             execution: ExecutionConfig::default(),
@@ -133,6 +191,18 @@ impl Default for MetricsConfig {
             enabled: true,
             port: 9090,
             bind_address: "127.0.0.1".into(),
+        }
+    }
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: false,
+            port: 9090,
+            bind: "127.0.0.1".into(),
+            token: None,
+            token_file: None,
         }
     }
 }
@@ -234,8 +304,8 @@ impl Config {
         Ok(c)
     }
 
-    /// Applies `PICOFLOW_DB_PATH`, `PICOFLOW_LOG_LEVEL`, `PICOFLOW_LOG_FORMAT` and
-    /// `PICOFLOW_METRICS_PORT` from `env`.
+    /// Applies `PICOFLOW_DB_PATH`, `PICOFLOW_LOG_LEVEL`, `PICOFLOW_LOG_FORMAT`,
+    /// `PICOFLOW_METRICS_PORT`, `PICOFLOW_WEB_PORT` and `PICOFLOW_WEB_TOKEN` from `env`.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = env("PICOFLOW_DB_PATH").filter(|v| !v.is_empty()) {
             self.db_path = PathBuf::from(v);
@@ -251,6 +321,15 @@ impl Config {
                 origin: "PICOFLOW_METRICS_PORT".into(),
                 message: format!("'{v}' is not a port number (0-65535)"),
             })?;
+        }
+        if let Some(v) = env("PICOFLOW_WEB_PORT").filter(|v| !v.is_empty()) {
+            self.web.port = v.parse().map_err(|_| Error::Config {
+                origin: "PICOFLOW_WEB_PORT".into(),
+                message: format!("'{v}' is not a port number (0-65535)"),
+            })?;
+        }
+        if let Some(v) = env("PICOFLOW_WEB_TOKEN").filter(|v| !v.is_empty()) {
+            self.web.token = Some(v);
         }
         self.check("environment")
     }

@@ -33,7 +33,7 @@ use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -43,8 +43,10 @@ use smol::lock::Semaphore;
 use crate::config::Config;
 use crate::engine::{Engine, EngineSettings, ResumeFrom, RunOptions};
 use crate::error::{Error, Result};
+use crate::events::new_id;
 use crate::executor::{CancelToken, Registry};
-use crate::metrics::{Metrics, MetricsServer};
+use crate::httpd::{Server, Service};
+use crate::metrics::Metrics;
 use crate::model::{Catchup, Workflow};
 use crate::schedule::{host_name, jitter_offset, Schedule};
 use crate::signals::{Signals, StopSignal};
@@ -100,7 +102,7 @@ impl DaemonStatus {
 }
 
 struct Loaded {
-    wf: Rc<Workflow>,
+    wf: Arc<Workflow>,
     schedule: Option<Schedule>,
     offset: Duration,
     next: Option<DateTime<Utc>>,
@@ -123,7 +125,7 @@ impl Loaded {
             .jitter
             .map_or(Duration::ZERO, |j| jitter_offset(host, &wf.name, j));
         let mut l = Loaded {
-            wf: Rc::new(wf),
+            wf: Arc::new(wf),
             schedule,
             offset,
             next: None,
@@ -139,6 +141,83 @@ impl Loaded {
         let off = chrono::Duration::from_std(self.offset).ok()?;
         s.next_after(t - off).map(|n| n + off)
     }
+}
+
+/// The daemon's loaded workflows as its web UI shows them. The daemon publishes them on start
+/// and reload and after each fire (for the next fire time); the HTTP thread reads them.
+#[derive(Clone, Default)]
+pub(crate) struct Catalog(Arc<Mutex<BTreeMap<String, CatalogEntry>>>);
+
+/// One loaded workflow in the [`Catalog`].
+#[derive(Clone)]
+#[allow(dead_code)] // read by the `web` feature only
+pub(crate) struct CatalogEntry {
+    pub(crate) wf: Arc<Workflow>,
+    pub(crate) source: PathBuf,
+    pub(crate) next: Option<DateTime<Utc>>,
+}
+
+impl Catalog {
+    fn publish(&self, loaded: &BTreeMap<String, Loaded>) {
+        let entries = loaded
+            .iter()
+            .map(|(name, l)| {
+                let entry = CatalogEntry {
+                    wf: l.wf.clone(),
+                    source: l.source.clone(),
+                    next: l.next,
+                };
+                (name.clone(), entry)
+            })
+            .collect();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = entries;
+    }
+
+    /// Every loaded workflow, by name.
+    #[allow(dead_code)] // used by the `web` feature only
+    pub(crate) fn entries(&self) -> Vec<CatalogEntry> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().cloned().collect()
+    }
+
+    /// One loaded workflow.
+    #[allow(dead_code)] // used by the `web` feature only
+    pub(crate) fn get(&self, name: &str) -> Option<CatalogEntry> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(name).cloned()
+    }
+}
+
+/// A request to run a workflow now, sent by the web API to the daemon's main loop, which
+/// applies the overlap rule (SCHED-004) exactly as for a scheduled fire.
+pub(crate) struct Trigger {
+    pub(crate) workflow: String,
+    pub(crate) reply: smol::channel::Sender<Triggered>,
+}
+
+/// The daemon's answer to a [`Trigger`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Triggered {
+    /// Started; the new execution's id.
+    Started(String),
+    /// No loaded workflow has that name.
+    NotFound,
+    /// A run is going and the workflow does not set `allow_concurrent`.
+    Busy,
+}
+
+/// What the web UI and API read: the state file, the task logs, the loaded workflows, and
+/// the way to ask for a run.
+#[allow(dead_code)] // read by the `web` feature only
+pub(crate) struct WebContext {
+    pub(crate) store: Arc<Store>,
+    pub(crate) log_dir: PathBuf,
+    pub(crate) catalog: Catalog,
+    pub(crate) triggers: smol::channel::Sender<Trigger>,
+    /// The bearer token that allows triggering; `None` disables it.
+    pub(crate) token: Option<String>,
+    /// The endpoint listens on a loopback address only.
+    pub(crate) loopback: bool,
 }
 
 /// Loads every workflow file named by `paths` (files or directories). Fails naming every
@@ -410,11 +489,6 @@ impl Daemon {
         let recovered = store.recover_interrupted()?;
 
         let metrics = Metrics::new();
-        if self.config.metrics.enabled && !Metrics::enabled() {
-            tracing::warn!(
-                "[metrics] enabled = true, but this build has no `metrics` feature; no endpoint is served"
-            );
-        }
         let limiter = Arc::new(Semaphore::new(
             self.config.execution.max_parallel.max(1) as usize
         ));
@@ -459,51 +533,41 @@ impl Daemon {
             "daemon started"
         );
 
+        let catalog = Catalog::default();
+        catalog.publish(&loaded);
+        let (trigger_tx, triggers) = smol::channel::bounded::<Trigger>(16);
+        let web = WebContext {
+            store: store.clone(),
+            log_dir: self.config.logs.dir.clone(),
+            catalog: catalog.clone(),
+            triggers: trigger_tx,
+            token: if self.config.web.enabled {
+                self.config.web.resolve_token()?
+            } else {
+                None
+            },
+            loopback: is_loopback(&self.config.web.bind),
+        };
+        let http = HttpThread::start(&self.config, &metrics, web);
+
         let ex = smol::LocalExecutor::new();
         let reaper = ex.spawn(async_process::driver());
-        // The metrics endpoint runs on a multi-threaded-capable executor driven here too.
-        let net = Arc::new(smol::Executor::new());
-        let _server = if self.config.metrics.enabled && self.config.metrics.port != 0 {
-            match MetricsServer::start(
-                &net,
-                &self.config.metrics.bind_address,
-                self.config.metrics.port,
-                metrics.clone(),
-            ) {
-                Ok(s) => {
-                    if let Some(addr) = s.local_addr() {
-                        tracing::info!(%addr, "serving /metrics and /health");
-                    }
-                    Some(s)
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the metrics endpoint");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-
         let result = ex
-            .run(future::or(
-                async {
-                    net.run(future::pending::<()>()).await;
-                    unreachable!()
-                },
-                self.main_loop(
-                    &ex,
-                    &shared,
-                    &mut loaded,
-                    &mut signals,
-                    recovered,
-                    started,
-                    &status_file,
-                    &canceller,
-                    &done_rx,
-                ),
+            .run(self.main_loop(
+                &ex,
+                &shared,
+                &mut loaded,
+                &mut signals,
+                recovered,
+                started,
+                &status_file,
+                &canceller,
+                &done_rx,
+                &triggers,
+                &catalog,
             ))
             .await;
+        drop(http);
         drop(reaper);
         let _ = std::fs::remove_file(&status_file);
         tracing::info!("daemon stopped");
@@ -522,6 +586,8 @@ impl Daemon {
         status_file: &Path,
         canceller: &crate::executor::Canceller,
         done_rx: &smol::channel::Receiver<()>,
+        triggers: &smol::channel::Receiver<Trigger>,
+        catalog: &Catalog,
     ) -> Result<DaemonExit> {
         // Resume what a crash interrupted (REL-001).
         for exec in recovered {
@@ -542,6 +608,7 @@ impl Daemon {
                     tasks,
                 }),
                 1,
+                None,
             );
         }
         // Catch up on fires missed while the daemon was down.
@@ -566,7 +633,7 @@ impl Daemon {
                     missed.len()
                 };
                 tracing::info!(workflow = %l.wf.name, missed = missed.len(), runs = count, "catching up on missed fires");
-                spawn_run(ex, shared, l.wf.clone(), &l.source, None, count);
+                spawn_run(ex, shared, l.wf.clone(), &l.source, None, count, None);
             }
         }
         maybe_prune(shared);
@@ -584,16 +651,28 @@ impl Daemon {
                 Timer,
                 Signal(Option<StopSignal>),
                 RunDone,
+                Trigger(Trigger),
             }
             let wake = future::or(
-                async {
-                    timer.await;
-                    Wake::Timer
-                },
-                future::or(async { Wake::Signal(signals.next().await) }, async {
-                    let _ = done_rx.recv().await;
-                    Wake::RunDone
-                }),
+                future::or(
+                    async {
+                        timer.await;
+                        Wake::Timer
+                    },
+                    async { Wake::Signal(signals.next().await) },
+                ),
+                future::or(
+                    async {
+                        let _ = done_rx.recv().await;
+                        Wake::RunDone
+                    },
+                    async {
+                        match triggers.recv().await {
+                            Ok(t) => Wake::Trigger(t),
+                            Err(_) => future::pending().await,
+                        }
+                    },
+                ),
             )
             .await;
             match wake {
@@ -604,31 +683,49 @@ impl Daemon {
                         if next > now {
                             continue; // The wall clock went back: sleep again.
                         }
-                        let busy = shared
-                            .running
-                            .borrow()
-                            .get(&l.wf.name)
-                            .copied()
-                            .unwrap_or(0)
-                            > 0;
-                        if busy && !l.wf.allow_concurrent {
+                        if is_busy(shared, &l.wf) {
                             tracing::warn!(workflow = %l.wf.name, fire = %next,
                                 "previous run still running; this fire is skipped (set allow_concurrent: true to overlap)");
                         } else {
                             tracing::info!(workflow = %l.wf.name, fire = %next, "scheduled run");
-                            spawn_run(ex, shared, l.wf.clone(), &l.source, None, 1);
+                            spawn_run(ex, shared, l.wf.clone(), &l.source, None, 1, None);
                         }
                         l.next = l.next_after(now.max(next));
                     }
+                    catalog.publish(loaded);
+                }
+                Wake::Trigger(t) => {
+                    let answer = match loaded.get(&t.workflow) {
+                        None => Triggered::NotFound,
+                        Some(l) if is_busy(shared, &l.wf) => Triggered::Busy,
+                        Some(l) => {
+                            let id = new_id();
+                            tracing::info!(workflow = %l.wf.name, execution = %id, "run requested over the web API");
+                            spawn_run(
+                                ex,
+                                shared,
+                                l.wf.clone(),
+                                &l.source,
+                                None,
+                                1,
+                                Some(id.clone()),
+                            );
+                            Triggered::Started(id)
+                        }
+                    };
+                    let _ = t.reply.try_send(answer);
                 }
                 Wake::RunDone => maybe_prune(shared),
                 Wake::Signal(Some(StopSignal::Hangup)) => {
                     self.reload(loaded, shared);
                     write_status(status_file, started, loaded);
+                    catalog.publish(loaded);
                 }
                 Wake::Signal(_) => break,
             }
         }
+        // Requests to run now are refused from here on (the API answers 503).
+        triggers.close();
 
         // Graceful stop (REL-002).
         let total_running = || shared.running.borrow().values().sum::<usize>();
@@ -710,6 +807,104 @@ impl Daemon {
     }
 }
 
+/// Whether `bind` is a loopback address (or `localhost`).
+fn is_loopback(bind: &str) -> bool {
+    bind.eq_ignore_ascii_case("localhost")
+        || bind
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether a new run of `wf` must wait: one is going and overlapping is not allowed
+/// (SCHED-004).
+fn is_busy(shared: &Shared, wf: &Workflow) -> bool {
+    let running = shared.running.borrow().get(&wf.name).copied().unwrap_or(0);
+    running > 0 && !wf.allow_concurrent
+}
+
+/// The daemon's HTTP endpoints (`/metrics`, `/health`, the web UI and API) on a thread of
+/// their own, so that neither a client nor a read of the state file for one ever delays the
+/// scheduler. Services that share an address share one listener. Dropping it stops the
+/// thread and closes every listener.
+struct HttpThread {
+    stop: smol::channel::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpThread {
+    fn start(config: &Config, metrics: &Metrics, web: WebContext) -> Option<HttpThread> {
+        // (bind address, port, services on that listener)
+        type Endpoint = (String, u16, Vec<Arc<dyn Service>>);
+        let mut endpoints: Vec<Endpoint> = Vec::new();
+        let mut add = |bind: &str, port: u16, service: Arc<dyn Service>| match endpoints
+            .iter_mut()
+            .find(|e| e.0 == bind && e.1 == port)
+        {
+            Some(e) => e.2.push(service),
+            None => endpoints.push((bind.to_string(), port, vec![service])),
+        };
+        if config.metrics.enabled && config.metrics.port != 0 {
+            match metrics.service() {
+                Some(s) => add(&config.metrics.bind_address, config.metrics.port, s),
+                None => tracing::warn!(
+                    "[metrics] enabled = true, but this build has no `metrics` feature; no endpoint is served"
+                ),
+            }
+        }
+        if config.web.enabled {
+            match crate::web::service(web) {
+                Some(s) => add(&config.web.bind, config.web.port, s),
+                None => tracing::warn!(
+                    "[web] enabled = true, but this build has no `web` feature; no UI is served"
+                ),
+            }
+        }
+        let net = Arc::new(smol::Executor::new());
+        let mut servers = Vec::new();
+        for (bind, port, services) in endpoints {
+            let n = services.len();
+            match Server::start(&net, &bind, port, services) {
+                Ok(s) => {
+                    tracing::info!(addr = %s.local_addr(), services = n, "serving HTTP");
+                    servers.push(s);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot start an HTTP endpoint"),
+            }
+        }
+        if servers.is_empty() {
+            return None;
+        }
+        let (stop, stopped) = smol::channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("picoflow-http".into())
+            .spawn(move || {
+                smol::block_on(net.run(async {
+                    let _ = stopped.recv().await;
+                }));
+                drop(servers);
+            });
+        match thread {
+            Ok(t) => Some(HttpThread {
+                stop,
+                thread: Some(t),
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the HTTP thread");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for HttpThread {
+    fn drop(&mut self) {
+        self.stop.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn maybe_prune(shared: &Shared) {
     if !shared.config.logs.cleanup_enabled {
         return;
@@ -732,10 +927,11 @@ fn maybe_prune(shared: &Shared) {
 fn spawn_run<'a>(
     ex: &smol::LocalExecutor<'a>,
     shared: &Rc<Shared>,
-    wf: Rc<Workflow>,
+    wf: Arc<Workflow>,
     source: &Path,
     resume: Option<ResumeFrom>,
     count: usize,
+    execution_id: Option<String>,
 ) {
     let shared = shared.clone();
     let source = source.display().to_string();
@@ -746,6 +942,7 @@ fn spawn_run<'a>(
         .or_default() += 1;
     ex.spawn(async move {
         let mut resume = resume;
+        let mut execution_id = execution_id;
         for _ in 0..count.max(1) {
             if shared.cancel.is_cancelled() {
                 break;
@@ -755,6 +952,7 @@ fn spawn_run<'a>(
                 resume: resume.take(),
                 source: Some(source.clone()),
                 stop_leftovers: false,
+                execution_id: execution_id.take(),
             };
             match shared.engine.run(&wf, opts).await {
                 Ok(r) => tracing::info!(workflow = %wf.name, execution = %r.execution.id,

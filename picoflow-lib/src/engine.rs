@@ -110,6 +110,9 @@ pub struct RunOptions {
     /// seconds when there are some). Always done when resuming; set it for a new execution
     /// whose workflow's latest execution was interrupted.
     pub stop_leftovers: bool,
+    /// The id of the new execution (ignored when resuming); a fresh one when `None`. Lets a
+    /// caller hand out the id before the run starts, as the web API's trigger does.
+    pub execution_id: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -119,6 +122,7 @@ impl Default for RunOptions {
             resume: None,
             source: None,
             stop_leftovers: false,
+            execution_id: None,
         }
     }
 }
@@ -1144,7 +1148,7 @@ fn start(wf: &Workflow, opts: &RunOptions) -> Result<Start> {
             e
         }
         None => WorkflowExecution {
-            id: new_id(),
+            id: opts.execution_id.clone().unwrap_or_else(new_id),
             workflow_name: wf.name.clone(),
             started_at: now,
             finished_at: None,

@@ -77,6 +77,7 @@ mod expand;
 mod export;
 pub mod expr;
 mod flow;
+mod httpd;
 mod logs;
 // One switch, so call sites never test the feature (conventions: cross-cutting features).
 #[cfg_attr(feature = "metrics", path = "metrics/enabled.rs")]
@@ -92,11 +93,15 @@ mod stats;
 mod store;
 mod templates;
 mod validate;
+pub mod views;
+#[cfg_attr(feature = "web", path = "web/enabled.rs")]
+#[cfg_attr(not(feature = "web"), path = "web/disabled.rs")]
+mod web;
 mod yaml;
 
 pub use config::{
     Config, DaemonConfig, ExecutionConfig, LogsConfig, MetricsConfig, RetryConfig, TimeoutConfig,
-    DEFAULT_DB_PATH,
+    WebConfig, DEFAULT_DB_PATH,
 };
 pub use daemon::{daemon_status, stop_daemon, Daemon, DaemonExit, DaemonStatus, ScheduledWorkflow};
 pub use dag::Dag;
@@ -129,11 +134,12 @@ pub use templates::{template, TEMPLATE_NAMES};
 pub use validate::{load_workflow, parse_workflow, validate_workflow, workflow_files};
 
 /// The optional parts compiled into this build, as `(feature, enabled)` pairs.
-pub fn features() -> [(&'static str, bool); 4] {
+pub fn features() -> [(&'static str, bool); 5] {
     [
         ("ssh", cfg!(feature = "ssh")),
         ("http", cfg!(feature = "http")),
         ("metrics", cfg!(feature = "metrics")),
         ("sqlite", cfg!(feature = "sqlite")),
+        ("web", cfg!(feature = "web")),
     ]
 }

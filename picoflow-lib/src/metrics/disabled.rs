@@ -1,13 +1,14 @@
 //! Stand-ins for the metrics types in builds without the `metrics` feature.
 //!
 //! They offer the same API as the real ones so callers compile unchanged, and do nothing:
-//! no counters are kept and no port is opened.
+//! no counters are kept and nothing is served.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::error::Result;
 use crate::events::{Event, EventSink};
+use crate::httpd::Service;
 use crate::model::Workflow;
 
 /// Run-time metrics (OBS-003); in this build, which lacks the `metrics` feature, a no-op.
@@ -25,6 +26,12 @@ impl Metrics {
     #[inline]
     pub fn enabled() -> bool {
         false
+    }
+
+    /// Nothing to serve in this build.
+    #[inline]
+    pub(crate) fn service(&self) -> Option<Arc<dyn Service>> {
+        None
     }
 
     /// Ignored in this build.

@@ -3,16 +3,14 @@
 //!
 //! [`Metrics`] is an [`EventSink`]: the engine feeds it the same events as the state store,
 //! and it keeps the counters, gauges and histograms of the user guide's "Prometheus Metrics"
-//! section. [`MetricsServer`] serves them over a deliberately small HTTP/1.1 responder on
-//! smol's own networking: two read-only GET routes need no HTTP library, and every byte of
-//! the request a client may send is bounded in size and time, so a slow or hostile client
-//! costs one short-lived task and never the scheduler.
+//! section. As a service of the daemon's HTTP endpoint it answers `GET /metrics` and
+//! `GET /health`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -20,13 +18,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use smol::future;
-use smol::io::{AsyncReadExt, AsyncWriteExt};
-use smol::net::{TcpListener, TcpStream};
-use smol::{Executor, Task, Timer};
+use smol::Executor;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::events::{Event, EventSink, WorkflowStatus};
+use crate::httpd::{Request, Response, Server, Service};
 use crate::model::Workflow;
 
 /// Histogram bounds in seconds: tasks on edge devices range from sub-second checks to
@@ -78,7 +74,7 @@ fn duration_histogram() -> Histogram {
 /// (OBS-003) and summarised as the `/health` JSON body (OBS-006).
 ///
 /// Cheap to clone: clones share the same counters, so one clone can be given to the engine
-/// as its [`EventSink`] and another to the [`MetricsServer`].
+/// as its [`EventSink`] and another to the daemon's HTTP endpoint.
 ///
 /// Semantics of the task series: `picoflow_task_executions_total` counts each task once per
 /// workflow execution, with its final status (`success`, `failed`, `timeout` or `skipped`);
@@ -209,6 +205,11 @@ impl Metrics {
     /// Whether this build collects and serves metrics (`true`: built with `metrics`).
     pub fn enabled() -> bool {
         true
+    }
+
+    /// `/metrics` and `/health` for the daemon's HTTP endpoint.
+    pub(crate) fn service(&self) -> Option<Arc<dyn Service>> {
+        Some(Arc::new(self.clone()))
     }
 
     /// Records the workflows the daemon has loaded: their count for `/health`, and every
@@ -386,267 +387,53 @@ fn resident_bytes() -> Option<i64> {
     (page > 0).then(|| pages.saturating_mul(page as i64))
 }
 
-/// Longest request head accepted; anything longer is answered with 431.
-const MAX_HEAD: usize = 8 * 1024;
-/// Time a client has to send its whole request head.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time a client has to take the response.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long unread request bytes are drained after the response (see `serve`).
-const LINGER: Duration = Duration::from_secs(1);
-/// Connections served at once; more are closed on accept, which bounds memory and tasks
-/// even under a connection flood.
-const MAX_CONNECTIONS: usize = 64;
-
-/// The HTTP endpoint serving `GET /metrics` (OBS-003) and `GET /health` (OBS-006).
+/// An HTTP endpoint serving only `GET /metrics` (OBS-003) and `GET /health` (OBS-006), for
+/// programs that embed the engine without the daemon (the daemon serves them on its own
+/// endpoint, beside the web UI).
 ///
 /// Its accept loop and one task per connection run on the executor passed to
 /// [`MetricsServer::start`]; it starts no thread of its own. Dropping the server cancels the
-/// accept loop and every open connection; the port is released once that executor next runs.
+/// accept loop and every open connection.
 #[derive(Debug)]
 pub struct MetricsServer {
-    addr: SocketAddr,
-    _accept: Task<()>,
+    server: Server,
 }
 
 impl MetricsServer {
     /// Listens on `bind:port` and serves `metrics` from tasks spawned on `ex`.
     ///
     /// Binding happens before this returns, so an address in use or a bad bind address is
-    /// reported here (as [`Error::Network`]) rather than lost in a background task. The
-    /// caller must keep running `ex` for requests to be answered. Port 0 picks a free port;
-    /// see [`MetricsServer::local_addr`].
+    /// reported here (as [`Error::Network`](crate::Error::Network)). The caller must keep
+    /// running `ex` for requests to be answered. Port 0 picks a free port; see
+    /// [`MetricsServer::local_addr`].
     pub fn start(
         ex: &Arc<Executor<'static>>,
         bind: &str,
         port: u16,
         metrics: Metrics,
     ) -> Result<MetricsServer> {
-        let fail = |e: std::io::Error| {
-            Error::Network(format!("metrics endpoint: cannot listen on {bind}:{port}: {e}").into())
-        };
-        let listener = std::net::TcpListener::bind((bind, port)).map_err(fail)?;
-        let addr = listener.local_addr().map_err(fail)?;
-        let listener = TcpListener::try_from(listener).map_err(fail)?;
-        let accept = ex.spawn(accept_loop(listener, Arc::downgrade(ex), metrics));
-        Ok(MetricsServer {
-            addr,
-            _accept: accept,
-        })
+        let server = Server::start(ex, bind, port, vec![Arc::new(metrics)])?;
+        Ok(MetricsServer { server })
     }
 
     /// The address actually listened on (`None` only in builds without `metrics`).
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        Some(self.addr)
+        Some(self.server.local_addr())
     }
 }
 
-/// Accepts connections and gives each its own task, so one stalled client never delays
-/// another scrape. The connection tasks live in this future: cancelling it cancels them.
-async fn accept_loop(listener: TcpListener, ex: Weak<Executor<'static>>, metrics: Metrics) {
-    let mut connections: Vec<Task<()>> = Vec::new();
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of descriptors or a connection aborted before accept: pause briefly
-                // instead of spinning on an error that repeats at once.
-                tracing::warn!(error = %e, "metrics endpoint: accept failed");
-                Timer::after(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        connections.retain(|t| !t.is_finished());
-        if connections.len() >= MAX_CONNECTIONS {
-            drop(stream);
-            continue;
+impl Service for Metrics {
+    /// `GET /metrics` (OBS-003) and `GET /health` (OBS-006).
+    fn handle(&self, request: &Request) -> Option<Response> {
+        if !["/metrics", "/health"].contains(&request.path.as_str()) {
+            return None;
         }
-        let Some(ex) = ex.upgrade() else { return };
-        connections.push(ex.spawn(serve(stream, metrics.clone())));
+        Some(match (request.method.as_str(), request.path.as_str()) {
+            ("GET", "/metrics") => Response::new(200, prometheus_text::CONTENT_TYPE, self.render()),
+            ("GET", _) => Response::json(200, self.health_json()),
+            _ => Response::status(405).with("Allow", "GET, HEAD"),
+        })
     }
-}
-
-/// What reading a request head can end in, short of a head.
-#[derive(Debug, PartialEq)]
-enum HeadError {
-    /// The head grew past [`MAX_HEAD`].
-    TooLarge,
-    /// The client closed the connection or the socket failed.
-    Closed,
-}
-
-/// Reads up to and including the blank line that ends a request head.
-async fn read_head(stream: &mut TcpStream) -> std::result::Result<Vec<u8>, HeadError> {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let room = (MAX_HEAD - head.len()).min(chunk.len());
-        if room == 0 {
-            return Err(HeadError::TooLarge);
-        }
-        let n = match stream.read(&mut chunk[..room]).await {
-            Ok(0) | Err(_) => return Err(HeadError::Closed),
-            Ok(n) => n,
-        };
-        let from = head.len().saturating_sub(3);
-        head.extend_from_slice(&chunk[..n]);
-        if let Some(end) = find_head_end(&head[from..]) {
-            head.truncate(from + end);
-            return Ok(head);
-        }
-    }
-}
-
-/// Index just past the blank line (`\r\n\r\n`, or a bare `\n\n`) that ends a head.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    (0..buf.len()).find_map(|i| {
-        if buf[i..].starts_with(b"\r\n\r\n") {
-            Some(i + 4)
-        } else if buf[i..].starts_with(b"\n\n") {
-            Some(i + 2)
-        } else {
-            None
-        }
-    })
-}
-
-/// One response; always followed by closing the connection.
-#[derive(Debug, PartialEq)]
-struct Response {
-    status: u16,
-    reason: &'static str,
-    content_type: &'static str,
-    extra: &'static str,
-    body: String,
-}
-
-impl Response {
-    fn text(status: u16, reason: &'static str) -> Response {
-        Response {
-            status,
-            reason,
-            content_type: "text/plain; charset=utf-8",
-            extra: "",
-            body: format!("{status} {reason}\n"),
-        }
-    }
-
-    fn bytes(&self, with_body: bool) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
-            self.status,
-            self.reason,
-            self.content_type,
-            self.body.len(),
-            self.extra
-        )
-        .into_bytes();
-        if with_body {
-            out.extend_from_slice(self.body.as_bytes());
-        }
-        out
-    }
-}
-
-/// Answers one parsed request head. Returns the response and whether to send its body
-/// (not for HEAD).
-fn respond(head: &[u8], metrics: &Metrics) -> (Response, bool) {
-    let Some(line) = std::str::from_utf8(head)
-        .ok()
-        .and_then(|h| h.lines().next())
-    else {
-        return (Response::text(400, "Bad Request"), true);
-    };
-    let mut parts = line.split_ascii_whitespace();
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return (Response::text(400, "Bad Request"), true);
-    };
-    if !version.starts_with("HTTP/1.") {
-        return (Response::text(505, "HTTP Version Not Supported"), true);
-    }
-    let with_body = match method {
-        "GET" => true,
-        "HEAD" => false,
-        _ => {
-            let mut r = Response::text(405, "Method Not Allowed");
-            r.extra = "Allow: GET, HEAD\r\n";
-            return (r, true);
-        }
-    };
-    let path = target.split(['?', '#']).next().unwrap_or_default();
-    let response = match path {
-        "/metrics" => Response {
-            status: 200,
-            reason: "OK",
-            content_type: prometheus_text::CONTENT_TYPE,
-            extra: "",
-            body: metrics.render(),
-        },
-        "/health" => Response {
-            status: 200,
-            reason: "OK",
-            content_type: "application/json",
-            extra: "",
-            body: metrics.health_json(),
-        },
-        _ => Response::text(404, "Not Found"),
-    };
-    (response, with_body)
-}
-
-/// Serves one connection: one request, one response, close.
-async fn serve(mut stream: TcpStream, metrics: Metrics) {
-    let head = future::or(async { Some(read_head(&mut stream).await) }, async {
-        Timer::after(READ_TIMEOUT).await;
-        None
-    })
-    .await;
-    let (response, with_body) = match head {
-        Some(Ok(head)) => respond(&head, &metrics),
-        Some(Err(HeadError::TooLarge)) => {
-            (Response::text(431, "Request Header Fields Too Large"), true)
-        }
-        Some(Err(HeadError::Closed)) => return,
-        None => (Response::text(408, "Request Timeout"), true),
-    };
-    let bytes = response.bytes(with_body);
-    let written = future::or(
-        async {
-            stream
-                .write_all(&bytes)
-                .await
-                .and(stream.flush().await)
-                .is_ok()
-        },
-        async {
-            Timer::after(WRITE_TIMEOUT).await;
-            false
-        },
-    )
-    .await;
-    if !written {
-        return;
-    }
-    let _ = stream.shutdown(Shutdown::Write);
-    // Closing a socket that still holds unread request bytes makes the kernel send a reset,
-    // which can destroy the response before the client reads it (an oversized or timed-out
-    // request). Draining briefly lets the client see the whole answer.
-    future::or(
-        async {
-            let mut sink = [0u8; 1024];
-            while let Ok(n) = stream.read(&mut sink).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        },
-        async {
-            Timer::after(LINGER).await;
-        },
-    )
-    .await;
 }
 
 #[cfg(test)]
@@ -654,6 +441,7 @@ mod tests {
     use super::*;
     use crate::events::{TaskExecution, TaskState, WorkflowExecution};
     use chrono::Utc;
+    use std::time::Duration;
 
     fn execution(
         id: &str,
@@ -969,30 +757,27 @@ mod tests {
     }
 
     #[test]
-    fn head_end_is_found_with_crlf_or_lf() {
-        assert_eq!(
-            find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"),
-            Some(27)
-        );
-        assert_eq!(find_head_end(b"GET / HTTP/1.0\n\n"), Some(16));
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
-    }
-
-    #[test]
-    fn routes_methods_and_malformed_requests() {
+    fn serves_metrics_and_health_and_refuses_other_methods() {
         let m = Metrics::new();
-        let status = |head: &str| respond(head.as_bytes(), &m).0.status;
-        assert_eq!(status("GET /metrics HTTP/1.1\r\n\r\n"), 200);
-        assert_eq!(status("GET /health?x=1 HTTP/1.1\r\n\r\n"), 200);
-        assert_eq!(status("GET /nope HTTP/1.1\r\n\r\n"), 404);
-        assert_eq!(status("POST /metrics HTTP/1.1\r\n\r\n"), 405);
-        assert_eq!(status("GET /metrics SPDY/3\r\n\r\n"), 505);
-        assert_eq!(status("garbage\r\n\r\n"), 400);
-        assert_eq!(respond(b"\xff / HTTP/1.1\r\n\r\n", &m).0.status, 400);
-        let (head, with_body) = respond(b"HEAD /health HTTP/1.1\r\n\r\n", &m);
-        assert_eq!(head.status, 200);
-        assert!(!with_body);
-        let bytes = String::from_utf8(head.bytes(false)).unwrap();
-        assert!(bytes.ends_with("Connection: close\r\n\r\n"), "{bytes}");
+        let ask = |method: &str, path: &str| {
+            let r = Request {
+                method: method.into(),
+                path: path.into(),
+                segments: Vec::new(),
+                query: Vec::new(),
+                headers: Vec::new(),
+                body: Vec::new(),
+            };
+            m.handle(&r)
+        };
+        let metrics = ask("GET", "/metrics").unwrap();
+        assert_eq!(metrics.status, 200);
+        assert!(String::from_utf8(metrics.body)
+            .unwrap()
+            .contains("picoflow_uptime_seconds"));
+        let health = ask("GET", "/health").unwrap();
+        assert_eq!(health.content_type, "application/json");
+        assert_eq!(ask("POST", "/metrics").unwrap().status, 405);
+        assert!(ask("GET", "/nope").is_none());
     }
 }

@@ -1,0 +1,214 @@
+//! What the read commands show, shared by the `--format json` output of the command line and
+//! the web API (OBS-002, OBS-005), so that both give the same shapes.
+
+use std::path::Path;
+
+use chrono::{DateTime, Local, NaiveDate, Utc};
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::events::{last_attempts, TaskExecution, WorkflowExecution, WorkflowStatus};
+use crate::executor::Registry;
+use crate::store::{HistoryFilter, Store, WorkflowRecord};
+use crate::validate::load_workflow;
+
+/// Task names of the workflow file an execution came from, then its handlers', when that
+/// file can still be read and still holds the same workflow; empty otherwise.
+pub fn planned_tasks(exec: &WorkflowExecution) -> Vec<String> {
+    exec.source
+        .as_deref()
+        .and_then(|f| load_workflow(Path::new(f), &Registry::builtin()).ok())
+        .filter(|wf| wf.name == exec.workflow_name)
+        .map(|wf| {
+            let handlers = wf.handlers.all().map(|(_, t)| t.name.clone());
+            wf.tasks
+                .iter()
+                .map(|t| t.name.clone())
+                .chain(handlers)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Attempts in the order of `planned` (a loop's tasks `NAME[item]` at their loop's place),
+/// then any others in the order they started.
+pub fn in_workflow_order<'t>(
+    mut attempts: Vec<&'t TaskExecution>,
+    planned: &[String],
+) -> Vec<&'t TaskExecution> {
+    attempts.sort_by_key(|t| t.started_at);
+    attempts.sort_by_key(|t| {
+        planned
+            .iter()
+            .position(|n| {
+                t.task_name
+                    .strip_prefix(n.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
+            })
+            .unwrap_or(usize::MAX)
+    });
+    attempts
+}
+
+/// One execution as `status --format json` shows it: `{"execution": …, "tasks": [last
+/// attempt of each task, in the workflow's order]}`.
+pub fn execution_json(exec: &WorkflowExecution, attempts: &[TaskExecution]) -> Value {
+    let tasks = in_workflow_order(last_attempts(attempts), &planned_tasks(exec));
+    json!({ "execution": exec, "tasks": tasks })
+}
+
+/// One execution as `history --format json` shows it: the execution's fields plus `tasks`,
+/// every attempt.
+pub fn history_json(exec: &WorkflowExecution, attempts: &[TaskExecution]) -> Value {
+    let mut j = serde_json::to_value(exec).unwrap_or(Value::Null);
+    j["tasks"] = serde_json::to_value(attempts).unwrap_or(Value::Null);
+    j
+}
+
+/// A workflow's line in `workflow list`: its record, its latest execution and its counts.
+#[derive(Debug, Clone)]
+pub struct WorkflowSummary {
+    /// The stored record (name, schedule, file).
+    pub record: WorkflowRecord,
+    /// The latest execution, if any.
+    pub last: Option<WorkflowExecution>,
+    /// Executions that succeeded.
+    pub success: usize,
+    /// Executions that failed or were interrupted.
+    pub failed: usize,
+}
+
+impl WorkflowSummary {
+    /// Summaries of every recorded workflow; unless `all`, only those scheduled or run in
+    /// the 30 days before `now`.
+    pub fn list(store: &Store, all: bool, now: DateTime<Utc>) -> Result<Vec<WorkflowSummary>> {
+        let recent = now - chrono::Duration::days(30);
+        let mut rows = Vec::new();
+        for record in store.workflows()? {
+            let s = WorkflowSummary::of(store, record)?;
+            let stale = s.last.as_ref().is_none_or(|l| l.started_at < recent);
+            if all || !stale || s.record.schedule.is_some() {
+                rows.push(s);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The summary of one recorded workflow.
+    pub fn of(store: &Store, record: WorkflowRecord) -> Result<WorkflowSummary> {
+        let execs = store.executions(&HistoryFilter {
+            workflow: Some(record.name.clone()),
+            ..Default::default()
+        })?;
+        let count = |f: fn(WorkflowStatus) -> bool| execs.iter().filter(|e| f(e.status)).count();
+        Ok(WorkflowSummary {
+            success: count(|s| s == WorkflowStatus::Success),
+            failed: count(|s| matches!(s, WorkflowStatus::Failed | WorkflowStatus::Interrupted)),
+            last: execs.into_iter().next(),
+            record,
+        })
+    }
+
+    /// Share of finished executions that succeeded, `None` before the first.
+    pub fn success_rate(&self) -> Option<f64> {
+        let finished = self.success + self.failed;
+        (finished > 0).then(|| self.success as f64 / finished as f64)
+    }
+
+    /// The `workflow list --format json` object.
+    pub fn to_json(&self) -> Value {
+        let w = &self.record;
+        json!({
+            "name": w.name,
+            "type": if w.schedule.is_some() { "cron" } else { "on-demand" },
+            "schedule": w.schedule,
+            "file": w.file,
+            "last_run": self.last.as_ref().map(|l| l.started_at),
+            "last_status": self.last.as_ref().map(|l| l.status),
+            "success": self.success,
+            "failed": self.failed,
+        })
+    }
+}
+
+/// Parses a `--since` (or `since=`) date: `YYYY-MM-DD` as local midnight, or an RFC 3339
+/// instant; `origin` names the option in the error.
+pub fn parse_since(since: &str, origin: &str) -> Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(since) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let date = NaiveDate::parse_from_str(since, "%Y-%m-%d").map_err(|_| Error::Config {
+        origin: origin.into(),
+        message: format!("'{since}' is not a date in the form YYYY-MM-DD"),
+    })?;
+    let midnight = date.and_hms_opt(0, 0, 0).unwrap_or_default();
+    Ok(midnight
+        .and_local_timezone(Local)
+        .earliest()
+        .map_or_else(|| midnight.and_utc(), |t| t.with_timezone(&Utc)))
+}
+
+/// Parses a status filter (`success`, `failed`, `running`, `interrupted`, any case).
+pub fn parse_status(status: &str, origin: &str) -> Result<WorkflowStatus> {
+    WorkflowStatus::parse(&status.to_ascii_lowercase()).ok_or_else(|| Error::Config {
+        origin: origin.into(),
+        message: format!("'{status}' is not one of success, failed, running, interrupted"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::TaskState;
+
+    fn attempt(name: &str, attempt: u32, secs: i64) -> TaskExecution {
+        let t = DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap();
+        TaskExecution {
+            id: format!("{name}-{attempt}"),
+            workflow_execution_id: "e".into(),
+            task_name: name.into(),
+            status: TaskState::Success,
+            started_at: t,
+            finished_at: Some(t),
+            duration_seconds: Some(0.0),
+            exit_code: Some(0),
+            stdout: None,
+            stderr: None,
+            error_message: None,
+            attempt,
+            created_at: t,
+            outputs: None,
+        }
+    }
+
+    #[test]
+    fn attempts_follow_the_workflow_order_with_loop_items_in_place() {
+        let a = [
+            attempt("zeta", 1, 0),
+            attempt("up[b]", 1, 2),
+            attempt("up[a]", 1, 1),
+            attempt("first", 1, 3),
+            attempt("upx", 1, 4),
+        ];
+        let planned = vec!["first".to_string(), "up".into(), "zeta".into()];
+        let names: Vec<&str> = in_workflow_order(a.iter().collect(), &planned)
+            .iter()
+            .map(|t| t.task_name.as_str())
+            .collect();
+        assert_eq!(names, ["first", "up[a]", "up[b]", "zeta", "upx"]);
+    }
+
+    #[test]
+    fn since_and_status_parse_or_name_the_option() {
+        let t = parse_since("2026-01-02T03:04:05Z", "since").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-01-02T03:04:05+00:00");
+        assert!(parse_since("2026-01-02", "since").is_ok());
+        let e = parse_since("yesterday", "--since").unwrap_err().to_string();
+        assert!(e.contains("--since") && e.contains("yesterday"), "{e}");
+        assert_eq!(
+            parse_status("FAILED", "status").unwrap(),
+            WorkflowStatus::Failed
+        );
+        assert!(parse_status("meh", "status").is_err());
+    }
+}

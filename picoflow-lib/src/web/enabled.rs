@@ -1,0 +1,711 @@
+//! The daemon's web UI and REST API (OBS-005), built with the `web` feature.
+//!
+//! Served on the daemon's HTTP endpoint (see `httpd`), on its own thread:
+//!
+//! * **Pages**, rendered on the server with a small script and style sheet embedded in the
+//!   binary (nothing is fetched from elsewhere, devices are often offline): the workflows
+//!   (`/`), one workflow with its DAG as SVG and its history (`/workflows/NAME`), one
+//!   execution with its tasks and a timeline of every attempt (`/executions/ID`), and a task's
+//!   log (`/executions/ID/tasks/TASK/log`). While an execution runs, its pages reload their
+//!   content once a second and the log viewer follows the file.
+//! * **API** under `/api/v1/`, JSON in the shapes of the command line's `--format json`:
+//!   `workflows`, `workflows/NAME`, `workflows/NAME/executions`, `executions` (the filters of
+//!   `history`: `workflow`, `status`, `since`, `limit`), `executions/ID`,
+//!   `executions/ID/tasks/TASK/log?offset=N`, and `POST workflows/NAME/run`.
+//!
+//! Safety: everything shown is read-only; triggering a run needs the configured bearer token
+//! (compared in constant time) and obeys the workflow's overlap rule. Names from a request
+//! are only looked up among the recorded workflows, executions and tasks, never joined into a
+//! path, so the log endpoint cannot reach any other file. Task configurations and
+//! environments are never shown. When the endpoint listens on a loopback address, requests
+//! whose `Host` names another host are refused, so a web page cannot reach the UI through DNS
+//! rebinding.
+
+mod page;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use smol::future;
+
+use crate::daemon::{CatalogEntry, Trigger, Triggered, WebContext};
+use crate::error::{Error, Result};
+use crate::events::{last_attempts, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus};
+use crate::httpd::{Request, Response, Service};
+use crate::logs::{execution_log_dir, task_log_path};
+use crate::model::Workflow;
+use crate::store::{HistoryFilter, Store};
+use crate::views::{self, WorkflowSummary};
+
+/// Most executions one history request returns.
+const MAX_LIMIT: usize = 1000;
+/// Executions a history request returns when it sets no `limit`.
+const DEFAULT_LIMIT: usize = 20;
+/// Most bytes of a log one request returns.
+const LOG_CHUNK: usize = 64 * 1024;
+/// How long the API waits for the daemon to answer a trigger.
+const TRIGGER_WAIT: Duration = Duration::from_secs(10);
+
+const SCRIPT: &str = include_str!("picoflow.js");
+const STYLE: &str = include_str!("picoflow.css");
+
+/// The UI and API as a service of the daemon's HTTP endpoint.
+pub(crate) fn service(context: WebContext) -> Option<Arc<dyn Service>> {
+    Some(Arc::new(Web { cx: context }))
+}
+
+struct Web {
+    cx: WebContext,
+}
+
+/// What a request asked for that is not there, or could not be answered.
+#[derive(Debug)]
+enum Problem {
+    /// 400, with what is wrong.
+    BadRequest(String),
+    /// 404, with what is missing.
+    NotFound(String),
+    /// 500: reading the state failed.
+    Internal(Error),
+}
+
+impl From<Error> for Problem {
+    fn from(e: Error) -> Problem {
+        match e {
+            Error::Config { origin, message } => {
+                Problem::BadRequest(format!("{origin}: {message}"))
+            }
+            e => Problem::Internal(e),
+        }
+    }
+}
+
+impl Problem {
+    fn status(&self) -> u16 {
+        match self {
+            Problem::BadRequest(_) => 400,
+            Problem::NotFound(_) => 404,
+            Problem::Internal(_) => 500,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Problem::BadRequest(m) | Problem::NotFound(m) => m.clone(),
+            Problem::Internal(e) => {
+                tracing::error!(error = %e, "web: cannot read the state");
+                "cannot read the state file; see the daemon's log".to_string()
+            }
+        }
+    }
+}
+
+type Answer = std::result::Result<Response, Problem>;
+
+fn api_error(status: u16, message: &str) -> Response {
+    Response::json(status, json!({ "error": message }).to_string())
+}
+
+fn api_json(value: &Value) -> Answer {
+    Ok(Response::json(
+        200,
+        serde_json::to_string_pretty(value).unwrap_or_default(),
+    ))
+}
+
+impl Service for Web {
+    fn handle(&self, r: &Request) -> Option<Response> {
+        let seg: Vec<&str> = r.segments.iter().map(String::as_str).collect();
+        let api = seg.first() == Some(&"api");
+        let route = match seg.as_slice() {
+            [""] | ["workflows", _] | ["executions", _] | ["executions", _, "tasks", _, "log"] => {
+                Route::Page
+            }
+            ["static", "picoflow.js"] | ["static", "picoflow.css"] => Route::Static,
+            ["api", "v1", "workflows", _, "run"] => Route::Post,
+            ["api", ..] => Route::Api,
+            _ => return None,
+        };
+        if !self.host_allowed(r) {
+            let m = "this endpoint answers only requests for localhost";
+            return Some(if api {
+                api_error(403, m)
+            } else {
+                Response::status(403)
+            });
+        }
+        let expected = if route == Route::Post { "POST" } else { "GET" };
+        if r.method != expected {
+            let allow = if route == Route::Post {
+                "POST"
+            } else {
+                "GET, HEAD"
+            };
+            return Some(if api {
+                api_error(405, &format!("use {expected}")).with("Allow", allow)
+            } else {
+                Response::status(405).with("Allow", allow)
+            });
+        }
+        let answer = match (route, seg.as_slice()) {
+            (Route::Static, [_, "picoflow.js"]) => Ok(static_file("text/javascript", SCRIPT)),
+            (Route::Static, _) => Ok(static_file("text/css", STYLE)),
+            (Route::Post, [_, _, _, name, _]) => Ok(self.trigger(r, name)),
+            (Route::Api, ["api", "v1", rest @ ..]) => self.api(r, rest),
+            (Route::Api, _) => Err(Problem::NotFound("no such API; see /api/v1/".into())),
+            (_, [""]) => self.workflows_page(),
+            (_, ["workflows", name]) => self.workflow_page(name),
+            (_, ["executions", id]) => self.execution_page(id),
+            (_, ["executions", id, _, task, _]) => self.log_page(id, task),
+            _ => Err(Problem::NotFound("not found".into())),
+        };
+        Some(match answer {
+            Ok(response) => response,
+            Err(p) if api => api_error(p.status(), &p.message()),
+            Err(p) => page::error(p.status(), &p.message()),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Route {
+    Page,
+    Static,
+    Api,
+    Post,
+}
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    Response::new(200, content_type, body).with("Cache-Control", "max-age=3600")
+}
+
+/// The data of one workflow as the UI shows it.
+struct WorkflowView {
+    entry: CatalogEntry,
+    summary: Option<WorkflowSummary>,
+}
+
+/// One execution with its attempts.
+struct ExecutionView {
+    exec: WorkflowExecution,
+    attempts: Vec<TaskExecution>,
+}
+
+impl Web {
+    fn store(&self) -> &Store {
+        &self.cx.store
+    }
+
+    /// DNS-rebinding guard: on a loopback listener, only requests for a loopback host.
+    fn host_allowed(&self, r: &Request) -> bool {
+        let Some(host) = r.header("host") else {
+            return true;
+        };
+        if !self.cx.loopback {
+            return true;
+        }
+        let name = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => host.split(':').next().unwrap_or_default(),
+        };
+        name.eq_ignore_ascii_case("localhost") || name == "::1" || name.starts_with("127.")
+    }
+
+    fn workflows(&self) -> Result<Vec<WorkflowView>> {
+        let records = self.store().workflows()?;
+        let mut out = Vec::new();
+        for entry in self.cx.catalog.entries() {
+            let summary = match records.iter().find(|r| r.name == entry.wf.name) {
+                Some(r) => Some(WorkflowSummary::of(self.store(), r.clone())?),
+                None => None,
+            };
+            out.push(WorkflowView { entry, summary });
+        }
+        Ok(out)
+    }
+
+    fn workflow(&self, name: &str) -> std::result::Result<WorkflowView, Problem> {
+        let entry = self
+            .cx
+            .catalog
+            .get(name)
+            .ok_or_else(|| Problem::NotFound(format!("no loaded workflow '{name}'")))?;
+        let record = self
+            .store()
+            .workflows()?
+            .into_iter()
+            .find(|r| r.name == name);
+        let summary = match record {
+            Some(r) => Some(WorkflowSummary::of(self.store(), r)?),
+            None => None,
+        };
+        Ok(WorkflowView { entry, summary })
+    }
+
+    fn execution(&self, id: &str) -> std::result::Result<ExecutionView, Problem> {
+        let missing = || Problem::NotFound(format!("no execution '{id}'"));
+        let well_formed = !id.is_empty()
+            && id.len() <= 64
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !well_formed {
+            return Err(missing());
+        }
+        let exec = self.store().execution(id)?.ok_or_else(missing)?;
+        let attempts = self.store().task_executions(id)?;
+        Ok(ExecutionView { exec, attempts })
+    }
+
+    fn history(
+        &self,
+        r: &Request,
+        workflow: Option<&str>,
+    ) -> std::result::Result<Vec<(WorkflowExecution, Vec<TaskExecution>)>, Problem> {
+        let limit = match param(r, "limit") {
+            None => DEFAULT_LIMIT,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    Problem::BadRequest(format!(
+                        "limit: '{v}' is not a number from 1 to {MAX_LIMIT}"
+                    ))
+                })?,
+        };
+        let filter = HistoryFilter {
+            workflow: workflow.or(param(r, "workflow")).map(String::from),
+            status: param(r, "status")
+                .map(|s| views::parse_status(s, "status"))
+                .transpose()?,
+            since: param(r, "since")
+                .map(|s| views::parse_since(s, "since"))
+                .transpose()?,
+            limit: Some(limit),
+        };
+        Ok(self.store().history(&filter)?)
+    }
+
+    fn api(&self, r: &Request, rest: &[&str]) -> Answer {
+        match rest {
+            ["workflows"] => {
+                let list: Vec<Value> = self.workflows()?.iter().map(workflow_json).collect();
+                api_json(&Value::Array(list))
+            }
+            ["workflows", name] => {
+                let view = self.workflow(name)?;
+                let mut j = workflow_json(&view);
+                j["tasks"] = tasks_json(&view.entry.wf);
+                j["handlers"] = handlers_json(&view.entry.wf);
+                j["latest"] = match self.store().latest_execution(name)? {
+                    Some(e) => {
+                        let attempts = self.store().task_executions(&e.id)?;
+                        views::execution_json(&e, &attempts)
+                    }
+                    None => Value::Null,
+                };
+                api_json(&j)
+            }
+            ["workflows", name, "executions"] => {
+                self.workflow(name)?;
+                let list = self.history(r, Some(name))?;
+                api_json(&Value::Array(
+                    list.iter()
+                        .map(|(e, t)| views::history_json(e, t))
+                        .collect(),
+                ))
+            }
+            ["executions"] => {
+                let list = self.history(r, None)?;
+                api_json(&Value::Array(
+                    list.iter()
+                        .map(|(e, t)| views::history_json(e, t))
+                        .collect(),
+                ))
+            }
+            ["executions", id] => {
+                let v = self.execution(id)?;
+                let mut j = views::execution_json(&v.exec, &v.attempts);
+                j["attempts"] = serde_json::to_value(&v.attempts).unwrap_or_default();
+                api_json(&j)
+            }
+            ["executions", id, "tasks", task, "log"] => {
+                let v = self.execution(id)?;
+                let offset = match param(r, "offset") {
+                    None => 0,
+                    Some(o) => o.parse::<u64>().map_err(|_| {
+                        Problem::BadRequest(format!("offset: '{o}' is not a byte offset"))
+                    })?,
+                };
+                let chunk = self.log_chunk(&v, task, offset, LOG_CHUNK)?;
+                api_json(&json!({
+                    "execution_id": v.exec.id,
+                    "task": task,
+                    "offset": chunk.offset,
+                    "next_offset": chunk.next_offset,
+                    "size": chunk.size,
+                    "text": chunk.text,
+                    "complete": chunk.complete,
+                }))
+            }
+            _ => Err(Problem::NotFound("no such API; see /api/v1/".into())),
+        }
+    }
+
+    /// Up to `max` bytes of a task's log from `offset`. Only a task the execution recorded
+    /// or planned is looked up; its file is found by [`task_log_path`], which keeps every
+    /// name inside the execution's log directory.
+    fn log_chunk(
+        &self,
+        v: &ExecutionView,
+        task: &str,
+        offset: u64,
+        max: usize,
+    ) -> std::result::Result<LogChunk, Problem> {
+        let last = last_attempts(&v.attempts);
+        let recorded = last.iter().any(|t| t.task_name == task);
+        if !recorded && !views::planned_tasks(&v.exec).iter().any(|n| n == task) {
+            return Err(Problem::NotFound(format!(
+                "task '{task}' has no record in execution {}",
+                v.exec.id
+            )));
+        }
+        let running = v.exec.status == WorkflowStatus::Running;
+        let dir = execution_log_dir(
+            &self.cx.log_dir,
+            &v.exec.workflow_name,
+            v.exec.started_at,
+            &v.exec.id,
+        );
+        let bytes = match std::fs::File::open(task_log_path(&dir, task)) {
+            Ok(mut f) => {
+                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let start = offset.min(size);
+                let mut buf = Vec::new();
+                let read = f
+                    .seek(SeekFrom::Start(start))
+                    .and_then(|_| f.by_ref().take(max as u64).read_to_end(&mut buf));
+                if let Err(e) = read {
+                    return Err(Problem::Internal(Error::io(&dir, e)));
+                }
+                (start, size, buf)
+            }
+            // No file: the task wrote nothing or its logs were pruned; the record's capture.
+            Err(_) => {
+                let mut text = String::new();
+                if let Some(t) = last.iter().find(|t| t.task_name == task) {
+                    for s in [&t.stdout, &t.stderr].into_iter().flatten() {
+                        text.push_str(s);
+                    }
+                }
+                let size = text.len() as u64;
+                let start = offset.min(size) as usize;
+                let end = (start + max).min(text.len());
+                (start as u64, size, text.as_bytes()[start..end].to_vec())
+            }
+        };
+        let (start, size, mut buf) = bytes;
+        // Never cut a character in two: an incomplete one at the end waits for the next read.
+        if let Err(e) = std::str::from_utf8(&buf) {
+            if e.error_len().is_none() && start + (buf.len() as u64) < size {
+                buf.truncate(e.valid_up_to());
+            }
+        }
+        let next_offset = start + buf.len() as u64;
+        Ok(LogChunk {
+            offset: start,
+            next_offset,
+            size,
+            text: String::from_utf8_lossy(&buf).into_owned(),
+            complete: !running && next_offset >= size,
+        })
+    }
+
+    /// `POST /api/v1/workflows/NAME/run`: 202 with the new execution's id, 401 without the
+    /// right token, 403 when no token is configured, 404 for an unknown workflow, 409 when a
+    /// run is going and the workflow does not allow overlapping, 503 when the daemon stops.
+    fn trigger(&self, r: &Request, name: &str) -> Response {
+        let Some(token) = &self.cx.token else {
+            return api_error(
+                403,
+                "triggering runs is disabled: set [web] token or token_file",
+            );
+        };
+        let given = r
+            .header("authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+            return api_error(401, "a valid 'Authorization: Bearer <token>' is needed")
+                .with("WWW-Authenticate", "Bearer");
+        }
+        let (reply, answer) = smol::channel::bounded(1);
+        let request = Trigger {
+            workflow: name.to_string(),
+            reply,
+        };
+        if self.cx.triggers.try_send(request).is_err() {
+            return api_error(503, "the daemon is stopping or busy; try again");
+        }
+        let answer = smol::block_on(future::or(async { answer.recv().await.ok() }, async {
+            smol::Timer::after(TRIGGER_WAIT).await;
+            None
+        }));
+        match answer {
+            Some(Triggered::Started(id)) => {
+                let url = format!("/api/v1/executions/{id}");
+                Response::json(
+                    202,
+                    json!({ "workflow": name, "execution_id": id, "execution": url }).to_string(),
+                )
+                .with("Location", url)
+            }
+            Some(Triggered::NotFound) => api_error(404, &format!("no loaded workflow '{name}'")),
+            Some(Triggered::Busy) => api_error(
+                409,
+                &format!("workflow '{name}' is running and does not set allow_concurrent"),
+            ),
+            None => api_error(503, "the daemon is stopping or busy; try again"),
+        }
+    }
+
+    fn workflows_page(&self) -> Answer {
+        Ok(page::workflows(&self.workflows()?, Utc::now()))
+    }
+
+    fn workflow_page(&self, name: &str) -> Answer {
+        let view = self.workflow(name)?;
+        let history = self.store().history(&HistoryFilter {
+            workflow: Some(name.to_string()),
+            limit: Some(50),
+            ..Default::default()
+        })?;
+        let latest = history.first();
+        let states = latest.map(|(e, t)| task_states(&view.entry.wf, e, t));
+        Ok(page::workflow(&view, states.as_ref(), &history))
+    }
+
+    fn execution_page(&self, id: &str) -> Answer {
+        let v = self.execution(id)?;
+        let planned = views::planned_tasks(&v.exec);
+        let last = views::in_workflow_order(last_attempts(&v.attempts), &planned);
+        Ok(page::execution(
+            &v.exec,
+            &last,
+            &v.attempts,
+            &planned,
+            Utc::now(),
+        ))
+    }
+
+    fn log_page(&self, id: &str, task: &str) -> Answer {
+        let v = self.execution(id)?;
+        // The page shows the end of the log; its script follows from there.
+        let size = self.log_chunk(&v, task, 0, 0)?.size;
+        let from = size.saturating_sub(LOG_CHUNK as u64);
+        let chunk = self.log_chunk(&v, task, from, LOG_CHUNK)?;
+        Ok(page::log(&v.exec, task, &chunk))
+    }
+}
+
+/// A query parameter's first value.
+fn param<'r>(r: &'r Request, key: &str) -> Option<&'r str> {
+    r.query
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Compares two secrets in time that depends only on their lengths, not on where they
+/// first differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// A piece of a task's log.
+struct LogChunk {
+    offset: u64,
+    next_offset: u64,
+    size: u64,
+    text: String,
+    /// Nothing more will come: the execution ended and this chunk reaches the end.
+    complete: bool,
+}
+
+/// The state of each task of `wf` in one execution; a loop's items combine into the loop's
+/// (running over failed over anything unfinished over success).
+fn task_states(
+    wf: &Workflow,
+    exec: &WorkflowExecution,
+    attempts: &[TaskExecution],
+) -> BTreeMap<String, &'static str> {
+    let last = last_attempts(attempts);
+    let rank = |s: &str| match s {
+        "running" | "retrying" => 5,
+        "failed" | "timeout" => 4,
+        "pending" => 3,
+        "skipped" => 2,
+        _ => 1,
+    };
+    let mut out = BTreeMap::new();
+    for task in &wf.tasks {
+        let mut state: Option<&'static str> = None;
+        for t in &last {
+            let mine = t
+                .task_name
+                .strip_prefix(task.name.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('['));
+            if !mine {
+                continue;
+            }
+            let s = match t.status {
+                // A record left running by a dead process is not running any more.
+                TaskState::Running if exec.status != WorkflowStatus::Running => "failed",
+                s => s.as_str(),
+            };
+            if state.is_none_or(|old| rank(s) > rank(old)) {
+                state = Some(s);
+            }
+        }
+        let state = state.unwrap_or(if exec.status == WorkflowStatus::Running {
+            "pending"
+        } else {
+            "not-run"
+        });
+        out.insert(task.name.clone(), state);
+    }
+    out
+}
+
+/// The `workflow list --format json` object of a loaded workflow, plus what the UI adds:
+/// description, timezone, next run, success rate, task count.
+fn workflow_json(v: &WorkflowView) -> Value {
+    let wf = &v.entry.wf;
+    let mut j = match &v.summary {
+        Some(s) => s.to_json(),
+        None => json!({
+            "name": wf.name,
+            "type": if wf.schedule.is_some() { "cron" } else { "on-demand" },
+            "schedule": wf.schedule,
+            "file": v.entry.source.display().to_string(),
+            "last_run": null, "last_status": null, "success": 0, "failed": 0,
+        }),
+    };
+    j["description"] = json!(wf.description);
+    j["timezone"] = json!(wf.timezone);
+    j["next_run"] = json!(v.entry.next);
+    j["success_rate"] = json!(v.summary.as_ref().and_then(WorkflowSummary::success_rate));
+    j["allow_concurrent"] = json!(wf.allow_concurrent);
+    j["task_count"] = json!(wf.tasks.len());
+    j
+}
+
+/// The DAG: each task's name, type, dependencies and level (0 for tasks without any).
+/// Configurations are left out: they may hold secrets.
+fn tasks_json(wf: &Workflow) -> Value {
+    let levels = levels(wf);
+    Value::Array(
+        wf.tasks
+            .iter()
+            .zip(levels)
+            .map(|(t, level)| {
+                json!({
+                    "name": t.name,
+                    "type": t.kind,
+                    "depends_on": t.depends_on,
+                    "level": level,
+                    "loop": t.iterate_over.is_some(),
+                    "condition": t.when,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn handlers_json(wf: &Workflow) -> Value {
+    let mut j = json!({ "on_success": [], "on_failure": [], "on_exit": [] });
+    for (when, t) in wf.handlers.all() {
+        if let Some(list) = j[when].as_array_mut() {
+            list.push(json!({ "name": t.name, "type": t.kind }));
+        }
+    }
+    j
+}
+
+/// Each task's dependency level, in task order: 0 without dependencies, else one more than
+/// its deepest dependency. Workflows are validated acyclic; a cycle would stop at the count.
+fn levels(wf: &Workflow) -> Vec<usize> {
+    let index: BTreeMap<&str, usize> = wf
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    let mut level = vec![0usize; wf.tasks.len()];
+    for _ in 0..wf.tasks.len() {
+        let mut changed = false;
+        for (i, t) in wf.tasks.iter().enumerate() {
+            let l = t
+                .depends_on
+                .iter()
+                .filter_map(|d| index.get(d.as_str()))
+                .map(|&d| level[d] + 1)
+                .max()
+                .unwrap_or(0);
+            if l != level[i] {
+                level[i] = l;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    level
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wf(tasks: &[(&str, &[&str])]) -> Workflow {
+        let mut text = String::from("name: w\ntasks:\n");
+        for (name, deps) in tasks {
+            text.push_str(&format!(
+                "  - {{name: {name}, type: shell, depends_on: [{}], config: {{command: x}}}}\n",
+                deps.join(", ")
+            ));
+        }
+        crate::yaml::parse_workflow(&text, "w.yaml").unwrap()
+    }
+
+    #[test]
+    fn levels_follow_the_longest_dependency_chain() {
+        let w = wf(&[
+            ("a", &[]),
+            ("b", &["a"]),
+            ("c", &["a", "b"]),
+            ("d", &[]),
+            ("e", &["d", "c"]),
+        ]);
+        assert_eq!(levels(&w), [0, 1, 2, 0, 3]);
+    }
+
+    #[test]
+    fn secrets_compare_by_content_and_length() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cres"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cret!"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}
