@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the system tools PicoFlow's tests use: a real OpenSSH server for the ssh
 # executor, the sqlite3 CLI for the export, promtool for the metrics format, OpenSSL headers
-# for libssh2/libcurl, and hyperfine, make and GNU time for the benchmarks. Safe to run again.
+# for libssh2/libcurl, headless Chromium for the web UI, and hyperfine, make and GNU time for
+# the benchmarks. Safe to run again.
 set -eu
 
 need=""
@@ -15,13 +16,16 @@ dpkg -s libssl-dev >/dev/null 2>&1 || need="$need libssl-dev"
 command -v make >/dev/null 2>&1 || need="$need make"
 [ -x /usr/bin/time ] || need="$need time"
 command -v cc >/dev/null 2>&1 || need="$need gcc"
+command -v chromium >/dev/null 2>&1 || need="$need chromium"
 
 if [ -n "$need" ]; then
     echo "installing:$need"
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq
+    # An index that cannot be fetched (a foreign architecture's, say) must not stop the
+    # install of packages whose index did arrive.
+    $SUDO apt-get update -qq || echo "apt-get update reported errors; installing anyway"
     # The prometheus package would start a server on install; policy-rc.d keeps it off.
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
@@ -32,7 +36,7 @@ if [ -n "$need" ]; then
     $SUDO apt-get install -y -qq --no-install-recommends $need
 fi
 
-for tool in /usr/sbin/sshd ssh-keygen sqlite3 promtool hyperfine make /usr/bin/time; do
+for tool in /usr/sbin/sshd ssh-keygen sqlite3 promtool hyperfine make /usr/bin/time chromium; do
     command -v "$tool" >/dev/null 2>&1 || { echo "missing after install: $tool" >&2; exit 1; }
 done
-echo "test tools present: sshd, ssh-keygen, sqlite3, promtool, hyperfine, make, time"
+echo "test tools present: sshd, ssh-keygen, sqlite3, promtool, hyperfine, make, time, chromium"

@@ -25,7 +25,7 @@ cargo clippy -p picoflow-lib --no-default-features --all-targets -- -D warnings
 cargo clippy -p picoflow-cli --no-default-features --all-targets -- -D warnings
 
 step "each feature alone"
-for f in ssh http metrics sqlite; do
+for f in ssh http metrics sqlite web; do
     cargo check -q -p picoflow-lib --no-default-features --features "$f"
 done
 
@@ -60,7 +60,7 @@ qemu_aarch64="qemu-aarch64-static -L /"
 step "aarch64: integration tests against the cross-built binary (all features) under qemu-user"
 PICOFLOW_TEST_BIN="$dist/picoflow-aarch64-full" PICOFLOW_TEST_RUNNER="$qemu_aarch64" \
     cargo test -p picoflow-cli --test run --test validate --test state --test daemon \
-    --test export --test secrets --test pipes --test faults --test data
+    --test export --test secrets --test pipes --test faults --test data --test web
 
 step "aarch64: run and validate tests against the minimal and the static binary"
 for b in minimal static; do
