@@ -833,6 +833,9 @@ struct HttpThread {
 
 impl HttpThread {
     fn start(config: &Config, metrics: &Metrics, web: WebContext) -> Option<HttpThread> {
+        if !crate::httpd::ANY_SERVICE {
+            return None;
+        }
         // (bind address, port, services on that listener)
         type Endpoint = (String, u16, Vec<Arc<dyn Service>>);
         let mut endpoints: Vec<Endpoint> = Vec::new();

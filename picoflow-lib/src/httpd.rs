@@ -5,17 +5,19 @@
 //! are a handful of small GETs and one POST without a body worth streaming, and a responder
 //! this size keeps every limit in one place (`features.md` has the measurements behind the
 //! choice). Each connection carries one request and is closed after the response. Every byte a
-//! client may send is bounded in size and time, connections beyond [`MAX_CONNECTIONS`] are
-//! closed on accept, and each connection is its own task, so a slow or hostile client costs
-//! one short-lived task and never delays another client or the scheduler.
+//! client may send is bounded in size and time, at most [`MAX_CONNECTIONS`] are served at once
+//! (stalled ones make room for new ones), and each connection is its own task, so a slow or
+//! hostile client costs one short-lived task and never holds up another client or the
+//! scheduler.
 
 // In a build with neither `metrics` nor `web` nothing is served, and the helpers services
 // use to build responses go unused.
 #![cfg_attr(not(any(feature = "metrics", feature = "web")), allow(dead_code))]
 
 use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smol::future;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,6 +25,10 @@ use smol::net::{TcpListener, TcpStream};
 use smol::{Executor, Task, Timer};
 
 use crate::error::{Error, Result};
+
+/// Whether this build has anything to serve (`metrics` or `web`). Without either, the daemon
+/// starts no endpoint, and none of this module ends up in the binary.
+pub(crate) const ANY_SERVICE: bool = cfg!(any(feature = "metrics", feature = "web"));
 
 /// Longest request head accepted; anything longer is answered with 431.
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
@@ -36,9 +42,11 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long unread request bytes are drained after the response (see `serve`).
 const LINGER: Duration = Duration::from_secs(1);
-/// Connections served at once; more are closed on accept, which bounds memory and tasks
-/// even under a connection flood.
+/// Connections served at once, which bounds memory and tasks even under a connection flood.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
+/// When every connection is taken, one whose client has not finished its request after this
+/// long is closed to make room.
+const EVICT_AFTER: Duration = Duration::from_millis(250);
 
 /// One parsed request.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,15 +213,56 @@ impl Server {
     }
 }
 
+/// A connection being served.
+struct Connection {
+    task: Task<()>,
+    accepted: Instant,
+    /// Still waiting for the client to finish its request.
+    reading: Arc<AtomicBool>,
+}
+
 /// Accepts connections and gives each its own task. The connection tasks live in this
 /// future: cancelling it cancels them.
+///
+/// At most [`MAX_CONNECTIONS`] are served at once. When all are taken, the oldest one whose
+/// client has spent more than [`EVICT_AFTER`] without finishing its request is closed to make
+/// room (a client that connects and sends slowly, or nothing, cannot hold the endpoint);
+/// when none qualifies, new connections wait in the kernel's queue until one ends.
 async fn accept_loop(
     listener: TcpListener,
     ex: Weak<Executor<'static>>,
     services: Arc<[Arc<dyn Service>]>,
 ) {
-    let mut connections: Vec<Task<()>> = Vec::new();
+    let mut connections: Vec<Connection> = Vec::new();
+    let (ended_tx, ended) = smol::channel::unbounded::<()>();
     loop {
+        loop {
+            connections.retain(|c| !c.task.is_finished());
+            if connections.len() < MAX_CONNECTIONS {
+                break;
+            }
+            let stalled = connections
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.reading.load(Ordering::Relaxed))
+                .filter(|(_, c)| c.accepted.elapsed() >= EVICT_AFTER)
+                .min_by_key(|(_, c)| c.accepted)
+                .map(|(i, _)| i);
+            if let Some(i) = stalled {
+                // Dropping the task cancels it and closes its socket.
+                drop(connections.swap_remove(i));
+                continue;
+            }
+            future::or(
+                async {
+                    let _ = ended.recv().await;
+                },
+                async {
+                    Timer::after(EVICT_AFTER / 2).await;
+                },
+            )
+            .await;
+        }
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -224,13 +273,19 @@ async fn accept_loop(
                 continue;
             }
         };
-        connections.retain(|t| !t.is_finished());
-        if connections.len() >= MAX_CONNECTIONS {
-            drop(stream);
-            continue;
-        }
         let Some(ex) = ex.upgrade() else { return };
-        connections.push(ex.spawn(serve(stream, services.clone())));
+        let reading = Arc::new(AtomicBool::new(true));
+        let task = ex.spawn(serve(
+            stream,
+            services.clone(),
+            reading.clone(),
+            ended_tx.clone(),
+        ));
+        connections.push(Connection {
+            task,
+            accepted: Instant::now(),
+            reading,
+        });
     }
 }
 
@@ -402,15 +457,31 @@ fn dispatch(mut request: Request, services: &[Arc<dyn Service>]) -> (Response, b
     (response, with_body)
 }
 
-/// Serves one connection: one request, one response, close.
-async fn serve(mut stream: TcpStream, services: Arc<[Arc<dyn Service>]>) {
+/// Serves one connection: one request, one response, close; says when it ends.
+async fn serve(
+    mut stream: TcpStream,
+    services: Arc<[Arc<dyn Service>]>,
+    reading: Arc<AtomicBool>,
+    ended: smol::channel::Sender<()>,
+) {
     let request = future::or(async { Some(read_request(&mut stream).await) }, async {
         Timer::after(READ_TIMEOUT).await;
         None
     })
     .await;
+    reading.store(false, Ordering::Relaxed);
+    answer(stream, request, &services).await;
+    let _ = ended.try_send(());
+}
+
+/// Writes the answer to what was read (nothing when the client went away).
+async fn answer(
+    mut stream: TcpStream,
+    request: Option<std::result::Result<Request, ReadError>>,
+    services: &[Arc<dyn Service>],
+) {
     let (response, with_body) = match request {
-        Some(Ok(request)) => dispatch(request, &services),
+        Some(Ok(request)) => dispatch(request, services),
         Some(Err(ReadError::Status(s))) => (Response::status(s), true),
         Some(Err(ReadError::Closed)) => return,
         None => (Response::status(408), true),
