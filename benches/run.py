@@ -113,17 +113,33 @@ def hyperfine_ms(cmd, cwd, runs):
         return json.load(f)["results"][0]["median"] * 1000
 
 
-def daemon_figures(binary, work, label):
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def daemon_figures(binary, work, label, web=False):
+    """RSS, private memory, threads and context switches in 5 s of an idle daemon. With `web`,
+    the web UI is on and each of its pages and API lists has been served once before."""
     d = os.path.join(work, "daemon-" + label)
     os.makedirs(d)
     with open(os.path.join(d, "y.yaml"), "w") as f:
         f.write("name: yearly\nschedule: \"0 0 0 1 1 *\"\ntasks:\n  - name: t\n    type: shell\n    config:\n      command: /bin/true\n")
+    port = free_port() if web else 0
     with open(os.path.join(d, "picoflow.toml"), "w") as f:
-        f.write("[metrics]\nport = 0\n")
+        f.write(f"[metrics]\nport = {port}\n[web]\nenabled = {'true' if web else 'false'}\nport = {port}\n")
     p = subprocess.Popen([binary, "daemon", "start", "y.yaml"], cwd=d,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(2)
+        if web:
+            import urllib.request
+            for path in ("/", "/workflows/yearly", "/api/v1/workflows", "/api/v1/executions",
+                         "/static/picoflow.js", "/metrics"):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10).read()
+            time.sleep(1)
 
         def switches():
             total = 0
@@ -197,6 +213,10 @@ def main():
         r_core <= 3 * 1024 and r_full <= 4 * 1024)
     row("idle daemon wake-ups in 5 s, core / all features", "0", f"{w_core} / {w_full}",
         w_core == 0 and w_full == 0)
+    r_web, a_web, th_web, w_web = daemon_figures(full, work, "web", web=True)
+    row("idle daemon RSS, all features, web UI on and its pages served once", "≤ 4 MiB",
+        f"{r_web/1024:.1f} MiB, of which private {a_web/1024:.1f} MiB ({th_web} threads), "
+        f"{w_web} wake-ups in 5 s", r_web <= 4 * 1024 and w_web == 0)
 
     d = os.path.join(work, "sleep10")
     os.makedirs(d)

@@ -8,7 +8,7 @@
 #
 # Variants (default: minimal full):
 #   minimal --no-default-features: shell tasks only, the smallest binary
-#   full    every default feature (ssh, http, metrics, sqlite), linked to the device's libssl3
+#   full    every default feature (ssh, http, metrics, sqlite, web), linked to the device's libssl3
 #   static  minimal, linked statically against glibc (crt-static): no glibc version floor
 #
 # The binaries are copied to $CARGO_TARGET_DIR/dist/picoflow-<target>-<variant> (the target

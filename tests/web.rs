@@ -425,6 +425,11 @@ fn api_lists_triggers_filters_and_follows_logs() {
         );
     }
 
+    // The API's index lists its endpoints.
+    let index = d.json("/api/v1/");
+    assert!(index["endpoints"].as_array().unwrap().len() >= 7);
+    assert_eq!(d.get("/api/v2/workflows").status, 404);
+
     // /metrics and /health share the listener.
     assert_eq!(d.get("/health").status, 200);
     assert!(d

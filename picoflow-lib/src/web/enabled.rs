@@ -291,6 +291,18 @@ impl Web {
 
     fn api(&self, r: &Request, rest: &[&str]) -> Answer {
         match rest {
+            [] | [""] => api_json(&json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "endpoints": [
+                    "GET /api/v1/workflows",
+                    "GET /api/v1/workflows/{name}",
+                    "GET /api/v1/workflows/{name}/executions?status=&since=&limit=",
+                    "POST /api/v1/workflows/{name}/run",
+                    "GET /api/v1/executions?workflow=&status=&since=&limit=",
+                    "GET /api/v1/executions/{id}",
+                    "GET /api/v1/executions/{id}/tasks/{task}/log?offset=",
+                ],
+            })),
             ["workflows"] => {
                 let list: Vec<Value> = self.workflows()?.iter().map(workflow_json).collect();
                 api_json(&Value::Array(list))
