@@ -74,6 +74,23 @@ impl Daemon {
         )
     }
 
+    /// Starts a run over the API with the token; returns the execution id.
+    fn run_now(&self, workflow: &str) -> String {
+        let r = self.post_run(workflow, Some(TOKEN));
+        assert_eq!(r.status, 202, "{}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        v["execution_id"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until the log of `task` in execution `id` contains `text`.
+    fn wait_for_log(&self, id: &str, task: &str, text: &str) {
+        wait_for(Duration::from_secs(10), text, || {
+            self.get(&format!("/api/v1/executions/{id}/tasks/{task}/log"))
+                .body
+                .contains(text)
+        });
+    }
+
     /// Waits until execution `id` is no longer running; returns its API object.
     fn finished(&self, id: &str) -> Value {
         let mut last = Value::Null;
@@ -247,6 +264,10 @@ fn api_lists_triggers_filters_and_follows_logs() {
     assert_eq!(d.post_run("nope", Some(TOKEN)).status, 404);
     let started = d.post_run("ok", Some(TOKEN));
     assert_eq!(started.status, 202, "{}", started.body);
+    assert!(started
+        .header("location")
+        .unwrap()
+        .starts_with("/api/v1/executions/"));
     let started: Value = serde_json::from_str(&started.body).unwrap();
     let id = started["execution_id"].as_str().unwrap().to_string();
     let exec = d.finished(&id);
@@ -268,11 +289,7 @@ fn api_lists_triggers_filters_and_follows_logs() {
     let mut api = exec.clone();
     api.as_object_mut().unwrap().remove("attempts");
     assert_eq!(api, status[0]);
-    let bad = d.post_run("bad", Some(TOKEN));
-    let bad_id = serde_json::from_str::<Value>(&bad.body).unwrap()["execution_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let bad_id = d.run_now("bad");
     assert_eq!(d.finished(&bad_id)["execution"]["status"], "failed");
     let history = cli_json(dir.path(), &["history", "--format", "json"]);
     assert_eq!(d.json("/api/v1/executions"), history);
@@ -292,10 +309,10 @@ fn api_lists_triggers_filters_and_follows_logs() {
     };
     assert_eq!(
         ids(d.json("/api/v1/executions?status=failed")),
-        [bad_id.clone()]
+        [bad_id.as_str()]
     );
-    assert_eq!(ids(d.json("/api/v1/executions?workflow=ok")), [id.clone()]);
-    assert_eq!(ids(d.json("/api/v1/executions?limit=1")), [bad_id.clone()]);
+    assert_eq!(ids(d.json("/api/v1/executions?workflow=ok")), [id.as_str()]);
+    assert_eq!(ids(d.json("/api/v1/executions?limit=1")), [bad_id.as_str()]);
     assert_eq!(ids(d.json("/api/v1/executions?since=2000-01-01")).len(), 2);
     assert!(ids(d.json("/api/v1/executions?since=2999-01-01T00:00:00Z")).is_empty());
     for (query, named) in [
@@ -335,15 +352,10 @@ fn api_lists_triggers_filters_and_follows_logs() {
     assert_eq!(stderr_log["text"], "failing\n");
 
     // Overlap: a second run while one is going is refused.
-    let first = d.post_run("slow", Some(TOKEN));
-    assert_eq!(first.status, 202, "{}", first.body);
+    let slow_id = d.run_now("slow");
     let second = d.post_run("slow", Some(TOKEN));
     assert_eq!(second.status, 409, "{}", second.body);
     assert!(second.body.contains("allow_concurrent"), "{}", second.body);
-    let slow_id = serde_json::from_str::<Value>(&first.body).unwrap()["execution_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     assert_eq!(d.finished(&slow_id)["execution"]["status"], "success");
     assert_eq!(d.post_run("slow", Some(TOKEN)).status, 202);
 
@@ -403,11 +415,7 @@ fn api_lists_triggers_filters_and_follows_logs() {
     assert_eq!(rebinding.status, 403);
 
     // Secrets of task configurations never appear, in the API or the pages.
-    let secret_id = serde_json::from_str::<Value>(&d.post_run("secret", Some(TOKEN)).body).unwrap()
-        ["execution_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret_id = d.run_now("secret");
     d.finished(&secret_id);
     for path in [
         "/api/v1/workflows".to_string(),
@@ -537,11 +545,7 @@ fn a_browser_renders_workflows_the_dag_an_execution_and_follows_a_log() {
         "token_file = \"token\"",
         &["pipeline.yaml", "ticker.yaml"],
     );
-    let started = d.post_run("pipeline", Some(TOKEN));
-    let id = serde_json::from_str::<Value>(&started.body).unwrap()["execution_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = d.run_now("pipeline");
     assert_eq!(d.finished(&id)["execution"]["status"], "failed");
 
     let profile = dir.path().join("chromium-profile");
@@ -609,17 +613,9 @@ fn a_browser_renders_workflows_the_dag_an_execution_and_follows_a_log() {
     assert!(dom.contains("data-live=\"false\""));
 
     // A running execution's log page follows the file until the task ends.
-    let started = d.post_run("ticker", Some(TOKEN));
-    let tid = serde_json::from_str::<Value>(&started.body).unwrap()["execution_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let tid = d.run_now("ticker");
     let log_url = format!("{base}/executions/{tid}/tasks/count/log");
-    wait_for(Duration::from_secs(10), "the first tick", || {
-        d.get(&format!("/api/v1/executions/{tid}/tasks/count/log"))
-            .body
-            .contains("tick-1")
-    });
+    d.wait_for_log(&tid, "count", "tick-1");
     let running = d.get(&format!("/executions/{tid}"));
     assert!(
         running.body.contains("data-live=\"true\""),
@@ -637,17 +633,9 @@ fn a_browser_renders_workflows_the_dag_an_execution_and_follows_a_log() {
     assert_eq!(d.finished(&tid)["execution"]["status"], "success");
 
     // A running execution's page reloads its content until the execution ends.
-    let started = d.post_run("ticker", Some(TOKEN));
-    let tid = serde_json::from_str::<Value>(&started.body).unwrap()["execution_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let tid = d.run_now("ticker");
     let exec_url = format!("{base}/executions/{tid}");
-    wait_for(Duration::from_secs(10), "the run to start", || {
-        d.get(&format!("/api/v1/executions/{tid}/tasks/count/log"))
-            .body
-            .contains("tick-1")
-    });
+    d.wait_for_log(&tid, "count", "tick-1");
     assert!(d
         .get(&format!("/executions/{tid}"))
         .body

@@ -18,7 +18,9 @@
 //!   selectors over its output) that later tasks read as `${tasks.NAME.outputs.KEY}`; `when`
 //!   conditions ([`expr`]), `run_if` trigger rules, workflow handlers and `iterate_over` loops
 //!   decide what runs.
-//! * [`Schedule`] and [`Daemon`] run workflows on cron schedules (SCHED-001 … SCHED-005).
+//! * [`Schedule`] and [`Daemon`] run workflows on cron schedules (SCHED-001 … SCHED-005); the
+//!   daemon serves metrics, and with `web` a UI and an API, from one HTTP endpoint.
+//! * [`views`] gives the JSON shapes the command line's `--format json` and the web API share.
 //! * [`Registry`] maps task types to [`Executor`]s; register your own.
 //!
 //! # Example
@@ -58,6 +60,8 @@
 //! * `http` — `type: http` tasks over libcurl (isahc) with the system's OpenSSL (EXEC-003).
 //! * `metrics` — Prometheus `/metrics` and `/health` served by the daemon (OBS-003, OBS-006).
 //! * `sqlite` — export of the history to the documented SQLite schema (CFG-003, OBS-004).
+//! * `web` — the daemon's web UI (DAG, history, live executions, logs) and REST API, with runs
+//!   triggered by a bearer token (OBS-005).
 //!
 //! A workflow that uses a task type the build lacks is rejected when it is loaded, with an
 //! error naming the feature to enable.

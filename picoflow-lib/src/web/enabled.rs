@@ -653,15 +653,19 @@ fn handlers_json(wf: &Workflow) -> Value {
     j
 }
 
-/// Each task's dependency level, in task order: 0 without dependencies, else one more than
-/// its deepest dependency. Workflows are validated acyclic; a cycle would stop at the count.
-fn levels(wf: &Workflow) -> Vec<usize> {
-    let index: BTreeMap<&str, usize> = wf
-        .tasks
+/// Each task's position in `wf.tasks`, by name.
+fn task_index(wf: &Workflow) -> BTreeMap<&str, usize> {
+    wf.tasks
         .iter()
         .enumerate()
         .map(|(i, t)| (t.name.as_str(), i))
-        .collect();
+        .collect()
+}
+
+/// Each task's dependency level, in task order: 0 without dependencies, else one more than
+/// its deepest dependency. Workflows are validated acyclic; a cycle would stop at the count.
+fn levels(wf: &Workflow) -> Vec<usize> {
+    let index = task_index(wf);
     let mut level = vec![0usize; wf.tasks.len()];
     for _ in 0..wf.tasks.len() {
         let mut changed = false;

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use chrono::{DateTime, Local, Utc};
 
-use super::{levels, LogChunk, WorkflowView};
+use super::{levels, task_index, LogChunk, WorkflowView};
 use crate::events::{TaskExecution, TaskState, WorkflowExecution, WorkflowStatus};
 use crate::httpd::Response;
 
@@ -252,12 +252,7 @@ fn dag_svg(v: &WorkflowView, states: Option<&BTreeMap<String, &'static str>>) ->
          refY=\"4\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto\">\
          <path d=\"M0,0 L8,4 L0,8 z\"/></marker></defs>"
     );
-    let index: BTreeMap<&str, usize> = wf
-        .tasks
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.as_str(), i))
-        .collect();
+    let index = task_index(wf);
     for (i, t) in wf.tasks.iter().enumerate() {
         for d in &t.depends_on {
             let Some(&j) = index.get(d.as_str()) else {
