@@ -3,13 +3,15 @@
 # bookworm (or Ubuntu) x86_64 host, installing what it needs with apt, and runs each one under
 # qemu-user as a smoke test.
 #
-#   scripts/cross.sh aarch64 [minimal] [full] [static]   64-bit Raspberry Pi OS (Zero 2 W, 3, 4, 5)
-#   scripts/cross.sh armv7   [minimal] [full]            32-bit Raspberry Pi OS (ARMv7)
+#   scripts/cross.sh aarch64 [minimal] [full] [static] [smallest]   64-bit Raspberry Pi OS
+#                                                                    (Zero 2 W, 3, 4, 5)
+#   scripts/cross.sh armv7   [minimal] [full] [smallest]            32-bit Raspberry Pi OS
 #
 # Variants (default: minimal full):
 #   minimal --no-default-features: shell tasks only, the smallest binary
 #   full    every default feature (ssh, http, metrics, sqlite, web), linked to the device's libssl3
 #   static  minimal, linked statically against glibc (crt-static): no glibc version floor
+#   smallest minimal with the standard library rebuilt for size (size-budget/smallest.sh)
 #
 # The binaries are copied to $CARGO_TARGET_DIR/dist/picoflow-<target>-<variant> (the target
 # directory defaults to ./target); their stripped sizes are printed. `--no-install` skips the
@@ -23,7 +25,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 usage() {
-    echo "usage: scripts/cross.sh aarch64|armv7 [--no-install] [minimal] [full] [static]" >&2
+    echo "usage: scripts/cross.sh aarch64|armv7 [--no-install] [minimal] [full] [static] [smallest]" >&2
     exit 4
 }
 
@@ -51,7 +53,7 @@ variants=""
 for a in "$@"; do
     case $a in
         --no-install) install=no ;;
-        minimal | full) variants="$variants $a" ;;
+        minimal | full | smallest) variants="$variants $a" ;;
         static)
             [ "$target" = aarch64 ] || { echo "static is built for aarch64 only" >&2; exit 4; }
             variants="$variants $a"
@@ -229,14 +231,17 @@ for v in $variants; do
             dir=$CARGO_TARGET_DIR/cross-static
             ;;
     esac
-    if [ "$v" = static ]; then
+    out=$dist/picoflow-$target-$v
+    if [ "$v" = smallest ]; then
+        size-budget/smallest.sh "$triple" "$out"
+    elif [ "$v" = static ]; then
         RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$dir \
             cargo build -q --release -p picoflow-cli --target "$triple" "$@"
+        cp "$dir/$triple/release/picoflow" "$out"
     else
         CARGO_TARGET_DIR=$dir cargo build -q --release -p picoflow-cli --target "$triple" "$@"
+        cp "$dir/$triple/release/picoflow" "$out"
     fi
-    out=$dist/picoflow-$target-$v
-    cp "$dir/$triple/release/picoflow" "$out"
     run_smoke "$out"
     # The newest glibc symbol version the binary asks for is its glibc floor.
     floor=$("$gnu-objdump" -T "$out" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -1)

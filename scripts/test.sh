@@ -62,11 +62,14 @@ PICOFLOW_TEST_BIN="$dist/picoflow-aarch64-full" PICOFLOW_TEST_RUNNER="$qemu_aarc
     cargo test -p picoflow-cli --test run --test validate --test state --test daemon \
     --test export --test secrets --test pipes --test faults --test data --test web
 
-step "aarch64: run and validate tests against the minimal and the static binary"
-for b in minimal static; do
+step "aarch64: run and validate tests against the minimal, the static and the smallest binary"
+for b in minimal static smallest; do
     PICOFLOW_TEST_BIN="$dist/picoflow-aarch64-$b" PICOFLOW_TEST_RUNNER="$qemu_aarch64" \
         cargo test -p picoflow-cli --no-default-features --test validate --test run
 done
+
+step "the smallest build (x86_64): std rebuilt for size, under its budget"
+size-budget/check.sh --smallest
 
 step "armv7: cross builds under their size budget, each run under qemu-user"
 size-budget/check.sh --target armv7

@@ -6,6 +6,8 @@
 #   size-budget/check.sh                  x86_64 (the host), every combination but static
 #   size-budget/check.sh --static         the same plus the build with OpenSSL compiled in
 #                                         (several minutes more: it compiles OpenSSL)
+#   size-budget/check.sh --smallest       the smallest x86_64 build (size-budget/smallest.sh;
+#                                         needs the Rust that scripts/cross.sh installs)
 #   size-budget/check.sh --target T [--no-install]
 #                                         the ARM builds of target T (aarch64, armv7), made by
 #                                         scripts/cross.sh, which also runs each under qemu
@@ -25,6 +27,21 @@ gate() {
         status=1
     fi
 }
+
+if [ "${1:-}" = "--smallest" ]; then
+    out=$CARGO_TARGET_DIR/dist/picoflow-x86_64-smallest
+    size-budget/smallest.sh x86_64-unknown-linux-gnu "$out"
+    # It must still work: the sample workflow.
+    tmp=$(mktemp -d)
+    (cd "$tmp" && "$out" run "$OLDPWD/examples/hello-world.yaml" >/dev/null) || {
+        echo "the smallest build does not run the sample workflow" >&2
+        exit 1
+    }
+    rm -rf "$tmp"
+    printf '%-16s %12s %12s %9s\n' combination bytes budget margin
+    gate smallest "$(wc -c <"$out")"
+    exit $status
+fi
 
 if [ "${1:-}" = "--target" ]; then
     target=${2:?--target needs aarch64 or armv7}
