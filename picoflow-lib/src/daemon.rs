@@ -546,7 +546,7 @@ impl Daemon {
             } else {
                 None
             },
-            loopback: is_loopback(&self.config.web.bind),
+            loopback: crate::httpd::is_loopback(&self.config.web.bind),
         };
         let http = HttpThread::start(&self.config, &metrics, web);
 
@@ -805,14 +805,6 @@ impl Daemon {
             .set_workflows(loaded.values().map(|l| &*l.wf));
         tracing::info!(workflows = loaded.len(), "reloaded");
     }
-}
-
-/// Whether `bind` is a loopback address (or `localhost`).
-fn is_loopback(bind: &str) -> bool {
-    bind.eq_ignore_ascii_case("localhost")
-        || bind
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether a new run of `wf` must wait: one is going and overlapping is not allowed

@@ -298,6 +298,16 @@ enum ReadError {
     Closed,
 }
 
+/// Whether `host` (an address or a name, without a port) is the loopback: `localhost` or
+/// an address in 127.0.0.0/8 or `::1`. Says whether the daemon listens on the loopback only,
+/// and which `Host` a request to such a listener may name.
+pub(crate) fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Reads up to and including the blank line that ends a request head; returns the head and
 /// any body bytes that arrived with it.
 async fn read_head(stream: &mut TcpStream) -> std::result::Result<(Vec<u8>, Vec<u8>), ReadError> {

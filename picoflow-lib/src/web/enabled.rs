@@ -130,7 +130,7 @@ impl Service for Web {
             ["api", ..] => Route::Api,
             _ => return None,
         };
-        if !self.host_allowed(r) {
+        if self.cx.loopback && !host_allowed(r.header("host")) {
             let m = "this endpoint answers only requests for localhost";
             return Some(if api {
                 api_error(403, m)
@@ -198,21 +198,6 @@ struct ExecutionView {
 impl Web {
     fn store(&self) -> &Store {
         &self.cx.store
-    }
-
-    /// DNS-rebinding guard: on a loopback listener, only requests for a loopback host.
-    fn host_allowed(&self, r: &Request) -> bool {
-        let Some(host) = r.header("host") else {
-            return true;
-        };
-        if !self.cx.loopback {
-            return true;
-        }
-        let name = match host.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or_default(),
-            None => host.split(':').next().unwrap_or_default(),
-        };
-        name.eq_ignore_ascii_case("localhost") || name == "::1" || name.starts_with("127.")
     }
 
     fn workflows(&self) -> Result<Vec<WorkflowView>> {
@@ -523,6 +508,17 @@ impl Web {
     }
 }
 
+/// DNS-rebinding guard for a loopback listener: a request may name only a loopback host
+/// (or none, as HTTP/1.0 clients do).
+fn host_allowed(host: Option<&str>) -> bool {
+    let Some(host) = host else { return true };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    crate::httpd::is_loopback(name)
+}
+
 /// A query parameter's first value.
 fn param<'r>(r: &'r Request, key: &str) -> Option<&'r str> {
     r.query
@@ -714,6 +710,32 @@ mod tests {
             ("e", &["d", "c"]),
         ]);
         assert_eq!(levels(&w), [0, 1, 2, 0, 3]);
+    }
+
+    /// A host name that only starts like a loopback address (`127.attacker.example`, which
+    /// any DNS server can point anywhere) passed the guard.
+    #[test]
+    fn only_loopback_hosts_pass_the_rebinding_guard() {
+        for ok in [
+            None,
+            Some("localhost"),
+            Some("LOCALHOST:9090"),
+            Some("127.0.0.1:9090"),
+            Some("127.1.2.3"),
+            Some("[::1]:9090"),
+        ] {
+            assert!(host_allowed(ok), "{ok:?}");
+        }
+        for bad in [
+            "attacker.example",
+            "127.attacker.example:9090",
+            "localhost.attacker.example",
+            "10.0.0.1:9090",
+            "[::2]:9090",
+            "",
+        ] {
+            assert!(!host_allowed(Some(bad)), "{bad}");
+        }
     }
 
     #[test]
