@@ -30,6 +30,14 @@ pub fn planned_tasks(exec: &WorkflowExecution) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether the attempt named `attempt` is of the workflow's task `task`: the task itself, or
+/// one of its loop's items (`upload[a.txt]`).
+pub fn is_attempt_of(attempt: &str, task: &str) -> bool {
+    attempt
+        .strip_prefix(task)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
+}
+
 /// Attempts in the order of `planned` (a loop's tasks `NAME[item]` at their loop's place),
 /// then any others in the order they started.
 pub fn in_workflow_order<'t>(
@@ -40,11 +48,7 @@ pub fn in_workflow_order<'t>(
     attempts.sort_by_key(|t| {
         planned
             .iter()
-            .position(|n| {
-                t.task_name
-                    .strip_prefix(n.as_str())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
-            })
+            .position(|n| is_attempt_of(&t.task_name, n))
             .unwrap_or(usize::MAX)
     });
     attempts

@@ -568,11 +568,7 @@ fn task_states(
     for task in &wf.tasks {
         let mut state: Option<&'static str> = None;
         for t in &last {
-            let mine = t
-                .task_name
-                .strip_prefix(task.name.as_str())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('['));
-            if !mine {
+            if !views::is_attempt_of(&t.task_name, &task.name) {
                 continue;
             }
             let s = match t.status {

@@ -9,6 +9,7 @@ use chrono::{DateTime, Local, Utc};
 use super::{levels, task_index, LogChunk, WorkflowView};
 use crate::events::{TaskExecution, TaskState, WorkflowExecution, WorkflowStatus};
 use crate::httpd::Response;
+use crate::views::is_attempt_of;
 
 /// Scripts and styles only from this server; no inline code, no frames, no form posts.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
@@ -356,11 +357,7 @@ pub(super) fn execution(
         );
     }
     for name in planned {
-        let is_shown = shown.iter().any(|s| {
-            s.strip_prefix(name.as_str())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
-        });
-        if !is_shown {
+        if !shown.iter().any(|s| is_attempt_of(s, name)) {
             let state = if running { "pending" } else { "not-run" };
             let _ = write!(
                 b,
