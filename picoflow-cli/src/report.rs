@@ -584,10 +584,7 @@ pub(crate) fn logs(config: &Config, q: &LogsQuery<'_>) -> Result<u8, Error> {
                     .max_by_key(|a| a.attempt);
                 match rec {
                     Some(r) => {
-                        let mut text = String::new();
-                        for s in [&r.stdout, &r.stderr].into_iter().flatten() {
-                            text.push_str(s);
-                        }
+                        let text = views::captured_output(r);
                         if text.is_empty() {
                             outln!("(no output; {})", r.status)?;
                         } else {

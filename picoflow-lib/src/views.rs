@@ -30,6 +30,16 @@ pub fn planned_tasks(exec: &WorkflowExecution) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// What an attempt's record captured of its output (stdout, then stderr): what a task's log
+/// shows when its log file is missing (the task wrote nothing to it, or it was pruned).
+pub fn captured_output(attempt: &TaskExecution) -> String {
+    let mut text = String::new();
+    for s in [&attempt.stdout, &attempt.stderr].into_iter().flatten() {
+        text.push_str(s);
+    }
+    text
+}
+
 /// Whether the attempt named `attempt` is of the workflow's task `task`: the task itself, or
 /// one of its loop's items (`upload[a.txt]`).
 pub fn is_attempt_of(attempt: &str, task: &str) -> bool {

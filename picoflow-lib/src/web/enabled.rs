@@ -337,7 +337,7 @@ impl Web {
                         Problem::BadRequest(format!("offset: '{o}' is not a byte offset"))
                     })?,
                 };
-                let chunk = self.log_chunk(&v, task, offset, LOG_CHUNK)?;
+                let chunk = self.log_chunk(&v, task, Some(offset), LOG_CHUNK)?;
                 api_json(&json!({
                     "execution_id": v.exec.id,
                     "task": task,
@@ -352,16 +352,21 @@ impl Web {
         }
     }
 
-    /// Up to `max` bytes of a task's log from `offset`. Only a task the execution recorded
-    /// or planned is looked up; its file is found by [`task_log_path`], which keeps every
-    /// name inside the execution's log directory.
+    /// Up to `max` bytes of a task's log from `offset`, or its last `max` bytes when `offset`
+    /// is `None`. Only a task the execution recorded or planned is looked up; its file is
+    /// found by [`task_log_path`], which keeps every name inside the execution's log
+    /// directory.
     fn log_chunk(
         &self,
         v: &ExecutionView,
         task: &str,
-        offset: u64,
+        offset: Option<u64>,
         max: usize,
     ) -> std::result::Result<LogChunk, Problem> {
+        let from = |size: u64| match offset {
+            Some(o) => o.min(size),
+            None => size.saturating_sub(max as u64),
+        };
         let last = last_attempts(&v.attempts);
         let recorded = last.iter().any(|t| t.task_name == task);
         if !recorded && !views::planned_tasks(&v.exec).iter().any(|n| n == task) {
@@ -380,7 +385,7 @@ impl Web {
         let bytes = match std::fs::File::open(task_log_path(&dir, task)) {
             Ok(mut f) => {
                 let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-                let start = offset.min(size);
+                let start = from(size);
                 let mut buf = Vec::new();
                 let read = f
                     .seek(SeekFrom::Start(start))
@@ -392,14 +397,12 @@ impl Web {
             }
             // No file: the task wrote nothing or its logs were pruned; the record's capture.
             Err(_) => {
-                let mut text = String::new();
-                if let Some(t) = last.iter().find(|t| t.task_name == task) {
-                    for s in [&t.stdout, &t.stderr].into_iter().flatten() {
-                        text.push_str(s);
-                    }
-                }
+                let text = last
+                    .iter()
+                    .find(|t| t.task_name == task)
+                    .map_or_else(String::new, |t| views::captured_output(t));
                 let size = text.len() as u64;
-                let start = offset.min(size) as usize;
+                let start = from(size) as usize;
                 let end = (start + max).min(text.len());
                 (start as u64, size, text.as_bytes()[start..end].to_vec())
             }
@@ -501,9 +504,7 @@ impl Web {
     fn log_page(&self, id: &str, task: &str) -> Answer {
         let v = self.execution(id)?;
         // The page shows the end of the log; its script follows from there.
-        let size = self.log_chunk(&v, task, 0, 0)?.size;
-        let from = size.saturating_sub(LOG_CHUNK as u64);
-        let chunk = self.log_chunk(&v, task, from, LOG_CHUNK)?;
+        let chunk = self.log_chunk(&v, task, None, LOG_CHUNK)?;
         Ok(page::log(&v.exec, task, &chunk))
     }
 }
