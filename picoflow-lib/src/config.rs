@@ -316,17 +316,20 @@ impl Config {
         if let Some(v) = env("PICOFLOW_LOG_FORMAT").filter(|v| !v.is_empty()) {
             self.log_format = v;
         }
-        if let Some(v) = env("PICOFLOW_METRICS_PORT").filter(|v| !v.is_empty()) {
-            self.metrics.port = v.parse().map_err(|_| Error::Config {
-                origin: "PICOFLOW_METRICS_PORT".into(),
+        let port = |name: &str| -> Result<Option<u16>> {
+            let Some(v) = env(name).filter(|v| !v.is_empty()) else {
+                return Ok(None);
+            };
+            v.parse().map(Some).map_err(|_| Error::Config {
+                origin: name.into(),
                 message: format!("'{v}' is not a port number (0-65535)"),
-            })?;
+            })
+        };
+        if let Some(p) = port("PICOFLOW_METRICS_PORT")? {
+            self.metrics.port = p;
         }
-        if let Some(v) = env("PICOFLOW_WEB_PORT").filter(|v| !v.is_empty()) {
-            self.web.port = v.parse().map_err(|_| Error::Config {
-                origin: "PICOFLOW_WEB_PORT".into(),
-                message: format!("'{v}' is not a port number (0-65535)"),
-            })?;
+        if let Some(p) = port("PICOFLOW_WEB_PORT")? {
+            self.web.port = p;
         }
         if let Some(v) = env("PICOFLOW_WEB_TOKEN").filter(|v| !v.is_empty()) {
             self.web.token = Some(v);
@@ -452,6 +455,13 @@ cleanup_enabled = true
             .apply_env(|k| (k == "PICOFLOW_METRICS_PORT").then(|| "x".to_string()))
             .unwrap_err();
         assert_eq!(e.exit_code(), 4);
+        c.apply_env(|k| (k == "PICOFLOW_WEB_PORT").then(|| "8081".to_string()))
+            .unwrap();
+        assert_eq!(c.web.port, 8081);
+        let e = c
+            .apply_env(|k| (k == "PICOFLOW_WEB_PORT").then(|| "99999".to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains("PICOFLOW_WEB_PORT"), "{e}");
     }
 
     #[test]
