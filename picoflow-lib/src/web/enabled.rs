@@ -38,7 +38,7 @@ use crate::events::{last_attempts, TaskExecution, TaskState, WorkflowExecution, 
 use crate::httpd::{Request, Response, Service};
 use crate::logs::{execution_log_dir, task_log_path};
 use crate::model::Workflow;
-use crate::store::{HistoryFilter, Store};
+use crate::store::{HistoryFilter, Store, WorkflowRecord};
 use crate::views::{self, WorkflowSummary};
 
 /// Most executions one history request returns.
@@ -202,15 +202,11 @@ impl Web {
 
     fn workflows(&self) -> Result<Vec<WorkflowView>> {
         let records = self.store().workflows()?;
-        let mut out = Vec::new();
-        for entry in self.cx.catalog.entries() {
-            let summary = match records.iter().find(|r| r.name == entry.wf.name) {
-                Some(r) => Some(WorkflowSummary::of(self.store(), r.clone())?),
-                None => None,
-            };
-            out.push(WorkflowView { entry, summary });
-        }
-        Ok(out)
+        let entries = self.cx.catalog.entries();
+        entries
+            .into_iter()
+            .map(|entry| self.view(entry, &records))
+            .collect()
     }
 
     fn workflow(&self, name: &str) -> std::result::Result<WorkflowView, Problem> {
@@ -219,13 +215,13 @@ impl Web {
             .catalog
             .get(name)
             .ok_or_else(|| Problem::NotFound(format!("no loaded workflow '{name}'")))?;
-        let record = self
-            .store()
-            .workflows()?
-            .into_iter()
-            .find(|r| r.name == name);
-        let summary = match record {
-            Some(r) => Some(WorkflowSummary::of(self.store(), r)?),
+        Ok(self.view(entry, &self.store().workflows()?)?)
+    }
+
+    /// A loaded workflow with the summary of its stored record, if it has one yet.
+    fn view(&self, entry: CatalogEntry, records: &[WorkflowRecord]) -> Result<WorkflowView> {
+        let summary = match records.iter().find(|r| r.name == entry.wf.name) {
+            Some(r) => Some(WorkflowSummary::of(self.store(), r.clone())?),
             None => None,
         };
         Ok(WorkflowView { entry, summary })
