@@ -477,7 +477,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_read_like_the_command_line() {
+    fn durations_show_milliseconds_below_a_second_and_two_units_above_a_minute() {
         assert_eq!(human(0.25), "250ms");
         assert_eq!(human(12.34), "12.3s");
         assert_eq!(human(245.0), "4m 05s");
