@@ -462,7 +462,7 @@ fn daemon_status(config: &Config) -> Result<u8, Error> {
     if let Some((name, at)) = st.next_run() {
         outln!(
             "Next scheduled run: {name} at {}",
-            at.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S")
+            picoflow_lib::views::local_time(at)
         )?;
     }
     if let Some(b) = st.memory_bytes {

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Local, Utc};
-use picoflow_lib::views::{self, in_workflow_order, planned_tasks, WorkflowSummary};
+use picoflow_lib::views::{
+    self, in_workflow_order, local_time as local, planned_tasks, WorkflowSummary,
+};
 use picoflow_lib::{
     compute_stats, execution_log_dir, last_attempts, task_log_path, Config, Error, HistoryFilter,
     Store, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
@@ -22,12 +24,6 @@ const EXIT_NOT_FOUND: u8 = 5;
 
 fn open(config: &Config) -> Result<Option<Store>, Error> {
     Store::open_read(&config.db_path)
-}
-
-fn local(t: DateTime<Utc>) -> String {
-    t.with_timezone(&Local)
-        .format("%Y-%m-%d %H:%M:%S")
-        .to_string()
 }
 
 fn capitalized(s: WorkflowStatus) -> String {

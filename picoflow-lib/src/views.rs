@@ -145,6 +145,13 @@ impl WorkflowSummary {
     }
 }
 
+/// An instant as the read commands and the web UI show it: local time, to the second.
+pub fn local_time(t: DateTime<Utc>) -> String {
+    t.with_timezone(&Local)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
 /// Parses a `--since` (or `since=`) date: `YYYY-MM-DD` as local midnight, or an RFC 3339
 /// instant; `origin` names the option in the error.
 pub fn parse_since(since: &str, origin: &str) -> Result<DateTime<Utc>> {

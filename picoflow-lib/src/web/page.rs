@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use chrono::{DateTime, Local, Utc};
+use chrono::{DateTime, Utc};
 
 use super::{levels, task_index, LogChunk, WorkflowView};
 use crate::events::{TaskExecution, TaskState, WorkflowExecution, WorkflowStatus};
 use crate::httpd::Response;
-use crate::views::is_attempt_of;
+use crate::views::{is_attempt_of, local_time as local};
 
 /// Scripts and styles only from this server; no inline code, no frames, no form posts.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
@@ -42,12 +42,6 @@ fn enc(s: &str) -> String {
         }
     }
     out
-}
-
-fn local(t: DateTime<Utc>) -> String {
-    t.with_timezone(&Local)
-        .format("%Y-%m-%d %H:%M:%S")
-        .to_string()
 }
 
 /// `850ms`, `12.3s`, `4m 05s`, `2h 03m`.
