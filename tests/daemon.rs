@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{picoflow, run, stderr, stdout, TempDir};
+use common::{free_port, picoflow, run, stderr, stdout, wait_for, TempDir};
 
 /// A daemon started in `dir`; killed (SIGKILL) if the test did not stop it.
 struct Daemon {
@@ -74,14 +74,6 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -535,11 +527,7 @@ fn the_daemon_serves_metrics_and_health_without_stalling() {
         "this test needs the metrics feature"
     );
     let dir = TempDir::new("daemon-metrics");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     dir.write("picoflow.toml", &format!("[metrics]\nport = {port}\n"));
     dir.write(
         "tick.yaml",

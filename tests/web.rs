@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{picoflow, run, stdout, TempDir};
+use common::{free_port, picoflow, run, stdout, wait_for, TempDir};
 use serde_json::Value;
 
 const TOKEN: &str = "t0ken-with-enough-entropy-4f1c";
@@ -133,22 +133,6 @@ impl Drop for Daemon {
 
 fn write_config(dir: &Path, text: &str) {
     std::fs::write(dir.join("picoflow.toml"), text).unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A response as received.
