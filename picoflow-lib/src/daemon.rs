@@ -551,7 +551,6 @@ impl Daemon {
         let http = HttpThread::start(&self.config, &metrics, web);
 
         let ex = smol::LocalExecutor::new();
-        let reaper = ex.spawn(async_process::driver());
         let result = ex
             .run(self.main_loop(
                 &ex,
@@ -568,7 +567,6 @@ impl Daemon {
             ))
             .await;
         drop(http);
-        drop(reaper);
         let _ = std::fs::remove_file(&status_file);
         tracing::info!("daemon stopped");
         result

@@ -16,8 +16,8 @@
 //! REL-004): after a crash, the tasks that were running run again, and so does a task whose
 //! end was being synced at that instant. A failed flush stops the run, and the run ends only
 //! when everything is durable. The engine runs entirely inside the caller's executor (it
-//! drives its tasks on a local executor of its own and drives async-process's reaper itself,
-//! so no helper thread is started).
+//! drives its tasks on a local executor of its own, and a task's process is awaited through
+//! a pidfd, so no helper thread is started).
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -349,11 +349,7 @@ impl Engine {
             crate::orphans::stop_leftovers(&wf.name, crate::orphans::GRACE);
         }
         let ex = smol::LocalExecutor::new();
-        // Reaping children here keeps async-process from starting its own thread.
-        let reaper = ex.spawn(async_process::driver());
-        let result = ex.run(self.run_inner(&ex, wf, &dag, opts)).await;
-        drop(reaper);
-        result
+        ex.run(self.run_inner(&ex, wf, &dag, opts)).await
     }
 
     async fn run_inner<'a>(

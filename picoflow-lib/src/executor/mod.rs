@@ -17,6 +17,7 @@ use crate::model::Task;
 #[cfg(feature = "http")]
 mod http;
 mod shell;
+mod spawn;
 #[cfg(feature = "ssh")]
 mod ssh;
 

@@ -17,12 +17,12 @@
 //! * stdout and stderr are read concurrently while the task runs and capped at
 //!   [`CAPTURE_LIMIT`] each; nothing is buffered beyond that.
 
-use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
-use std::process::Stdio;
+use std::os::unix::process::ExitStatusExt as _;
 use std::time::Duration;
 
 use futures_lite::{future, AsyncRead, AsyncReadExt};
 
+use super::spawn::Command;
 use super::{
     BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
@@ -61,11 +61,11 @@ enum End {
 
 async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
     let mut cmd = if cfg.uses_shell() {
-        let mut c = std::process::Command::new("/bin/sh");
+        let mut c = Command::new("/bin/sh");
         c.arg("-c").arg(&cfg.command);
         c
     } else {
-        let mut c = std::process::Command::new(ctx.vars.expand(cfg.command.trim()));
+        let mut c = Command::new(ctx.vars.expand(cfg.command.trim()));
         for a in cfg.args.iter().flatten() {
             c.arg(ctx.vars.expand(a));
         }
@@ -84,26 +84,8 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
         .env(orphans::ATTEMPT_VAR, ctx.attempt.to_string())
         .env(orphans::OWNER_VAR, orphans::owner())
         .env(crate::flow::OUTPUT_VAR, ctx.output_file());
-    cmd.process_group(0);
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs in the child between fork and exec and calls only
-    // async-signal-safe functions (prctl, getppid, _exit).
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            // The parent may have died before the signal was armed.
-            if libc::getppid() != parent {
-                libc::_exit(137);
-            }
-            Ok(())
-        });
-    }
-    // Stdio must be set on the async command: converting resets it.
-    let mut cmd = async_process::Command::from(cmd);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
 
+    // In its own process group, killed if this thread dies, stdin from /dev/null.
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -272,14 +254,8 @@ mod tests {
             shared: &shared,
             output: &NoOutput,
         };
-        smol::block_on(
-            ShellExecutor
-                .execute(ctx)
-                .or(async { match async_process::driver().await {} }),
-        )
+        smol::block_on(ShellExecutor.execute(ctx))
     }
-
-    use futures_lite::FutureExt as _;
 
     fn sh(line: &str) -> ShellConfig {
         ShellConfig {

@@ -1,0 +1,571 @@
+//! Starting a local task's process cheaply, and waiting for it.
+//!
+//! `std::process::Command` forks as soon as a `pre_exec` hook is set, and the shell executor
+//! needs one (`PR_SET_PDEATHSIG`, REL-002). A fork copies the page tables of the whole engine,
+//! which then takes copy-on-write faults on every page it touches until the child has called
+//! `execve`: on a chain of `/bin/true` tasks that was most of PicoFlow's own time per task.
+//! Here the child is started the way `posix_spawn` starts one, with
+//! `clone(CLONE_VM | CLONE_VFORK)`: it runs on a small stack of its own inside the engine's
+//! memory, the engine's thread waits until it has called `execve` (or failed), and nothing is
+//! copied. Everything the child needs (paths, argument and environment arrays) is prepared
+//! before the clone, so between clone and `execve` the child makes system calls only: it
+//! allocates nothing and takes no lock.
+//!
+//! In the child, in this order: signal handlers are reset to the default (and `SIGPIPE`, which
+//! Rust ignores, too), the process gets a group of its own, asks to be killed when its parent
+//! thread dies, takes `/dev/null` and the two pipes as stdin, stdout and stderr, changes to the
+//! working directory, unblocks all signals and executes the program. A program named without
+//! `/` is looked up in the `PATH` of the child's environment, as `execvp` does, and a file that
+//! is not a recognised executable runs through `/bin/sh`. When any step fails, the child
+//! writes its `errno` into a close-on-exec pipe, which the parent returns as the spawn error;
+//! the pipe (rather than the shared memory) keeps this right where a vfork is emulated by a
+//! fork, as under qemu-user.
+//!
+//! The end of the process is awaited through a pidfd (Linux 5.3 and later), one per child;
+//! on older kernels it is polled.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read as _};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::ExitStatus;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use libc::{c_char, c_int, c_void};
+use smol::Async;
+
+/// Stack of the child between clone and `execve`; it calls a handful of libc wrappers only.
+const CHILD_STACK: usize = 32 * 1024;
+
+/// How often the end of a child is checked on a kernel without pidfds.
+const POLL_WITHOUT_PIDFD: Duration = Duration::from_millis(5);
+
+/// A command to start: program, arguments, environment changes and working directory.
+#[derive(Debug)]
+pub(crate) struct Command {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    dir: Option<OsString>,
+}
+
+impl Command {
+    pub(crate) fn new(program: impl Into<OsString>) -> Command {
+        Command {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            dir: None,
+        }
+    }
+
+    pub(crate) fn arg(&mut self, a: impl Into<OsString>) -> &mut Command {
+        self.args.push(a.into());
+        self
+    }
+
+    /// Sets a variable on top of the inherited environment (a later value wins).
+    pub(crate) fn env(&mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> &mut Command {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub(crate) fn current_dir(&mut self, dir: impl Into<OsString>) -> &mut Command {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// The child's environment: the engine's, with this command's variables set.
+    fn environment(&self) -> Vec<(OsString, OsString)> {
+        let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        for (k, v) in &self.env {
+            match vars.iter_mut().find(|(name, _)| name == k) {
+                Some(slot) => slot.1 = v.clone(),
+                None => vars.push((k.clone(), v.clone())),
+            }
+        }
+        vars
+    }
+
+    /// Starts the process, with stdin from `/dev/null` and stdout and stderr piped, in a new
+    /// process group whose id is the child's pid. Returns once the program is executing.
+    pub(crate) fn spawn(&self) -> io::Result<Child> {
+        let vars = self.environment();
+        let envp: Vec<CString> = vars
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.clone();
+                kv.push("=");
+                kv.push(v);
+                cstring(kv)
+            })
+            .collect::<io::Result<_>>()?;
+        let path = vars.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v);
+        let candidates = candidates(&self.program, path.map(OsString::as_os_str))?;
+        let mut argv = vec![cstring(self.program.clone())?];
+        for a in &self.args {
+            argv.push(cstring(a.clone())?);
+        }
+        let dir = self.dir.clone().map(cstring).transpose()?;
+        let sh = c"/bin/sh";
+
+        let argv_ptrs = null_terminated(&argv);
+        // `/bin/sh FILE ARGS…` for a file without a `#!` line; the child fills in FILE.
+        let mut sh_argv: Vec<*const c_char> = vec![sh.as_ptr(), std::ptr::null()];
+        sh_argv.extend(argv[1..].iter().map(|a| a.as_ptr()));
+        sh_argv.push(std::ptr::null());
+        let envp_ptrs = null_terminated(&envp);
+        let cand_ptrs: Vec<*const c_char> = candidates.iter().map(|c| c.as_ptr()).collect();
+
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (report_r, report_w) = pipe()?;
+        let null = dev_null()?;
+        let shared = ChildArgs {
+            candidates: &cand_ptrs,
+            argv: argv_ptrs.as_ptr(),
+            sh_argv: sh_argv.as_mut_ptr(),
+            envp: envp_ptrs.as_ptr(),
+            dir: dir.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
+            fds: [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+            parent: std::process::id() as libc::pid_t,
+            report: report_w.as_raw_fd(),
+        };
+        let mut stack = vec![0u8; CHILD_STACK];
+        // SAFETY: the stack grows down from its end, aligned to 16 bytes as every ABI wants.
+        let top = unsafe {
+            let end = stack.as_mut_ptr().add(CHILD_STACK);
+            end.sub(end as usize % 16)
+        };
+        // SAFETY: all signals are blocked around the clone, so no handler of the engine runs
+        // on the child's stack before the child has reset them. With CLONE_VFORK this thread
+        // is suspended until the child has called execve or _exit, so `shared`, `stack` and
+        // every array it points into outlive the child's use of them. The child runs only
+        // `child_main`, which makes system calls and writes nothing but the second slot of
+        // `sh_argv`.
+        let pid = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            let pid = libc::clone(
+                child_main,
+                top.cast::<c_void>(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                std::ptr::from_ref(&shared).cast_mut().cast::<c_void>(),
+            );
+            let clone_error = io::Error::last_os_error();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            if pid < 0 {
+                return Err(clone_error);
+            }
+            pid
+        };
+        drop((out_w, err_w, report_w, stack));
+        let mut word = [0u8; 4];
+        // Nothing (end of file) once the program runs: the pipe closed on exec.
+        let errno = match File::from(report_r).read(&mut word) {
+            Ok(4) => c_int::from_ne_bytes(word),
+            _ => 0,
+        };
+        if errno != 0 {
+            // The child has exited already: collect it.
+            let _ = wait_pid(pid, 0);
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        Child::new(pid, out_r, err_r)
+    }
+}
+
+/// A started child: its pid (which is also its process group), its output pipes, its end.
+#[derive(Debug)]
+pub(crate) struct Child {
+    pid: libc::pid_t,
+    pidfd: Option<Async<OwnedFd>>,
+    pub(crate) stdout: Option<Async<File>>,
+    pub(crate) stderr: Option<Async<File>>,
+    status: Option<ExitStatus>,
+}
+
+impl Child {
+    fn new(pid: libc::pid_t, out: OwnedFd, err: OwnedFd) -> io::Result<Child> {
+        let mut child = Child {
+            pid,
+            pidfd: None,
+            stdout: None,
+            stderr: None,
+            status: None,
+        };
+        // From here on, dropping `child` collects the process on an error.
+        child.pidfd = pidfd_open(pid)?.map(Async::new).transpose()?;
+        child.stdout = Some(Async::new(File::from(out))?);
+        child.stderr = Some(Async::new(File::from(err))?);
+        Ok(child)
+    }
+
+    pub(crate) fn id(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Waits for the process to end (once; later calls return the same status).
+    pub(crate) async fn status(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(s) = self.try_status()? {
+                return Ok(s);
+            }
+            match &self.pidfd {
+                Some(fd) => fd.readable().await?,
+                None => {
+                    smol::Timer::after(POLL_WITHOUT_PIDFD).await;
+                }
+            }
+        }
+    }
+
+    fn try_status(&mut self) -> io::Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            self.status = wait_pid(self.pid, libc::WNOHANG)?;
+        }
+        Ok(self.status)
+    }
+}
+
+impl Drop for Child {
+    /// A child dropped before its end (an error, a dropped run) is killed and collected, so
+    /// that it neither runs on unobserved nor stays a zombie.
+    fn drop(&mut self) {
+        if self.status.is_some() {
+            return;
+        }
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+        }
+        if !matches!(wait_pid(self.pid, libc::WNOHANG), Ok(Some(_))) {
+            let pid = self.pid;
+            // Not gone yet (e.g. in uninterruptible sleep): collect it off this thread.
+            let _ = std::thread::Builder::new()
+                .name("picoflow-reap".into())
+                .spawn(move || wait_pid(pid, 0));
+        }
+    }
+}
+
+/// What the child reads (and the one word it writes) in the parent's memory.
+struct ChildArgs<'a> {
+    /// Paths to try, in order.
+    candidates: &'a [*const c_char],
+    argv: *const *const c_char,
+    sh_argv: *mut *const c_char,
+    envp: *const *const c_char,
+    /// Working directory, or null.
+    dir: *const c_char,
+    /// The descriptors that become 0, 1 and 2.
+    fds: [c_int; 3],
+    parent: libc::pid_t,
+    /// Where the `errno` of a failed step goes.
+    report: c_int,
+}
+
+/// The child, from clone to `execve`. It shares the parent's memory, so it must not allocate,
+/// take locks or write anything but `args.sh_argv[1]`.
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `ChildArgs` the suspended parent keeps alive (see `spawn`).
+    let args = unsafe { &*arg.cast::<ChildArgs<'_>>() };
+    let fail = |errno: c_int| -> c_int {
+        let word = errno.max(1).to_ne_bytes();
+        // SAFETY: a write of four bytes from the stack; _exit ends the child without running
+        // anything of the parent's.
+        unsafe {
+            libc::write(args.report, word.as_ptr().cast::<c_void>(), word.len());
+            libc::_exit(127)
+        }
+    };
+    let last = || {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL)
+    };
+    // SAFETY: every call below is a thin wrapper of a system call, on values prepared by the
+    // parent; the pointers are valid while the parent is suspended.
+    unsafe {
+        for sig in 1..65 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut sa) != 0 {
+                continue; // Not a signal number this libc lets programs handle.
+            }
+            let ignored = sa.sa_sigaction == libc::SIG_IGN;
+            if sa.sa_sigaction != libc::SIG_DFL && (!ignored || sig == libc::SIGPIPE) {
+                sa.sa_sigaction = libc::SIG_DFL;
+                sa.sa_flags = 0;
+                libc::sigaction(sig, &sa, std::ptr::null_mut());
+            }
+        }
+        if libc::setpgid(0, 0) != 0 {
+            return fail(last());
+        }
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // The parent may have died before the signal was armed.
+        if libc::getppid() != args.parent {
+            libc::_exit(137);
+        }
+        for (target, &fd) in (0..).zip(args.fds.iter()) {
+            let ok = if fd == target {
+                libc::fcntl(fd, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(fd, target) == target
+            };
+            if !ok {
+                return fail(last());
+            }
+        }
+        if !args.dir.is_null() && libc::chdir(args.dir) != 0 {
+            return fail(last());
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+
+        // As execvp: go on past directories without the file; remember a permission error.
+        let mut errno = libc::ENOENT;
+        let mut denied = false;
+        for &path in args.candidates {
+            libc::execve(path, args.argv, args.envp);
+            let mut e = last();
+            if e == libc::ENOEXEC {
+                *args.sh_argv.add(1) = path;
+                libc::execve(*args.sh_argv, args.sh_argv, args.envp);
+                e = last();
+            }
+            match e {
+                libc::EACCES => {
+                    denied = true;
+                    errno = e;
+                }
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {
+                    if !denied {
+                        errno = e;
+                    }
+                }
+                _ => return fail(e),
+            }
+        }
+        fail(errno)
+    }
+}
+
+/// The paths `execvp` would try for `program` with this `PATH`.
+fn candidates(program: &OsStr, path: Option<&OsStr>) -> io::Result<Vec<CString>> {
+    if program.is_empty() {
+        return Err(io::Error::from_raw_os_error(libc::ENOENT));
+    }
+    if program.as_bytes().contains(&b'/') {
+        return Ok(vec![cstring(program.to_owned())?]);
+    }
+    let path = path.map_or(&b"/usr/local/bin:/usr/bin:/bin"[..], OsStr::as_bytes);
+    path.split(|&b| b == b':')
+        .map(|dir| {
+            let mut p = if dir.is_empty() {
+                b".".to_vec()
+            } else {
+                dir.to_vec()
+            };
+            p.push(b'/');
+            p.extend_from_slice(program.as_bytes());
+            cstring(OsString::from_vec(p))
+        })
+        .collect()
+}
+
+fn cstring(s: OsString) -> io::Result<CString> {
+    CString::new(s.into_vec()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "nul byte found in provided data",
+        )
+    })
+}
+
+fn null_terminated(items: &[CString]) -> Vec<*const c_char> {
+    let mut v: Vec<*const c_char> = items.iter().map(|c| c.as_ptr()).collect();
+    v.push(std::ptr::null());
+    v
+}
+
+/// A pipe whose two ends are closed on exec (the child gets copies without the flag).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array, which we then own.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}
+
+/// `/dev/null`, opened once for every child's stdin.
+fn dev_null() -> io::Result<&'static File> {
+    static NULL: OnceLock<File> = OnceLock::new();
+    if let Some(f) = NULL.get() {
+        return Ok(f);
+    }
+    let f = File::open("/dev/null")?;
+    Ok(NULL.get_or_init(|| f))
+}
+
+fn pidfd_open(pid: libc::pid_t) -> io::Result<Option<OwnedFd>> {
+    // SAFETY: pidfd_open returns a new descriptor (close-on-exec) that we then own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd >= 0 {
+        // SAFETY: as above.
+        return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as c_int) }));
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ENOSYS) => Ok(None),
+        e => Err(e),
+    }
+}
+
+/// waitpid(2) on one child; `None` while it runs (with `WNOHANG`).
+fn wait_pid(pid: libc::pid_t, flags: c_int) -> io::Result<Option<ExitStatus>> {
+    let mut status: c_int = 0;
+    loop {
+        // SAFETY: waitpid writes the status word into `status`.
+        match unsafe { libc::waitpid(pid, &mut status, flags) } {
+            0 => return Ok(None),
+            p if p == pid => return Ok(Some(ExitStatus::from_raw(status))),
+            _ => match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::Interrupted => continue,
+                e => return Err(e),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::AsyncReadExt as _;
+
+    fn output(cmd: &Command) -> (ExitStatus, String, String) {
+        smol::block_on(async {
+            let mut child = cmd.spawn().unwrap();
+            let (mut out, mut err) = (String::new(), String::new());
+            let mut so = child.stdout.take().unwrap();
+            let mut se = child.stderr.take().unwrap();
+            so.read_to_string(&mut out).await.unwrap();
+            se.read_to_string(&mut err).await.unwrap();
+            (child.status().await.unwrap(), out, err)
+        })
+    }
+
+    #[test]
+    fn runs_with_arguments_environment_and_directory() {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("echo \"$1:$A:$(pwd)\"; echo e >&2; read x; echo \"[$x]\"; exit 3")
+            .arg("zero")
+            .arg("one")
+            .env("A", "first")
+            .env("A", "second")
+            .current_dir("/tmp");
+        let (status, out, err) = output(&cmd);
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(out, "one:second:/tmp\n[]\n");
+        assert_eq!(err, "e\n");
+    }
+
+    #[test]
+    fn the_child_leads_its_own_group_and_has_default_signals() {
+        let mut cmd = Command::new("/bin/sh");
+        // Field 5 of /proc/PID/stat is the process group.
+        cmd.arg("-c")
+            .arg("cut -d' ' -f5 /proc/$$/stat; grep -E '^Sig(Ign|Blk)' /proc/$$/status");
+        let mut child = cmd.spawn().unwrap();
+        let pid = child.id();
+        let (status, out) = smol::block_on(async {
+            let mut s = String::new();
+            let mut so = child.stdout.take().unwrap();
+            so.read_to_string(&mut s).await.unwrap();
+            (child.status().await.unwrap(), s)
+        });
+        assert!(status.success(), "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert_eq!(lines[0], pid.to_string());
+        // Nothing blocked, and SIGPIPE (ignored by the Rust runtime) back to its default.
+        for l in &lines[1..] {
+            let mask = u64::from_str_radix(l.split_whitespace().nth(1).unwrap(), 16).unwrap();
+            assert_eq!(mask & (1 << (libc::SIGPIPE - 1)), 0, "{l}");
+            if l.starts_with("SigBlk") {
+                assert_eq!(mask, 0, "{l}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_program_or_directory_is_the_spawn_error() {
+        let e = Command::new("/nonexistent/prog").spawn().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let e = Command::new("picoflow-no-such-program")
+            .spawn()
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let mut c = Command::new("/bin/true");
+        c.current_dir("/nonexistent-dir");
+        assert_eq!(c.spawn().unwrap_err().kind(), io::ErrorKind::NotFound);
+        let file = std::env::temp_dir().join(format!("picoflow-noexec-{}", std::process::id()));
+        std::fs::write(&file, "echo no\n").unwrap();
+        let e = Command::new(&file).spawn().unwrap_err();
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+    }
+
+    #[test]
+    fn the_path_of_the_childs_environment_is_searched() {
+        let dir = std::env::temp_dir().join(format!("picoflow-spawn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // No `#!` line: it runs through /bin/sh, as with execvp.
+        let script = dir.join("pf-greet");
+        std::fs::write(&script, "echo \"hello $1\"\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut cmd = Command::new("pf-greet");
+        cmd.arg("you")
+            .env("PATH", format!("/nonexistent:{}", dir.display()));
+        let (status, out, _) = output(&cmd);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(status.success());
+        assert_eq!(out, "hello you\n");
+    }
+
+    #[test]
+    fn a_nul_byte_is_refused_before_starting() {
+        let mut c = Command::new("/bin/echo");
+        c.arg("a\0b");
+        assert_eq!(c.spawn().unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_dropped_child_is_killed_and_collected() {
+        let child = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        let proc_dir = format!("/proc/{}", child.id());
+        drop(child);
+        // A zombie keeps its /proc entry: the entry goes once the child is collected.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::path::Path::new(&proc_dir).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{proc_dir} still there"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
