@@ -1,8 +1,8 @@
 #!/bin/sh
 # Installs the system tools PicoFlow's tests use: a real OpenSSH server for the ssh
 # executor, the sqlite3 CLI for the export, promtool for the metrics format, OpenSSL headers
-# for libssh2/libcurl, headless Chromium for the web UI, and hyperfine, make and GNU time for
-# the benchmarks. Safe to run again.
+# for libssh2/libcurl, the openssl command for a TLS server, headless Chromium for the web
+# UI, and hyperfine, make and GNU time for the benchmarks. Safe to run again.
 set -eu
 
 need=""
@@ -17,6 +17,7 @@ command -v make >/dev/null 2>&1 || need="$need make"
 [ -x /usr/bin/time ] || need="$need time"
 command -v cc >/dev/null 2>&1 || need="$need gcc"
 command -v chromium >/dev/null 2>&1 || need="$need chromium"
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
 
 if [ -n "$need" ]; then
     echo "installing:$need"
@@ -36,7 +37,7 @@ if [ -n "$need" ]; then
     $SUDO apt-get install -y -qq --no-install-recommends $need
 fi
 
-for tool in /usr/sbin/sshd ssh-keygen sqlite3 promtool hyperfine make /usr/bin/time chromium; do
+for tool in /usr/sbin/sshd ssh-keygen sqlite3 promtool hyperfine make /usr/bin/time chromium openssl; do
     command -v "$tool" >/dev/null 2>&1 || { echo "missing after install: $tool" >&2; exit 1; }
 done
-echo "test tools present: sshd, ssh-keygen, sqlite3, promtool, hyperfine, make, time, chromium"
+echo "test tools present: sshd, ssh-keygen, sqlite3, promtool, hyperfine, make, time, chromium, openssl"

@@ -7,6 +7,8 @@ mod args;
 mod display;
 mod out;
 mod report;
+#[cfg(feature = "http")]
+mod tls;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,8 @@ use out::{errln, out, outln};
 const EXIT_RUN_FAILED: u8 = 3;
 
 fn main() -> ExitCode {
+    #[cfg(feature = "http")]
+    tls::main_started();
     let argv: Vec<String> = std::env::args().collect();
     let cli = args::parse(&argv);
     if cli.version {

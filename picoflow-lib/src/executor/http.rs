@@ -205,6 +205,7 @@ enum Stop {
 }
 
 async fn run(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> TaskOutput {
+    super::init_openssl();
     let prepared = match prepare(cfg, ctx) {
         Ok(p) => p,
         Err(message) => {

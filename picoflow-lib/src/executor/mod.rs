@@ -111,6 +111,26 @@ impl fmt::Debug for TaskContext<'_> {
     }
 }
 
+/// Initialises OpenSSL (once per process) before the first TLS or SSH connection, with the
+/// options the Rust bindings use: no clean-up handler at exit, which would pull the library
+/// from under threads still running then.
+///
+/// Nothing else may rely on an earlier initialisation: the `picoflow` binary defers the one
+/// the `curl` crate makes at load time to this call (`picoflow-cli/src/tls.rs`).
+#[cfg(any(feature = "http", feature = "ssh"))]
+pub(crate) fn init_openssl() {
+    const LOAD_SSL_STRINGS: u64 = 0x0020_0000;
+    const NO_ATEXIT: u64 = 0x0008_0000;
+    extern "C" {
+        fn OPENSSL_init_ssl(opts: u64, settings: *const std::ffi::c_void) -> std::ffi::c_int;
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: OPENSSL_init_ssl is thread-safe and takes null for default settings.
+    ONCE.call_once(|| unsafe {
+        OPENSSL_init_ssl(LOAD_SSL_STRINGS | NO_ATEXIT, std::ptr::null());
+    });
+}
+
 /// Per-run storage an executor may use to share expensive resources between tasks.
 #[derive(Default)]
 pub struct SharedState {

@@ -196,6 +196,7 @@ impl Target {
 
 /// Opens and authenticates a new session, every step bounded.
 async fn connect(t: &Target) -> Result<Session, Failure> {
+    super::init_openssl();
     let label = t.label();
     let addrs: Vec<SocketAddr> = {
         let host = t.host.clone();
