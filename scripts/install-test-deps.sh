@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs the system tools PicoFlow's tests use: a real OpenSSH server for the ssh
 # executor, the sqlite3 CLI for the export, promtool for the metrics format, OpenSSL headers
-# for libssh2/libcurl, the openssl command for a TLS server, headless Chromium for the web
-# UI, and hyperfine, make and GNU time for the benchmarks. Safe to run again.
+# for libssh2/libcurl, the openssl command for a TLS server, Podman (with runc) and a static
+# busybox for the container engine and test image of the docker executor, headless Chromium
+# for the web UI, and hyperfine, make and GNU time for the benchmarks. Safe to run again.
 set -eu
 
 need=""
@@ -18,6 +19,10 @@ command -v make >/dev/null 2>&1 || need="$need make"
 command -v cc >/dev/null 2>&1 || need="$need gcc"
 command -v chromium >/dev/null 2>&1 || need="$need chromium"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
+command -v podman >/dev/null 2>&1 || need="$need podman"
+command -v runc >/dev/null 2>&1 || need="$need runc"
+[ -x /usr/lib/podman/netavark ] || command -v netavark >/dev/null 2>&1 || need="$need netavark"
+dpkg -s busybox-static >/dev/null 2>&1 || need="$need busybox-static"
 
 if [ -n "$need" ]; then
     echo "installing:$need"
@@ -37,7 +42,7 @@ if [ -n "$need" ]; then
     $SUDO apt-get install -y -qq --no-install-recommends $need
 fi
 
-for tool in /usr/sbin/sshd ssh-keygen sqlite3 promtool hyperfine make /usr/bin/time chromium openssl; do
+for tool in /usr/sbin/sshd ssh-keygen sqlite3 promtool hyperfine make /usr/bin/time chromium openssl podman runc /bin/busybox; do
     command -v "$tool" >/dev/null 2>&1 || { echo "missing after install: $tool" >&2; exit 1; }
 done
-echo "test tools present: sshd, ssh-keygen, sqlite3, promtool, hyperfine, make, time, chromium, openssl"
+echo "test tools present: sshd, ssh-keygen, sqlite3, promtool, hyperfine, make, time, chromium, openssl, podman, runc, busybox"

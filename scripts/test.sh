@@ -25,7 +25,7 @@ cargo clippy -p picoflow-lib --no-default-features --all-targets -- -D warnings
 cargo clippy -p picoflow-cli --no-default-features --all-targets -- -D warnings
 
 step "each feature alone"
-for f in ssh http metrics sqlite web; do
+for f in ssh http docker metrics sqlite web; do
     cargo check -q -p picoflow-lib --no-default-features --features "$f"
 done
 

@@ -7,7 +7,7 @@ mod args;
 mod display;
 mod out;
 mod report;
-#[cfg(feature = "http")]
+#[cfg(any(feature = "http", feature = "docker"))]
 mod tls;
 
 use std::io::IsTerminal;
@@ -28,7 +28,7 @@ use out::{errln, out, outln};
 const EXIT_RUN_FAILED: u8 = 3;
 
 fn main() -> ExitCode {
-    #[cfg(feature = "http")]
+    #[cfg(any(feature = "http", feature = "docker"))]
     tls::main_started();
     let argv: Vec<String> = std::env::args().collect();
     let cli = args::parse(&argv);

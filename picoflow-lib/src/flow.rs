@@ -417,6 +417,23 @@ pub(crate) fn texts(task: &Task) -> Vec<Cow<'_, str>> {
                 json_strings(b, &mut out);
             }
         }
+        TaskConfig::Docker(c) => {
+            out.push(Cow::Borrowed(&c.image));
+            out.extend(
+                c.command
+                    .iter()
+                    .flatten()
+                    .map(|a| Cow::Borrowed(a.as_str())),
+            );
+            out.extend(c.env.values().map(|v| Cow::Borrowed(v.as_str())));
+            out.extend(c.volumes.iter().map(|v| Cow::Borrowed(v.as_str())));
+            out.extend(
+                c.workdir
+                    .iter()
+                    .chain(&c.user)
+                    .map(|v| Cow::Borrowed(v.as_str())),
+            );
+        }
         TaskConfig::Custom(v) => json_strings(v, &mut out),
     }
     if let Some(Items::From(r)) = &task.iterate_over {

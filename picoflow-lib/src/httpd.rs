@@ -407,6 +407,21 @@ fn parse_head(head: &[u8]) -> std::result::Result<Request, u16> {
     })
 }
 
+/// `s` with every byte but letters, digits and `-._~` written as `%XX`: one URL path segment
+/// or query value.
+pub(crate) fn percent_encode(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 /// Decodes `%XX` escapes; `None` for a bad escape, invalid UTF-8 or a NUL byte.
 fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();

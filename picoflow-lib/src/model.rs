@@ -218,6 +218,8 @@ pub enum TaskConfig {
     Ssh(SshConfig),
     /// `type: http`.
     Http(HttpConfig),
+    /// `type: docker`.
+    Docker(DockerConfig),
     /// Any other type: the raw `config` object for a custom executor.
     Custom(serde_json::Value),
 }
@@ -277,6 +279,45 @@ pub struct HttpConfig {
     pub timeout: u64,
     /// Accepted status codes; any 2xx when absent.
     pub expected_status: Option<Vec<u16>>,
+}
+
+/// `type: docker` configuration (EXEC-006).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerConfig {
+    /// Image reference, e.g. `alpine:3.20` or `registry.local/backup@sha256:…`.
+    pub image: String,
+    /// Command and arguments, run without a shell; the image's own command when absent.
+    pub command: Option<Vec<String>>,
+    /// Variables set in the container (the image's others stay).
+    pub env: BTreeMap<String, String>,
+    /// Working directory inside the container (`workdir`, alias `working_dir`).
+    pub workdir: Option<String>,
+    /// Bind mounts, `host:container` or `host:container:ro`.
+    pub volumes: Vec<String>,
+    /// Network mode: `none` (the default), `bridge`, `host` or a network's name.
+    pub network: String,
+    /// `user` or `user:group` (names or numbers) the command runs as.
+    pub user: Option<String>,
+    /// When the image is fetched from its registry.
+    pub pull: PullPolicy,
+    /// Whether the container is removed once the attempt is over (default true).
+    pub remove: bool,
+}
+
+/// The network a container gets when its task names none: none at all.
+pub const DEFAULT_DOCKER_NETWORK: &str = "none";
+
+/// `pull` of a docker task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Use the image on the host; a missing image fails the task (the default: a device
+    /// runs what was put on it, and does not depend on a registry).
+    #[default]
+    Never,
+    /// Pull the image when the host does not have it.
+    Missing,
+    /// Pull before every attempt.
+    Always,
 }
 
 /// The HTTP methods the HTTP executor accepts.

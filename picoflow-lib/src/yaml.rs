@@ -18,9 +18,9 @@ use serde_norway as yaml;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    is_valid_name, Catchup, Handlers, HttpConfig, Items, RunIf, ShellConfig, SshConfig, Task,
-    TaskConfig, Workflow, WorkflowConfig, DEFAULT_HTTP_TIMEOUT_SECS, DEFAULT_SSH_PORT,
-    DEFAULT_SSH_TIMEOUT_SECS, HTTP_METHODS,
+    is_valid_name, Catchup, DockerConfig, Handlers, HttpConfig, Items, PullPolicy, RunIf,
+    ShellConfig, SshConfig, Task, TaskConfig, Workflow, WorkflowConfig, DEFAULT_DOCKER_NETWORK,
+    DEFAULT_HTTP_TIMEOUT_SECS, DEFAULT_SSH_PORT, DEFAULT_SSH_TIMEOUT_SECS, HTTP_METHODS,
 };
 
 #[derive(Deserialize)]
@@ -131,6 +131,28 @@ struct RawHttp {
     timeout: Option<i64>,
     #[serde(default)]
     expected_status: Option<Vec<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    image: String,
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default, alias = "working_dir")]
+    workdir: Option<String>,
+    #[serde(default)]
+    volumes: Vec<String>,
+    #[serde(default)]
+    network: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    pull: Option<String>,
+    #[serde(default)]
+    remove: Option<bool>,
 }
 
 /// Parses workflow YAML into the model, checking every field's format and range.
@@ -522,6 +544,53 @@ fn task_config(
                 expected_status,
             })
         }
+        "docker" => {
+            let r: RawDocker = yaml::from_value(value).map_err(field_error)?;
+            if r.image.trim().is_empty() || r.image.contains(char::is_whitespace) {
+                problems.push(format!(
+                    "{where_}: config.image '{}' must be an image reference without spaces",
+                    r.image
+                ));
+            }
+            if r.command.as_ref().is_some_and(Vec::is_empty) {
+                problems.push(format!(
+                    "{where_}: config.command must list the program and its arguments"
+                ));
+            }
+            for v in &r.volumes {
+                if let Err(why) = check_volume(v) {
+                    problems.push(format!("{where_}: config.volumes: '{v}' {why}"));
+                }
+            }
+            let network = r
+                .network
+                .unwrap_or_else(|| DEFAULT_DOCKER_NETWORK.to_string());
+            if network.trim().is_empty() {
+                problems.push(format!("{where_}: config.network must not be empty"));
+            }
+            let pull = match r.pull.as_deref() {
+                None | Some("never") => PullPolicy::Never,
+                Some("missing") => PullPolicy::Missing,
+                Some("always") => PullPolicy::Always,
+                Some(other) => {
+                    problems.push(format!(
+                        "{where_}: config.pull '{other}' is not one of never, missing, always"
+                    ));
+                    PullPolicy::Never
+                }
+            };
+            TaskConfig::Docker(DockerConfig {
+                image: r.image,
+                command: r.command,
+                env: r.env,
+                workdir: r.workdir,
+                volumes: r.volumes,
+                network,
+                user: r.user,
+                pull,
+                remove: r.remove.unwrap_or(true),
+            })
+        }
         _ => match serde_json::to_value(&value) {
             Ok(j) => TaskConfig::Custom(j),
             Err(e) => {
@@ -530,6 +599,29 @@ fn task_config(
             }
         },
     })
+}
+
+/// Checks a bind mount, `host:container[:ro|rw]`: both paths absolute (the host side may
+/// also name a volume). A part built from `${VAR}` is checked when the task runs.
+pub(crate) fn check_volume(v: &str) -> std::result::Result<(), &'static str> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let (host, container) = match parts.as_slice() {
+        [h, c] | [h, c, "ro" | "rw"] => (*h, *c),
+        [_, _, _] => return Err("ends in a mode other than ro or rw"),
+        _ => return Err("must be host:container or host:container:ro"),
+    };
+    let is_volume_name = |s: &str| {
+        s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    };
+    if !host.contains("${") && !host.starts_with('/') && !is_volume_name(host) {
+        return Err("needs an absolute host path or a volume name before ':'");
+    }
+    if !container.contains("${") && !container.starts_with('/') {
+        return Err("needs an absolute path in the container after ':'");
+    }
+    Ok(())
 }
 
 fn scalar_text(v: &yaml::Value) -> Option<String> {

@@ -14,6 +14,8 @@ use std::time::Duration;
 use crate::expand::Vars;
 use crate::model::Task;
 
+#[cfg(feature = "docker")]
+mod docker;
 #[cfg(feature = "http")]
 mod http;
 mod shell;
@@ -330,7 +332,8 @@ impl Registry {
         }
     }
 
-    /// Every executor compiled into this build (`shell` always; `ssh`, `http` by feature).
+    /// Every executor compiled into this build (`shell` always; `ssh`, `http`, `docker` by
+    /// feature).
     pub fn builtin() -> Self {
         let mut r = Self::empty();
         r.register("shell", shell::ShellExecutor);
@@ -338,6 +341,8 @@ impl Registry {
         r.register("ssh", ssh::SshExecutor);
         #[cfg(feature = "http")]
         r.register("http", http::HttpExecutor);
+        #[cfg(feature = "docker")]
+        r.register("docker", docker::DockerExecutor);
         r
     }
 
@@ -358,6 +363,7 @@ pub fn feature_for(kind: &str) -> Option<&'static str> {
     match kind {
         "ssh" => Some("ssh"),
         "http" => Some("http"),
+        "docker" => Some("docker"),
         _ => None,
     }
 }

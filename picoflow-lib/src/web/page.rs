@@ -31,18 +31,7 @@ fn esc(s: &str) -> String {
     out
 }
 
-/// A name as one URL path segment.
-fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
+use crate::httpd::percent_encode as enc;
 
 /// `850ms`, `12.3s`, `4m 05s`, `2h 03m`.
 fn human(secs: f64) -> String {
