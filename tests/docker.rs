@@ -2,8 +2,8 @@
 //! Docker-compatible API service, started by each test on a socket in its own directory with
 //! its own storage, and an image built offline from Debian's static busybox (`podman
 //! import`). Covers output and exit codes, env/volumes/workdir/user, a timeout that stops and
-//! removes the container, a missing image, an engine that is down, and a killed run whose
-//! container is removed when the run is resumed.
+//! removes the container, a missing image, an engine that is down or out of reach, and a
+//! killed run whose container is removed when the run is resumed, or by the next new run.
 //!
 //! Needs `podman`, `runc` and `busybox-static` (`scripts/install-test-deps.sh`).
 
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{finish, picoflow, run, stdout, wait_for, TempDir};
+use common::{finish, picoflow, run, stderr, stdout, wait_for, TempDir};
 
 const IMAGE: &str = "localhost/picoflow-test:latest";
 
@@ -417,19 +417,50 @@ fn an_engine_that_is_down_fails_the_task_and_is_retried() {
         "{}",
         stdout(&out)
     );
+
+    // A socket PicoFlow may not open: not retried, and the message says what to do.
+    let guarded = dir.path().join("guarded.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&guarded).unwrap();
+    std::fs::set_permissions(
+        &guarded,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    // Root opens any socket: the run is made as `nobody` then, in a directory it may write.
+    let own = dir.path().join("own");
+    std::fs::create_dir_all(&own).unwrap();
+    std::fs::set_permissions(&own, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let mut cmd = picoflow(&own);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        use std::os::unix::process::CommandExt as _;
+        cmd.uid(65534).gid(65534);
+    }
+    let out = run(cmd
+        .env("DOCKER_HOST", format!("unix://{}", guarded.display()))
+        .arg("run")
+        .arg(&wf));
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("permission denied on") && text.contains("guarded.sock"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("retrying"),
+        "a permission error is not retried: {text}"
+    );
 }
 
-#[test]
-fn a_killed_run_leaves_a_container_that_resume_removes() {
-    let engine = Podman::start();
-    let dir = TempDir::new("docker-resume");
+/// A workflow whose one task marks its start in `marks` and sleeps; once the mark exists,
+/// the task ends at once.
+fn marking_workflow(dir: &TempDir, name: &str) -> (PathBuf, PathBuf) {
     let marks = dir.path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
-    // The first attempt marks its start and sleeps; the resumed one finds the mark and ends.
     let wf = dir.write(
         "r.yaml",
         &format!(
-            r#"name: resumable
+            r#"name: {name}
 tasks:
   - name: long
     type: docker
@@ -441,9 +472,15 @@ tasks:
             marks.display()
         ),
     );
-    let child = pf(dir.path(), &engine)
+    (wf, marks)
+}
+
+/// Starts a run of `wf`, kills it (SIGKILL) once its container runs, and returns the
+/// container, which outlives the run.
+fn run_and_kill(engine: &Podman, dir: &Path, wf: &Path, marks: &Path, label: &str) -> String {
+    let child = pf(dir, engine)
         .arg("run")
-        .arg(&wf)
+        .arg(wf)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -454,7 +491,7 @@ tasks:
         "the first container to start",
         || marks.join("started").exists(),
     );
-    let first = engine.containers("picoflow.workflow=resumable");
+    let first = engine.containers(label);
     assert_eq!(first.len(), 1);
     // SAFETY: kill(2) on our own child.
     unsafe {
@@ -463,7 +500,17 @@ tasks:
     finish(child, "the killed run");
     // Nothing stops a container when the process that started it dies.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(engine.containers("picoflow.workflow=resumable"), first);
+    assert_eq!(engine.containers(label), first);
+    first[0].clone()
+}
+
+#[test]
+fn a_killed_run_leaves_a_container_that_resume_removes() {
+    let engine = Podman::start();
+    let dir = TempDir::new("docker-resume");
+    let (wf, marks) = marking_workflow(&dir, "resumable");
+    let label = "picoflow.workflow=resumable";
+    let first = run_and_kill(&engine, dir.path(), &wf, &marks, label);
 
     let out = run(pf(dir.path(), &engine).args(["run", "--resume"]).arg(&wf));
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
@@ -477,14 +524,36 @@ tasks:
     let (status, _) = api(
         &engine.socket(),
         "GET",
-        &format!("/containers/{}/json", first[0]),
+        &format!("/containers/{first}/json"),
     );
     assert_eq!(
         status, 404,
         "the interrupted attempt's container is still there"
     );
-    assert_eq!(
-        engine.containers("picoflow.workflow=resumable"),
-        Vec::<String>::new()
+    assert_eq!(engine.containers(label), Vec::<String>::new());
+}
+
+#[test]
+fn a_new_run_after_a_crash_removes_the_orphaned_container() {
+    let engine = Podman::start();
+    let dir = TempDir::new("docker-orphan");
+    let (wf, marks) = marking_workflow(&dir, "orphaned");
+    let label = "picoflow.workflow=orphaned";
+    let first = run_and_kill(&engine, dir.path(), &wf, &marks, label);
+
+    // Not a resume: a new execution, which first removes what the dead run left.
+    let out = run(pf(dir.path(), &engine).arg("run").arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let (status, _) = api(
+        &engine.socket(),
+        "GET",
+        &format!("/containers/{first}/json"),
     );
+    assert_eq!(status, 404, "the orphaned container is still there");
+    assert!(
+        stderr(&out).contains("removing a container left by an interrupted execution"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(engine.containers(label), Vec::<String>::new());
 }

@@ -414,3 +414,54 @@ fn a_url_from_a_variable_validates() {
         assert!(stderr(&out).contains("feature 'http'"), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn docker_settings_are_checked_and_the_feature_named() {
+    let dir = TempDir::new("docker-config");
+    let bad = dir.write(
+        "bad-docker.yaml",
+        "name: bad\ntasks:\n  - name: ok\n    type: shell\n    config: {command: /bin/true}\n  - name: box\n    type: docker\n    config:\n      image: \"alpine 3\"\n      command: []\n      volumes: [\"data:/in\", \"relative/dir:/x\", \"/a:b\", \"/a:/b:rx\"]\n      pull: sometimes\n",
+    );
+    let out = run(picoflow(dir.path()).arg("validate").arg(&bad));
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let msg = stderr(&out);
+    for want in [
+        "line 6: task 'box': config.image 'alpine 3' must be an image reference without spaces",
+        "line 6: task 'box': config.command must list the program and its arguments",
+        "config.volumes: 'relative/dir:/x' needs an absolute host path or a volume name",
+        "config.volumes: '/a:b' needs an absolute path in the container",
+        "config.volumes: '/a:/b:rx' ends in a mode other than ro or rw",
+        "config.pull 'sometimes' is not one of never, missing, always",
+    ] {
+        assert!(msg.contains(want), "{want} missing in {msg}");
+    }
+    assert!(!msg.contains("'data:/in'"), "a named volume is fine: {msg}");
+    let typo = dir.write(
+        "typo.yaml",
+        "name: typo\ntasks:\n  - name: box\n    type: docker\n    config:\n      image: alpine\n      ports: [\"80:80\"]\n",
+    );
+    let out = run(picoflow(dir.path()).arg("validate").arg(&typo));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown field `ports`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let good = dir.write(
+        "good-docker.yaml",
+        "name: good\ntasks:\n  - name: box\n    type: docker\n    config:\n      image: registry.local:5000/backup:v2\n      command: [\"backup\", \"--to\", \"/out\"]\n      volumes: [\"/srv/out:/out\", \"cache:/cache:ro\"]\n      pull: missing\n",
+    );
+    let out = run(picoflow(dir.path()).arg("validate").arg(&good));
+    if has_feature("docker") {
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    } else {
+        // A build without the feature names it.
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            stderr(&out).contains("rebuild with the Cargo feature 'docker'"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}

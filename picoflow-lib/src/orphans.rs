@@ -46,7 +46,7 @@ pub(crate) fn owner() -> &'static str {
 }
 
 /// Whether the process named by an [`OWNER_VAR`] value still runs.
-fn owner_alive(owner: &str) -> bool {
+pub(crate) fn owner_alive(owner: &str) -> bool {
     let Some((pid, start)) = owner.split_once('.') else {
         return false;
     };
@@ -184,7 +184,8 @@ fn wait_exit(mut procs: Vec<Leftover>, deadline: Instant) -> Vec<Leftover> {
 }
 
 /// Stops the processes of `workflow` whose PicoFlow owner has died: SIGTERM, then SIGKILL
-/// after `grace`. Logs each one; returns how many there were.
+/// after `grace`; with the `docker` feature, removes its containers whose owner has died too.
+/// Logs each one; returns how many there were.
 pub(crate) fn stop_leftovers(workflow: &str, grace: Duration) -> usize {
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -241,6 +242,8 @@ pub(crate) fn stop_leftovers(workflow: &str, grace: Duration) -> usize {
         signal(p, libc::SIGKILL);
     }
     wait_exit(stubborn, Instant::now() + Duration::from_secs(1));
+    #[cfg(feature = "docker")]
+    let count = count + crate::executor::remove_orphans(workflow);
     count
 }
 

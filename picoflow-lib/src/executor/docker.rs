@@ -8,7 +8,9 @@
 //! 1. Containers an earlier attempt of the same task in the same execution left behind (the
 //!    process that ran it was killed, say) are removed, so a resumed task never runs beside its
 //!    own survivor. Every container carries labels naming its workflow, execution, task,
-//!    attempt and owner (`picoflow.*`).
+//!    attempt and owner (`picoflow.*`); before a run after a crash, the containers of the
+//!    workflow whose owner has died are removed too ([`remove_orphans`], with the processes
+//!    `orphans` stops).
 //! 2. The image is pulled when `pull` asks for it (`never` by default: a device runs what was
 //!    put on it).
 //! 3. The container is created and started: `command` without a shell, `env` (with `${VAR}`
@@ -317,6 +319,53 @@ fn socket_path(docker_host: Option<&str>) -> Result<PathBuf, Failure> {
             )),
         },
     }
+}
+
+/// Removes the containers of `workflow` whose owner (the PicoFlow process that started
+/// them) has died; how many. Part of the search for leftovers before a run (see `orphans`):
+/// nothing stops a container when the process that started it dies. Quiet when no engine is
+/// reachable, as on most machines.
+pub(crate) fn remove_orphans(workflow: &str) -> usize {
+    let Ok(socket) = socket_path(std::env::var("DOCKER_HOST").ok().as_deref()) else {
+        return 0;
+    };
+    if reachable(&socket).is_err() {
+        return 0;
+    }
+    let Ok(engine) = Engine::new(&socket) else {
+        return 0;
+    };
+    let found = smol::block_on(async {
+        let filter = json!({ "label": [format!("{LABEL_WORKFLOW}={workflow}")] });
+        let path = format!(
+            "/containers/json?all=1&filters={}",
+            percent_encode(&filter.to_string())
+        );
+        let reply = engine.call("GET", &path, None, false).await?;
+        let list: Vec<Value> = serde_json::from_slice(&reply.body).unwrap_or_default();
+        let mut removed = 0;
+        for c in &list {
+            let label = |k: &str| c["Labels"][k].as_str().unwrap_or_default().to_string();
+            let Some(id) = c["Id"].as_str() else { continue };
+            if orphans::owner_alive(&label(LABEL_OWNER)) {
+                continue;
+            }
+            tracing::warn!(
+                workflow,
+                execution = %label(LABEL_EXECUTION),
+                task = %label(LABEL_TASK),
+                container = %&id[..id.len().min(12)],
+                "removing a container left by an interrupted execution"
+            );
+            engine.remove(id).await?;
+            removed += 1;
+        }
+        Ok::<usize, Failure>(removed)
+    });
+    found.unwrap_or_else(|f| {
+        tracing::warn!(workflow, error = %f.message, "cannot look for leftover containers");
+        0
+    })
 }
 
 /// Whether the socket takes a connection; the failure says what is wrong in the user's terms.

@@ -16,6 +16,8 @@ use crate::model::Task;
 
 #[cfg(feature = "docker")]
 mod docker;
+#[cfg(feature = "docker")]
+pub(crate) use docker::remove_orphans;
 #[cfg(feature = "http")]
 mod http;
 mod shell;
