@@ -260,11 +260,17 @@ tasks:
     depends_on: [hello]
     config:
       image: {IMAGE}
-      command: ["sh", "-c", "cat in.txt; echo \"A=$A\"; pwd; id -u; touch x 2>/dev/null || echo read-only"]
+      command: ["sh", "-c", "cat in.txt; echo \"A=$A\"; pwd; id -u; touch x 2>/dev/null || echo read-only; echo \"who=$(id -u)\" >> \"$PICOFLOW_OUTPUT\""]
       env: {{A: "${{GREETING}}"}}
       workdir: /data
       user: "1000:1000"
       volumes: ["{}:/data:ro"]
+  - name: uses
+    type: docker
+    depends_on: [settings]
+    config:
+      image: {IMAGE}
+      command: ["echo", "settings ran as ${{tasks.settings.outputs.who}}"]
   - name: fails
     type: docker
     continue_on_failure: true
@@ -304,6 +310,13 @@ tasks:
         assert!(settings.contains(want), "{want} missing in {settings}");
     }
     assert!(logs("fails").contains("failing"));
+    // A value published through $PICOFLOW_OUTPUT inside a container, read by the next task.
+    assert_eq!(task(&st, "settings")["outputs"]["who"], "1000", "{st}");
+    assert!(
+        logs("uses").contains("settings ran as 1000"),
+        "{}",
+        logs("uses")
+    );
     // stdout and stderr are kept apart.
     assert_eq!(task(&st, "hello")["stdout"], "out\n", "{st}");
     assert_eq!(task(&st, "hello")["stderr"], "err\n", "{st}");

@@ -15,7 +15,8 @@
 //!    put on it).
 //! 3. The container is created and started: `command` without a shell, `env` (with `${VAR}`
 //!    expansion, as everything else), `workdir`, `user`, `volumes`, `network` (`none` unless
-//!    set).
+//!    set). The attempt's output file is mounted at `/picoflow/output` and named by
+//!    `$PICOFLOW_OUTPUT`, so a container publishes values as a shell task does.
 //! 4. Its output is streamed into the task's output, stdout and stderr apart, with the shell
 //!    executor's cap and log files, until the container ends; its exit code, read from its
 //!    state, is the attempt's.
@@ -54,6 +55,9 @@ const API: &str = "http://localhost/v1.41";
 
 /// Longest wait for one API call other than following output and pulling an image.
 const CALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// Where a container finds its attempt's output file (`$PICOFLOW_OUTPUT`).
+const OUTPUT_IN_CONTAINER: &str = "/picoflow/output";
 
 /// How often a container that is ending is looked at until it has ended.
 const EXIT_POLL: Duration = Duration::from_millis(100);
@@ -269,11 +273,26 @@ fn container_spec(
         }
         binds.push(v);
     }
-    let env: Vec<String> = cfg
+    // The attempt's output file, mounted where `$PICOFLOW_OUTPUT` says, writable whatever
+    // user the container runs as (its directory on the host is the owner's alone).
+    let output = ctx.output_file();
+    let made = crate::flow::create_output_dir(ctx.execution_id).and_then(|_| {
+        std::fs::File::create(&output)?;
+        std::fs::set_permissions(&output, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+    });
+    if let Err(e) = made {
+        return Err(Failure::new(
+            format!("cannot create the output file {}: {e}", output.display()),
+            true,
+        ));
+    }
+    binds.push(format!("{}:{OUTPUT_IN_CONTAINER}", output.display()));
+    let mut env: Vec<String> = cfg
         .env
         .iter()
         .map(|(k, v)| format!("{k}={}", expand(v)))
         .collect();
+    env.push(format!("{}={OUTPUT_IN_CONTAINER}", crate::flow::OUTPUT_VAR));
     let mut spec = json!({
         "Image": image,
         "Env": env,
