@@ -362,6 +362,47 @@ fn a_timeout_stops_and_removes_the_container() {
 }
 
 #[test]
+fn an_interrupted_run_stops_and_removes_its_container() {
+    let engine = Podman::start();
+    let dir = TempDir::new("docker-sigint");
+    let (wf, marks) = marking_workflow(&dir, "interrupted");
+    let child = pf(dir.path(), &engine)
+        .arg("run")
+        .arg(&wf)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(60), "the container to start", || {
+        marks.join("started").exists()
+    });
+    let running = engine.containers("picoflow.workflow=interrupted");
+    assert_eq!(running.len(), 1);
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = finish(child, "the interrupted run");
+    assert_eq!(out.status.code(), Some(9), "{}", stdout(&out));
+    // The container got SIGTERM, then SIGKILL (sleep ignores SIGTERM), and was removed.
+    let (status, _) = api(
+        &engine.socket(),
+        "GET",
+        &format!("/containers/{}/json", running[0]),
+    );
+    assert_eq!(status, 404, "the container outlived the run");
+    let st = status_json(dir.path(), "interrupted");
+    assert_eq!(st["execution"]["status"], "interrupted", "{st}");
+    let t = task(&st, "long");
+    assert_eq!(t["exit_code"], 130, "{st}");
+    let msg = t["error_message"].as_str().unwrap();
+    assert!(
+        msg.contains("cancelled; container") && msg.contains("stopped and removed"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn a_missing_image_and_a_failed_pull_are_named() {
     let engine = Podman::start();
     let dir = TempDir::new("docker-image");

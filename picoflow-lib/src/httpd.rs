@@ -409,6 +409,7 @@ fn parse_head(head: &[u8]) -> std::result::Result<Request, u16> {
 
 /// `s` with every byte but letters, digits and `-._~` written as `%XX`: one URL path segment
 /// or query value.
+#[cfg(any(feature = "web", feature = "docker"))]
 pub(crate) fn percent_encode(s: &str) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(s.len());
