@@ -166,7 +166,9 @@ async fn run(cfg: &DockerConfig, ctx: &TaskContext<'_>) -> TaskOutput {
     // The container's end: after its output ended, or once it has been stopped.
     let mut status = None;
     if let Some(id) = &id {
-        if !matches!(stop, Stop::Ended(_)) {
+        // Stopped unless it ended by itself: a timeout, a cancellation, or a step that failed
+        // after the container was created (its output cut off, say).
+        if !matches!(stop, Stop::Ended(Ok(()))) {
             if let Err(f) = engine.stop(id).await {
                 tracing::warn!(task = %ctx.task.name, error = %f.message, "cannot stop the container");
             }
