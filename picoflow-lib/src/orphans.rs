@@ -243,7 +243,7 @@ pub(crate) fn stop_leftovers(workflow: &str, grace: Duration) -> usize {
     }
     wait_exit(stubborn, Instant::now() + Duration::from_secs(1));
     #[cfg(feature = "docker")]
-    let count = count + crate::executor::remove_orphans(workflow);
+    let count = count + crate::executor::docker::remove_orphans(workflow);
     count
 }
 

@@ -117,13 +117,10 @@ impl Failure {
 }
 
 async fn run(cfg: &DockerConfig, ctx: &TaskContext<'_>) -> TaskOutput {
-    let socket = match socket_path(std::env::var("DOCKER_HOST").ok().as_deref()) {
+    let socket = match engine_socket() {
         Ok(s) => s,
         Err(f) => return not_run(f),
     };
-    if let Err(f) = reachable(&socket) {
-        return not_run(f);
-    }
     let key = format!("docker.client:{}", socket.display());
     let client = ctx.shared.get_or_insert(&key, || Engine::new(&socket));
     let engine = match client.as_ref() {
@@ -182,7 +179,7 @@ async fn run(cfg: &DockerConfig, ctx: &TaskContext<'_>) -> TaskOutput {
             }
         }
     }
-    let short = id.as_deref().map_or("", |i| &i[..i.len().min(12)]);
+    let short = id.as_deref().map_or("", short_id);
     match (stop, status) {
         (Stop::Ended(Err(f)), _) => {
             out.error = Some(f.message);
@@ -347,23 +344,14 @@ fn socket_path(docker_host: Option<&str>) -> Result<PathBuf, Failure> {
 /// nothing stops a container when the process that started it dies. Quiet when no engine is
 /// reachable, as on most machines.
 pub(crate) fn remove_orphans(workflow: &str) -> usize {
-    let Ok(socket) = socket_path(std::env::var("DOCKER_HOST").ok().as_deref()) else {
+    let Ok(socket) = engine_socket() else {
         return 0;
     };
-    if reachable(&socket).is_err() {
-        return 0;
-    }
     let Ok(engine) = Engine::new(&socket) else {
         return 0;
     };
     let found = smol::block_on(async {
-        let filter = json!({ "label": [format!("{LABEL_WORKFLOW}={workflow}")] });
-        let path = format!(
-            "/containers/json?all=1&filters={}",
-            percent_encode(&filter.to_string())
-        );
-        let reply = engine.call("GET", &path, None, false).await?;
-        let list: Vec<Value> = serde_json::from_slice(&reply.body).unwrap_or_default();
+        let list = engine.labelled(&[(LABEL_WORKFLOW, workflow)]).await?;
         let mut removed = 0;
         for c in &list {
             let label = |k: &str| c["Labels"][k].as_str().unwrap_or_default().to_string();
@@ -375,7 +363,7 @@ pub(crate) fn remove_orphans(workflow: &str) -> usize {
                 workflow,
                 execution = %label(LABEL_EXECUTION),
                 task = %label(LABEL_TASK),
-                container = %&id[..id.len().min(12)],
+                container = %short_id(id),
                 "removing a container left by an interrupted execution"
             );
             engine.remove(id).await?;
@@ -387,6 +375,18 @@ pub(crate) fn remove_orphans(workflow: &str) -> usize {
         tracing::warn!(workflow, error = %f.message, "cannot look for leftover containers");
         0
     })
+}
+
+/// A container's id as engines show it: its first 12 characters.
+fn short_id(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// The engine's socket (see [`socket_path`]), once it takes a connection.
+fn engine_socket() -> Result<PathBuf, Failure> {
+    let socket = socket_path(std::env::var("DOCKER_HOST").ok().as_deref())?;
+    reachable(&socket)?;
+    Ok(socket)
 }
 
 /// Whether the socket takes a connection; the failure says what is wrong in the user's terms.
@@ -507,8 +507,8 @@ impl Engine {
         .await
     }
 
-    /// Removes every container carrying all these labels, running or not; how many.
-    async fn remove_labelled(&self, labels: &[(&str, &str)]) -> Result<usize, Failure> {
+    /// Every container carrying all these labels, running or not, as the engine lists them.
+    async fn labelled(&self, labels: &[(&str, &str)]) -> Result<Vec<Value>, Failure> {
         let filter = json!({
             "label": labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()
         });
@@ -527,9 +527,13 @@ impl Engine {
                 true,
             ));
         }
-        let list: Vec<Value> = serde_json::from_slice(&reply.body).unwrap_or_default();
+        Ok(serde_json::from_slice(&reply.body).unwrap_or_default())
+    }
+
+    /// Removes every container carrying all these labels, running or not; how many.
+    async fn remove_labelled(&self, labels: &[(&str, &str)]) -> Result<usize, Failure> {
         let mut removed = 0;
-        for c in &list {
+        for c in &self.labelled(labels).await? {
             if let Some(id) = c.get("Id").and_then(Value::as_str) {
                 self.remove(id).await?;
                 removed += 1;

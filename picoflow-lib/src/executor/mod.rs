@@ -15,9 +15,7 @@ use crate::expand::Vars;
 use crate::model::Task;
 
 #[cfg(feature = "docker")]
-mod docker;
-#[cfg(feature = "docker")]
-pub(crate) use docker::remove_orphans;
+pub(crate) mod docker;
 #[cfg(feature = "http")]
 mod http;
 mod shell;

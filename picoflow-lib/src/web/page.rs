@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::{levels, task_index, LogChunk, WorkflowView};
 use crate::events::{TaskExecution, TaskState, WorkflowExecution, WorkflowStatus};
-use crate::httpd::Response;
+use crate::httpd::{percent_encode as enc, Response};
 use crate::views::{is_attempt_of, local_time as local};
 
 /// Scripts and styles only from this server; no inline code, no frames, no form posts.
@@ -30,8 +30,6 @@ fn esc(s: &str) -> String {
     }
     out
 }
-
-use crate::httpd::percent_encode as enc;
 
 /// `850ms`, `12.3s`, `4m 05s`, `2h 03m`.
 fn human(secs: f64) -> String {
