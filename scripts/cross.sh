@@ -15,7 +15,7 @@
 #
 # The binaries are copied to $CARGO_TARGET_DIR/dist/picoflow-<target>-<variant> (the target
 # directory defaults to ./target); their stripped sizes are printed. `--no-install` skips the
-# apt step. Debian's own Rust (package rustc-web, /usr/bin/rustc) is used because it ships the
+# apt step; `--install-only` stops after it. Debian's own Rust (package rustc-web, /usr/bin/rustc) is used because it ships the
 # standard library for the ARM targets as packages (libstd-rust-web-dev:<arch>); cargo is
 # whichever is on PATH.
 set -eu
@@ -25,7 +25,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 usage() {
-    echo "usage: scripts/cross.sh aarch64|armv7 [--no-install] [minimal] [full] [static] [smallest]" >&2
+    echo "usage: scripts/cross.sh aarch64|armv7 [--no-install | --install-only] [minimal] [full] [static] [smallest]" >&2
     exit 4
 }
 
@@ -49,10 +49,12 @@ case $target in
 esac
 
 install=yes
+install_only=no
 variants=""
 for a in "$@"; do
     case $a in
         --no-install) install=no ;;
+        --install-only) install_only=yes ;;
         minimal | full | smallest) variants="$variants $a" ;;
         static)
             [ "$target" = aarch64 ] || { echo "static is built for aarch64 only" >&2; exit 4; }
@@ -65,6 +67,8 @@ done
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+aptlog=$(mktemp)
+trap 'rm -f "$aptlog"' EXIT
 
 # apt-get update [OPTIONS], tried up to three times 15 s apart; returns 1 if an index is still
 # missing. When one index of a suite fails ("Mirror sync in progress?"), apt keeps the old lists
@@ -73,9 +77,9 @@ apt_update() {
     tries=0
     while :; do
         tries=$((tries + 1))
-        $SUDO apt-get update -q "$@" >/tmp/picoflow-apt-update.log 2>&1 || true
+        $SUDO apt-get update -q "$@" >"$aptlog" 2>&1 || true
         grep -qE '^(E: |W: (Failed to fetch|Some index files failed))' \
-            /tmp/picoflow-apt-update.log || return 0
+            "$aptlog" || return 0
         [ $tries -lt 3 ] || return 1
         echo "apt-get update incomplete (try $tries), retrying in 15 s" >&2
         sleep 15
@@ -108,26 +112,39 @@ EOF
     echo "warning: using the $suite index for $1 that the mirror has, which is not the signed one" >&2
 }
 
+# The multi-arch pairs: packages installed for the host and for the target, which dpkg keeps at
+# one version on every architecture.
+pairs="libstd-rust-web-dev libssl-dev libc6"
+
+# The installed version of package $1 (with its :arch), empty when it is not installed.
+installed() {
+    dpkg-query -W -f '${db:Status-Status} ${Version}' "$1" 2>/dev/null |
+        awk '$1 == "installed" { print $2 }'
+}
+
 packages_present() {
     for p in rustc-web rust-web-src qemu-user-static pkg-config xz-utils "gcc-$gnu" \
-        "libc6-dev-$arch-cross" "libstd-rust-web-dev:$arch" "libssl-dev:$arch" "libc6:$arch"; do
-        dpkg -s "$p" >/dev/null 2>&1 || return 1
+        "libc6-dev-$arch-cross"; do
+        [ -n "$(installed "$p")" ] || return 1
     done
-    host=$(dpkg-query -W -f '${Version}' "libstd-rust-web-dev:$(dpkg --print-architecture)")
-    foreign=$(dpkg-query -W -f '${Version}' "libstd-rust-web-dev:$arch")
-    [ "$host" = "$foreign" ]
+    for p in $pairs; do
+        host=$(installed "$p:$native")
+        [ -n "$host" ] && [ "$host" = "$(installed "$p:$arch")" ] || return 1
+    done
 }
+
+native=$(dpkg --print-architecture)
 
 if [ $install = yes ] && ! packages_present; then
     export DEBIAN_FRONTEND=noninteractive
     # First the lists of the architectures already configured, so that a missing index of the
     # new one cannot hold back the host's (Debian's newer Rust is in the security suite).
-    set -- -o "APT::Architectures::=$(dpkg --print-architecture)"
+    set -- -o "APT::Architectures::=$native"
     for a in $(dpkg --print-foreign-architectures); do
         [ "$a" = "$arch" ] || set -- "$@" -o "APT::Architectures::=$a"
     done
     apt_update "$@" || {
-        grep -E '^[EW]: ' /tmp/picoflow-apt-update.log >&2
+        grep -E '^[EW]: ' "$aptlog" >&2
         echo "apt-get update kept failing; try again later" >&2
         exit 1
     }
@@ -138,31 +155,52 @@ if [ $install = yes ] && ! packages_present; then
     apt_update || complete=no
     if [ $complete = no ]; then
         # Tolerated only when what is missing is the target architecture's own index.
-        if grep -E '^E: Failed to fetch' /tmp/picoflow-apt-update.log | grep -qv "binary-$arch/"; then
-            grep -E '^[EW]: ' /tmp/picoflow-apt-update.log >&2
+        if grep -E '^E: Failed to fetch' "$aptlog" | grep -qv "binary-$arch/"; then
+            grep -E '^[EW]: ' "$aptlog" >&2
             exit 1
         fi
         echo "the $arch index of a suite could not be downloaded; using the rest" >&2
     fi
-    # Multi-arch packages are installed at one version on every architecture: the host's
-    # newest Rust and OpenSSL decide, and the target's packages follow them.
-    rust=$(candidate libstd-rust-web-dev)
-    native=$(dpkg --print-architecture)
-    ssl=$(dpkg-query -W -f '${Version}' "libssl-dev:$native" 2>/dev/null ||
-        candidate "libssl-dev:$native")
-    echo "installing Debian's Rust $rust with the $arch standard library"
-    $SUDO apt-get install -y -q --no-install-recommends \
-        "rustc-web=$rust" "libstd-rust-web-dev=$rust" rust-web-src "libssl-dev:$native=$ssl" \
-        qemu-user-static pkg-config xz-utils "gcc-$gnu" "libc6-dev-$arch-cross"
-    if [ "$(candidate "libstd-rust-web-dev:$arch")" != "$rust" ] ||
-        [ "$(candidate "libssl-dev:$arch")" != "$ssl" ]; then
-        [ $complete = no ] || { echo "no libstd-rust-web-dev $rust for $arch" >&2; exit 1; }
+    # Each multi-arch pair is installed at the archive's newest version (the candidate) on both
+    # architectures, in one transaction: a host package older than the candidate is upgraded,
+    # never matched by looking for its old version for the target (the archive drops old
+    # versions, so it is seldom there).
+    mismatch() {
+        for p in $pairs; do
+            [ "$(candidate "$p:$native")" = "$(candidate "$p:$arch")" ] || echo "$p"
+        done
+    }
+    if [ -n "$(mismatch)" ] && [ $complete = no ]; then
         adopt_index "$arch"
     fi
-    $SUDO apt-get install -y -q --no-install-recommends \
-        "libstd-rust-web-dev:$arch=$rust" "libssl-dev:$arch=$ssl" "libc6:$arch"
+    for p in $(mismatch); do
+        echo "apt offers $p $(candidate "$p:$native") for $native but $(candidate "$p:$arch")" \
+            "for $arch: the two must be one version (apt-get update, or wait for the mirror)" >&2
+    done
+    [ -z "$(mismatch)" ] || exit 1
+    set -- qemu-user-static pkg-config xz-utils "gcc-$gnu" \
+        "libc6-dev-$arch-cross"
+    for p in $pairs; do
+        for a in "$native" "$arch"; do
+            v=$(candidate "$p:$a")
+            [ -n "$v" ] && [ "$v" != "(none)" ] || {
+                echo "apt knows no $p for $a: is $a's index in the sources?" >&2
+                exit 1
+            }
+            set -- "$@" "$p:$a=$v"
+        done
+    done
+    rust=$(candidate "libstd-rust-web-dev:$native")
+    echo "installing Debian's Rust $rust with the $arch standard library"
+    $SUDO apt-get install -y -q --no-install-recommends "$@" "rustc-web=$rust" "rust-web-src=$rust"
+    for p in $pairs; do
+        [ "$(installed "$p:$native")" = "$(installed "$p:$arch")" ] || {
+            echo "after the install, $p is $(installed "$p:$native") for $native and" \
+                "'$(installed "$p:$arch")' for $arch" >&2
+            exit 1
+        }
+    done
 fi
-
 rustc=/usr/bin/rustc
 [ -x $rustc ] || { echo "$rustc missing: run without --no-install" >&2; exit 1; }
 need=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
@@ -171,6 +209,7 @@ if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" != "$need" ]; th
     echo "$rustc is $have; PicoFlow needs $need (bookworm-security has it: apt-get update)" >&2
     exit 1
 fi
+[ $install_only = no ] || { echo "installed: Debian's Rust $have for $triple"; exit 0; }
 
 upper=$(echo "$triple" | tr 'a-z-' 'A-Z_')
 under=$(echo "$triple" | tr '-' '_')

@@ -3,8 +3,14 @@
 # executor, the sqlite3 CLI for the export, promtool for the metrics format, OpenSSL headers
 # for libssh2/libcurl, the openssl command for a TLS server, Podman (with runc) and a static
 # busybox for the container engine and test image of the docker executor, headless Chromium
-# for the web UI, and hyperfine, make and GNU time for the benchmarks. Safe to run again.
+# for the web UI, hyperfine, make and GNU time for the benchmarks, and debootstrap for the
+# check that these install steps work on a new machine (scripts/fresh-install-check.sh).
+# Safe to run again, from any state of a Debian 12 machine.
 set -eu
+
+installed() {
+    [ "$(dpkg-query -W -f '${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
+}
 
 need=""
 command -v /usr/sbin/sshd >/dev/null 2>&1 || need="$need openssh-server"
@@ -13,7 +19,7 @@ command -v sqlite3 >/dev/null 2>&1 || need="$need sqlite3"
 command -v promtool >/dev/null 2>&1 || need="$need prometheus"
 command -v hyperfine >/dev/null 2>&1 || need="$need hyperfine"
 command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
-dpkg -s libssl-dev >/dev/null 2>&1 || need="$need libssl-dev"
+installed libssl-dev || need="$need libssl-dev"
 command -v make >/dev/null 2>&1 || need="$need make"
 [ -x /usr/bin/time ] || need="$need time"
 command -v cc >/dev/null 2>&1 || need="$need gcc"
@@ -22,7 +28,8 @@ command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v podman >/dev/null 2>&1 || need="$need podman"
 command -v runc >/dev/null 2>&1 || need="$need runc"
 [ -x /usr/lib/podman/netavark ] || command -v netavark >/dev/null 2>&1 || need="$need netavark"
-dpkg -s busybox-static >/dev/null 2>&1 || need="$need busybox-static"
+installed busybox-static || need="$need busybox-static"
+command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
 
 if [ -n "$need" ]; then
     echo "installing:$need"
@@ -42,7 +49,7 @@ if [ -n "$need" ]; then
     $SUDO apt-get install -y -qq --no-install-recommends $need
 fi
 
-for tool in /usr/sbin/sshd ssh-keygen sqlite3 promtool hyperfine make /usr/bin/time chromium openssl podman runc /bin/busybox; do
+for tool in /usr/sbin/sshd ssh-keygen sqlite3 promtool hyperfine make /usr/bin/time chromium openssl podman runc /bin/busybox debootstrap; do
     command -v "$tool" >/dev/null 2>&1 || { echo "missing after install: $tool" >&2; exit 1; }
 done
-echo "test tools present: sshd, ssh-keygen, sqlite3, promtool, hyperfine, make, time, chromium, openssl, podman, runc, busybox"
+echo "test tools present: sshd, ssh-keygen, sqlite3, promtool, hyperfine, make, time, chromium, openssl, podman, runc, busybox, debootstrap"

@@ -1,5 +1,6 @@
 #!/bin/sh
-# The whole PicoFlow test suite: installs what the tests need, then checks formatting, lints
+# The whole PicoFlow test suite: installs what the tests need, runs those install steps again
+# in a new Debian 12 root (scripts/fresh-install-check.sh), then checks formatting, lints
 # every package with and without its default features, builds each feature alone, runs all
 # tests, runs the sample workflow and checks the binary size budget; then cross-builds the
 # aarch64 and armv7 binaries (size budget, smoke runs) and runs the integration tests against
@@ -13,6 +14,9 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "installing test tools"
 scripts/install-test-deps.sh
+
+step "the install steps in a fresh Debian 12 root whose OpenSSL is older than the archive's"
+scripts/fresh-install-check.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
