@@ -652,3 +652,43 @@ fn the_daemon_serves_metrics_and_health_without_stalling() {
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(15)), Some(0));
 }
+
+/// A scheduled loop whose items cannot be built (objects from an output) fails its task; the
+/// daemon lives on, fires it again and keeps serving its other workflows, and a restart that
+/// finds nothing to resume starts cleanly.
+#[test]
+fn a_loop_that_cannot_build_its_items_does_not_stop_the_daemon() {
+    let dir = TempDir::new("daemon-bad-loop");
+    dir.write(
+        "bad.yaml",
+        "name: bad\nschedule: \"* * * * * *\"\ntasks:\n  - name: gen\n    type: shell\n    outputs: {list: stdout}\n    config:\n      command: \"echo '[{\\\"id\\\":1},{\\\"id\\\":2}]'\"\n  - name: each\n    type: shell\n    depends_on: [gen]\n    iterate_over: \"${tasks.gen.outputs.list}\"\n    config:\n      command: \"true\"\n",
+    );
+    dir.write(
+        "tick.yaml",
+        &shell_wf("tick", "* * * * * *", "", "date +%s >> ticks.txt"),
+    );
+    let mut d = Daemon::start(dir.path(), &["bad.yaml", "tick.yaml"]);
+    wait_for(Duration::from_secs(15), "three failed loop runs", || {
+        history(dir.path(), "bad").len() >= 3
+    });
+    let ticks = lines(&dir.path().join("ticks.txt")).len();
+    wait_for(
+        Duration::from_secs(10),
+        "the other workflow to go on",
+        || lines(&dir.path().join("ticks.txt")).len() >= ticks + 2,
+    );
+    let bad = history(dir.path(), "bad");
+    assert!(
+        bad.iter().all(|e| e["status"] == "failed"),
+        "each run of the loop fails: {bad:?}"
+    );
+    let out = run(picoflow(dir.path()).args(["status", "--workflow", "bad", "--format", "json"]));
+    assert!(
+        stdout(&out).contains("items"),
+        "the loop says why: {}",
+        stdout(&out)
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(30)), Some(0), "{}", d.log());
+    assert!(!d.log().contains("panicked"), "{}", d.log());
+}

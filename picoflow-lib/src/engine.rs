@@ -709,7 +709,9 @@ impl Engine {
         let task = &run.tasks[index];
         let mut report = TaskReport::pending(&task.name);
         let spec = task.iterate_over.as_ref().expect("a loop task");
-        let list = match run.values.borrow().items(spec, &self.vars) {
+        // The borrow of the values ends here: recording a failure below borrows them again.
+        let built = run.values.borrow().items(spec, &self.vars);
+        let list = match built {
             Ok(l) => l,
             Err(e) => {
                 self.record_unrun(run, &task.name, TaskState::Failed, e, &mut report);
@@ -1333,5 +1335,46 @@ mod tests {
         let log = sink.log();
         let pos = |s: &str| log.iter().position(|l| l == s).unwrap();
         assert!(pos("skip a") < pos("start b"), "{log:?}");
+    }
+
+    /// A loop whose item list cannot be built (objects, or more items than allowed) fails its
+    /// task with a message saying why; the engine goes on and the run ends normally.
+    #[test]
+    fn a_loop_whose_items_cannot_be_built_fails_its_task_without_a_panic() {
+        let engine = Engine::new(Registry::builtin());
+        let many = (0..=crate::flow::MAX_ITEMS)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let from_output = "\"${tasks.gen.outputs.list}\"".to_string();
+        for items in [from_output, format!("[{many}]")] {
+            let text = format!(
+                r#"name: w
+tasks:
+  - name: gen
+    type: shell
+    outputs: {{list: stdout}}
+    config: {{command: "echo '[{{\"id\":1}},{{\"id\":2}}]'"}}
+  - name: each
+    type: shell
+    depends_on: [gen]
+    iterate_over: {items}
+    config: {{command: "true"}}
+  - name: after
+    type: shell
+    run_if: all_done
+    depends_on: [each]
+    config: {{command: "true"}}
+"#
+            );
+            let wf = crate::yaml::parse_workflow(&text, "w.yaml").unwrap();
+            let report = smol::block_on(engine.run(&wf, RunOptions::default())).unwrap();
+            let task = |n: &str| report.tasks.iter().find(|t| t.name == n).unwrap();
+            assert_eq!(task("each").state, TaskState::Failed, "{report:?}");
+            let message = task("each").error.clone().unwrap_or_default();
+            assert!(message.contains("item"), "{message}");
+            assert!(!report.success());
+            assert_eq!(task("after").state, TaskState::Success, "{report:?}");
+        }
     }
 }
