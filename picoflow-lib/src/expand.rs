@@ -51,6 +51,7 @@ impl Vars {
     }
 
     /// [`Vars::expand`], also giving where each inserted value lies in the result.
+    #[cfg(feature = "http")]
     pub(crate) fn expand_marked(&self, text: &str) -> (String, Vec<std::ops::Range<usize>>) {
         expand_marked(text, |n| self.get(n))
     }
