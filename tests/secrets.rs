@@ -1,5 +1,7 @@
 //! Secrets in http tasks never reach output, logs, task log files or history, even at
-//! `--log-level trace` (EXEC-003, SEC-002), against a real HTTP server on 127.0.0.1.
+//! `--log-level trace` (EXEC-003, SEC-002), against a real HTTP server on 127.0.0.1; values
+//! expanded into a URL are masked by where they come from; PicoFlow's own web token never
+//! reaches a task, whether `run` or the daemon started it.
 
 mod common;
 
@@ -198,4 +200,38 @@ fn the_web_token_never_reaches_a_task() {
     let args = stdout(&run(picoflow(dir.path()).args(["logs", "env", "expanded"])));
     assert!(args.contains("arg: visible:yes-9f2"), "{args}");
     assert!(!stdout(&out).contains(token), "{}", stdout(&out));
+}
+
+/// The same for the tasks a daemon starts on schedule.
+#[test]
+fn the_web_token_never_reaches_a_task_the_daemon_starts() {
+    let dir = TempDir::new("web-token-daemon");
+    let token = "web-tok-Dm41Qz";
+    dir.write(
+        "tick.yaml",
+        "name: tick\nschedule: \"* * * * * *\"\ntasks:\n  - name: t\n    type: shell\n    config:\n      command: \"env > seen.tmp && mv seen.tmp seen.txt\"\n",
+    );
+    let mut child = picoflow(dir.path())
+        .env("PICOFLOW_WEB_TOKEN", token)
+        .env("PICOFLOW_TEST_VISIBLE", "yes-d41")
+        .args(["--log-format", "pretty", "daemon", "start", "tick.yaml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = dir.path().join("seen.txt");
+    common::wait_for(
+        std::time::Duration::from_secs(20),
+        "a scheduled run",
+        || seen.exists(),
+    );
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(env.contains("PICOFLOW_TEST_VISIBLE=yes-d41"), "{env}");
+    assert!(
+        !env.contains("PICOFLOW_WEB_TOKEN") && !env.contains(token),
+        "the task inherited the web token: {env}"
+    );
 }
