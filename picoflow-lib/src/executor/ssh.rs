@@ -27,7 +27,8 @@
 //!   after a `\`) it stays the literal text `${PICOFLOW_REF_n}`, as it would locally. `$$`
 //!   gives a `$` for the remote shell (`$$HOME`). The remote login shell must understand
 //!   POSIX `sh` syntax (sh, dash, bash, ksh, zsh, busybox ash; not csh or fish). A value
-//!   holding a NUL byte cannot be passed and fails the task.
+//!   holding a NUL byte cannot be passed and fails the task. sshd runs the script as
+//!   `$SHELL -c SCRIPT`, so the values are on that process's command line on the remote host.
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
