@@ -17,6 +17,10 @@ use crate::error::{Error, Result};
 /// Default state file, in the working directory (`DECISIONS.md` 9).
 pub const DEFAULT_DB_PATH: &str = "picoflow.redb";
 
+/// Variables of PicoFlow's own environment that hold its secrets (the web API's token):
+/// no task's process inherits them and `${…}` does not expand them.
+pub(crate) const PRIVATE_VARS: &[&str] = &["PICOFLOW_WEB_TOKEN"];
+
 /// Resolved global settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

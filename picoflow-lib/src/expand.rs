@@ -43,11 +43,17 @@ impl Vars {
         if let Some(v) = self.fixed.get(name) {
             return Some(v.clone());
         }
-        if self.no_env {
+        if self.no_env || crate::config::PRIVATE_VARS.contains(&name) {
             None
         } else {
             std::env::var(name).ok()
         }
+    }
+
+    /// [`Vars::expand`], also giving where each inserted value lies in the result.
+    #[cfg(feature = "http")]
+    pub(crate) fn expand_marked(&self, text: &str) -> (String, Vec<std::ops::Range<usize>>) {
+        expand_marked(text, |n| self.get(n))
     }
 
     /// Expands `${VAR}` and `$$` in `text`.
@@ -69,9 +75,19 @@ impl Vars {
 }
 
 /// Expands `${VAR}` using `lookup`, `$$` to `$`.
-pub fn expand_with(text: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> String {
+pub fn expand_with(text: &str, lookup: impl FnMut(&str) -> Option<String>) -> String {
+    expand_marked(text, lookup).0
+}
+
+/// [`expand_with`], also giving where in the result each inserted value lies (byte ranges,
+/// in order), for showing the text with the values masked.
+pub(crate) fn expand_marked(
+    text: &str,
+    mut lookup: impl FnMut(&str) -> Option<String>,
+) -> (String, Vec<std::ops::Range<usize>>) {
+    let mut spans = Vec::new();
     if !text.contains('$') {
-        return text.to_string();
+        return (text.to_string(), spans);
     }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -84,7 +100,8 @@ pub fn expand_with(text: &str, mut lookup: impl FnMut(&str) -> Option<String>) -
         } else if let Some(body) = after.strip_prefix('{') {
             match body.find('}') {
                 Some(end) if is_var_name(&body[..end]) => {
-                    if let Some(v) = lookup(&body[..end]) {
+                    if let Some(v) = lookup(&body[..end]).filter(|v| !v.is_empty()) {
+                        spans.push(out.len()..out.len() + v.len());
                         out.push_str(&v);
                     }
                     rest = &body[end + 1..];
@@ -100,7 +117,7 @@ pub fn expand_with(text: &str, mut lookup: impl FnMut(&str) -> Option<String>) -
         }
     }
     out.push_str(rest);
-    out
+    (out, spans)
 }
 
 /// Whether `s` can be named in `${…}`: a variable name (`[A-Za-z_][A-Za-z0-9_]*`), or one

@@ -141,6 +141,18 @@ mod with_ssh {
                 self.path("known_hosts").display()
             )
         }
+
+        /// A task of type ssh whose command is a YAML block, so that it may hold any quotes.
+        fn script_task(&self, name: &str, script: &str, extra: &str) -> String {
+            let body: String = script.lines().map(|l| format!("        {l}\n")).collect();
+            format!(
+                "  - name: {name}\n    type: ssh\n{extra}    config:\n      host: 127.0.0.1\n      port: {}\n      user: {}\n      key_path: {}\n      known_hosts: {}\n      timeout: 5\n      command: |\n{body}",
+                self.port,
+                user(),
+                self.path("user_key").display(),
+                self.path("known_hosts").display()
+            )
+        }
     }
 
     impl Drop for Sshd {
@@ -371,5 +383,96 @@ mod with_ssh {
         );
         let logins = sshd.log().matches("Accepted publickey").count();
         assert_eq!(logins, 1, "three tasks, one session:\n{}", sshd.log());
+    }
+
+    /// A value that would run `touch` on the remote host if it were pasted into shell text,
+    /// in any quoting: command substitution, backquotes, `;`, both quotes, a newline.
+    fn hostile(dir: &Path) -> String {
+        let d = dir.display();
+        format!(
+            "a'b\"c $(touch {d}/PWNED_dollar) `touch {d}/PWNED_tick` x; touch {d}/PWNED_semi #\n\
+             '; touch {d}/PWNED_sq; '\"; touch {d}/PWNED_dq; \"\\ end $HOME * ${{HOME}}"
+        )
+    }
+
+    /// Writes `${reference}` four ways to files named `tag.*` in `dir`: inside "…", inside
+    /// '…', bare and in a here-document.
+    fn four_ways(tag: &str, reference: &str, dir: &Path) -> String {
+        let d = dir.display();
+        format!(
+            "printf %s \"{reference}\" > {d}/{tag}.dq\n\
+             printf %s '{reference}' > {d}/{tag}.sq\n\
+             printf %s {reference} > {d}/{tag}.bare\n\
+             cat > {d}/{tag}.heredoc <<EOF\n{reference}\nEOF\n"
+        )
+    }
+
+    #[test]
+    fn hostile_values_never_become_remote_shell_code() {
+        let sshd = Sshd::start("inject");
+        let dir = sshd.path("");
+        let value = hostile(&dir);
+        // From a task's output, a loop item and PicoFlow's environment.
+        let published = sshd.path("published");
+        std::fs::write(
+            &published,
+            format!("V<<END_OF_VALUE\n{value}\nEND_OF_VALUE\n"),
+        )
+        .unwrap();
+        std::env::set_var("PICOFLOW_SSH_HOSTILE", &value);
+        let item = serde_json::to_string(&value).unwrap();
+        let yaml = workflow(&format!(
+            "  - name: gen\n    type: shell\n    config:\n      command: \"cat {} > $PICOFLOW_OUTPUT\"\n{}{}{}",
+            published.display(),
+            sshd.script_task(
+                "from-output",
+                &four_ways("output", "${tasks.gen.outputs.V}", &dir),
+                "    depends_on: [gen]\n"
+            ),
+            sshd.script_task(
+                "from-item",
+                &four_ways("item", "${item}", &dir),
+                &format!("    iterate_over: [{item}]\n")
+            ),
+            sshd.script_task(
+                "from-env",
+                &four_ways("env", "${PICOFLOW_SSH_HOSTILE}", &dir),
+                ""
+            ),
+        ));
+        let report = run(&yaml);
+        for t in &report.tasks {
+            assert_eq!(t.state, TaskState::Success, "{t:?}\n{}", sshd.log());
+        }
+        let pwned: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("PWNED"))
+            .collect();
+        assert!(
+            pwned.is_empty(),
+            "the remote shell ran injected code: {pwned:?}"
+        );
+        for tag in ["output", "item", "env"] {
+            let read =
+                |ext: &str| std::fs::read_to_string(dir.join(format!("{tag}.{ext}"))).unwrap();
+            assert_eq!(read("dq"), value, "{tag} inside \"…\" arrives byte-exact");
+            assert_eq!(
+                read("bare"),
+                value,
+                "{tag} as a bare word arrives byte-exact"
+            );
+            assert_eq!(
+                read("heredoc"),
+                format!("{value}\n"),
+                "{tag} in a here-document"
+            );
+            let sq = read("sq");
+            assert!(
+                sq.starts_with("${PICOFLOW_REF_") && !sq.contains("touch"),
+                "{tag} inside '…' stays literal text, as in a local sh -c: {sq}"
+            );
+        }
     }
 }

@@ -21,7 +21,12 @@
 //! values of `Authorization`, `Proxy-Authorization`, `Cookie` and of every header whose name
 //! contains `auth`, `cookie`, `token`, `key`, `secret` or `password` (in any case), user
 //! info in the URL and query parameters with such names never appear in an event, error
-//! message or output this executor produces; they read `[REDACTED]`. isahc's own tracing
+//! message or output this executor produces; they read `[REDACTED]`. Values are also masked
+//! by where they come from, whatever a parameter is called: every `${…}` value expanded into
+//! the URL's user info, path, query or fragment is shown as `[REDACTED]` (only scheme, host
+//! and port are shown as expanded), and values expanded into header values are shown only
+//! as the `${…}` the workflow wrote. Since every message, task record, the state file, the
+//! exports and the API carry only what this executor shows, none of them holds such a value. isahc's own tracing
 //! would show them — its `isahc::wire` trace events dump the request headers, and its debug
 //! spans record the URL — so the request runs with tracing switched off (see `Client`).
 //!
@@ -117,16 +122,21 @@ struct Prepared {
 }
 
 fn prepare(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> Result<Prepared, String> {
-    let url = ctx.vars.expand(&cfg.url);
-    let shown_url = redact_url(&url);
+    let (url, spans) = ctx.vars.expand_marked(&cfg.url);
+    let (masked, hidden) = mask_values(&url, &spans);
+    let shown_url = redact_url(&masked);
     let mut redactor = Redactor::default();
     redactor.add_url(&url);
+    hidden.iter().for_each(|v| redactor.add_expanded(v));
     let mut headers = Vec::with_capacity(cfg.headers.len());
     for (name, value) in &cfg.headers {
-        let value = ctx.vars.expand(value);
+        let (value, spans) = ctx.vars.expand_marked(value);
         if is_sensitive(name) {
             redactor.add_credential(&value);
         }
+        spans
+            .iter()
+            .for_each(|r| redactor.add_expanded(&value[r.clone()]));
         headers.push((name, value));
     }
     // Messages below may quote the URL or a header's name, never a value.
@@ -525,6 +535,55 @@ fn redact_url(url: &str) -> String {
     out
 }
 
+/// The parts of a URL where an expanded value is never shown: the user info and everything
+/// after the host and port (path, query, fragment), as byte ranges.
+fn hidden_parts(url: &str) -> [std::ops::Range<usize>; 2] {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let auth_end = start
+        + url[start..]
+            .find(['/', '?', '#'])
+            .unwrap_or(url.len() - start);
+    let user_end = url[start..auth_end]
+        .rfind('@')
+        .map_or(start, |at| start + at);
+    [start..user_end, auth_end..url.len()]
+}
+
+/// `url` with every part of the values at `spans` (where [`expand_marked`] put them) that
+/// lies in a [hidden part](hidden_parts) replaced by [`REDACTED`]; and those parts.
+///
+/// [`expand_marked`]: crate::expand::Vars::expand_marked
+fn mask_values(url: &str, spans: &[std::ops::Range<usize>]) -> (String, Vec<String>) {
+    let mut masks: Vec<std::ops::Range<usize>> = Vec::new();
+    for part in hidden_parts(url) {
+        for span in spans {
+            let (start, end) = (span.start.max(part.start), span.end.min(part.end));
+            if start < end {
+                masks.push(start..end);
+            }
+        }
+    }
+    let hidden = masks.iter().map(|m| url[m.clone()].to_string()).collect();
+    masks.sort_by_key(|r| r.start);
+    // Adjacent or overlapping values read as one mask.
+    let mut merged: Vec<std::ops::Range<usize>> = Vec::with_capacity(masks.len());
+    for m in masks {
+        match merged.last_mut() {
+            Some(last) if m.start <= last.end => last.end = last.end.max(m.end),
+            _ => merged.push(m),
+        }
+    }
+    let mut out = String::with_capacity(url.len());
+    let mut at = 0;
+    for m in merged {
+        out.push_str(&url[at..m.start]);
+        out.push_str(REDACTED);
+        at = m.end;
+    }
+    out.push_str(&url[at..]);
+    (out, hidden)
+}
+
 /// Removes known secret strings from text that came from elsewhere (isahc's and curl's
 /// error messages), as a second line of defence behind never formatting secrets at all.
 #[derive(Debug, Default)]
@@ -563,6 +622,17 @@ impl Redactor {
             }
         }
     }
+
+    /// A value expanded where it is not shown. One shorter than [`Redactor::MIN_SEARCHED`]
+    /// is not searched for in other text (a digit would be masked in every number), only
+    /// kept out of what PicoFlow itself writes.
+    fn add_expanded(&mut self, value: &str) {
+        if value.len() >= Self::MIN_SEARCHED {
+            self.add(value);
+        }
+    }
+
+    const MIN_SEARCHED: usize = 4;
 
     fn add(&mut self, secret: &str) {
         if !secret.is_empty() && !self.secrets.iter().any(|s| s == secret) {
@@ -636,6 +706,36 @@ mod tests {
         // An '@' in the path is not user info.
         assert_eq!(redact_url("http://h/a@b"), "http://h/a@b");
         assert_eq!(redact_url("http://h"), "http://h");
+    }
+
+    #[test]
+    fn expanded_values_are_masked_by_where_they_lie() {
+        let mut v = crate::expand::Vars::isolated();
+        v.set("H", "example.com")
+            .set("PW", "pw1")
+            .set("S", "sig-value")
+            .set("BASE", "https://u:p@host/v1")
+            .set("ID", "42");
+        let shown = |t: &str| {
+            let (url, spans) = v.expand_marked(t);
+            let (masked, hidden) = mask_values(&url, &spans);
+            (redact_url(&masked), hidden)
+        };
+        let (u, hidden) = shown("https://${H}:8443/bot${S}/x?pass=${PW}&sig=${S}${ID}#${ID}");
+        assert_eq!(
+            u,
+            "https://example.com:8443/bot[REDACTED]/x?pass=[REDACTED]&sig=[REDACTED]#[REDACTED]"
+        );
+        assert_eq!(hidden, ["sig-value", "pw1", "sig-value", "42", "42"]);
+        // A value spanning host and path: the host part stays readable.
+        let (u, hidden) = shown("${BASE}/items");
+        assert_eq!(u, "https://[REDACTED]@host[REDACTED]/items");
+        assert_eq!(hidden, ["u:p", "/v1"]);
+        // Literal text is shown as written (secret-named parameters aside).
+        assert_eq!(
+            shown("http://h/p?a=1&api_key=2").0,
+            "http://h/p?a=1&api_key=[REDACTED]"
+        );
     }
 
     #[test]

@@ -78,9 +78,23 @@ impl Command {
         self
     }
 
-    /// The child's environment: the engine's, with this command's variables set.
+    /// The child's environment: the engine's, without PicoFlow's own secrets
+    /// ([`crate::config::PRIVATE_VARS`]), with this command's variables set.
     fn environment(&self) -> Vec<(OsString, OsString)> {
-        let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        self.environment_from(std::env::vars_os())
+    }
+
+    fn environment_from(
+        &self,
+        inherited: impl Iterator<Item = (OsString, OsString)>,
+    ) -> Vec<(OsString, OsString)> {
+        let mut vars: Vec<(OsString, OsString)> = inherited
+            .filter(|(k, _)| {
+                !crate::config::PRIVATE_VARS
+                    .iter()
+                    .any(|p| k.as_encoded_bytes() == p.as_bytes())
+            })
+            .collect();
         for (k, v) in &self.env {
             match vars.iter_mut().find(|(name, _)| name == k) {
                 Some(slot) => slot.1 = v.clone(),
@@ -480,6 +494,21 @@ mod tests {
         assert_eq!(status.code(), Some(3));
         assert_eq!(out, "one:second:/tmp\n[]\n");
         assert_eq!(err, "e\n");
+    }
+
+    #[test]
+    fn picoflows_own_secrets_are_not_inherited() {
+        let mut cmd = Command::new("env");
+        cmd.env("SET", "by the task");
+        let inherited = [
+            ("PICOFLOW_WEB_TOKEN", "t0k3n"),
+            ("PATH", "/bin"),
+            ("SET", "old"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let env = cmd.environment_from(inherited.into_iter());
+        let names: Vec<_> = env.iter().map(|(k, v)| format!("{k:?}={v:?}")).collect();
+        assert_eq!(names, ["\"PATH\"=\"/bin\"", "\"SET\"=\"by the task\""]);
     }
 
     /// What the child itself reads from `/proc/self/FILE`, with `program` and `args`: no

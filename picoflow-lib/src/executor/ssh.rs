@@ -16,9 +16,21 @@
 //! * **One session per host.** Tasks of one run that go to the same host, port, user and key
 //!   share one authenticated session (a channel each); a session that broke is replaced once.
 //! * **Variables.** `${VAR}` in `host`, `user`, `key_path` and `known_hosts` is replaced by
-//!   its value. In `command` it becomes the value as one single-quoted shell word, so a value
-//!   reaches the remote shell as data and can never inject shell syntax.
+//!   its value. No value is ever pasted into the text of `command`: each `${…}` reference
+//!   becomes a shell variable of the remote shell, as a `/bin/sh -c` command line gets them
+//!   locally. The script sent is `PICOFLOW_REF_1='…'; …; export PICOFLOW_REF_1 …;` followed
+//!   by the command with `${name}` rewritten to `${PICOFLOW_REF_n}` (see [`remote_script`]).
+//!   A value is written only inside single quotes (a `'` as `'\''`), where the shell reads
+//!   every byte as data. In the command the reference expands like a variable: inside `"…"`
+//!   and in an unquoted here-document to the value; as a bare word to the value as one word
+//!   (it is written `"${PICOFLOW_REF_n}"`, so no splitting and no globbing); inside `'…'` (or
+//!   after a `\`) it stays the literal text `${PICOFLOW_REF_n}`, as it would locally. `$$`
+//!   gives a `$` for the remote shell (`$$HOME`). The remote login shell must understand
+//!   POSIX `sh` syntax (sh, dash, bash, ksh, zsh, busybox ash; not csh or fish). A value
+//!   holding a NUL byte cannot be passed and fails the task. sshd runs the script as
+//!   `$SHELL -c SCRIPT`, so the values are on that process's command line on the remote host.
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -32,7 +44,7 @@ use futures_lite::{future, AsyncReadExt};
 use super::{
     BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
-use crate::expand::expand_with;
+use crate::expand::is_var_name;
 use crate::model::{SshConfig, TaskConfig};
 
 type Session = AsyncSession<AsyncIoTcpStream>;
@@ -121,9 +133,356 @@ fn tilde(p: &str) -> PathBuf {
     }
 }
 
-/// The value of `${VAR}` as one single-quoted shell word.
-fn shell_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
+/// The script the remote shell runs for `command`: every `${…}` reference becomes a shell
+/// variable (`PICOFLOW_REF_1`, … in order of first use), assigned and exported before the
+/// command, whose references are rewritten to them. `value` gives a reference's value
+/// (`None`: empty). Without references the script is the command (with `$$` as `$`).
+///
+/// Values are written only inside single quotes, where a POSIX shell takes every byte
+/// literally (a `'` is closed, escaped and reopened: `'\''`), so no value, whatever bytes
+/// it holds, can end its quotes: the guarantee rests on that alone. Where the command
+/// reads a reference, it is written for its quoting (see [`rewrite`]): a mistaken guess
+/// there changes how a value is split, never whether it is run.
+fn remote_script(command: &str, value: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut names: Vec<String> = Vec::new();
+    let body = rewrite(command, |name| {
+        let n = match names.iter().position(|x| x == name) {
+            Some(i) => i + 1,
+            None => {
+                names.push(name.to_string());
+                names.len()
+            }
+        };
+        format!("PICOFLOW_REF_{n}")
+    });
+    if names.is_empty() {
+        return Ok(body);
+    }
+    let mut script = String::with_capacity(body.len() + 64 * names.len());
+    for (i, name) in names.iter().enumerate() {
+        let v = value(name).unwrap_or_default();
+        if v.contains('\0') {
+            return Err(format!(
+                "${{{name}}}: the value holds a NUL byte, which cannot be passed to a remote shell"
+            ));
+        }
+        let _ = write!(
+            script,
+            "PICOFLOW_REF_{}='{}'; ",
+            i + 1,
+            v.replace('\'', r"'\''")
+        );
+    }
+    script.push_str("export");
+    for i in 1..=names.len() {
+        let _ = write!(script, " PICOFLOW_REF_{i}");
+    }
+    script.push_str("; ");
+    script.push_str(&body);
+    Ok(script)
+}
+
+/// One piece of a command as written: a character (`$$` gives a `$`) or a `${…}` reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece<'a> {
+    Char(char),
+    Ref(&'a str),
+}
+
+/// The pieces of `text`, read the way `${VAR}` expansion reads it.
+fn pieces(text: &str) -> Vec<Piece<'_>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if c == '$' {
+            let after = &rest[1..];
+            if let Some(tail) = after.strip_prefix('$') {
+                out.push(Piece::Char('$'));
+                rest = tail;
+                continue;
+            }
+            if let Some(body) = after.strip_prefix('{') {
+                if let Some(end) = body.find('}').filter(|&e| is_var_name(&body[..e])) {
+                    out.push(Piece::Ref(&body[..end]));
+                    rest = &body[end + 1..];
+                    continue;
+                }
+            }
+        }
+        out.push(Piece::Char(c));
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// A here-document whose body is still to come or being read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HereDoc {
+    delimiter: String,
+    /// `<<-`: leading tabs are removed from its lines.
+    strip_tabs: bool,
+    /// Unquoted delimiter: `$…` and `` `…` `` are expanded in the body.
+    expands: bool,
+}
+
+/// Where the shell is in the command's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Quoting {
+    /// Unquoted: the command itself, `$(…)` (with its open parentheses), `` `…` ``, and
+    /// `${…}` outside double quotes.
+    Top,
+    Paren(u32),
+    Backtick,
+    Brace,
+    /// `"…"`, and `${…}` inside it.
+    Double,
+    DoubleBrace,
+    Single,
+    /// `$'…'` (bash, ksh, zsh): single quotes with backslash escapes.
+    Ansi,
+    Comment,
+    HereDoc(HereDoc),
+}
+
+impl Quoting {
+    fn unquoted(&self) -> bool {
+        matches!(
+            self,
+            Quoting::Top | Quoting::Paren(_) | Quoting::Backtick | Quoting::Brace
+        )
+    }
+}
+
+/// `command` with `$$` as `$` and each reference `${name}` rewritten to the variable
+/// `var(name)` names: `"${V}"` where the text is unquoted (one word, as the value was
+/// before: no field splitting, no globbing), `${V}` inside double quotes and unquoted
+/// here-documents (where it expands to the value), and inside single quotes or after a
+/// backslash (where it stays literal text, as in a local `sh -c`).
+fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
+    let p = pieces(command);
+    let mut out = String::with_capacity(command.len() + 16);
+    let mut stack = vec![Quoting::Top];
+    let mut pending: Vec<HereDoc> = Vec::new();
+    let mut line_start = true;
+    let mut i = 0;
+    // Writes piece `i` as it is (a reference unquoted) and moves past it.
+    let raw = |out: &mut String, i: &mut usize, var: &mut dyn FnMut(&str) -> String| {
+        match p.get(*i) {
+            Some(Piece::Char(c)) => out.push(*c),
+            Some(Piece::Ref(name)) => {
+                let _ = write!(out, "${{{}}}", var(name));
+            }
+            None => return,
+        }
+        *i += 1;
+    };
+    while i < p.len() {
+        let ctx = stack.last().cloned().unwrap_or(Quoting::Top);
+        if let (Quoting::HereDoc(h), true) = (&ctx, line_start) {
+            if let Some(n) = delimiter_line(&p[i..], h) {
+                for _ in 0..n {
+                    raw(&mut out, &mut i, &mut var);
+                }
+                stack.pop();
+                line_start = true;
+                continue;
+            }
+        }
+        let c = match p[i] {
+            Piece::Ref(name) => {
+                let v = var(name);
+                if ctx.unquoted() {
+                    let _ = write!(out, "\"${{{v}}}\"");
+                } else {
+                    let _ = write!(out, "${{{v}}}");
+                }
+                i += 1;
+                line_start = false;
+                continue;
+            }
+            Piece::Char(c) => c,
+        };
+        let before = out.chars().last();
+        out.push(c);
+        i += 1;
+        let next = p.get(i).copied();
+        let mut opens = |out: &mut String, i: &mut usize, stack: &mut Vec<Quoting>, brace| {
+            match next {
+                Some(Piece::Char('(')) => stack.push(Quoting::Paren(1)),
+                Some(Piece::Char('{')) => stack.push(brace),
+                _ => return,
+            }
+            raw(out, i, &mut var);
+        };
+        match &ctx {
+            Quoting::Top | Quoting::Paren(_) | Quoting::Backtick | Quoting::Brace => match c {
+                '\\' => raw(&mut out, &mut i, &mut var),
+                '\'' => stack.push(Quoting::Single),
+                '"' => stack.push(Quoting::Double),
+                '`' if ctx == Quoting::Backtick => {
+                    stack.pop();
+                }
+                '`' => stack.push(Quoting::Backtick),
+                '$' if next == Some(Piece::Char('\'')) => {
+                    stack.push(Quoting::Ansi);
+                    raw(&mut out, &mut i, &mut var);
+                }
+                '$' => opens(&mut out, &mut i, &mut stack, Quoting::Brace),
+                '(' => {
+                    if let Some(Quoting::Paren(d)) = stack.last_mut() {
+                        *d += 1;
+                    }
+                }
+                ')' => {
+                    if let Some(Quoting::Paren(d)) = stack.last_mut() {
+                        *d -= 1;
+                        if *d == 0 {
+                            stack.pop();
+                        }
+                    }
+                }
+                '}' if ctx == Quoting::Brace => {
+                    stack.pop();
+                }
+                '#' if ctx != Quoting::Brace
+                    && before.is_none_or(|b| b.is_whitespace() || ";&|()<>".contains(b)) =>
+                {
+                    stack.push(Quoting::Comment);
+                }
+                '<' if ctx != Quoting::Brace && next == Some(Piece::Char('<')) => {
+                    raw(&mut out, &mut i, &mut var);
+                    if let Some(h) = here_doc_operator(&p, &mut i, &mut out) {
+                        pending.push(h);
+                    }
+                }
+                '\n' => stack.extend(pending.drain(..).rev().map(Quoting::HereDoc)),
+                _ => {}
+            },
+            Quoting::Double | Quoting::DoubleBrace => match c {
+                '\\' => raw(&mut out, &mut i, &mut var),
+                '"' if ctx == Quoting::Double => {
+                    stack.pop();
+                }
+                '"' => stack.push(Quoting::Double),
+                '`' => stack.push(Quoting::Backtick),
+                '$' => opens(&mut out, &mut i, &mut stack, Quoting::DoubleBrace),
+                '}' if ctx == Quoting::DoubleBrace => {
+                    stack.pop();
+                }
+                _ => {}
+            },
+            Quoting::Single => {
+                if c == '\'' {
+                    stack.pop();
+                }
+            }
+            Quoting::Ansi => match c {
+                '\\' => raw(&mut out, &mut i, &mut var),
+                '\'' => {
+                    stack.pop();
+                }
+                _ => {}
+            },
+            Quoting::Comment => {
+                if c == '\n' {
+                    stack.pop();
+                    stack.extend(pending.drain(..).rev().map(Quoting::HereDoc));
+                }
+            }
+            Quoting::HereDoc(h) => {
+                if h.expands {
+                    match c {
+                        '\\' => raw(&mut out, &mut i, &mut var),
+                        '`' => stack.push(Quoting::Backtick),
+                        '$' => opens(&mut out, &mut i, &mut stack, Quoting::DoubleBrace),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        line_start = c == '\n';
+    }
+    out
+}
+
+/// After `<<`: reads `-`, blanks and the delimiter word (copying them to `out`); the
+/// here-document it starts, or `None` for `<<<` or a missing word.
+fn here_doc_operator(p: &[Piece<'_>], i: &mut usize, out: &mut String) -> Option<HereDoc> {
+    let take = |i: &mut usize, out: &mut String| -> Option<char> {
+        match p.get(*i) {
+            Some(Piece::Char(c)) => {
+                out.push(*c);
+                *i += 1;
+                Some(*c)
+            }
+            _ => None,
+        }
+    };
+    let peek = |i: usize| match p.get(i) {
+        Some(Piece::Char(c)) => Some(*c),
+        _ => None,
+    };
+    if peek(*i) == Some('<') {
+        take(i, out);
+        return None;
+    }
+    let strip_tabs = peek(*i) == Some('-');
+    if strip_tabs {
+        take(i, out);
+    }
+    while matches!(peek(*i), Some(' ' | '\t')) {
+        take(i, out);
+    }
+    let mut delimiter = String::new();
+    let mut quoted = false;
+    let mut quote: Option<char> = None;
+    while let Some(c) = peek(*i) {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => delimiter.push(c),
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                quoted = true;
+            }
+            None if c == '\\' => {
+                quoted = true;
+                take(i, out);
+                match peek(*i) {
+                    Some(e) => delimiter.push(e),
+                    None => break,
+                }
+            }
+            None if c.is_whitespace() || ";&|<>()".contains(c) => break,
+            None => delimiter.push(c),
+        }
+        take(i, out);
+    }
+    (!delimiter.is_empty()).then_some(HereDoc {
+        delimiter,
+        strip_tabs,
+        expands: !quoted,
+    })
+}
+
+/// When the line starting `p` ends here-document `h`: how many pieces it has (its newline
+/// included).
+fn delimiter_line(p: &[Piece<'_>], h: &HereDoc) -> Option<usize> {
+    let mut line = String::new();
+    let mut n = 0;
+    for piece in p {
+        n += 1;
+        match piece {
+            Piece::Char('\n') => break,
+            Piece::Char(c) => line.push(*c),
+            Piece::Ref(_) => return None,
+        }
+    }
+    let text = if h.strip_tabs {
+        line.trim_start_matches('\t')
+    } else {
+        line.as_str()
+    };
+    (text == h.delimiter).then_some(n)
 }
 
 fn key_path(cfg: &SshConfig, ctx: &TaskContext<'_>) -> PathBuf {
@@ -304,9 +663,10 @@ async fn run(ctx: &TaskContext<'_>, cfg: &SshConfig) -> TaskOutput {
         ),
         limit: Duration::from_secs(cfg.timeout.max(1)),
     };
-    let command = expand_with(&cfg.command, |name| {
-        Some(shell_quote(&ctx.vars.get(name).unwrap_or_default()))
-    });
+    let command = match remote_script(&cfg.command, |name| ctx.vars.get(name)) {
+        Ok(c) => c,
+        Err(message) => return TaskOutput::failed(message, false),
+    };
     match attempt(ctx, &target, &command).await {
         Ok(out) => out,
         Err(f) => {
@@ -475,14 +835,107 @@ async fn attempt(ctx: &TaskContext<'_>, t: &Target, command: &str) -> Result<Tas
 mod tests {
     use super::*;
 
+    fn script(command: &str, values: &[(&str, &str)]) -> String {
+        remote_script(command, |n| {
+            values
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap()
+    }
+
     #[test]
-    fn values_become_single_quoted_words() {
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("x'; rm -rf /; '"), r"'x'\''; rm -rf /; '\'''");
-        let cmd = expand_with("echo ${V} $$HOME", |n| {
-            (n == "V").then(|| shell_quote("$(reboot)"))
-        });
-        assert_eq!(cmd, "echo '$(reboot)' $HOME");
+    fn values_are_assigned_in_single_quotes_and_never_pasted_into_the_command() {
+        assert_eq!(
+            script("echo \"a ${V}\" '${V}' ${V} $$HOME ${W}", &[("V", "x'; rm -rf /; '")]),
+            r"PICOFLOW_REF_1='x'\''; rm -rf /; '\'''; PICOFLOW_REF_2=''; export PICOFLOW_REF_1 PICOFLOW_REF_2; echo ${q}a ${PICOFLOW_REF_1}${q} '${PICOFLOW_REF_1}' ${q}${PICOFLOW_REF_1}${q} $HOME ${q}${PICOFLOW_REF_2}${q}"
+                .replace("${q}", "\"")
+        );
+        // Without references the command is sent as written, `$$` as `$`.
+        assert_eq!(
+            script("echo $$HOME ${not-a-name}", &[]),
+            "echo $HOME ${not-a-name}"
+        );
+        assert!(remote_script("echo ${V}", |_| Some("a\0b".into()))
+            .unwrap_err()
+            .contains("NUL"));
+    }
+
+    #[test]
+    fn references_are_rewritten_for_their_quoting() {
+        let r = |c: &str| rewrite(c, |n| n.to_uppercase());
+        // Command substitution, backquotes, parameter expansion, nested double quotes.
+        assert_eq!(r("echo $(cat ${f})"), "echo $(cat \"${F}\")");
+        assert_eq!(
+            r("echo \"$(cat \"${f}\") ${g}\""),
+            "echo \"$(cat \"${F}\") ${G}\""
+        );
+        assert_eq!(
+            r("echo `cat ${f}` $((1 + 2)) ${g}"),
+            "echo `cat \"${F}\"` $((1 + 2)) \"${G}\""
+        );
+        assert_eq!(
+            r("echo $${X:-${v}} \"$${X:-${v}}\""),
+            "echo ${X:-\"${V}\"} \"${X:-${V}}\""
+        );
+        // Escaped, in $'…' and after a comment's quote: literal or unaffected.
+        assert_eq!(
+            r("echo \\${v} $'it\\'s ${v}' ${w}"),
+            "echo \\${V} $'it\\'s ${V}' \"${W}\""
+        );
+        assert_eq!(r("# don't\necho ${v}"), "# don't\necho \"${V}\"");
+        assert_eq!(r("echo a#b ${v}"), "echo a#b \"${V}\"");
+        // Here-documents: expanding, quoted, with tabs stripped, two on one line.
+        assert_eq!(
+            r("cat <<EOF > f\n'${v}' \"x\"\nEOF\necho ${w}"),
+            "cat <<EOF > f\n'${V}' \"x\"\nEOF\necho \"${W}\""
+        );
+        assert_eq!(
+            r("cat <<-'E' # it's\n\t${v}\n\tE\necho ${w}"),
+            "cat <<-'E' # it's\n\t${V}\n\tE\necho \"${W}\""
+        );
+        assert_eq!(
+            r("cat <<A <<\"B\"\n${v}\nA\n${w}\nB\n${x}"),
+            "cat <<A <<\"B\"\n${V}\nA\n${W}\nB\n\"${X}\""
+        );
+        assert_eq!(r("cat <<< ${v}"), "cat <<< \"${V}\"");
+    }
+
+    /// The script runs under the POSIX shells a remote host may have as login shell, with
+    /// a hostile value arriving as data in every quoting and running nothing.
+    #[test]
+    fn the_script_is_safe_under_every_local_posix_shell() {
+        let dir = std::env::temp_dir().join(format!("pf-script-{}", crate::events::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let value = format!(
+            "a'b\"c $(touch {d}/P1) `touch {d}/P2` x; touch {d}/P3 #\n'; touch {d}/P4; '\"\\ * $HOME"
+        );
+        let command =
+            "printf '%s|' \"${V}\" ${V} '${V}' \"$(printf %s ${V})\"\ncat <<EOF\n${V}\nEOF";
+        let script = remote_script(command, |_| Some(value.clone())).unwrap();
+        let expected = format!("{value}|{value}|${{PICOFLOW_REF_1}}|{value}|{value}\n");
+        let mut shells = vec!["/bin/sh"];
+        for sh in ["/bin/dash", "/bin/bash", "/bin/busybox"] {
+            if Path::new(sh).exists() {
+                shells.push(sh);
+            } else {
+                eprintln!("{sh} is not installed here: not tried");
+            }
+        }
+        for sh in shells {
+            let mut cmd = std::process::Command::new(sh);
+            if sh.ends_with("busybox") {
+                cmd.arg("sh");
+            }
+            let out = cmd.arg("-c").arg(&script).output().unwrap();
+            assert!(out.status.success(), "{sh}: {out:?}");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{sh}");
+            let made: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+            assert!(made.is_empty(), "{sh} ran injected code: {made:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
