@@ -612,11 +612,57 @@ fn the_backup_example_runs_and_validate_and_graph_show_its_flow() {
         "the failure webhook is for failures"
     );
 
+    assert!(dir.path().join("backups/uploaded.sha256").exists());
+
     // Again with the same dump: nothing to compress, so nothing to upload.
     let tasks = run_backup();
     assert_eq!(task(&tasks, "compress")["status"], "skipped");
     assert_eq!(
         task(&tasks, "upload")["error_message"],
         "skipped: iterate_over has no items"
+    );
+
+    // A new dump whose upload fails leaves no mark: the next run compresses and uploads again.
+    std::fs::remove_file(dir.path().join("backups/uploaded.sha256")).unwrap();
+    std::fs::remove_file(dir.path().join("backups/remote/dump.sql.gz")).unwrap();
+    std::fs::create_dir(dir.path().join("backups/remote/dump.sql.gz")).unwrap();
+    let out = run(picoflow(dir.path())
+        .env("BACKUP_DIR", dir.path().join("backups"))
+        .env(
+            "WEBHOOK_URL",
+            format!("http://127.0.0.1:{}/hook", server.port),
+        )
+        .arg("run")
+        .arg(&example));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the upload fails: {}",
+        stdout(&out)
+    );
+    assert!(!dir.path().join("backups/uploaded.sha256").exists());
+    std::fs::remove_dir(dir.path().join("backups/remote/dump.sql.gz")).unwrap();
+    let tasks = run_backup();
+    assert_eq!(task(&tasks, "compress")["status"], "success");
+    assert!(dir.path().join("backups/remote/dump.sql.gz").is_file());
+    assert!(dir.path().join("backups/uploaded.sha256").exists());
+
+    // A directory that cannot be made fails the dump loudly, writing nothing elsewhere.
+    std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
+    let out = run(picoflow(dir.path())
+        .env("BACKUP_DIR", dir.path().join("not-a-dir/backups"))
+        .env(
+            "WEBHOOK_URL",
+            format!("http://127.0.0.1:{}/hook", server.port),
+        )
+        .arg("run")
+        .arg(&example));
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    let tasks = status(dir.path(), "backup").1;
+    assert_eq!(task(&tasks, "dump")["status"], "failed");
+    assert!(!dir.path().join("dump.sql").exists());
+    assert!(
+        !server.requests().is_empty(),
+        "the failure webhook was called"
     );
 }
