@@ -354,16 +354,74 @@ mod with_ssh {
         keep.join().unwrap();
     }
 
+    /// The processes whose command line holds `marker` (the remote side runs on this host).
+    fn processes_with(marker: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let zombie = stat.rsplit(") ").next().is_some_and(|r| r.starts_with('Z'));
+            if text.contains(marker) && !text.contains("cargo") && !zombie {
+                found.push(format!("{name}: {text}"));
+            }
+        }
+        found
+    }
+
+    /// The remote command ends with its task: at the timeout, and when the run is cancelled
+    /// (sshd leaves a command without a terminal running when its channel closes).
     #[test]
-    fn the_task_timeout_stops_the_remote_command() {
+    fn the_task_timeout_and_cancellation_stop_the_remote_command() {
         let sshd = Sshd::start("timeout");
         let t0 = Instant::now();
-        let report = run(&workflow(&sshd.task("nap", "sleep 30", "    timeout: 2\n")));
+        let report = run(&workflow(&sshd.task(
+            "nap",
+            "sleep 30.25; echo done",
+            "    timeout: 2\n",
+        )));
         let t = &report.tasks[0];
         assert_eq!(t.state, TaskState::Timeout, "{t:?}");
         assert_eq!(t.exit_code, Some(124));
         let took = t0.elapsed();
-        assert!(took < Duration::from_secs(5), "took {took:?}");
+        assert!(took < Duration::from_secs(6), "took {took:?}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !processes_with("sleep 30.25").is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(processes_with("sleep 30.25"), Vec::<String>::new());
+
+        // Cancelled a second after it started.
+        let registry = Registry::builtin();
+        let yaml = workflow(&sshd.task("nap", "sleep 30.5; echo done", ""));
+        let wf = parse_workflow(&yaml, "ssh.yaml", &registry).unwrap();
+        let (canceller, cancel) = picoflow_lib::CancelToken::new();
+        let engine = Engine::new(registry).with_log_dir(
+            std::env::temp_dir().join(format!("picoflow-ssh-logs-{}", std::process::id())),
+        );
+        let options = RunOptions {
+            cancel,
+            ..RunOptions::default()
+        };
+        let report = smol::block_on(futures_lite::future::zip(engine.run(&wf, options), async {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while processes_with("sleep 30.5").is_empty() && Instant::now() < deadline {
+                smol::Timer::after(Duration::from_millis(100)).await;
+            }
+            canceller.cancel();
+        }))
+        .0
+        .unwrap();
+        assert_ne!(report.tasks[0].state, TaskState::Success);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !processes_with("sleep 30.5").is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(processes_with("sleep 30.5"), Vec::<String>::new());
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //!   A connection that fails gives exit code 255 and is retried like any failure.
 //! * **Output.** stdout and stderr are read concurrently, passed to the task log and captured
 //!   with the shell executor's 10 MB cap.
+//! * **Stopping.** The script first prints its process id, its process group's (sshd makes
+//!   the command's shell a session leader); the reader takes that line off the output. At
+//!   the task's timeout or when the run is cancelled, a second channel sends SIGTERM to the
+//!   group and SIGKILL a second later: closing the channel alone leaves a command that has no
+//!   terminal running on the remote host.
 //! * **One session per host.** Tasks of one run that go to the same host, port, user and key
 //!   share one authenticated session (a channel each); a session that broke is replaced once.
 //! * **Variables.** `${VAR}` in `host`, `user`, `key_path` and `known_hosts` is replaced by
@@ -102,23 +107,61 @@ impl Executor for SshExecutor {
             let TaskConfig::Ssh(cfg) = &ctx.task.config else {
                 return TaskOutput::failed("not an ssh task", false);
             };
-            let work = run(&ctx, cfg);
+            let started = Started::default();
+            let work = run(&ctx, cfg, &started);
             let cancelled = async {
                 ctx.cancel.cancelled().await;
                 None
             };
             match future::or(async { Some(work.await) }, cancelled).await {
                 Some(out) => out,
-                None => TaskOutput {
-                    outcome: Outcome::Cancelled,
-                    exit_code: None,
-                    stdout: Capture::default(),
-                    stderr: Capture::default(),
-                    error: Some("cancelled".into()),
-                    retryable: false,
-                },
+                None => {
+                    let running = started.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some((session, group)) = running {
+                        stop_remote(&session, group).await;
+                    }
+                    TaskOutput {
+                        outcome: Outcome::Cancelled,
+                        exit_code: None,
+                        stdout: Capture::default(),
+                        stderr: Capture::default(),
+                        error: Some("cancelled".into()),
+                        retryable: false,
+                    }
+                }
             }
         })
+    }
+}
+
+/// A remote command that has started: its session and its process group, so that it can be
+/// stopped when its task times out or is cancelled.
+type Started = std::sync::Mutex<Option<(Session, u32)>>;
+
+/// The first thing the remote script does: print its process id, which is its process
+/// group's (sshd makes the command's shell a session leader). The reader takes that line off
+/// the task's output.
+const PRINT_GROUP: &str = "printf '%s\\n' \"$$\"; ";
+
+/// Stops a remote command's process group: SIGTERM, and SIGKILL a second later if any of it
+/// is left, through a new channel of the same session. Closing a channel does not stop a
+/// command that runs without a terminal: sshd only closes its pipes.
+async fn stop_remote(session: &Session, group: u32) {
+    let script = format!(
+        "kill -TERM -{group} 2>/dev/null || exit 0; sleep 1; kill -KILL -{group} 2>/dev/null; exit 0"
+    );
+    let stop = async {
+        let mut channel = session.channel_session().await?;
+        channel.exec(&script).await?;
+        channel.wait_close().await
+    };
+    if let Err(e) = future::or(async { stop.await.map_err(|e| e.to_string()) }, async {
+        smol::Timer::after(Duration::from_secs(5)).await;
+        Err("no answer within 5 s".to_string())
+    })
+    .await
+    {
+        tracing::warn!(group, error = %e, "cannot stop a remote command");
     }
 }
 
@@ -651,7 +694,7 @@ fn verify_host_key(session: &Session, t: &Target) -> Result<(), Failure> {
     }
 }
 
-async fn run(ctx: &TaskContext<'_>, cfg: &SshConfig) -> TaskOutput {
+async fn run(ctx: &TaskContext<'_>, cfg: &SshConfig, started: &Started) -> TaskOutput {
     let target = Target {
         host: ctx.vars.expand(&cfg.host),
         port: cfg.port,
@@ -664,10 +707,10 @@ async fn run(ctx: &TaskContext<'_>, cfg: &SshConfig) -> TaskOutput {
         limit: Duration::from_secs(cfg.timeout.max(1)),
     };
     let command = match remote_script(&cfg.command, |name| ctx.vars.get(name)) {
-        Ok(c) => c,
+        Ok(c) => format!("{PRINT_GROUP}{c}"),
         Err(message) => return TaskOutput::failed(message, false),
     };
-    match attempt(ctx, &target, &command).await {
+    match attempt(ctx, &target, &command, started).await {
         Ok(out) => out,
         Err(f) => {
             tracing::warn!(task = %ctx.task.name, target = %target.label(), error = %f.message, "ssh task could not run");
@@ -687,7 +730,12 @@ async fn run(ctx: &TaskContext<'_>, cfg: &SshConfig) -> TaskOutput {
     }
 }
 
-async fn attempt(ctx: &TaskContext<'_>, t: &Target, command: &str) -> Result<TaskOutput, Failure> {
+async fn attempt(
+    ctx: &TaskContext<'_>,
+    t: &Target,
+    command: &str,
+    started: &Started,
+) -> Result<TaskOutput, Failure> {
     check_key(&t.key)?;
     let pool = ctx.shared.get_or_insert("ssh-sessions", Pool::default);
     let slot = pool
@@ -744,12 +792,32 @@ async fn attempt(ctx: &TaskContext<'_>, t: &Target, command: &str) -> Result<Tas
     let read_all = async {
         let out = async {
             let mut buf = vec![0u8; 16 * 1024];
+            // The first line is the remote process group (PRINT_GROUP), not the task's.
+            let mut first: Option<Vec<u8>> = Some(Vec::new());
             loop {
                 match channel.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        ctx.output.output(Stream::Stdout, &buf[..n]);
-                        stdout.push(&buf[..n], CAPTURE_LIMIT);
+                        let mut data = &buf[..n];
+                        if let Some(line) = first.as_mut() {
+                            let end = data.iter().position(|&b| b == b'\n');
+                            line.extend_from_slice(&data[..end.unwrap_or(data.len())]);
+                            let Some(end) = end else { continue };
+                            data = &data[end + 1..];
+                            if let Some(group) = std::str::from_utf8(line)
+                                .ok()
+                                .and_then(|l| l.trim().parse::<u32>().ok())
+                                .filter(|&g| g > 1)
+                            {
+                                *started.lock().unwrap_or_else(|e| e.into_inner()) =
+                                    Some((session.clone(), group));
+                            }
+                            first = None;
+                        }
+                        if !data.is_empty() {
+                            ctx.output.output(Stream::Stdout, data);
+                            stdout.push(data, CAPTURE_LIMIT);
+                        }
                     }
                 }
             }
@@ -788,8 +856,11 @@ async fn attempt(ctx: &TaskContext<'_>, t: &Target, command: &str) -> Result<Tas
             true
         }
     };
+    let running = started.lock().unwrap_or_else(|e| e.into_inner()).take();
     if !finished {
-        // Closing the channel ends the remote command's session (sshd hangs it up).
+        if let Some((session, group)) = running {
+            stop_remote(&session, group).await;
+        }
         let _ = bounded(
             Duration::from_secs(2),
             "closing the channel to",
