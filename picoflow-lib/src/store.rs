@@ -266,12 +266,7 @@ impl Journal {
     fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
         if self.file.is_none() {
-            self.file = Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            );
+            self.file = Some(crate::private::open_append(&self.path)?);
         }
         let f = self.file.as_mut().expect("opened above");
         f.write_all(lines)?;
@@ -323,10 +318,13 @@ impl Store {
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            crate::private::create_dirs(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let db = builder(WRITER_CACHE_BYTES)
-            .create(&path)
+        // The records hold task output: the file is 0600 (an older one others could read is
+        // made so), opened here without following a link and handed to redb.
+        let file = crate::private::open_rw(&path).map_err(|e| Error::io(&path, e))?;
+        let db = redb::backends::FileBackend::new(file)
+            .and_then(|backend| builder(WRITER_CACHE_BYTES).create_with_backend(backend))
             .map_err(|e| store_err(&path, "cannot open state file")(e.into()))?;
         let db = Arc::new(db);
         // Create the tables once so that readers find them (and skip the commit, an fsync,
@@ -366,6 +364,10 @@ impl Store {
         let path = path.as_ref().to_path_buf();
         if !path.exists() {
             return Ok(None);
+        }
+        // A state file of ours from an older version, open to others, is made 0600.
+        if let Ok(f) = crate::private::open_read(&path) {
+            let _ = crate::private::tighten(&f);
         }
         let handle = match builder(READER_CACHE_BYTES).open_read_only(&path) {
             Ok(db) => Handle::ReadOnly(db),
@@ -1272,7 +1274,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "picoflow-store-{name}-{}-{}",
             std::process::id(),
-            fastrand::u32(..)
+            crate::new_id()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("state.redb")
