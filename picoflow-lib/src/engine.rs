@@ -390,8 +390,7 @@ impl Engine {
             .map(|root| execution_log_dir(root, &wf.name, execution.started_at, &execution.id));
         // Shell tasks write their outputs into files there (`$PICOFLOW_OUTPUT`). A directory
         // others could tamper with refuses the run before anything is recorded.
-        let output_dir = crate::flow::create_output_dir(self.run_dir.as_deref(), &execution.id)
-            .map_err(|e| Error::io(self.run_dir.clone().unwrap_or_else(std::env::temp_dir), e))?;
+        let output_dir = crate::flow::create_output_dir(self.run_dir.as_deref(), &execution.id)?;
         self.emit(Event::WorkflowStarted(execution.clone()));
         // The execution is on disk before its first task starts: a crash from here on leaves
         // an execution that recovery finds, and with it the tasks' leftover processes.

@@ -68,11 +68,15 @@ pub(crate) fn output_file(dir: &Path, task: &str, attempt: u32) -> PathBuf {
 pub(crate) fn create_output_dir(
     run_dir: Option<&Path>,
     execution_id: &str,
-) -> std::io::Result<PathBuf> {
+) -> crate::Result<PathBuf> {
+    let private = |d: &Path| crate::private::private_dir(d).map_err(|e| crate::Error::io(d, e));
     if let Some(base) = run_dir {
-        crate::private::private_dir(base)?;
-        let dir = base.join(execution_id);
-        crate::private::private_dir(&dir)?;
+        private(base)?;
+        // Absolute: a task may change its working directory before writing to the file.
+        let dir = std::path::absolute(base)
+            .map_err(|e| crate::Error::io(base, e))?
+            .join(execution_id);
+        private(&dir)?;
         return Ok(dir);
     }
     loop {
@@ -80,7 +84,7 @@ pub(crate) fn create_output_dir(
             "picoflow-{execution_id}-{}",
             crate::events::new_id()
         ));
-        match crate::private::private_dir(&dir) {
+        match private(&dir) {
             Err(e) if dir.symlink_metadata().is_ok() => {
                 tracing::debug!(error = %e, "output directory name taken; drawing another");
             }
@@ -660,7 +664,10 @@ mod tests {
         let run = root.join("state.redb.run");
         std::os::unix::fs::symlink(&elsewhere, &run).unwrap();
         let e = create_output_dir(Some(&run), "e1").unwrap_err().to_string();
-        assert!(e.contains("is a symbolic link"), "{e}");
+        assert!(
+            e.starts_with(&format!("{}: is a symbolic link", run.display())),
+            "{e}"
+        );
         assert!(!elsewhere.join("e1").exists());
         std::fs::remove_file(&run).unwrap();
         std::fs::create_dir(&run).unwrap();
@@ -671,6 +678,14 @@ mod tests {
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
         let d = create_output_dir(Some(&run), "e1").unwrap();
         assert_eq!(d, run.join("e1"));
+        let relative = PathBuf::from(format!("pf-flow-relative-{}", crate::new_id()));
+        let rel = create_output_dir(Some(&relative), "e1").unwrap();
+        assert!(
+            rel.is_absolute() && rel.ends_with("e1"),
+            "{}",
+            rel.display()
+        );
+        std::fs::remove_dir_all(&relative).unwrap();
         assert_eq!(create_output_dir(Some(&run), "e1").unwrap(), d);
         // Without a run directory: a new, unguessable one each time.
         let a = create_output_dir(None, "e1").unwrap();
