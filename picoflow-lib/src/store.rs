@@ -365,9 +365,14 @@ impl Store {
         if !path.exists() {
             return Ok(None);
         }
-        // A state file of ours from an older version, open to others, is made 0600.
+        // A state file of ours from an older version, open to others, is made 0600. An
+        // empty one was created by a writer killed before redb could write its header:
+        // nothing was recorded yet.
         if let Ok(f) = crate::private::open_read(&path) {
             let _ = crate::private::tighten(&f);
+            if f.metadata().is_ok_and(|m| m.len() == 0) {
+                return Ok(None);
+            }
         }
         let handle = match builder(READER_CACHE_BYTES).open_read_only(&path) {
             Ok(db) => Handle::ReadOnly(db),
@@ -1359,6 +1364,17 @@ mod tests {
         let path = temp("none");
         assert!(Store::open_read(&path).unwrap().is_none());
         assert!(!path.exists(), "a read must not create the file");
+    }
+
+    /// A writer killed between creating the state file and redb writing its header left an
+    /// empty file that `status` could not open ("Database file is empty").
+    #[test]
+    fn an_empty_file_reads_as_empty_and_is_initialised_by_a_writer() {
+        let path = temp("empty");
+        std::fs::write(&path, "").unwrap();
+        assert!(Store::open_read(&path).unwrap().is_none());
+        drop(Store::open(&path).unwrap());
+        assert!(Store::open_read(&path).unwrap().is_some());
     }
 
     #[test]
