@@ -51,10 +51,11 @@ fn secret_wf(name: &str, schedule: &str) -> String {
     )
 }
 
-/// Under umask 022 the state file, task logs and their directories, a SQLite export and the
-/// daemon's PID and status files were 0644/0755: any local user read `password=hunter2`
-/// from them (or ran `picoflow --db-path <theirs> status`). All are 0600/0700 now, and a
-/// state file of an earlier version that others could read is made 0600 when opened.
+/// Under umask 022 the state file, its journal, task logs and their directories, a SQLite
+/// export and the daemon's PID and status files were 0644/0755: any local user read
+/// `password=hunter2` from them (or ran `picoflow --db-path <theirs> status`). All are
+/// 0600/0700 now, and a state file of an earlier version that others could read is made 0600
+/// when opened.
 #[test]
 fn files_are_private_under_umask_022() {
     let dir = TempDir::new("files-modes");
@@ -86,6 +87,34 @@ fn files_are_private_under_umask_022() {
     let run_dir = dir.path().join("picoflow.redb.run");
     assert_eq!(mode(&run_dir), "0700", "directory of task outputs");
 
+    // A journal: a run killed while a task is still running leaves its journal behind, with
+    // the first task's completion in it.
+    let slow = dir.write(
+        "slow.yaml",
+        "name: slow\ntasks:\n  - name: first\n    type: shell\n    config: {command: \"echo password=hunter2\"}\n  - name: second\n    type: shell\n    depends_on: [first]\n    config: {command: \"sleep 30\"}\n",
+    );
+    let mut killed = umask_022(&mut picoflow(dir.path()))
+        .arg("run")
+        .arg(&slow)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(".journal"))
+    };
+    wait_for(Duration::from_secs(20), "the run's journal", || {
+        journal().is_some()
+    });
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let journal = journal().unwrap();
+    assert_eq!(mode(&journal), "0600", "{}", journal.display());
+
     let export = dir.path().join("history.db");
     let out = run(umask_022(&mut picoflow(dir.path()))
         .args(["export", "sqlite"])
@@ -97,7 +126,7 @@ fn files_are_private_under_umask_022() {
         assert_eq!(mode(&export), "0600", "SQLite export");
     }
 
-    // The daemon's PID and status files, and any journal beside the state file.
+    // The daemon's PID and status files.
     dir.write("idle.yaml", &secret_wf("idle", "schedule: \"0 0 1 1 *\"\n"));
     let mut daemon = umask_022(&mut picoflow(dir.path()))
         .args(["daemon", "start", "idle.yaml"])
@@ -111,8 +140,6 @@ fn files_are_private_under_umask_022() {
     });
     let pid_file = dir.path().join("picoflow.redb.pid");
     let modes = (mode(&pid_file), mode(&status));
-    let mut beside = Vec::new();
-    tree(dir.path(), &mut beside);
     // SAFETY: stopping our own child.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let _ = daemon.wait();
@@ -121,12 +148,6 @@ fn files_are_private_under_umask_022() {
         ("0600".into(), "0600".into()),
         "PID and status files"
     );
-    for p in beside
-        .iter()
-        .filter(|p| p.to_string_lossy().contains(".journal"))
-    {
-        assert_eq!(mode(p), "0600", "{}", p.display());
-    }
 }
 
 /// A throwaway local user (the other user of a shared device), removed when dropped.
