@@ -59,8 +59,9 @@ pub(crate) fn output_file(dir: &Path, task: &str, attempt: u32) -> PathBuf {
 /// With a run directory (`run_dir`; the CLI and the daemon use `<state file>.run`), it is
 /// `<run_dir>/<execution id>`: the run directory is created 0700, or, when it exists,
 /// checked with `lstat` — a directory, not a symbolic link, owned by the effective user,
-/// mode 0700 — and refused otherwise, as is such an execution directory left by a crash. So
-/// no other user can plant files or links where tasks write and the engine reads.
+/// mode 0700 — and refused otherwise; an execution directory a crash left there is removed
+/// and made anew. So no other user can plant files or links where tasks write and the
+/// engine reads.
 ///
 /// Without one (a library user who set none), it is a new directory with an unguessable
 /// name in the system's temporary directory, made by `mkdir`, which fails on any existing
@@ -76,6 +77,14 @@ pub(crate) fn create_output_dir(
         let dir = std::path::absolute(base)
             .map_err(|e| crate::Error::io(base, e))?
             .join(execution_id);
+        // One a crash left holds files of attempts that ran to no end: a resumed execution
+        // starts with an empty one.
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(crate::Error::io(&dir, e))
+            }
+            _ => {}
+        }
         private(&dir)?;
         return Ok(dir);
     }
@@ -674,7 +683,7 @@ mod tests {
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = create_output_dir(Some(&run), "e1").unwrap_err().to_string();
         assert!(e.contains("has mode 0777, not 0700"), "{e}");
-        // Ours: accepted, and so is the execution's directory a crash left there.
+        // Ours: accepted; the execution's directory a crash left there is emptied.
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
         let d = create_output_dir(Some(&run), "e1").unwrap();
         assert_eq!(d, run.join("e1"));
@@ -686,7 +695,9 @@ mod tests {
             rel.display()
         );
         std::fs::remove_dir_all(&relative).unwrap();
+        std::fs::write(d.join("t.1"), "stale=1\n").unwrap();
         assert_eq!(create_output_dir(Some(&run), "e1").unwrap(), d);
+        assert!(!d.join("t.1").exists());
         // Without a run directory: a new, unguessable one each time.
         let a = create_output_dir(None, "e1").unwrap();
         let b = create_output_dir(None, "e1").unwrap();
