@@ -80,8 +80,8 @@ tasks:
         task(&tasks, "consume-args")["stdout"],
         "it's \"quoted\"; touch pwned2|success"
     );
-    // The output files are gone with the run.
-    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+    // The output files are gone with the run (from the private directory beside the state).
+    let leftovers: Vec<_> = std::fs::read_dir(d.join("picoflow.redb.run"))
         .unwrap()
         .flatten()
         .filter(|e| {

@@ -356,6 +356,7 @@ fn run(file: &Path, resume: bool, config: &Config) -> Result<u8, Error> {
     let engine = Engine::new(registry)
         .with_settings(EngineSettings::from(config))
         .with_log_dir(config.logs.dir.clone())
+        .with_run_dir(config.run_dir())
         .with_sink(store.sink())
         .with_sink(display.clone());
     let (canceller, cancel) = CancelToken::new();

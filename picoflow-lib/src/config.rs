@@ -396,6 +396,14 @@ impl Config {
             PathBuf::from(s)
         })
     }
+
+    /// The private directory (0700) of running executions' files (the values tasks write to
+    /// `$PICOFLOW_OUTPUT`): `<db_path>.run`, beside the state file, owned like it.
+    pub fn run_dir(&self) -> PathBuf {
+        let mut s = self.db_path.clone().into_os_string();
+        s.push(".run");
+        PathBuf::from(s)
+    }
 }
 
 #[cfg(test)]

@@ -269,15 +269,9 @@ struct PidLock {
 impl PidLock {
     fn acquire(path: &Path) -> Result<PidLock> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            crate::private::create_dirs(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
+        let mut file = crate::private::open_rw(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: flock on a file descriptor we own.
         let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if r != 0 {
@@ -332,9 +326,7 @@ fn write_status(path: &Path, started: DateTime<Utc>, loaded: &BTreeMap<String, L
         "started_at": started.to_rfc3339(),
         "workflows": workflows,
     });
-    let tmp = path.with_extension("json.tmp");
-    let ok = std::fs::write(&tmp, doc.to_string()).and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = ok {
+    if let Err(e) = crate::private::replace(path, doc.to_string().as_bytes()) {
         tracing::warn!(path = %path.display(), error = %e, "cannot write daemon status file");
     }
 }
@@ -499,6 +491,7 @@ impl Daemon {
             .with_sink(store.sink())
             .with_sink(Arc::new(metrics.clone()))
             .with_log_dir(self.config.logs.dir.clone())
+            .with_run_dir(self.config.run_dir())
             .with_limiter(limiter);
         let shared = Rc::new(Shared {
             engine,

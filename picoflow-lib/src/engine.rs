@@ -83,6 +83,7 @@ pub struct Engine {
     vars: Vars,
     limiter: Option<Arc<Semaphore>>,
     log_dir: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -92,6 +93,7 @@ impl std::fmt::Debug for Engine {
             .field("settings", &self.settings)
             .field("sinks", &self.sinks.len())
             .field("log_dir", &self.log_dir)
+            .field("run_dir", &self.run_dir)
             .finish_non_exhaustive()
     }
 }
@@ -242,6 +244,8 @@ struct Run<'a> {
     conditions: Vec<Option<Expr>>,
     execution_id: String,
     log_dir: Option<PathBuf>,
+    /// The execution's private directory of output files (see `flow::create_output_dir`).
+    output_dir: PathBuf,
     cancel: CancelToken,
     shared: SharedState,
     values: RefCell<RunValues>,
@@ -261,6 +265,7 @@ impl Engine {
             vars: Vars::from_env(),
             limiter: None,
             log_dir: None,
+            run_dir: None,
         }
     }
 
@@ -292,6 +297,18 @@ impl Engine {
     /// Writes task log files under `dir` (CFG-004).
     pub fn with_log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.log_dir = Some(dir.into());
+        self
+    }
+
+    /// Keeps the files of running executions (the values tasks write to `$PICOFLOW_OUTPUT`)
+    /// under `dir`, which must be private: it is created with mode 0700, and an existing one
+    /// that is not a directory of this user with mode 0700 (a symbolic link, another user's,
+    /// or open to others) fails the run before it starts. The CLI and the daemon use
+    /// [`Config::run_dir`](crate::Config::run_dir), beside the state file. Without it, each
+    /// execution gets a new directory with an unguessable name in the system's temporary
+    /// directory.
+    pub fn with_run_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.run_dir = Some(dir.into());
         self
     }
 
@@ -371,6 +388,9 @@ impl Engine {
             .log_dir
             .as_ref()
             .map(|root| execution_log_dir(root, &wf.name, execution.started_at, &execution.id));
+        // Shell tasks write their outputs into files there (`$PICOFLOW_OUTPUT`). A directory
+        // others could tamper with refuses the run before anything is recorded.
+        let output_dir = crate::flow::create_output_dir(self.run_dir.as_deref(), &execution.id)?;
         self.emit(Event::WorkflowStarted(execution.clone()));
         // The execution is on disk before its first task starts: a crash from here on leaves
         // an execution that recovery finds, and with it the tasks' leftover processes.
@@ -381,7 +401,7 @@ impl Engine {
             .max_parallel
             .unwrap_or(self.settings.max_parallel)
             .max(1) as usize;
-        let run = Rc::new(self.prepare_run(wf, &execution.id, log_dir, &opts, limit));
+        let run = Rc::new(self.prepare_run(wf, &execution.id, log_dir, &output_dir, &opts, limit));
         for (i, t) in wf.tasks.iter().enumerate() {
             if done[i] {
                 let earlier = run.earlier.get(&t.name);
@@ -392,11 +412,6 @@ impl Engine {
                 );
             }
         }
-        // Shell tasks write their outputs into files there (`$PICOFLOW_OUTPUT`).
-        let output_dir = crate::flow::create_output_dir(&execution.id)
-            .map_err(|e| tracing::warn!(error = %e, "cannot create the directory for task outputs"))
-            .ok();
-
         let dependencies: Vec<Vec<usize>> = (0..n).map(|i| dag.dependencies(i).collect()).collect();
         let rules: Vec<_> = wf.tasks.iter().map(|t| t.run_if).collect();
         let mut plan = Plan::new(&dependencies, &rules, &done, limit);
@@ -521,9 +536,7 @@ impl Engine {
             WorkflowStatus::Success
         };
         let all = self.conclude(&run, &mut execution, reports, items).await;
-        if let Some(dir) = output_dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        let _ = std::fs::remove_dir_all(&output_dir);
 
         let end = Utc::now();
         execution.finished_at = Some(end);
@@ -586,6 +599,7 @@ impl Engine {
         wf: &'a Workflow,
         execution_id: &str,
         log_dir: Option<PathBuf>,
+        output_dir: &std::path::Path,
         opts: &RunOptions,
         limit: usize,
     ) -> Run<'a> {
@@ -617,6 +631,7 @@ impl Engine {
             conditions,
             execution_id: execution_id.to_string(),
             log_dir,
+            output_dir: output_dir.to_path_buf(),
             cancel: opts.cancel.clone(),
             shared: SharedState::default(),
             values: RefCell::new(RunValues::new(&wf.name, execution_id)),
@@ -936,6 +951,7 @@ impl Engine {
                 vars: vars.as_ref().unwrap_or(&self.vars),
                 shared: &run.shared,
                 output,
+                output_dir: &run.output_dir,
             };
             let mut out = executor.execute(ctx).await;
             drop(permits);
@@ -1025,8 +1041,14 @@ impl Engine {
         attempt: u32,
         out: &mut TaskOutput,
     ) -> Option<BTreeMap<String, String>> {
-        let file = crate::flow::output_file(&run.execution_id, &task.name, attempt);
-        let written = std::fs::read(&file).ok();
+        let file = crate::flow::output_file(&run.output_dir, &task.name, attempt);
+        // Not through a link: the file is read as the engine's user.
+        let written = crate::private::open_read(&file).ok().and_then(|mut f| {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut bytes)
+                .ok()
+                .map(|_| bytes)
+        });
         if written.is_some() {
             let _ = std::fs::remove_file(&file);
         }

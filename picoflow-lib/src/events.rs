@@ -248,12 +248,12 @@ pub fn last_attempts(attempts: &[TaskExecution]) -> Vec<&TaskExecution> {
     order.into_iter().map(|n| last[n]).collect()
 }
 
-/// A new random identifier in UUID v4 text form.
+/// A new random identifier in UUID v4 text form, from the kernel's random source
+/// (`getrandom(2)`): execution ids name files and appear in logs and the API, so they must
+/// not be predictable.
 pub fn new_id() -> String {
-    let hi = fastrand::u64(..);
-    let lo = fastrand::u64(..);
-    let b = ((hi as u128) << 64 | lo as u128).to_be_bytes();
-    let mut b = b;
+    let mut b = [0u8; 16];
+    crate::private::random_bytes(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h =

@@ -16,7 +16,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::events::TaskState;
 use crate::expand::Vars;
@@ -41,9 +41,9 @@ pub(crate) fn is_run_value(name: &str) -> bool {
         || matches!(name, "failed_tasks" | "item" | "item_index")
 }
 
-/// The file a task's attempt writes its outputs to: one per attempt, in a directory of the
-/// execution under the system's temporary directory.
-pub(crate) fn output_file(execution_id: &str, task: &str, attempt: u32) -> PathBuf {
+/// The file a task's attempt writes its outputs to: one per attempt, in the execution's
+/// output directory `dir` (see [`create_output_dir`]).
+pub(crate) fn output_file(dir: &Path, task: &str, attempt: u32) -> PathBuf {
     let mut name = String::with_capacity(task.len() + 8);
     for b in task.bytes() {
         match b {
@@ -51,22 +51,54 @@ pub(crate) fn output_file(execution_id: &str, task: &str, attempt: u32) -> PathB
             _ => name.push_str(&format!("%{b:02X}")),
         }
     }
-    output_dir(execution_id).join(format!("{name}.{attempt}"))
+    dir.join(format!("{name}.{attempt}"))
 }
 
-/// The directory of an execution's output files.
-pub(crate) fn output_dir(execution_id: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("picoflow-{execution_id}"))
-}
-
-/// Creates the execution's output directory, readable by its owner only.
-pub(crate) fn create_output_dir(execution_id: &str) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    let dir = output_dir(execution_id);
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => Ok(dir),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
-        Err(e) => Err(e),
+/// Creates the private directory (0700) of an execution's output files.
+///
+/// With a run directory (`run_dir`; the CLI and the daemon use `<state file>.run`), it is
+/// `<run_dir>/<execution id>`: the run directory is created 0700, or, when it exists,
+/// checked with `lstat` — a directory, not a symbolic link, owned by the effective user,
+/// mode 0700 — and refused otherwise; an execution directory a crash left there is removed
+/// and made anew. So no other user can plant files or links where tasks write and the
+/// engine reads.
+///
+/// Without one (a library user who set none), it is a new directory with an unguessable
+/// name in the system's temporary directory, made by `mkdir`, which fails on any existing
+/// name (links included).
+pub(crate) fn create_output_dir(
+    run_dir: Option<&Path>,
+    execution_id: &str,
+) -> crate::Result<PathBuf> {
+    let private = |d: &Path| crate::private::private_dir(d).map_err(|e| crate::Error::io(d, e));
+    if let Some(base) = run_dir {
+        private(base)?;
+        // Absolute: a task may change its working directory before writing to the file.
+        let dir = std::path::absolute(base)
+            .map_err(|e| crate::Error::io(base, e))?
+            .join(execution_id);
+        // One a crash left holds files of attempts that ran to no end: a resumed execution
+        // starts with an empty one.
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(crate::Error::io(&dir, e))
+            }
+            _ => {}
+        }
+        private(&dir)?;
+        return Ok(dir);
+    }
+    loop {
+        let dir = std::env::temp_dir().join(format!(
+            "picoflow-{execution_id}-{}",
+            crate::events::new_id()
+        ));
+        match private(&dir) {
+            Err(e) if dir.symlink_metadata().is_ok() => {
+                tracing::debug!(error = %e, "output directory name taken; drawing another");
+            }
+            other => return other.map(|()| dir),
+        }
     }
 }
 
@@ -627,6 +659,57 @@ pub(crate) fn check(wf: &Workflow, ancestors: &dyn Fn(usize, usize) -> bool) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Outputs were written to `/tmp/picoflow-<execution id>`, accepted when it existed: a
+    /// local user who created it first (0777, with links named like the output files) had a
+    /// task's outputs appended to a file of theirs choosing and read back as its values.
+    #[test]
+    fn output_dirs_others_could_prepare_are_refused() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let root = std::env::temp_dir().join(format!("pf-flow-{}", crate::new_id()));
+        std::fs::create_dir(&root).unwrap();
+        let elsewhere = root.join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let run = root.join("state.redb.run");
+        std::os::unix::fs::symlink(&elsewhere, &run).unwrap();
+        let e = create_output_dir(Some(&run), "e1").unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: is a symbolic link", run.display())),
+            "{e}"
+        );
+        assert!(!elsewhere.join("e1").exists());
+        std::fs::remove_file(&run).unwrap();
+        std::fs::create_dir(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = create_output_dir(Some(&run), "e1").unwrap_err().to_string();
+        assert!(e.contains("has mode 0777, not 0700"), "{e}");
+        // Ours: accepted; the execution's directory a crash left there is emptied.
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let d = create_output_dir(Some(&run), "e1").unwrap();
+        assert_eq!(d, run.join("e1"));
+        let relative = PathBuf::from(format!("pf-flow-relative-{}", crate::new_id()));
+        let rel = create_output_dir(Some(&relative), "e1").unwrap();
+        assert!(
+            rel.is_absolute() && rel.ends_with("e1"),
+            "{}",
+            rel.display()
+        );
+        std::fs::remove_dir_all(&relative).unwrap();
+        std::fs::write(d.join("t.1"), "stale=1\n").unwrap();
+        assert_eq!(create_output_dir(Some(&run), "e1").unwrap(), d);
+        assert!(!d.join("t.1").exists());
+        // Without a run directory: a new, unguessable one each time.
+        let a = create_output_dir(None, "e1").unwrap();
+        let b = create_output_dir(None, "e1").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(
+            std::fs::symlink_metadata(&a).unwrap().mode() & 0o7777,
+            0o700
+        );
+        for d in [a, b, root] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
 
     #[test]
     fn output_file_lines_and_blocks() {

@@ -90,6 +90,7 @@ mod metrics;
 mod model;
 mod orphans;
 mod plan;
+mod private;
 mod prune;
 mod schedule;
 mod signals;

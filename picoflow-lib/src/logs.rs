@@ -5,7 +5,7 @@
 //! written as it arrives (so `picoflow logs --follow` can stream a running task) and capped
 //! like the stored capture.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -96,16 +96,12 @@ impl TaskLogWriter {
         if st.failed.is_some() {
             return None;
         }
+        // Task output may carry secrets: directories 0700, files 0600 (see `private`).
         let opened = self
             .path
             .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|_| {
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)
-            });
+            .map_or(Ok(()), crate::private::create_dirs)
+            .and_then(|_| crate::private::open_append(&self.path));
         match opened {
             Ok(f) => {
                 st.file = Some(f);

@@ -266,12 +266,7 @@ impl Journal {
     fn append(&mut self, lines: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
         if self.file.is_none() {
-            self.file = Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            );
+            self.file = Some(crate::private::open_append(&self.path)?);
         }
         let f = self.file.as_mut().expect("opened above");
         f.write_all(lines)?;
@@ -323,10 +318,13 @@ impl Store {
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            crate::private::create_dirs(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let db = builder(WRITER_CACHE_BYTES)
-            .create(&path)
+        // The records hold task output: the file is 0600 (an older one others could read is
+        // made so), opened here without following a link and handed to redb.
+        let file = crate::private::open_rw(&path).map_err(|e| Error::io(&path, e))?;
+        let db = redb::backends::FileBackend::new(file)
+            .and_then(|backend| builder(WRITER_CACHE_BYTES).create_with_backend(backend))
             .map_err(|e| store_err(&path, "cannot open state file")(e.into()))?;
         let db = Arc::new(db);
         // Create the tables once so that readers find them (and skip the commit, an fsync,
@@ -366,6 +364,15 @@ impl Store {
         let path = path.as_ref().to_path_buf();
         if !path.exists() {
             return Ok(None);
+        }
+        // A state file of ours from an older version, open to others, is made 0600. An
+        // empty one was created by a writer killed before redb could write its header:
+        // nothing was recorded yet.
+        if let Ok(f) = crate::private::open_read(&path) {
+            let _ = crate::private::tighten(&f);
+            if f.metadata().is_ok_and(|m| m.len() == 0) {
+                return Ok(None);
+            }
         }
         let handle = match builder(READER_CACHE_BYTES).open_read_only(&path) {
             Ok(db) => Handle::ReadOnly(db),
@@ -1272,7 +1279,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "picoflow-store-{name}-{}-{}",
             std::process::id(),
-            fastrand::u32(..)
+            crate::new_id()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("state.redb")
@@ -1357,6 +1364,17 @@ mod tests {
         let path = temp("none");
         assert!(Store::open_read(&path).unwrap().is_none());
         assert!(!path.exists(), "a read must not create the file");
+    }
+
+    /// A writer killed between creating the state file and redb writing its header left an
+    /// empty file that `status` could not open ("Database file is empty").
+    #[test]
+    fn an_empty_file_reads_as_empty_and_is_initialised_by_a_writer() {
+        let path = temp("empty");
+        std::fs::write(&path, "").unwrap();
+        assert!(Store::open_read(&path).unwrap().is_none());
+        drop(Store::open(&path).unwrap());
+        assert!(Store::open_read(&path).unwrap().is_some());
     }
 
     #[test]

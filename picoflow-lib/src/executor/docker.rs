@@ -273,11 +273,16 @@ fn container_spec(
         binds.push(v);
     }
     // The attempt's output file, mounted where `$PICOFLOW_OUTPUT` says, writable whatever
-    // user the container runs as (its directory on the host is the owner's alone).
+    // user the container runs as: the file is 0666, set on its descriptor, inside the
+    // execution's private directory (0700, checked), so no other user of the host reaches
+    // it. It is made new (`O_EXCL`, no link followed); one a crashed attempt left goes first.
     let output = ctx.output_file();
-    let made = crate::flow::create_output_dir(ctx.execution_id).and_then(|_| {
-        std::fs::File::create(&output)?;
-        std::fs::set_permissions(&output, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+    let made = crate::private::check_dir(ctx.output_dir).and_then(|()| {
+        match std::fs::remove_file(&output) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        crate::private::create_new(&output, 0o666).map(drop)
     });
     if let Err(e) = made {
         return Err(Failure::new(

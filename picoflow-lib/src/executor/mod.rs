@@ -90,6 +90,8 @@ pub struct TaskContext<'a> {
     pub shared: &'a SharedState,
     /// Where output goes while the task runs, in addition to the capture.
     pub output: &'a dyn OutputSink,
+    /// The execution's private directory (0700) holding [`TaskContext::output_file`].
+    pub output_dir: &'a std::path::Path,
 }
 
 impl TaskContext<'_> {
@@ -97,7 +99,7 @@ impl TaskContext<'_> {
     /// `KEY<<DELIMITER` blocks (the shell executor names it in `$PICOFLOW_OUTPUT`). The
     /// engine reads it after the attempt.
     pub fn output_file(&self) -> std::path::PathBuf {
-        crate::flow::output_file(self.execution_id, &self.task.name, self.attempt)
+        crate::flow::output_file(self.output_dir, &self.task.name, self.attempt)
     }
 }
 

@@ -253,6 +253,7 @@ mod tests {
             vars,
             shared: &shared,
             output: &NoOutput,
+            output_dir: std::path::Path::new("/nonexistent"),
         };
         smol::block_on(ShellExecutor.execute(ctx))
     }

@@ -115,7 +115,12 @@ pub fn export_sqlite(
     let err = db_err(path);
     let result = (|| {
         if fresh {
+            // The history holds task output: a new export is 0600 (SQLite's own journal
+            // files take the database's mode). An existing export keeps the mode its owner
+            // gave it.
             let _ = std::fs::remove_file(&target);
+            crate::private::create_new(&target, crate::private::FILE_MODE)
+                .map_err(|e| Error::io(&target, e))?;
         }
         let mut conn = Connection::open(&target).map_err(&err)?;
         conn.pragma_update(None, "foreign_keys", "ON")

@@ -1,0 +1,327 @@
+//! Files and directories only PicoFlow's own user may read.
+//!
+//! What PicoFlow writes carries secrets (task output in logs, records and exports; values
+//! tasks publish), so every file it creates is `0600` and every directory `0700`, whatever
+//! the umask. The process umask itself is never changed: tasks inherit it. Modes are set on
+//! the open descriptor (`fchmod`), never by path, and files are opened with `O_NOFOLLOW`, so
+//! a symbolic link planted where PicoFlow writes is refused, not followed.
+//!
+//! A directory that must be private (the one holding task outputs) is checked with `lstat`
+//! when it already exists: a directory, not a symbolic link, owned by the effective user,
+//! mode `0700`. Anything else is refused with an error naming the path and what is wrong.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+use std::path::Path;
+
+/// Mode of every file PicoFlow creates.
+pub(crate) const FILE_MODE: u32 = 0o600;
+/// Mode of every directory PicoFlow creates.
+pub(crate) const DIR_MODE: u32 = 0o700;
+
+fn options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    o
+}
+
+/// Creates `path`, which must not exist (`O_EXCL`, so no link is followed either), for
+/// writing, and sets its mode to `mode` on the descriptor.
+pub(crate) fn create_new(path: &Path, mode: u32) -> io::Result<File> {
+    let f = options().write(true).create_new(true).open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    Ok(f)
+}
+
+/// Opens `path` for appending, creating it `0600` if needed; see [`ours`] for an existing
+/// file.
+pub(crate) fn open_append(path: &Path) -> io::Result<File> {
+    ours(options().append(true).create(true).open(path)?)
+}
+
+/// Opens `path` for reading and writing, creating it `0600` if needed (never truncating);
+/// see [`ours`] for an existing file.
+pub(crate) fn open_rw(path: &Path) -> io::Result<File> {
+    ours(
+        options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?,
+    )
+}
+
+/// A file PicoFlow writes must be its user's: another user's file planted where PicoFlow
+/// writes (a journal or log name in a shared directory) would receive its secrets. One of
+/// ours that others could read is made `0600`.
+fn ours(f: File) -> io::Result<File> {
+    let uid = f.metadata()?.uid();
+    if uid != euid() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "is owned by uid {uid}, not by uid {}: PicoFlow writes only its own files",
+                euid()
+            ),
+        ));
+    }
+    tighten(&f)?;
+    Ok(f)
+}
+
+/// Opens `path` for reading without following a symbolic link.
+pub(crate) fn open_read(path: &Path) -> io::Result<File> {
+    options().read(true).open(path)
+}
+
+/// Writes `bytes` to `path` through a new `0600` file beside it renamed over it, so a
+/// reader never sees half of it.
+pub(crate) fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    create_new(&tmp, FILE_MODE)?.write_all(bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Takes group and other permissions away from a file we own (files of earlier versions,
+/// created under a umask such as 022). Another user's file is left as it is.
+pub(crate) fn tighten(f: &File) -> io::Result<()> {
+    let m = f.metadata()?;
+    if m.mode() & 0o077 != 0 && m.uid() == euid() {
+        f.set_permissions(std::fs::Permissions::from_mode(m.mode() & 0o700))?;
+    }
+    Ok(())
+}
+
+/// Like `create_dir_all`, but each directory it creates is `0700` whatever the umask.
+/// Directories that exist are left as they are.
+pub(crate) fn create_dirs(path: &Path) -> io::Result<()> {
+    if path.as_os_str().is_empty() || path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        create_dirs(parent)?;
+    }
+    match make_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        other => other,
+    }
+}
+
+/// Creates one directory `0700`: `mkdir` never follows a link and fails on any existing
+/// name; the mode is then set on the directory's own descriptor (the umask may have taken
+/// owner bits away).
+fn make_dir(path: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new().mode(DIR_MODE).create(path)?;
+    let d = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    d.set_permissions(std::fs::Permissions::from_mode(DIR_MODE))
+}
+
+/// Makes `path` a private directory: creates it `0700` (and its missing parents), or checks
+/// the one there (see [`check_dir`]).
+pub(crate) fn private_dir(path: &Path) -> io::Result<()> {
+    if let Some(parent) = path.parent() {
+        create_dirs(parent)?;
+    }
+    match make_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_dir(path),
+        other => other,
+    }
+}
+
+/// Checks with `lstat` that `path` is a directory (not a symbolic link), owned by the
+/// effective user, with mode `0700`; the error says what is wrong (the caller names the
+/// path).
+pub(crate) fn check_dir(path: &Path) -> io::Result<()> {
+    let m = std::fs::symlink_metadata(path)?;
+    problem(&m, euid()).map_or(Ok(()), |why| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{why}; PicoFlow needs a directory of its own user with mode 0700 here (remove it and PicoFlow creates one)"),
+        ))
+    })
+}
+
+/// What makes `m` unfit for a private directory of user `uid`, if anything.
+fn problem(m: &std::fs::Metadata, uid: u32) -> Option<String> {
+    let t = m.file_type();
+    let kind = if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        ""
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_fifo() || t.is_socket() || t.is_char_device() || t.is_block_device() {
+        "a special file"
+    } else {
+        "not a directory"
+    };
+    if !kind.is_empty() {
+        return Some(format!("is {kind}, not a directory"));
+    }
+    if m.uid() != uid {
+        return Some(format!("is owned by uid {}, not by uid {uid}", m.uid()));
+    }
+    let mode = m.mode() & 0o7777;
+    (mode != DIR_MODE).then(|| format!("has mode {mode:04o}, not 0700"))
+}
+
+/// The effective user id.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Fills `buf` from the kernel's random source (`getrandom(2)`), retrying on interruption.
+pub(crate) fn random_bytes(buf: &mut [u8]) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: the pointer and length describe the writable rest of `buf`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n > 0 {
+            filled += n as usize;
+        } else if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            // Kernels without getrandom (before 3.17) are not supported by Rust's std either.
+            panic!("getrandom failed: {}", io::Error::last_os_error());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("pf-private-{name}-{}", crate::new_id()));
+        create_dirs(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_new_private_dir_is_0700_and_is_accepted_again() {
+        let root = scratch("new");
+        let d = root.join("a/b");
+        private_dir(&d).unwrap();
+        for p in [&root.join("a"), &d] {
+            assert_eq!(std::fs::metadata(p).unwrap().mode() & 0o7777, 0o700);
+        }
+        private_dir(&d).unwrap();
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_private_dir_is_refused() {
+        let root = scratch("link");
+        let target = root.join("target");
+        make_dir(&target).unwrap();
+        let link = root.join("run");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = private_dir(&link).unwrap_err().to_string();
+        assert!(e.contains("is a symbolic link, not a directory"), "{e}");
+        // A dangling link too: mkdir does not create its target.
+        std::fs::remove_dir(&target).unwrap();
+        let e = private_dir(&link).unwrap_err().to_string();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        assert!(!target.exists());
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_private_dir_with_a_wider_mode_or_a_file_is_refused() {
+        let root = scratch("mode");
+        let d = root.join("run");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = private_dir(&d).unwrap_err().to_string();
+        assert!(e.contains("has mode 0777, not 0700"), "{e}");
+        let f = root.join("file");
+        std::fs::write(&f, "").unwrap();
+        let e = private_dir(&f).unwrap_err().to_string();
+        assert!(e.contains("is a regular file"), "{e}");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_private_dir_of_another_user_is_refused() {
+        let root = scratch("owner");
+        let d = root.join("run");
+        make_dir(&d).unwrap();
+        let m = std::fs::symlink_metadata(&d).unwrap();
+        // Checked as if we were another user: works without root.
+        let other = m.uid().wrapping_add(1);
+        let why = problem(&m, other).unwrap();
+        assert_eq!(
+            why,
+            format!("is owned by uid {}, not by uid {other}", m.uid())
+        );
+        assert_eq!(problem(&m, m.uid()), None);
+        // As root, a directory really owned by nobody (65534).
+        if euid() == 0 {
+            std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+            let e = private_dir(&d).unwrap_err().to_string();
+            assert!(e.contains("is owned by uid 65534, not by uid 0"), "{e}");
+            // Nor is another user's file written to, even by root.
+            let f = root.join("planted.journal");
+            std::fs::write(&f, "").unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+            std::os::unix::fs::chown(&f, Some(65534), Some(65534)).unwrap();
+            let e = open_append(&f).unwrap_err().to_string();
+            assert!(e.contains("is owned by uid 65534, not by uid 0"), "{e}");
+            assert!(open_rw(&f).is_err());
+            assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o7777, 0o666);
+        } else {
+            println!("not root: the chown to nobody part of this test is skipped");
+        }
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn files_are_0600_whatever_the_umask_and_links_are_not_followed() {
+        let root = scratch("files");
+        let f = root.join("new");
+        create_new(&f, FILE_MODE).unwrap();
+        assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o7777, 0o600);
+        // An older world-readable file of ours is tightened when opened.
+        let old = root.join("old");
+        std::fs::write(&old, "x").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        open_append(&old).unwrap();
+        assert_eq!(std::fs::metadata(&old).unwrap().mode() & 0o7777, 0o600);
+        // A link where a file goes is refused, and its target is untouched.
+        let victim = root.join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let link = root.join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(open_append(&link).is_err());
+        assert!(open_rw(&link).is_err());
+        assert!(open_read(&link).is_err());
+        assert!(create_new(&link, 0o666).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(std::fs::metadata(&victim).unwrap().mode() & 0o7777, 0o640);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn random_bytes_fill_the_buffer() {
+        let mut a = [0u8; 64];
+        let mut b = [0u8; 64];
+        random_bytes(&mut a);
+        random_bytes(&mut b);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,271 @@
+//! What PicoFlow leaves on disk is its own user's alone: files 0600 and directories 0700
+//! whatever the umask, and nothing another local user prepared is written through.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{picoflow, run, stderr, stdout, wait_for, TempDir};
+
+/// The usual umask of a shared device, set in the child only (tasks inherit it).
+fn umask_022(cmd: &mut Command) -> &mut Command {
+    // SAFETY: umask is async-signal-safe and only changes the child's own mask.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        })
+    }
+}
+
+/// The permission bits of `p` (not following a link), in octal as `ls -l` counts them.
+fn mode(p: &Path) -> String {
+    let m = std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .mode();
+    format!("{:04o}", m & 0o7777)
+}
+
+/// Every file and directory under `dir`, the directory itself first.
+fn tree(dir: &Path, out: &mut Vec<PathBuf>) {
+    out.push(dir.to_path_buf());
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        match p.is_dir() {
+            true => tree(&p, out),
+            false => out.push(p),
+        }
+    }
+}
+
+const SECRET: &str = "password=hunter2";
+
+/// A task prints a secret (to its log) and publishes one (through `$PICOFLOW_OUTPUT`).
+fn secret_wf(name: &str, schedule: &str) -> String {
+    format!(
+        "name: {name}\n{schedule}tasks:\n  - name: login\n    type: shell\n    config:\n      command: \"echo {SECRET}; echo token=hunter2 >> $PICOFLOW_OUTPUT\"\n"
+    )
+}
+
+/// Under umask 022 the state file, its journal, task logs and their directories, a SQLite
+/// export and the daemon's PID and status files were 0644/0755: any local user read
+/// `password=hunter2` from them (or ran `picoflow --db-path <theirs> status`). All are
+/// 0600/0700 now, and a state file of an earlier version that others could read is made 0600
+/// when opened.
+#[test]
+fn files_are_private_under_umask_022() {
+    let dir = TempDir::new("files-modes");
+    let wf = dir.write("secret.yaml", &secret_wf("secret", ""));
+    // An earlier state file, created 0644 (empty: redb makes a new database in it).
+    let db = dir.path().join("picoflow.redb");
+    std::fs::write(&db, "").unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let out = run(umask_022(&mut picoflow(dir.path())).arg("run").arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run(umask_022(&mut picoflow(dir.path())).args(["logs", "secret", "--task", "login"]));
+    assert!(
+        stdout(&out).contains(SECRET),
+        "the task log holds the secret"
+    );
+
+    assert_eq!(mode(&db), "0600", "state file");
+    let mut logs = Vec::new();
+    tree(&dir.path().join("logs"), &mut logs);
+    assert!(
+        logs.len() >= 4,
+        "logs, workflow, execution, task log: {logs:?}"
+    );
+    for p in &logs {
+        let want = if p.is_dir() { "0700" } else { "0600" };
+        assert_eq!(mode(p), want, "{}", p.display());
+    }
+    let run_dir = dir.path().join("picoflow.redb.run");
+    assert_eq!(mode(&run_dir), "0700", "directory of task outputs");
+
+    // A journal: a run killed while a task is still running leaves its journal behind, with
+    // the first task's completion in it.
+    let slow = dir.write(
+        "slow.yaml",
+        "name: slow\ntasks:\n  - name: first\n    type: shell\n    config: {command: \"echo password=hunter2\"}\n  - name: second\n    type: shell\n    depends_on: [first]\n    config: {command: \"sleep 30\"}\n",
+    );
+    let mut killed = umask_022(&mut picoflow(dir.path()))
+        .arg("run")
+        .arg(&slow)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(".journal"))
+    };
+    wait_for(Duration::from_secs(20), "the run's journal", || {
+        journal().is_some()
+    });
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let journal = journal().unwrap();
+    assert_eq!(mode(&journal), "0600", "{}", journal.display());
+
+    let export = dir.path().join("history.db");
+    let out = run(umask_022(&mut picoflow(dir.path()))
+        .args(["export", "sqlite"])
+        .arg(&export));
+    if stderr(&out).contains("sqlite") && out.status.code() != Some(0) {
+        println!("this build has no sqlite feature: the export is not checked");
+    } else {
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(mode(&export), "0600", "SQLite export");
+    }
+
+    // The daemon's PID and status files.
+    dir.write("idle.yaml", &secret_wf("idle", "schedule: \"0 0 1 1 *\"\n"));
+    let mut daemon = umask_022(&mut picoflow(dir.path()))
+        .args(["daemon", "start", "idle.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = dir.path().join("picoflow.redb.pid.json");
+    wait_for(Duration::from_secs(20), "the daemon's status file", || {
+        status.exists()
+    });
+    let pid_file = dir.path().join("picoflow.redb.pid");
+    let modes = (mode(&pid_file), mode(&status));
+    // SAFETY: stopping our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+    assert_eq!(
+        modes,
+        ("0600".into(), "0600".into()),
+        "PID and status files"
+    );
+}
+
+/// A throwaway local user (the other user of a shared device), removed when dropped.
+struct OtherUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+impl OtherUser {
+    fn create() -> OtherUser {
+        let name = format!("pfatk{}", &picoflow_lib::new_id()[..6]);
+        let ok = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/bin/sh", &name])
+            .status()
+            .expect("useradd");
+        assert!(ok.success(), "useradd {name}");
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id").args([flag, &name]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        OtherUser { name, uid, gid }
+    }
+
+    /// Runs a shell command line as this user, with `$D` the directory they attack.
+    fn sh(&self, dir: &Path, line: &str) {
+        let out = Command::new("sh")
+            .args(["-c", line])
+            .env("D", dir)
+            .uid(self.uid)
+            .gid(self.gid)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "as {}: {line}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OtherUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
+/// Task outputs went to `/tmp/picoflow-<execution id>`, accepted when it existed; another
+/// user who made it first (0777, links named like the output files) had PicoFlow, running
+/// as root, append outputs to a file of theirs choosing, read its target back as outputs
+/// and, with a docker task, make it 0666. Outputs now go to `<state file>.run`: when that
+/// exists and is not root's own 0700 directory — another user's directory, or a link —
+/// the run is refused, naming it, and nothing is written through it.
+#[test]
+fn a_run_directory_prepared_by_another_user_is_refused() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!(
+            "SKIPPED: this test creates a second local user (useradd) and acts as them; run it as root"
+        );
+        return;
+    }
+    let user = OtherUser::create();
+    let dir = TempDir::new("files-attack");
+    // The state lives in a directory others may write to, as `/tmp` is (sticky).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let wf = dir.write("secret.yaml", &secret_wf("secret", ""));
+    let victim = dir.write("victim", "root's own\n");
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run_dir = dir.path().join("picoflow.redb.run");
+
+    // Their own directory, open to all, full of links to the victim file.
+    user.sh(
+        dir.path(),
+        "mkdir -m 0777 \"$D/picoflow.redb.run\" && for n in login.1 login.2; do ln -s \"$D/victim\" \"$D/picoflow.redb.run/$n\"; done",
+    );
+    let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "the run must be refused");
+    assert!(
+        err.contains(&format!(
+            "picoflow.redb.run: is owned by uid {}, not by uid 0",
+            user.uid
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's own\n");
+    assert_eq!(mode(&victim), "0600");
+
+    // A link in its place, to a directory of theirs.
+    user.sh(
+        dir.path(),
+        "rm -r \"$D/picoflow.redb.run\" && mkdir -m 0777 \"$D/theirs\" && ln -s \"$D/theirs\" \"$D/picoflow.redb.run\"",
+    );
+    let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "the run must be refused");
+    assert!(
+        err.contains("picoflow.redb.run: is a symbolic link, not a directory"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("theirs"))
+            .unwrap()
+            .count(),
+        0,
+        "nothing is created in their directory"
+    );
+
+    // Once they are gone, PicoFlow makes its own, and the outputs are read from it.
+    std::fs::remove_file(&run_dir).unwrap();
+    let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let st = std::fs::symlink_metadata(&run_dir).unwrap();
+    assert!(st.is_dir());
+    assert_eq!((st.uid(), st.mode() & 0o7777), (0, 0o700));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's own\n");
+    assert_eq!(mode(&victim), "0600");
+}
