@@ -76,6 +76,9 @@ pub struct WebConfig {
     pub token: Option<String>,
     /// File holding the token (its first line), so that it stays out of the config file.
     pub token_file: Option<PathBuf>,
+    /// Every page and API read needs the token too (a bearer header, or the cookie the
+    /// sign-in form sets). Required when `bind` is not a loopback address.
+    pub require_token_for_reads: bool,
 }
 
 impl std::fmt::Debug for WebConfig {
@@ -87,6 +90,7 @@ impl std::fmt::Debug for WebConfig {
             .field("bind", &self.bind)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("token_file", &self.token_file)
+            .field("require_token_for_reads", &self.require_token_for_reads)
             .finish()
     }
 }
@@ -110,6 +114,39 @@ impl WebConfig {
                 message: "web.token_file: the file is empty".into(),
             }),
         }
+    }
+}
+
+impl WebConfig {
+    /// Refuses a setup that would show the history to anyone who can reach the port: a
+    /// `bind` that is not a loopback address needs `require_token_for_reads` and a token
+    /// (`token` is the resolved one), and `require_token_for_reads` needs a token. The
+    /// server speaks plain HTTP, so the message points to a TLS proxy in front.
+    pub fn check_exposure(&self, token: Option<&str>, origin: &str) -> Result<()> {
+        let bad = |message: String| {
+            Err(Error::Config {
+                origin: origin.to_string(),
+                message,
+            })
+        };
+        let exposed = !crate::httpd::is_loopback(&self.bind);
+        if exposed && !(self.require_token_for_reads && token.is_some()) {
+            return bad(format!(
+                "web.bind = \"{}\" is not a loopback address: set require_token_for_reads = \
+                 true and a token (token_file, token or PICOFLOW_WEB_TOKEN) so that the history \
+                 is not open to the network, or bind to 127.0.0.1; the UI speaks plain HTTP, \
+                 so put a TLS reverse proxy in front of it",
+                self.bind
+            ));
+        }
+        if self.require_token_for_reads && token.is_none() {
+            return bad(
+                "web.require_token_for_reads = true needs a token: set token_file, token or \
+                 PICOFLOW_WEB_TOKEN"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -203,6 +240,7 @@ impl Default for WebConfig {
             bind: "127.0.0.1".into(),
             token: None,
             token_file: None,
+            require_token_for_reads: false,
         }
     }
 }

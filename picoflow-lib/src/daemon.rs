@@ -218,6 +218,8 @@ pub(crate) struct WebContext {
     pub(crate) token: Option<String>,
     /// The endpoint listens on a loopback address only.
     pub(crate) loopback: bool,
+    /// Pages and API reads need the token (or the sign-in cookie) too.
+    pub(crate) reads_need_token: bool,
 }
 
 /// Loads every workflow file named by `paths` (files or directories). Fails naming every
@@ -547,7 +549,18 @@ impl Daemon {
                 None
             },
             loopback: crate::httpd::is_loopback(&self.config.web.bind),
+            reads_need_token: self.config.web.require_token_for_reads,
         };
+        if self.config.web.enabled {
+            let origin = self
+                .config
+                .source
+                .as_ref()
+                .map_or_else(|| "configuration".to_string(), |p| p.display().to_string());
+            self.config
+                .web
+                .check_exposure(web.token.as_deref(), &origin)?;
+        }
         let http = HttpThread::start(&self.config, &metrics, web);
 
         let ex = smol::LocalExecutor::new();
