@@ -436,6 +436,40 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// A `bind` beyond the loopback served every record to the network without a word.
+    #[test]
+    fn a_bind_beyond_the_loopback_needs_the_token_for_reads() {
+        let web = |bind: &str, reads: bool| WebConfig {
+            bind: bind.into(),
+            require_token_for_reads: reads,
+            ..WebConfig::default()
+        };
+        let refused = |w: WebConfig, token: Option<&str>| {
+            w.check_exposure(token, "picoflow.toml")
+                .unwrap_err()
+                .to_string()
+        };
+        for bind in ["0.0.0.0", "192.168.1.20", "::", "device.lan"] {
+            let e = refused(web(bind, false), Some("t"));
+            assert!(
+                e.contains(bind) && e.contains("require_token_for_reads"),
+                "{e}"
+            );
+            assert!(e.contains("TLS"), "{e}");
+            let e = refused(web(bind, true), None);
+            assert!(e.contains(bind) && e.contains("and a token"), "{e}");
+            web(bind, true).check_exposure(Some("t"), "x").unwrap();
+        }
+        for bind in ["127.0.0.1", "::1", "localhost"] {
+            web(bind, false).check_exposure(None, "x").unwrap();
+            web(bind, true).check_exposure(Some("t"), "x").unwrap();
+        }
+        assert!(refused(web("127.0.0.1", true), None).contains("needs a token"));
+        let parsed = Config::parse("[web]\nrequire_token_for_reads = true\n", "x").unwrap();
+        assert!(parsed.web.require_token_for_reads);
+        assert!(!Config::default().web.require_token_for_reads);
+    }
+
     #[test]
     fn full_example_of_the_api_reference_parses() {
         let text = r#"

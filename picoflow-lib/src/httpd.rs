@@ -803,6 +803,77 @@ mod tests {
         assert_eq!(smol::block_on(dispatch(req, &services, None)).0.status, 404);
     }
 
+    #[test]
+    fn the_response_budget_is_shared_and_given_back() {
+        let budget = Buffered::default();
+        let a = budget.hold(MAX_BUFFERED - 10).unwrap();
+        assert!(budget.hold(11).is_none());
+        let b = budget.hold(10).unwrap();
+        assert!(budget.hold(1).is_none());
+        drop(a);
+        assert!(budget.hold(MAX_BUFFERED - 10).is_some());
+        drop(b);
+        assert!(budget.hold(MAX_BUFFERED + 1).is_none());
+        assert_eq!(budget.0.load(Ordering::Relaxed), 0);
+    }
+
+    /// A service answering slowly on the worker thread.
+    struct Slow;
+    impl Service for Slow {
+        fn handle(&self, r: &Request) -> Option<Response> {
+            (r.path == "/slow").then(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                let name = std::thread::current().name().unwrap_or("").to_string();
+                Response::new(200, "text/plain", name)
+            })
+        }
+        fn on_worker(&self) -> bool {
+            true
+        }
+    }
+
+    /// Reading records of megabytes for a page held up `/health` on the same thread.
+    #[test]
+    fn slow_answers_run_on_the_worker_and_never_hold_up_quick_ones() {
+        use std::io::{Read, Write};
+        let ex = Arc::new(Executor::new());
+        let services: Vec<Arc<dyn Service>> = vec![Arc::new(Echo), Arc::new(Slow)];
+        let server = Server::start(&ex, "127.0.0.1", 0, services).unwrap();
+        let addr = server.local_addr();
+        let ask = move |path: &'static str| {
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                let _ = write!(s, "GET {path} HTTP/1.1\r\n\r\n");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                (out, started.elapsed())
+            })
+        };
+        let slow: Vec<_> = (0..3).map(|_| ask("/slow")).collect();
+        std::thread::sleep(Duration::from_millis(50));
+        let quick = ask("/echo");
+        let answers = smol::block_on(ex.run(async {
+            let mut out = Vec::new();
+            for c in std::iter::once(quick).chain(slow) {
+                while !c.is_finished() {
+                    Timer::after(Duration::from_millis(10)).await;
+                }
+                out.push(c.join().unwrap());
+            }
+            out
+        }));
+        let (echo, waited) = &answers[0];
+        assert!(echo.starts_with("HTTP/1.1 200 "), "{echo}");
+        assert!(*waited < Duration::from_millis(250), "{waited:?}");
+        for (answer, _) in &answers[1..] {
+            assert!(answer.ends_with("picoflow-http-worker"), "{answer}");
+        }
+        // One at a time: the last of three waited for the two before it.
+        let longest = answers[1..].iter().map(|(_, t)| *t).max().unwrap();
+        assert!(longest >= Duration::from_millis(850), "{longest:?}");
+    }
+
     /// A real socket: a body arrives after the head, and oversized or chunked requests are
     /// refused with their status.
     #[test]

@@ -928,6 +928,69 @@ mod tests {
         }
     }
 
+    fn attempt(id: &str, task: &str, stdout: &str, stderr: Option<&str>) -> TaskExecution {
+        let now = Utc::now();
+        TaskExecution {
+            id: id.into(),
+            workflow_execution_id: "e-1".into(),
+            task_name: task.into(),
+            status: TaskState::Success,
+            started_at: now,
+            finished_at: Some(now),
+            exit_code: Some(0),
+            stdout: Some(stdout.into()),
+            stderr: stderr.map(String::from),
+            attempt: 1,
+            error_message: None,
+            duration_seconds: Some(1.0),
+            created_at: now,
+            outputs: None,
+        }
+    }
+
+    /// An execution view repeated every capture whole (10 MB a stream), twice.
+    #[test]
+    fn long_captures_are_cut_to_their_tail_and_marked() {
+        let long = format!("{}é-the-end\n", "x".repeat(3 * CAPTURE_TAIL));
+        let mut attempts = vec![
+            attempt("a-1", "up[a b]", &long, Some("short")),
+            attempt("a-2", "quiet", "short", None),
+        ];
+        let cuts = cut_captures(&mut attempts);
+        let out = attempts[0].stdout.as_deref().unwrap();
+        assert!(out.len() <= CAPTURE_TAIL && out.ends_with("é-the-end\n"));
+        assert_eq!(attempts[0].stderr.as_deref(), Some("short"));
+        assert_eq!(attempts[1].stdout.as_deref(), Some("short"));
+        assert_eq!(cuts.len(), 1);
+        let mut j = json!({ "tasks": serde_json::to_value(&attempts).unwrap() });
+        mark_cuts(&mut j, &cuts);
+        let cut = &j["tasks"][0];
+        assert_eq!(cut["stdout_truncated"], true);
+        assert_eq!(cut["stdout_size"], long.len());
+        assert_eq!(cut["log"], "/api/v1/executions/e-1/tasks/up%5Ba%20b%5D/log");
+        assert!(cut.get("stderr_truncated").is_none());
+        let whole = &j["tasks"][1];
+        assert!(whole.get("stdout_truncated").is_none() && whole.get("log").is_none());
+    }
+
+    #[test]
+    fn tails_never_split_a_character() {
+        assert_eq!(tail("abcdef", 3), "def");
+        assert_eq!(tail("ab", 3), "ab");
+        assert_eq!(tail("aéé", 3), "é");
+    }
+
+    /// The place to go after signing in ends up in a `Location` header.
+    #[test]
+    fn locations_after_sign_in_cannot_end_the_header() {
+        assert_eq!(local_location("/executions/e-1"), "/executions/e-1");
+        assert_eq!(local_location("/"), "/");
+        assert_eq!(
+            local_location("/workflows/a\r\nSet-Cookie: x"),
+            "/workflows/a%0D%0ASet-Cookie%3A%20x"
+        );
+    }
+
     #[test]
     fn secrets_compare_by_content_and_length() {
         assert!(constant_time_eq(b"s3cret", b"s3cret"));
