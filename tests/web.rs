@@ -721,6 +721,11 @@ fn reads_need_the_token_when_the_configuration_says_so() {
     let next = format!("%2Fexecutions%2F{id}");
     let ok = login(&format!("token={TOKEN}&next={next}"));
     assert_eq!(ok.status, 303, "{}", ok.body);
+    assert!(
+        ok.head.starts_with("HTTP/1.1 303 See Other\r\n"),
+        "{}",
+        ok.head
+    );
     assert_eq!(
         ok.header("location"),
         Some(format!("/executions/{id}").as_str())
@@ -806,7 +811,8 @@ fn a_non_loopback_bind_needs_the_token_for_reads() {
 
 /// A task printing 6 MB: its execution in the API and on its page.
 const BIG: &str = "name: big\ntasks:\n  - name: loud\n    type: shell\n    config:\n\
-                   \x20     command: \"head -c 6000000 /dev/zero | tr '\\\\0' a; echo; echo END-OF-OUTPUT\"\n";
+                   \x20     command: \"head -c 6000000 /dev/zero | tr '\\\\0' a; \
+                   echo; echo END-OF-OUTPUT\"\n";
 
 /// `/api/v1/executions/ID` repeated each attempt's whole capture (10 MB a stream) twice, in
 /// `tasks` and in `attempts`.

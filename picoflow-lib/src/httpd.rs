@@ -176,6 +176,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         202 => "Accepted",
+        303 => "See Other",
         304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -676,7 +677,7 @@ async fn answer(
     if held.is_none() {
         tracing::warn!(
             bytes = bytes.len(),
-            "HTTP endpoint: responses waiting for their readers fill the memory budget; answering 503"
+            "HTTP endpoint: answers waiting for their readers fill the memory budget; 503"
         );
         // A status line is small enough to be let through beside the budget.
         bytes = Response::status(503).with("Retry-After", "1").bytes(true);

@@ -19,9 +19,9 @@
 //! the session cookie (`HttpOnly`, `SameSite=Strict`) that the sign-in form (`POST /login`)
 //! sets; the cookie holds a random key drawn at start, never the token, and never triggers a
 //! run. An execution view shows only the last [`CAPTURE_TAIL`] bytes of each captured stream,
-//! so that no answer repeats megabytes of output; the log endpoint has all of it. Names from a request
-//! are only looked up among the recorded workflows, executions and tasks, never joined into a
-//! path, so the log endpoint cannot reach any other file. Task configurations and
+//! so that no answer repeats megabytes of output; the log endpoint has all of it. Names from
+//! a request are only looked up among the recorded workflows, executions and tasks, never
+//! joined into a path, so the log endpoint cannot reach any other file. Task configurations and
 //! environments are never shown. When the endpoint listens on a loopback address, requests
 //! whose `Host` names another host are refused, so a web page cannot reach the UI through DNS
 //! rebinding.

@@ -95,8 +95,8 @@ pub(super) fn login(status: u16, next: &str, problem: Option<&str>) -> Response 
              (<code>[web] token_file</code>).</p>\
              <form method=\"post\" action=\"/login\">\
              <input type=\"hidden\" name=\"next\" value=\"{next}\">\
-             <label>Token <input type=\"password\" name=\"token\" autocomplete=\"current-password\" \
-             required autofocus></label> <button type=\"submit\">Sign in</button></form>",
+             <label>Token <input type=\"password\" name=\"token\" \
+             autocomplete=\"current-password\" required autofocus></label> <button type=\"submit\">Sign in</button></form>",
             next = esc(next),
         ),
     );
