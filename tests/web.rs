@@ -924,3 +924,50 @@ fn stalled_readers_of_a_large_execution_keep_the_daemon_small() {
     drop(stalled);
     d.stop();
 }
+
+/// The peak resident memory of a process so far, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A workflow page or an API history read every listed execution's whole captures before
+/// showing any: 50 runs of a task printing 6 MB held 300 MB at once for one page.
+#[test]
+fn a_history_of_large_captures_is_read_one_execution_at_a_time() {
+    let dir = TempDir::new("web-bighistory");
+    dir.write("big.yaml", BIG);
+    dir.write("token", TOKEN);
+    let d = Daemon::start(dir.path(), "token_file = \"token\"", &["big.yaml"]);
+    for _ in 0..8 {
+        let id = d.run_now("big");
+        wait_for(Duration::from_secs(30), "the run to finish", || {
+            d.get(&format!(
+                "/api/v1/executions/{id}/tasks/loud/log?offset=6000000"
+            ))
+            .body
+            .contains("\"complete\": true")
+        });
+    }
+    let pid = d.child.id();
+    // One execution read whole, as every view does, sets the peak the history may reach.
+    assert_eq!(d.get("/api/v1/executions?limit=1").status, 200);
+    let before = peak_rss_kib(pid);
+    for path in [
+        "/workflows/big",
+        "/api/v1/executions",
+        "/api/v1/workflows/big/executions",
+    ] {
+        let r = d.get(path);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.body.len() < 128 * 1024, "{path}: {} bytes", r.body.len());
+    }
+    let after = peak_rss_kib(pid);
+    eprintln!("daemon peak RSS: {before} KiB before, {after} KiB after reading 8 runs");
+    assert!(
+        after <= before + 12 * 1024,
+        "the peak grew from {before} KiB to {after} KiB"
+    );
+    d.stop();
+}

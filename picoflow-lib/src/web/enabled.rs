@@ -289,11 +289,12 @@ impl Web {
         Ok(ExecutionView { exec, attempts })
     }
 
+    /// The history a request asks for, each capture cut to its tail as it is read.
     fn history(
         &self,
         r: &Request,
         workflow: Option<&str>,
-    ) -> std::result::Result<Vec<(WorkflowExecution, Vec<TaskExecution>)>, Problem> {
+    ) -> std::result::Result<History, Problem> {
         let limit = match param(r, "limit") {
             None => DEFAULT_LIMIT,
             Some(v) => v
@@ -316,7 +317,11 @@ impl Web {
                 .transpose()?,
             limit: Some(limit),
         };
-        Ok(self.store().history(&filter)?)
+        let mut cuts = Cuts::new();
+        let list = self
+            .store()
+            .history_with(&filter, |t| cuts.append(&mut cut_captures(t)))?;
+        Ok((list, cuts))
     }
 
     fn api(&self, r: &Request, rest: &[&str]) -> Answer {
@@ -566,10 +571,14 @@ impl Web {
 
     fn workflow_page(&self, name: &str) -> Answer {
         let view = self.workflow(name)?;
-        let history = self.store().history(&HistoryFilter {
+        let filter = HistoryFilter {
             workflow: Some(name.to_string()),
             limit: Some(50),
             ..Default::default()
+        };
+        // The page shows no captures: each is cut as it is read.
+        let history = self.store().history_with(&filter, |t| {
+            cut_captures(t);
         })?;
         let latest = history.first();
         let states = latest.map(|(e, t)| task_states(&view.entry.wf, e, t));
@@ -608,12 +617,11 @@ fn host_allowed(host: Option<&str>) -> bool {
     crate::httpd::is_loopback(name)
 }
 
+/// Executions with their attempts, and the captures cut in them.
+type History = (Vec<(WorkflowExecution, Vec<TaskExecution>)>, Cuts);
+
 /// A history as the API answers it: `history --format json`, each capture cut to its tail.
-fn history_answer(mut list: Vec<(WorkflowExecution, Vec<TaskExecution>)>) -> Answer {
-    let mut cuts = Cuts::new();
-    for (_, attempts) in &mut list {
-        cuts.append(&mut cut_captures(attempts));
-    }
+fn history_answer((list, cuts): History) -> Answer {
     let mut j = Value::Array(
         list.iter()
             .map(|(e, t)| views::history_json(e, t))
