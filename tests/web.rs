@@ -790,6 +790,9 @@ fn a_non_loopback_bind_needs_the_token_for_reads() {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
             "{extra:?}: nothing may listen"
         );
+        // Refused before anything starts: no state file, no PID file.
+        assert!(!dir.path().join("picoflow.redb").exists(), "{extra:?}");
+        assert!(!dir.path().join("picoflow.redb.pid").exists(), "{extra:?}");
     }
     // With the token required it starts; connect over the loopback only.
     let config = format!("{base}token_file = \"token\"\nrequire_token_for_reads = true\n");
