@@ -20,6 +20,8 @@ struct Daemon {
     child: Child,
     dir: PathBuf,
     port: u16,
+    /// Header lines every request of the test sends (a token, once reads need one).
+    auth: String,
 }
 
 impl Daemon {
@@ -27,10 +29,13 @@ impl Daemon {
     /// UI share a free port, and `web` adds lines to the `[web]` section.
     fn start(dir: &Path, web: &str, files: &[&str]) -> Daemon {
         let port = free_port();
-        write_config(
-            dir,
-            &format!("[metrics]\nport = {port}\n[web]\nport = {port}\n{web}\n"),
-        );
+        let config = format!("[metrics]\nport = {port}\n[web]\nport = {port}\n{web}\n");
+        Daemon::spawn(dir, port, &config, files)
+    }
+
+    /// Starts `daemon start --web` with this whole configuration; `port` is the web UI's.
+    fn spawn(dir: &Path, port: u16, config: &str, files: &[&str]) -> Daemon {
+        write_config(dir, config);
         let child = picoflow(dir)
             .args(["--log-format", "pretty", "daemon", "start", "--web"])
             .args(files)
@@ -42,6 +47,7 @@ impl Daemon {
             child,
             dir: dir.to_path_buf(),
             port,
+            auth: String::new(),
         };
         wait_for(Duration::from_secs(20), "the web endpoint", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -50,9 +56,14 @@ impl Daemon {
     }
 
     fn get(&self, path: &str) -> Reply {
+        self.get_as(path, &self.auth)
+    }
+
+    /// A GET with these header lines (each ending in CRLF) instead of the test's own.
+    fn get_as(&self, path: &str, headers: &str) -> Reply {
         request(
             self.port,
-            &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+            &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n"),
         )
     }
 
@@ -632,6 +643,334 @@ fn a_browser_renders_workflows_the_dag_an_execution_and_follows_a_log() {
     assert!(
         dom.contains("data-task=\"count\" data-state=\"success\""),
         "the page did not follow the run: {dom}"
+    );
+    d.stop();
+}
+
+/// Every page and every API read, task logs included, answered anyone who could reach the
+/// port: a local user read the output that the log files' modes hid from them.
+#[test]
+fn reads_need_the_token_when_the_configuration_says_so() {
+    let dir = TempDir::new("web-readtoken");
+    let files = write_workflows(&dir);
+    dir.write("token", &format!("{TOKEN}\n"));
+    let mut d = Daemon::start(
+        dir.path(),
+        "token_file = \"token\"\nrequire_token_for_reads = true",
+        &files,
+    );
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    d.auth = bearer.clone();
+    let id = d.run_now("ok");
+    assert_eq!(d.finished(&id)["execution"]["status"], "success");
+
+    let reads = [
+        "/".to_string(),
+        "/workflows/ok".to_string(),
+        format!("/executions/{id}"),
+        format!("/executions/{id}/tasks/first/log"),
+        "/api/v1/".to_string(),
+        "/api/v1/workflows".to_string(),
+        "/api/v1/workflows/ok".to_string(),
+        "/api/v1/workflows/ok/executions".to_string(),
+        "/api/v1/executions".to_string(),
+        format!("/api/v1/executions/{id}"),
+        format!("/api/v1/executions/{id}/tasks/first/log"),
+    ];
+    let wrong = "Authorization: Bearer t0ken-with-enough-entropy-4f1d\r\n";
+    for path in &reads {
+        for headers in ["", wrong, "Cookie: picoflow_session=guess\r\n"] {
+            let r = d.get_as(path, headers);
+            assert_eq!(r.status, 401, "{path} with {headers:?}: {}", r.body);
+            assert!(!r.body.contains("hello from first"), "{path}: {}", r.body);
+            assert!(!r.body.contains("\"ok\""), "{path}: {}", r.body);
+        }
+        assert_eq!(d.get_as(path, &bearer).status, 200, "{path}");
+    }
+    let api = d.get_as("/api/v1/workflows", "");
+    assert_eq!(api.header("www-authenticate"), Some("Bearer"));
+    assert!(api.body.contains("\"error\""), "{}", api.body);
+    // A page without the token offers a sign-in form instead.
+    let page = d.get_as("/workflows/ok", "");
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(page.body.contains("action=\"/login\""), "{}", page.body);
+    assert!(
+        page.body.contains("value=\"/workflows/ok\""),
+        "{}",
+        page.body
+    );
+
+    // Signing in sets a cookie the browser sends with every page and API read.
+    let login = |body: &str| {
+        request(
+            d.port,
+            &format!(
+                "POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let bad = login("token=t0ken-with-enough-entropy-4f1d&next=%2F");
+    assert_eq!(bad.status, 401, "{}", bad.body);
+    assert_eq!(bad.header("set-cookie"), None);
+    let next = format!("%2Fexecutions%2F{id}");
+    let ok = login(&format!("token={TOKEN}&next={next}"));
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    assert!(
+        ok.head.starts_with("HTTP/1.1 303 See Other\r\n"),
+        "{}",
+        ok.head
+    );
+    assert_eq!(
+        ok.header("location"),
+        Some(format!("/executions/{id}").as_str())
+    );
+    let cookie = ok.header("set-cookie").expect("a cookie").to_string();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    assert!(
+        !cookie.contains(TOKEN),
+        "the cookie is not the token: {cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap();
+    let with_cookie = format!("Cookie: theme=dark; {pair}\r\n");
+    for path in &reads {
+        assert_eq!(d.get_as(path, &with_cookie).status, 200, "{path}");
+    }
+    // Only a path on this server is a place to go after signing in.
+    let away = login(&format!("token={TOKEN}&next=%2F%2Fattacker.example%2F"));
+    assert_eq!(away.header("location"), Some("/"));
+    // A cookie never triggers a run: that takes the bearer header.
+    let post = request(
+        d.port,
+        &format!(
+            "POST /api/v1/workflows/ok/run HTTP/1.1\r\nHost: 127.0.0.1\r\n{with_cookie}\
+             Content-Length: 0\r\n\r\n"
+        ),
+    );
+    assert_eq!(post.status, 401, "{}", post.body);
+
+    // The probes and the script and style sheet of the sign-in page stay open.
+    assert_eq!(d.get_as("/health", "").status, 200);
+    assert_eq!(d.get_as("/static/picoflow.css", "").status, 200);
+    d.stop();
+}
+
+/// `bind = "0.0.0.0"` turned the rebinding guard off and served all history to the network
+/// without a word.
+#[test]
+fn a_non_loopback_bind_needs_the_token_for_reads() {
+    let dir = TempDir::new("web-exposed");
+    let files = write_workflows(&dir);
+    dir.write("token", &format!("{TOKEN}\n"));
+    let port = free_port();
+    let base = format!("[metrics]\nenabled = false\n[web]\nport = {port}\nbind = \"0.0.0.0\"\n");
+    for extra in [
+        "",
+        "token_file = \"token\"\n",
+        "require_token_for_reads = true\n",
+    ] {
+        write_config(dir.path(), &format!("{base}{extra}"));
+        let out = run(picoflow(dir.path())
+            .args(["daemon", "start", "--web"])
+            .args(&files));
+        assert_eq!(out.status.code(), Some(4), "{extra:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("0.0.0.0") && err.contains("require_token_for_reads"),
+            "{extra:?}: {err}"
+        );
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "{extra:?}: nothing may listen"
+        );
+        // Refused before anything starts: no state file, no PID file.
+        assert!(!dir.path().join("picoflow.redb").exists(), "{extra:?}");
+        assert!(!dir.path().join("picoflow.redb.pid").exists(), "{extra:?}");
+    }
+    // With the token required it starts; connect over the loopback only.
+    let config = format!("{base}token_file = \"token\"\nrequire_token_for_reads = true\n");
+    let mut d = Daemon::spawn(dir.path(), port, &config, &files);
+    assert_eq!(d.get("/api/v1/workflows").status, 401);
+    d.auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    assert_eq!(d.get("/api/v1/workflows").status, 200);
+    // Reached by another name, as from the network: the token is what guards it.
+    let named = request(
+        port,
+        &format!(
+            "GET /api/v1/workflows HTTP/1.1\r\nHost: device.lan:{port}\r\n\
+             Authorization: Bearer {TOKEN}\r\n\r\n"
+        ),
+    );
+    assert_eq!(named.status, 200, "{}", named.body);
+    d.stop();
+}
+
+/// A task printing 6 MB: its execution in the API and on its page.
+const BIG: &str = "name: big\ntasks:\n  - name: loud\n    type: shell\n    config:\n\
+                   \x20     command: \"head -c 6000000 /dev/zero | tr '\\\\0' a; \
+                   echo; echo END-OF-OUTPUT\"\n";
+
+/// `/api/v1/executions/ID` repeated each attempt's whole capture (10 MB a stream) twice, in
+/// `tasks` and in `attempts`.
+#[test]
+fn the_execution_view_shows_only_the_tail_of_a_large_capture() {
+    let dir = TempDir::new("web-bigcapture");
+    dir.write("big.yaml", BIG);
+    dir.write("token", TOKEN);
+    let d = Daemon::start(dir.path(), "token_file = \"token\"", &["big.yaml"]);
+    let id = d.run_now("big");
+    let exec = d.finished(&id);
+    assert_eq!(exec["execution"]["status"], "success");
+    let r = d.get(&format!("/api/v1/executions/{id}"));
+    assert!(r.body.len() < 32 * 1024, "{} bytes", r.body.len());
+    let log_url = format!("/api/v1/executions/{id}/tasks/loud/log");
+    for attempt in [&exec["tasks"][0], &exec["attempts"][0]] {
+        let out = attempt["stdout"].as_str().unwrap();
+        assert!(out.len() <= 4096, "{} bytes", out.len());
+        assert!(out.ends_with("aaaa\nEND-OF-OUTPUT\n"), "{out}");
+        assert_eq!(attempt["stdout_truncated"], true, "{attempt}");
+        assert_eq!(attempt["stdout_size"], 6_000_015, "{attempt}");
+        assert_eq!(attempt["log"], log_url.as_str(), "{attempt}");
+        assert!(attempt.get("stderr_truncated").is_none(), "{attempt}");
+    }
+    // The whole output is still there, through the log endpoint.
+    let log = d.json(&format!("{log_url}?offset=5999990"));
+    assert_eq!(log["text"], "aaaaaaaaaa\nEND-OF-OUTPUT\n");
+    assert_eq!(log["size"], 6_000_015);
+    // Every other view of the execution is as small.
+    for path in [
+        "/api/v1/executions".to_string(),
+        "/api/v1/workflows/big/executions".to_string(),
+        "/api/v1/workflows/big".to_string(),
+        format!("/executions/{id}"),
+        "/workflows/big".to_string(),
+    ] {
+        let r = d.get(&path);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.body.len() < 32 * 1024, "{path}: {} bytes", r.body.len());
+    }
+    d.stop();
+}
+
+/// The resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The most the daemon's resident memory may grow while 64 clients ask for a large
+/// execution and never read (README "Web UI and API").
+const STALLED_GROWTH_KIB: u64 = 32 * 1024;
+
+/// 64 clients that asked for an execution with 10 MB captures and never read the answer
+/// raised the daemon from 19 MB to 767 MB and kept `/metrics` waiting for 8 s.
+#[test]
+fn stalled_readers_of_a_large_execution_keep_the_daemon_small() {
+    let dir = TempDir::new("web-stalled");
+    dir.write("big.yaml", BIG);
+    dir.write("token", TOKEN);
+    let d = Daemon::start(dir.path(), "token_file = \"token\"", &["big.yaml"]);
+    let id = d.run_now("big");
+    wait_for(Duration::from_secs(30), "the run to finish", || {
+        d.get(&format!(
+            "/api/v1/executions/{id}/tasks/loud/log?offset=6000000"
+        ))
+        .body
+        .contains("\"complete\": true")
+    });
+    let pid = d.child.id();
+    let before = rss_kib(pid);
+    let ask = format!("GET /api/v1/executions/{id} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut stalled = Vec::new();
+    let mut peak = before;
+    for _ in 0..64 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+        s.write_all(ask.as_bytes()).unwrap();
+        stalled.push(s);
+        peak = peak.max(rss_kib(pid));
+    }
+    // Meanwhile the probe still answers, and memory stays bounded.
+    let asked = Instant::now();
+    let health = d.get("/health");
+    let waited = asked.elapsed();
+    // Until every client has its answer waiting (or a minute passed), the peak.
+    for s in &stalled {
+        s.set_nonblocking(true).unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(60);
+    let answered = |s: &std::net::TcpStream| s.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0);
+    while Instant::now() < until && !stalled.iter().all(answered) {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    peak = peak.max(rss_kib(pid));
+    let served = stalled.iter().filter(|s| answered(s)).count();
+    eprintln!(
+        "daemon RSS: {before} KiB before, {peak} KiB at most with 64 stalled readers; \
+         /health answered in {waited:?}; {served} of them have their answer"
+    );
+    assert_eq!(served, 64, "every client gets its answer in the end");
+    assert_eq!(health.status, 200, "{health:?}");
+    assert!(waited < Duration::from_secs(3), "/health took {waited:?}");
+    assert!(
+        peak <= before + STALLED_GROWTH_KIB,
+        "RSS grew from {before} KiB to {peak} KiB"
+    );
+    drop(stalled);
+    d.stop();
+}
+
+/// The peak resident memory of a process so far, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A workflow page or an API history read every listed execution's whole captures before
+/// showing any: 50 runs of a task printing 6 MB held 300 MB at once for one page.
+#[test]
+fn a_history_of_large_captures_is_read_one_execution_at_a_time() {
+    let dir = TempDir::new("web-bighistory");
+    dir.write("big.yaml", BIG);
+    dir.write("token", TOKEN);
+    let d = Daemon::start(dir.path(), "token_file = \"token\"", &["big.yaml"]);
+    for _ in 0..8 {
+        let id = d.run_now("big");
+        wait_for(Duration::from_secs(30), "the run to finish", || {
+            d.get(&format!(
+                "/api/v1/executions/{id}/tasks/loud/log?offset=6000000"
+            ))
+            .body
+            .contains("\"complete\": true")
+        });
+    }
+    let pid = d.child.id();
+    // One execution read whole, as every view does, sets the peak the history may reach.
+    assert_eq!(d.get("/api/v1/executions?limit=1").status, 200);
+    let before = peak_rss_kib(pid);
+    for path in [
+        "/workflows/big",
+        "/api/v1/executions",
+        "/api/v1/workflows/big/executions",
+    ] {
+        let r = d.get(path);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.body.len() < 128 * 1024, "{path}: {} bytes", r.body.len());
+    }
+    let after = peak_rss_kib(pid);
+    eprintln!("daemon peak RSS: {before} KiB before, {after} KiB after reading 8 runs");
+    assert!(
+        after <= before + 12 * 1024,
+        "the peak grew from {before} KiB to {after} KiB"
     );
     d.stop();
 }

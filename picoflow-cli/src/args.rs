@@ -226,7 +226,8 @@ pub(crate) enum DaemonCommand {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "start")]
 pub(crate) struct DaemonStartArgs {
-    /// serve the web UI and API (as [web] enabled = true): http://127.0.0.1:9090/ by default
+    /// serve the web UI and API (as [web] enabled = true): http://127.0.0.1:9090/ by default;
+    /// a [web] bind beyond the loopback needs require_token_for_reads = true (else exit 4)
     #[argh(switch)]
     pub(crate) web: bool,
     /// workflow files or directories

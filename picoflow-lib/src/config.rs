@@ -80,6 +80,9 @@ pub struct WebConfig {
     pub token: Option<String>,
     /// File holding the token (its first line), so that it stays out of the config file.
     pub token_file: Option<PathBuf>,
+    /// Every page and API read needs the token too (a bearer header, or the cookie the
+    /// sign-in form sets). Required when `bind` is not a loopback address.
+    pub require_token_for_reads: bool,
 }
 
 impl std::fmt::Debug for WebConfig {
@@ -91,6 +94,7 @@ impl std::fmt::Debug for WebConfig {
             .field("bind", &self.bind)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("token_file", &self.token_file)
+            .field("require_token_for_reads", &self.require_token_for_reads)
             .finish()
     }
 }
@@ -114,6 +118,39 @@ impl WebConfig {
                 message: "web.token_file: the file is empty".into(),
             }),
         }
+    }
+}
+
+impl WebConfig {
+    /// Refuses a setup that would show the history to anyone who can reach the port: a
+    /// `bind` that is not a loopback address needs `require_token_for_reads` and a token
+    /// (`token` is the resolved one), and `require_token_for_reads` needs a token. The
+    /// server speaks plain HTTP, so the message points to a TLS proxy in front.
+    pub fn check_exposure(&self, token: Option<&str>, origin: &str) -> Result<()> {
+        let bad = |message: String| {
+            Err(Error::Config {
+                origin: origin.to_string(),
+                message,
+            })
+        };
+        let exposed = !crate::httpd::is_loopback(&self.bind);
+        if exposed && !(self.require_token_for_reads && token.is_some()) {
+            return bad(format!(
+                "web.bind = \"{}\" is not a loopback address: set require_token_for_reads = \
+                 true and a token (token_file, token or PICOFLOW_WEB_TOKEN) so that the history \
+                 is not open to the network, or bind to 127.0.0.1; the UI speaks plain HTTP, \
+                 so put a TLS reverse proxy in front of it",
+                self.bind
+            ));
+        }
+        if self.require_token_for_reads && token.is_none() {
+            return bad(
+                "web.require_token_for_reads = true needs a token: set token_file, token or \
+                 PICOFLOW_WEB_TOKEN"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -207,6 +244,7 @@ impl Default for WebConfig {
             bind: "127.0.0.1".into(),
             token: None,
             token_file: None,
+            require_token_for_reads: false,
         }
     }
 }
@@ -409,6 +447,40 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `bind` beyond the loopback served every record to the network without a word.
+    #[test]
+    fn a_bind_beyond_the_loopback_needs_the_token_for_reads() {
+        let web = |bind: &str, reads: bool| WebConfig {
+            bind: bind.into(),
+            require_token_for_reads: reads,
+            ..WebConfig::default()
+        };
+        let refused = |w: WebConfig, token: Option<&str>| {
+            w.check_exposure(token, "picoflow.toml")
+                .unwrap_err()
+                .to_string()
+        };
+        for bind in ["0.0.0.0", "192.168.1.20", "::", "device.lan"] {
+            let e = refused(web(bind, false), Some("t"));
+            assert!(
+                e.contains(bind) && e.contains("require_token_for_reads"),
+                "{e}"
+            );
+            assert!(e.contains("TLS"), "{e}");
+            let e = refused(web(bind, true), None);
+            assert!(e.contains(bind) && e.contains("and a token"), "{e}");
+            web(bind, true).check_exposure(Some("t"), "x").unwrap();
+        }
+        for bind in ["127.0.0.1", "::1", "localhost"] {
+            web(bind, false).check_exposure(None, "x").unwrap();
+            web(bind, true).check_exposure(Some("t"), "x").unwrap();
+        }
+        assert!(refused(web("127.0.0.1", true), None).contains("needs a token"));
+        let parsed = Config::parse("[web]\nrequire_token_for_reads = true\n", "x").unwrap();
+        assert!(parsed.web.require_token_for_reads);
+        assert!(!Config::default().web.require_token_for_reads);
+    }
 
     #[test]
     fn full_example_of_the_api_reference_parses() {

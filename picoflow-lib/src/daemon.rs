@@ -218,6 +218,8 @@ pub(crate) struct WebContext {
     pub(crate) token: Option<String>,
     /// The endpoint listens on a loopback address only.
     pub(crate) loopback: bool,
+    /// Pages and API reads need the token (or the sign-in cookie) too.
+    pub(crate) reads_need_token: bool,
 }
 
 /// Loads every workflow file named by `paths` (files or directories). Fails naming every
@@ -470,9 +472,26 @@ impl Daemon {
         load_all(&self.paths, &self.registry).map(|v| v.len())
     }
 
+    /// The web UI's token, after refusing a `[web]` setup that would open the history to the
+    /// network (before anything starts or is recorded); `None` when the UI is off.
+    fn web_token(&self) -> Result<Option<String>> {
+        if !self.config.web.enabled {
+            return Ok(None);
+        }
+        let token = self.config.web.resolve_token()?;
+        let origin = self
+            .config
+            .source
+            .as_ref()
+            .map_or_else(|| "configuration".to_string(), |p| p.display().to_string());
+        self.config.web.check_exposure(token.as_deref(), &origin)?;
+        Ok(token)
+    }
+
     /// Runs the daemon until SIGTERM or SIGINT. Call it inside `smol::block_on`.
     pub async fn run(self) -> Result<DaemonExit> {
         let files = load_all(&self.paths, &self.registry)?;
+        let web_token = self.web_token()?;
         let pid_file = self.config.pid_file();
         let _lock = PidLock::acquire(&pid_file)?;
         let mut signals = Signals::new()?;
@@ -534,12 +553,9 @@ impl Daemon {
             log_dir: self.config.logs.dir.clone(),
             catalog: catalog.clone(),
             triggers: trigger_tx,
-            token: if self.config.web.enabled {
-                self.config.web.resolve_token()?
-            } else {
-                None
-            },
+            token: web_token,
             loopback: crate::httpd::is_loopback(&self.config.web.bind),
+            reads_need_token: self.config.web.require_token_for_reads,
         };
         let http = HttpThread::start(&self.config, &metrics, web);
 

@@ -8,14 +8,15 @@
 //! client may send is bounded in size and time, at most [`MAX_CONNECTIONS`] are served at once
 //! (stalled ones make room for new ones), and each connection is its own task, so a slow or
 //! hostile client costs one short-lived task and never holds up another client or the
-//! scheduler.
+//! scheduler. Responses waiting for their readers hold at most [`MAX_BUFFERED`] bytes
+//! together, so clients that ask and never read cannot fill the memory.
 
 // In a build with neither `metrics` nor `web` nothing is served, and the helpers services
 // use to build responses go unused.
 #![cfg_attr(not(any(feature = "metrics", feature = "web")), allow(dead_code))]
 
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,37 @@ pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// When every connection is taken, one whose client has not finished its request after this
 /// long is closed to make room.
 const EVICT_AFTER: Duration = Duration::from_millis(250);
+/// Most bytes of responses held at once by all connections together, written or waiting for
+/// slow readers. A response that does not fit is answered with 503 instead.
+pub(crate) const MAX_BUFFERED: usize = 16 * 1024 * 1024;
+
+/// The bytes of responses held by connections now, against [`MAX_BUFFERED`].
+#[derive(Debug, Default)]
+struct Buffered(AtomicUsize);
+
+/// Bytes taken from [`Buffered`], given back when dropped.
+struct Held<'b> {
+    of: &'b Buffered,
+    bytes: usize,
+}
+
+impl Buffered {
+    /// Takes `bytes` from the budget, or `None` when they do not fit.
+    fn hold(&self, bytes: usize) -> Option<Held<'_>> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                now.checked_add(bytes).filter(|n| *n <= MAX_BUFFERED)
+            })
+            .ok()
+            .map(|_| Held { of: self, bytes })
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.of.0.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
 
 /// One parsed request.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,6 +176,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         202 => "Accepted",
+        303 => "See Other",
         304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -168,19 +201,80 @@ fn reason(status: u16) -> &'static str {
 ///
 /// `handle` runs on the endpoint's thread, never on the scheduler's, so it may read the
 /// state file or a log; it should still answer in milliseconds, since the connections of one
-/// endpoint share that thread.
+/// endpoint share that thread. A service whose answers may take longer says so with
+/// [`Service::on_worker`].
 pub(crate) trait Service: Send + Sync {
     /// The response, or `None` when the path is not this service's.
     fn handle(&self, request: &Request) -> Option<Response>;
+
+    /// Whether `handle` runs on the endpoint's worker thread, one request at a time, instead
+    /// of among the connections: for answers that read records of megabytes, which must
+    /// neither hold up a quick one (`/health`, `/metrics`) nor run many at once.
+    fn on_worker(&self) -> bool {
+        false
+    }
+}
+
+/// A request for a service on the worker thread, with where its answer goes.
+type Job = (
+    Arc<dyn Service>,
+    Arc<Request>,
+    smol::channel::Sender<Option<Response>>,
+);
+
+/// The worker thread of an endpoint, for the services that run [`Service::on_worker`].
+#[derive(Debug)]
+struct Worker {
+    jobs: smol::channel::Sender<Job>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts the thread; `None` (the services then run among the connections) when the
+    /// system refuses one.
+    fn start() -> Option<Worker> {
+        let (jobs, queue) = smol::channel::bounded::<Job>(MAX_CONNECTIONS);
+        let thread = std::thread::Builder::new()
+            .name("picoflow-http-worker".into())
+            .spawn(move || {
+                while let Ok((service, request, reply)) = queue.recv_blocking() {
+                    // A connection closed while it waited needs no answer.
+                    if !reply.is_closed() {
+                        let _ = reply.try_send(service.handle(&request));
+                    }
+                }
+            });
+        match thread {
+            Ok(t) => Some(Worker {
+                jobs,
+                thread: Some(t),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP endpoint: cannot start its worker thread");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.jobs.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A listening endpoint. Its accept loop and one task per connection run on the executor
-/// passed to [`Server::start`]; it starts no thread of its own. Dropping the server cancels
-/// the accept loop and every open connection.
+/// passed to [`Server::start`]; services that run [`Service::on_worker`] get one thread of
+/// the endpoint's own. Dropping the server cancels the accept loop and every open
+/// connection, and ends the worker thread once its current answer is done.
 #[derive(Debug)]
 pub(crate) struct Server {
     addr: SocketAddr,
     _accept: Task<()>,
+    _worker: Option<Worker>,
 }
 
 impl Server {
@@ -199,11 +293,18 @@ impl Server {
         let listener = std::net::TcpListener::bind((bind, port)).map_err(fail)?;
         let addr = listener.local_addr().map_err(fail)?;
         let listener = TcpListener::try_from(listener).map_err(fail)?;
+        let worker = services
+            .iter()
+            .any(|s| s.on_worker())
+            .then(Worker::start)
+            .flatten();
+        let jobs = worker.as_ref().map(|w| w.jobs.clone());
         let services: Arc<[Arc<dyn Service>]> = services.into();
-        let accept = ex.spawn(accept_loop(listener, Arc::downgrade(ex), services));
+        let accept = ex.spawn(accept_loop(listener, Arc::downgrade(ex), services, jobs));
         Ok(Server {
             addr,
             _accept: accept,
+            _worker: worker,
         })
     }
 
@@ -217,7 +318,8 @@ impl Server {
 struct Connection {
     task: Task<()>,
     accepted: Instant,
-    /// Still waiting for the client to finish its request.
+    /// Waiting for the client, not for the server: still reading its request, or draining
+    /// after the whole response was written. Such a connection may be closed to make room.
     reading: Arc<AtomicBool>,
 }
 
@@ -225,16 +327,19 @@ struct Connection {
 /// future: cancelling it cancels them.
 ///
 /// At most [`MAX_CONNECTIONS`] are served at once. When all are taken, the oldest one whose
-/// client has spent more than [`EVICT_AFTER`] without finishing its request is closed to make
-/// room (a client that connects and sends slowly, or nothing, cannot hold the endpoint);
-/// when none qualifies, new connections wait in the kernel's queue until one ends.
+/// client has spent more than [`EVICT_AFTER`] without finishing its request (or that has its
+/// whole response and is only draining) is closed to make room: a client that connects and
+/// sends slowly, or nothing, cannot hold the endpoint. When none qualifies, new connections
+/// wait in the kernel's queue until one ends.
 async fn accept_loop(
     listener: TcpListener,
     ex: Weak<Executor<'static>>,
     services: Arc<[Arc<dyn Service>]>,
+    jobs: Option<smol::channel::Sender<Job>>,
 ) {
     let mut connections: Vec<Connection> = Vec::new();
     let (ended_tx, ended) = smol::channel::unbounded::<()>();
+    let buffered = Arc::new(Buffered::default());
     loop {
         loop {
             connections.retain(|c| !c.task.is_finished());
@@ -279,6 +384,8 @@ async fn accept_loop(
             stream,
             services.clone(),
             reading.clone(),
+            buffered.clone(),
+            jobs.clone(),
             ended_tx.clone(),
         ));
         connections.push(Connection {
@@ -377,15 +484,7 @@ fn parse_head(head: &[u8]) -> std::result::Result<Request, u16> {
         .map(percent_decode)
         .collect::<Option<Vec<_>>>()
         .ok_or(400u16)?;
-    let mut query = Vec::new();
-    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let plus = |s: &str| s.replace('+', " ");
-        query.push((
-            percent_decode(&plus(k)).ok_or(400u16)?,
-            percent_decode(&plus(v)).ok_or(400u16)?,
-        ));
-    }
+    let query = parse_form(raw_query).ok_or(400u16)?;
     let mut headers = Vec::new();
     for l in lines.filter(|l| !l.is_empty()) {
         let (n, v) = l.split_once(':').ok_or(400u16)?;
@@ -405,6 +504,18 @@ fn parse_head(head: &[u8]) -> std::result::Result<Request, u16> {
         headers,
         body: Vec::new(),
     })
+}
+
+/// The pairs of a query string or an `application/x-www-form-urlencoded` body,
+/// percent-decoded, in order; `None` when one is malformed.
+pub(crate) fn parse_form(raw: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let plus = |s: &str| s.replace('+', " ");
+        pairs.push((percent_decode(&plus(k))?, percent_decode(&plus(v))?));
+    }
+    Some(pairs)
 }
 
 /// `s` with every byte but letters, digits and `-._~` written as `%XX`: one URL path segment
@@ -471,16 +582,41 @@ async fn read_request(stream: &mut TcpStream) -> std::result::Result<Request, Re
 }
 
 /// The answer of the first service owning the path; HEAD is served as GET without a body.
-fn dispatch(mut request: Request, services: &[Arc<dyn Service>]) -> (Response, bool) {
+/// A service that runs [`Service::on_worker`] is asked on the worker thread when there is
+/// one.
+async fn dispatch(
+    mut request: Request,
+    services: &[Arc<dyn Service>],
+    jobs: Option<&smol::channel::Sender<Job>>,
+) -> (Response, bool) {
     let with_body = request.method != "HEAD";
     if !with_body {
         request.method = "GET".into();
     }
-    let response = services
-        .iter()
-        .find_map(|s| s.handle(&request))
-        .unwrap_or_else(|| Response::status(404));
-    (response, with_body)
+    let request = Arc::new(request);
+    for service in services {
+        let answer = match jobs.filter(|_| service.on_worker()) {
+            Some(jobs) => {
+                let (reply, answer) = smol::channel::bounded(1);
+                if jobs
+                    .send((service.clone(), request.clone(), reply))
+                    .await
+                    .is_err()
+                {
+                    return (Response::status(503), with_body);
+                }
+                match answer.recv().await {
+                    Ok(answer) => answer,
+                    Err(_) => return (Response::status(503), with_body),
+                }
+            }
+            None => service.handle(&request),
+        };
+        if let Some(response) = answer {
+            return (response, with_body);
+        }
+    }
+    (Response::status(404), with_body)
 }
 
 /// Serves one connection: one request, one response, close; says when it ends.
@@ -488,6 +624,8 @@ async fn serve(
     mut stream: TcpStream,
     services: Arc<[Arc<dyn Service>]>,
     reading: Arc<AtomicBool>,
+    buffered: Arc<Buffered>,
+    jobs: Option<smol::channel::Sender<Job>>,
     ended: smol::channel::Sender<()>,
 ) {
     let request = future::or(async { Some(read_request(&mut stream).await) }, async {
@@ -496,23 +634,54 @@ async fn serve(
     })
     .await;
     reading.store(false, Ordering::Relaxed);
-    answer(stream, request, &services).await;
+    let answered = Answering {
+        services: &services,
+        jobs: jobs.as_ref(),
+        buffered: &buffered,
+        reading: &reading,
+    };
+    answer(stream, request, answered).await;
     let _ = ended.try_send(());
 }
 
 /// Writes the answer to what was read (nothing when the client went away).
+/// What a connection answers with: the services, the worker, the memory budget, and the
+/// flag that says the connection waits for its client.
+struct Answering<'a> {
+    services: &'a [Arc<dyn Service>],
+    jobs: Option<&'a smol::channel::Sender<Job>>,
+    buffered: &'a Buffered,
+    reading: &'a AtomicBool,
+}
+
 async fn answer(
     mut stream: TcpStream,
     request: Option<std::result::Result<Request, ReadError>>,
-    services: &[Arc<dyn Service>],
+    with: Answering<'_>,
 ) {
+    let Answering {
+        services,
+        jobs,
+        buffered,
+        reading,
+    } = with;
     let (response, with_body) = match request {
-        Some(Ok(request)) => dispatch(request, services),
+        Some(Ok(request)) => dispatch(request, services, jobs).await,
         Some(Err(ReadError::Status(s))) => (Response::status(s), true),
         Some(Err(ReadError::Closed)) => return,
         None => (Response::status(408), true),
     };
-    let bytes = response.bytes(with_body);
+    let mut bytes = response.bytes(with_body);
+    drop(response);
+    let held = buffered.hold(bytes.len());
+    if held.is_none() {
+        tracing::warn!(
+            bytes = bytes.len(),
+            "HTTP endpoint: answers waiting for their readers fill the memory budget; 503"
+        );
+        // A status line is small enough to be let through beside the budget.
+        bytes = Response::status(503).with("Retry-After", "1").bytes(true);
+    }
     let written = future::or(
         async {
             stream
@@ -527,9 +696,12 @@ async fn answer(
         },
     )
     .await;
+    drop(bytes);
+    drop(held);
     if !written {
         return;
     }
+    reading.store(true, Ordering::Relaxed);
     let _ = stream.shutdown(Shutdown::Write);
     // Closing a socket that still holds unread request bytes makes the kernel send a reset,
     // which can destroy the response before the client reads it (an oversized or timed-out
@@ -617,7 +789,7 @@ mod tests {
     fn head_requests_get_headers_only_and_unknown_paths_404() {
         let services: Vec<Arc<dyn Service>> = vec![Arc::new(Echo)];
         let req = parse_head(b"HEAD /echo HTTP/1.1\r\n\r\n").unwrap();
-        let (r, with_body) = dispatch(req, &services);
+        let (r, with_body) = smol::block_on(dispatch(req, &services, None));
         assert_eq!(r.status, 200);
         assert!(!with_body);
         let text = String::from_utf8(r.bytes(false)).unwrap();
@@ -629,7 +801,78 @@ mod tests {
             "{text}"
         );
         let req = parse_head(b"GET /other HTTP/1.1\r\n\r\n").unwrap();
-        assert_eq!(dispatch(req, &services).0.status, 404);
+        assert_eq!(smol::block_on(dispatch(req, &services, None)).0.status, 404);
+    }
+
+    #[test]
+    fn the_response_budget_is_shared_and_given_back() {
+        let budget = Buffered::default();
+        let a = budget.hold(MAX_BUFFERED - 10).unwrap();
+        assert!(budget.hold(11).is_none());
+        let b = budget.hold(10).unwrap();
+        assert!(budget.hold(1).is_none());
+        drop(a);
+        assert!(budget.hold(MAX_BUFFERED - 10).is_some());
+        drop(b);
+        assert!(budget.hold(MAX_BUFFERED + 1).is_none());
+        assert_eq!(budget.0.load(Ordering::Relaxed), 0);
+    }
+
+    /// A service answering slowly on the worker thread.
+    struct Slow;
+    impl Service for Slow {
+        fn handle(&self, r: &Request) -> Option<Response> {
+            (r.path == "/slow").then(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                let name = std::thread::current().name().unwrap_or("").to_string();
+                Response::new(200, "text/plain", name)
+            })
+        }
+        fn on_worker(&self) -> bool {
+            true
+        }
+    }
+
+    /// Reading records of megabytes for a page held up `/health` on the same thread.
+    #[test]
+    fn slow_answers_run_on_the_worker_and_never_hold_up_quick_ones() {
+        use std::io::{Read, Write};
+        let ex = Arc::new(Executor::new());
+        let services: Vec<Arc<dyn Service>> = vec![Arc::new(Echo), Arc::new(Slow)];
+        let server = Server::start(&ex, "127.0.0.1", 0, services).unwrap();
+        let addr = server.local_addr();
+        let ask = move |path: &'static str| {
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                let _ = write!(s, "GET {path} HTTP/1.1\r\n\r\n");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                (out, started.elapsed())
+            })
+        };
+        let slow: Vec<_> = (0..3).map(|_| ask("/slow")).collect();
+        std::thread::sleep(Duration::from_millis(50));
+        let quick = ask("/echo");
+        let answers = smol::block_on(ex.run(async {
+            let mut out = Vec::new();
+            for c in std::iter::once(quick).chain(slow) {
+                while !c.is_finished() {
+                    Timer::after(Duration::from_millis(10)).await;
+                }
+                out.push(c.join().unwrap());
+            }
+            out
+        }));
+        let (echo, waited) = &answers[0];
+        assert!(echo.starts_with("HTTP/1.1 200 "), "{echo}");
+        assert!(*waited < Duration::from_millis(250), "{waited:?}");
+        for (answer, _) in &answers[1..] {
+            assert!(answer.ends_with("picoflow-http-worker"), "{answer}");
+        }
+        // One at a time: the last of three waited for the two before it.
+        let longest = answers[1..].iter().map(|(_, t)| *t).max().unwrap();
+        assert!(longest >= Duration::from_millis(850), "{longest:?}");
     }
 
     /// A real socket: a body arrives after the head, and oversized or chunked requests are

@@ -644,11 +644,23 @@ impl Store {
         &self,
         filter: &HistoryFilter,
     ) -> Result<Vec<(WorkflowExecution, Vec<TaskExecution>)>> {
+        self.history_with(filter, |_| {})
+    }
+
+    /// [`Store::history`] with `trim` applied to each execution's attempts as soon as they
+    /// are read, so that a caller keeping only part of them (the web UI keeps the end of each
+    /// capture) never holds every execution's whole captures at once.
+    pub(crate) fn history_with(
+        &self,
+        filter: &HistoryFilter,
+        mut trim: impl FnMut(&mut Vec<TaskExecution>),
+    ) -> Result<Vec<(WorkflowExecution, Vec<TaskExecution>)>> {
         let journaled = journaled(&self.path);
         self.executions(filter)?
             .into_iter()
             .map(|mut e| {
-                let t = self.task_executions_with(&e.id, &journaled)?;
+                let mut t = self.task_executions_with(&e.id, &journaled)?;
+                trim(&mut t);
                 if matches!(
                     e.status,
                     WorkflowStatus::Running | WorkflowStatus::Interrupted

@@ -14,9 +14,14 @@
 //!   `executions/ID/tasks/TASK/log?offset=N`, and `POST workflows/NAME/run`.
 //!
 //! Safety: everything shown is read-only; triggering a run needs the configured bearer token
-//! (compared in constant time) and obeys the workflow's overlap rule. Names from a request
-//! are only looked up among the recorded workflows, executions and tasks, never joined into a
-//! path, so the log endpoint cannot reach any other file. Task configurations and
+//! (compared in constant time) and obeys the workflow's overlap rule. With
+//! `require_token_for_reads`, every page and API read needs it too: as a bearer header, or as
+//! the session cookie (`HttpOnly`, `SameSite=Strict`) that the sign-in form (`POST /login`)
+//! sets; the cookie holds a random key drawn at start, never the token, and never triggers a
+//! run. An execution view shows only the last [`CAPTURE_TAIL`] bytes of each captured stream,
+//! so that no answer repeats megabytes of output; the log endpoint has all of it. Names from
+//! a request are only looked up among the recorded workflows, executions and tasks, never
+//! joined into a path, so the log endpoint cannot reach any other file. Task configurations and
 //! environments are never shown. When the endpoint listens on a loopback address, requests
 //! whose `Host` names another host are refused, so a web page cannot reach the UI through DNS
 //! rebinding.
@@ -35,7 +40,7 @@ use smol::future;
 use crate::daemon::{CatalogEntry, Trigger, Triggered, WebContext};
 use crate::error::{Error, Result};
 use crate::events::{last_attempts, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus};
-use crate::httpd::{Request, Response, Service};
+use crate::httpd::{percent_encode, Request, Response, Service};
 use crate::logs::{execution_log_dir, task_log_path};
 use crate::model::Workflow;
 use crate::store::{HistoryFilter, Store, WorkflowRecord};
@@ -49,17 +54,41 @@ const DEFAULT_LIMIT: usize = 20;
 const LOG_CHUNK: usize = 64 * 1024;
 /// How long the API waits for the daemon to answer a trigger.
 const TRIGGER_WAIT: Duration = Duration::from_secs(10);
+/// Most bytes of each captured stream (stdout, stderr) an execution view shows: its end.
+const CAPTURE_TAIL: usize = 4 * 1024;
+/// The cookie that carries a signed-in browser's session key.
+const SESSION_COOKIE: &str = "picoflow_session";
 
 const SCRIPT: &str = include_str!("picoflow.js");
 const STYLE: &str = include_str!("picoflow.css");
 
 /// The UI and API as a service of the daemon's HTTP endpoint.
 pub(crate) fn service(context: WebContext) -> Option<Arc<dyn Service>> {
-    Some(Arc::new(Web { cx: context }))
+    let session = session_key();
+    Some(Arc::new(Web {
+        cx: context,
+        session,
+    }))
 }
 
 struct Web {
     cx: WebContext,
+    /// What the session cookie holds once a browser signed in; `None` when no random key
+    /// could be drawn (signing in is then refused, bearer headers still work).
+    session: Option<String>,
+}
+
+/// 256 random bits from the kernel, in hex.
+fn session_key() -> Option<String> {
+    let mut key = [0u8; 32];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key));
+    match read {
+        Ok(()) => Some(key.iter().map(|b| format!("{b:02x}")).collect()),
+        Err(e) => {
+            tracing::error!(error = %e, "web: cannot draw a session key; signing in is disabled");
+            None
+        }
+    }
 }
 
 /// What a request asked for that is not there, or could not be answered.
@@ -118,6 +147,12 @@ fn api_json(value: &Value) -> Answer {
 }
 
 impl Service for Web {
+    /// Pages and the API read records of up to 10 MB a stream and wait for triggers: on the
+    /// worker thread, one at a time, never in the way of `/health` and `/metrics`.
+    fn on_worker(&self) -> bool {
+        true
+    }
+
     fn handle(&self, r: &Request) -> Option<Response> {
         let seg: Vec<&str> = r.segments.iter().map(String::as_str).collect();
         let api = seg.first() == Some(&"api");
@@ -126,6 +161,7 @@ impl Service for Web {
                 Route::Page
             }
             ["static", "picoflow.js"] | ["static", "picoflow.css"] => Route::Static,
+            ["login"] => Route::Login,
             ["api", "v1", "workflows", _, "run"] => Route::Post,
             ["api", ..] => Route::Api,
             _ => return None,
@@ -138,22 +174,34 @@ impl Service for Web {
                 Response::status(403)
             });
         }
-        let expected = if route == Route::Post { "POST" } else { "GET" };
+        let post = matches!(route, Route::Post | Route::Login);
+        let expected = if post { "POST" } else { "GET" };
         if r.method != expected {
-            let allow = if route == Route::Post {
-                "POST"
-            } else {
-                "GET, HEAD"
-            };
+            let allow = if post { "POST" } else { "GET, HEAD" };
             return Some(if api {
                 api_error(405, &format!("use {expected}")).with("Allow", allow)
             } else {
                 Response::status(405).with("Allow", allow)
             });
         }
+        if self.cx.reads_need_token
+            && matches!(route, Route::Page | Route::Api)
+            && !self.may_read(r)
+        {
+            return Some(if api {
+                api_error(
+                    401,
+                    "a valid 'Authorization: Bearer <token>' or a signed-in session is needed",
+                )
+                .with("WWW-Authenticate", "Bearer")
+            } else {
+                page::login(401, &r.path, None)
+            });
+        }
         let answer = match (route, seg.as_slice()) {
             (Route::Static, [_, "picoflow.js"]) => Ok(static_file("text/javascript", SCRIPT)),
             (Route::Static, _) => Ok(static_file("text/css", STYLE)),
+            (Route::Login, _) => Ok(self.login(r)),
             (Route::Post, [_, _, _, name, _]) => Ok(self.trigger(r, name)),
             (Route::Api, ["api", "v1", rest @ ..]) => self.api(r, rest),
             (Route::Api, _) => Err(Problem::NotFound("no such API; see /api/v1/".into())),
@@ -177,6 +225,7 @@ enum Route {
     Static,
     Api,
     Post,
+    Login,
 }
 
 fn static_file(content_type: &'static str, body: &'static str) -> Response {
@@ -240,11 +289,12 @@ impl Web {
         Ok(ExecutionView { exec, attempts })
     }
 
+    /// The history a request asks for, each capture cut to its tail as it is read.
     fn history(
         &self,
         r: &Request,
         workflow: Option<&str>,
-    ) -> std::result::Result<Vec<(WorkflowExecution, Vec<TaskExecution>)>, Problem> {
+    ) -> std::result::Result<History, Problem> {
         let limit = match param(r, "limit") {
             None => DEFAULT_LIMIT,
             Some(v) => v
@@ -267,7 +317,11 @@ impl Web {
                 .transpose()?,
             limit: Some(limit),
         };
-        Ok(self.store().history(&filter)?)
+        let mut cuts = Cuts::new();
+        let list = self
+            .store()
+            .history_with(&filter, |t| cuts.append(&mut cut_captures(t)))?;
+        Ok((list, cuts))
     }
 
     fn api(&self, r: &Request, rest: &[&str]) -> Answer {
@@ -295,8 +349,11 @@ impl Web {
                 j["handlers"] = handlers_json(&view.entry.wf);
                 j["latest"] = match self.store().latest_execution(name)? {
                     Some(e) => {
-                        let attempts = self.store().task_executions(&e.id)?;
-                        views::execution_json(&e, &attempts)
+                        let mut attempts = self.store().task_executions(&e.id)?;
+                        let cuts = cut_captures(&mut attempts);
+                        let mut latest = views::execution_json(&e, &attempts);
+                        mark_cuts(&mut latest, &cuts);
+                        latest
                     }
                     None => Value::Null,
                 };
@@ -304,25 +361,15 @@ impl Web {
             }
             ["workflows", name, "executions"] => {
                 self.workflow(name)?;
-                let list = self.history(r, Some(name))?;
-                api_json(&Value::Array(
-                    list.iter()
-                        .map(|(e, t)| views::history_json(e, t))
-                        .collect(),
-                ))
+                history_answer(self.history(r, Some(name))?)
             }
-            ["executions"] => {
-                let list = self.history(r, None)?;
-                api_json(&Value::Array(
-                    list.iter()
-                        .map(|(e, t)| views::history_json(e, t))
-                        .collect(),
-                ))
-            }
+            ["executions"] => history_answer(self.history(r, None)?),
             ["executions", id] => {
-                let v = self.execution(id)?;
+                let mut v = self.execution(id)?;
+                let cuts = cut_captures(&mut v.attempts);
                 let mut j = views::execution_json(&v.exec, &v.attempts);
                 j["attempts"] = serde_json::to_value(&v.attempts).unwrap_or_default();
+                mark_cuts(&mut j, &cuts);
                 api_json(&j)
             }
             ["executions", id, "tasks", task, "log"] => {
@@ -430,11 +477,7 @@ impl Web {
                 "triggering runs is disabled: set [web] token or token_file",
             );
         };
-        let given = r
-            .header("authorization")
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+        if !bearer_matches(r, token) {
             return api_error(401, "a valid 'Authorization: Bearer <token>' is needed")
                 .with("WWW-Authenticate", "Bearer");
         }
@@ -468,16 +511,74 @@ impl Web {
         }
     }
 
+    /// Whether a read may be answered: the bearer token, or the session cookie of a
+    /// browser that signed in.
+    fn may_read(&self, r: &Request) -> bool {
+        let Some(token) = &self.cx.token else {
+            return false;
+        };
+        if bearer_matches(r, token) {
+            return true;
+        }
+        let Some(key) = &self.session else {
+            return false;
+        };
+        cookies(r)
+            .filter(|(name, _)| *name == SESSION_COOKIE)
+            .any(|(_, value)| constant_time_eq(value.as_bytes(), key.as_bytes()))
+    }
+
+    /// `POST /login` with the form's `token` and `next`: with the right token, 303 to `next`
+    /// (a path on this server) with the session cookie; else the form again with 401.
+    fn login(&self, r: &Request) -> Response {
+        let form = std::str::from_utf8(&r.body)
+            .ok()
+            .and_then(crate::httpd::parse_form)
+            .unwrap_or_default();
+        let field = |name: &str| {
+            form.iter()
+                .find(|(k, _)| k == name)
+                .map_or("", |(_, v)| v.as_str())
+        };
+        let next = field("next");
+        // Only a path here: `//host` or `/\host` would lead the browser to another site.
+        let next = if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+            next
+        } else {
+            "/"
+        };
+        let right = self
+            .cx
+            .token
+            .as_ref()
+            .is_some_and(|t| constant_time_eq(field("token").trim().as_bytes(), t.as_bytes()));
+        match (&self.session, right) {
+            (Some(key), true) => Response::new(303, "text/plain; charset=utf-8", "signed in\n")
+                .with("Location", local_location(next))
+                .with(
+                    "Set-Cookie",
+                    format!("{SESSION_COOKIE}={key}; Path=/; HttpOnly; SameSite=Strict"),
+                )
+                .with("Cache-Control", "no-store"),
+            (None, true) => page::error(503, "signing in is disabled; see the daemon's log"),
+            (_, false) => page::login(401, next, Some("wrong token")),
+        }
+    }
+
     fn workflows_page(&self) -> Answer {
         Ok(page::workflows(&self.workflows()?, Utc::now()))
     }
 
     fn workflow_page(&self, name: &str) -> Answer {
         let view = self.workflow(name)?;
-        let history = self.store().history(&HistoryFilter {
+        let filter = HistoryFilter {
             workflow: Some(name.to_string()),
             limit: Some(50),
             ..Default::default()
+        };
+        // The page shows no captures: each is cut as it is read.
+        let history = self.store().history_with(&filter, |t| {
+            cut_captures(t);
         })?;
         let latest = history.first();
         let states = latest.map(|(e, t)| task_states(&view.entry.wf, e, t));
@@ -514,6 +615,110 @@ fn host_allowed(host: Option<&str>) -> bool {
         None => host.split(':').next().unwrap_or_default(),
     };
     crate::httpd::is_loopback(name)
+}
+
+/// Executions with their attempts, and the captures cut in them.
+type History = (Vec<(WorkflowExecution, Vec<TaskExecution>)>, Cuts);
+
+/// A history as the API answers it: `history --format json`, each capture cut to its tail.
+fn history_answer((list, cuts): History) -> Answer {
+    let mut j = Value::Array(
+        list.iter()
+            .map(|(e, t)| views::history_json(e, t))
+            .collect(),
+    );
+    mark_cuts(&mut j, &cuts);
+    api_json(&j)
+}
+
+/// The original sizes of the captures (stdout, stderr) that were cut, by attempt id.
+type Cuts = BTreeMap<String, [Option<usize>; 2]>;
+
+/// Cuts each capture longer than [`CAPTURE_TAIL`] bytes to its end, and says which.
+fn cut_captures(attempts: &mut [TaskExecution]) -> Cuts {
+    let mut cuts = Cuts::new();
+    for t in attempts {
+        let mut sizes = [None, None];
+        for (size, capture) in sizes.iter_mut().zip([&mut t.stdout, &mut t.stderr]) {
+            if let Some(text) = capture.as_mut().filter(|c| c.len() > CAPTURE_TAIL) {
+                *size = Some(text.len());
+                *text = tail(text, CAPTURE_TAIL).to_string();
+            }
+        }
+        if sizes != [None, None] {
+            cuts.insert(t.id.clone(), sizes);
+        }
+    }
+    cuts
+}
+
+/// The last `max` bytes of `s` or a little fewer, never splitting a character.
+fn tail(s: &str, max: usize) -> &str {
+    let mut from = s.len().saturating_sub(max);
+    while !s.is_char_boundary(from) {
+        from += 1;
+    }
+    &s[from..]
+}
+
+/// Adds to every attempt in `v` whose captures were cut `stdout_truncated` /
+/// `stderr_truncated` (true), `stdout_size` / `stderr_size` (the whole capture's bytes) and
+/// `log`, the API path of the task's whole log. Attempts shown whole get none of these, so
+/// they keep the shapes of the command line's JSON.
+fn mark_cuts(v: &mut Value, cuts: &Cuts) {
+    if cuts.is_empty() {
+        return;
+    }
+    match v {
+        Value::Array(items) => items.iter_mut().for_each(|x| mark_cuts(x, cuts)),
+        Value::Object(o) => {
+            let text = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+            let attempt = (text("id"), text("workflow_execution_id"), text("task_name"));
+            if let (Some(id), Some(exec), Some(task)) = attempt {
+                let Some(sizes) = cuts.get(&id) else { return };
+                for (stream, size) in ["stdout", "stderr"].into_iter().zip(sizes) {
+                    if let Some(size) = size {
+                        o.insert(format!("{stream}_truncated"), json!(true));
+                        o.insert(format!("{stream}_size"), json!(size));
+                    }
+                }
+                let log = format!(
+                    "/api/v1/executions/{}/tasks/{}/log",
+                    percent_encode(&exec),
+                    percent_encode(&task)
+                );
+                o.insert("log".into(), json!(log));
+            } else {
+                o.values_mut().for_each(|x| mark_cuts(x, cuts));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `next` (a decoded path on this server) as a `Location`: each segment percent-encoded,
+/// so no byte of it can end the header.
+fn local_location(next: &str) -> String {
+    let segments: Vec<String> = next[1..].split('/').map(percent_encode).collect();
+    format!("/{}", segments.join("/"))
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`.
+fn bearer_matches(r: &Request, token: &str) -> bool {
+    let given = r
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+}
+
+/// The `name=value` pairs of every `Cookie` header.
+fn cookies(r: &Request) -> impl Iterator<Item = (&str, &str)> {
+    r.headers
+        .iter()
+        .filter(|(n, _)| n == "cookie")
+        .flat_map(|(_, v)| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
 }
 
 /// A query parameter's first value.
@@ -729,6 +934,69 @@ mod tests {
         ] {
             assert!(!host_allowed(Some(bad)), "{bad}");
         }
+    }
+
+    fn attempt(id: &str, task: &str, stdout: &str, stderr: Option<&str>) -> TaskExecution {
+        let now = Utc::now();
+        TaskExecution {
+            id: id.into(),
+            workflow_execution_id: "e-1".into(),
+            task_name: task.into(),
+            status: TaskState::Success,
+            started_at: now,
+            finished_at: Some(now),
+            exit_code: Some(0),
+            stdout: Some(stdout.into()),
+            stderr: stderr.map(String::from),
+            attempt: 1,
+            error_message: None,
+            duration_seconds: Some(1.0),
+            created_at: now,
+            outputs: None,
+        }
+    }
+
+    /// An execution view repeated every capture whole (10 MB a stream), twice.
+    #[test]
+    fn long_captures_are_cut_to_their_tail_and_marked() {
+        let long = format!("{}é-the-end\n", "x".repeat(3 * CAPTURE_TAIL));
+        let mut attempts = vec![
+            attempt("a-1", "up[a b]", &long, Some("short")),
+            attempt("a-2", "quiet", "short", None),
+        ];
+        let cuts = cut_captures(&mut attempts);
+        let out = attempts[0].stdout.as_deref().unwrap();
+        assert!(out.len() <= CAPTURE_TAIL && out.ends_with("é-the-end\n"));
+        assert_eq!(attempts[0].stderr.as_deref(), Some("short"));
+        assert_eq!(attempts[1].stdout.as_deref(), Some("short"));
+        assert_eq!(cuts.len(), 1);
+        let mut j = json!({ "tasks": serde_json::to_value(&attempts).unwrap() });
+        mark_cuts(&mut j, &cuts);
+        let cut = &j["tasks"][0];
+        assert_eq!(cut["stdout_truncated"], true);
+        assert_eq!(cut["stdout_size"], long.len());
+        assert_eq!(cut["log"], "/api/v1/executions/e-1/tasks/up%5Ba%20b%5D/log");
+        assert!(cut.get("stderr_truncated").is_none());
+        let whole = &j["tasks"][1];
+        assert!(whole.get("stdout_truncated").is_none() && whole.get("log").is_none());
+    }
+
+    #[test]
+    fn tails_never_split_a_character() {
+        assert_eq!(tail("abcdef", 3), "def");
+        assert_eq!(tail("ab", 3), "ab");
+        assert_eq!(tail("aéé", 3), "é");
+    }
+
+    /// The place to go after signing in ends up in a `Location` header.
+    #[test]
+    fn locations_after_sign_in_cannot_end_the_header() {
+        assert_eq!(local_location("/executions/e-1"), "/executions/e-1");
+        assert_eq!(local_location("/"), "/");
+        assert_eq!(
+            local_location("/workflows/a\r\nSet-Cookie: x"),
+            "/workflows/a%0D%0ASet-Cookie%3A%20x"
+        );
     }
 
     #[test]

@@ -81,6 +81,34 @@ pub(super) fn error(status: u16, message: &str) -> Response {
     r
 }
 
+/// The sign-in form, shown instead of a page when reads need the token; it posts the token
+/// to `/login`, which sets the session cookie and leads back to `next`.
+pub(super) fn login(status: u16, next: &str, problem: Option<&str>) -> Response {
+    let problem = problem.map_or(String::new(), |p| {
+        format!("<p class=\"error\">{}</p>", esc(p))
+    });
+    let mut r = layout(
+        "Sign in",
+        false,
+        &format!(
+            "<h1>Sign in</h1>{problem}<p>This PicoFlow asks for its web token \
+             (<code>[web] token_file</code>).</p>\
+             <form method=\"post\" action=\"/login\">\
+             <input type=\"hidden\" name=\"next\" value=\"{next}\">\
+             <label>Token <input type=\"password\" name=\"token\" \
+             autocomplete=\"current-password\" required autofocus></label> <button type=\"submit\">Sign in</button></form>",
+            next = esc(next),
+        ),
+    );
+    r.status = status;
+    for (name, value) in &mut r.headers {
+        if *name == "Content-Security-Policy" {
+            *value = CSP.replace("form-action 'none'", "form-action 'self'");
+        }
+    }
+    r
+}
+
 /// `/`: every loaded workflow.
 pub(super) fn workflows(list: &[WorkflowView], now: DateTime<Utc>) -> Response {
     let mut b = String::from("<h1>Workflows</h1>");
