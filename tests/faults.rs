@@ -220,6 +220,272 @@ fn a_daemon_that_resumes_a_crashed_run_stops_what_it_left() {
     );
 }
 
+/// A throwaway user, created with useradd(8) and removed with userdel(8) on drop.
+struct ThrowawayUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+impl ThrowawayUser {
+    fn create() -> ThrowawayUser {
+        let name = format!("pfatk{}", std::process::id() % 1_000_000);
+        let ok = std::process::Command::new("useradd")
+            .args(["-M", "-N", "-s", "/usr/sbin/nologin", &name])
+            .status()
+            .expect("useradd(8) is needed to test processes of another user")
+            .success();
+        assert!(ok, "useradd {name} failed");
+        let id = |flag: &str| -> u32 {
+            let out = std::process::Command::new("id")
+                .args([flag, &name])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        ThrowawayUser { name, uid, gid }
+    }
+}
+
+impl Drop for ThrowawayUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel")
+            .arg(&self.name)
+            .status();
+    }
+}
+
+/// The search for leftovers trusted the marks in a process's environment, which anyone can
+/// set: run as root, `run --resume` of `backup` killed another user's
+/// `PICOFLOW_WORKFLOW=backup PICOFLOW_OWNER=1.1 setsid sleep 300`. Only processes of
+/// PicoFlow's own user are stopped now.
+#[test]
+fn the_search_for_leftovers_leaves_other_users_processes_alone() {
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED the_search_for_leftovers_leaves_other_users_processes_alone: \
+             it creates a user and starts a process as that user, which needs root"
+        );
+        return;
+    }
+    use std::os::unix::process::CommandExt as _;
+    let dir = TempDir::new("orphans-uid");
+    let secs = unique_seconds(44);
+    let wf = sleeper(&dir, "orphans-uid", &secs);
+    let sleeps = crash_leaving_two_sleeps(dir.path(), &wf, &format!("sleep {secs}"));
+    let user = ThrowawayUser::create();
+    // The same marks twice, one process of the other user and one of ours, both started
+    // outside PicoFlow and owned by a PicoFlow process that cannot exist.
+    let marked = |secs: &str| {
+        let mut c = std::process::Command::new("setsid");
+        c.args(["sleep", secs])
+            .env("PICOFLOW_WORKFLOW", "orphans-uid")
+            .env("PICOFLOW_EXECUTION_ID", "forged")
+            .env("PICOFLOW_TASK", "long")
+            .env("PICOFLOW_OWNER", "4194305.1")
+            .current_dir("/");
+        c
+    };
+    let mut theirs = marked(&unique_seconds(45))
+        .uid(user.uid)
+        .gid(user.gid)
+        .spawn()
+        .unwrap();
+    let mut ours = marked(&unique_seconds(46)).spawn().unwrap();
+    let guard = KillOnDrop(vec![theirs.id() as i32, ours.id() as i32]);
+    wait_until(Duration::from_secs(5), "the marked sleeps to start", || {
+        [&theirs, &ours].iter().all(|c| {
+            std::fs::read(format!("/proc/{}/environ", c.id()))
+                .is_ok_and(|e| e.windows(16).any(|w| w == b"PICOFLOW_OWNER=4"))
+        })
+    });
+
+    std::fs::write(dir.path().join("resumed"), "").unwrap();
+    let out = run(picoflow(dir.path())
+        .args(["--log-format", "pretty", "run", "--resume"])
+        .arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        alive(theirs.id() as i32),
+        "the other user's process was killed: {}",
+        stderr(&out)
+    );
+    assert!(
+        !alive(ours.id() as i32),
+        "our own marked process survived: {}",
+        stderr(&out)
+    );
+    for p in &sleeps {
+        assert!(!alive(*p), "process {p} of the killed run survived");
+    }
+    assert!(stderr(&out).contains("another user"), "{}", stderr(&out));
+    drop(guard);
+    theirs.wait().unwrap();
+    ours.wait().unwrap();
+    drop(user);
+}
+
+/// Whether PicoFlow, started from this test, has a cgroup v2 of its own to run tasks in: the
+/// one it shares with this test is writable, and delegated (`user.delegate`/`trusted.delegate`)
+/// or the root of its cgroup namespace. If not, says why the test that needs one stops.
+fn task_cgroups_expected(test: &str) -> bool {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let rel = own.lines().find_map(|l| l.strip_prefix("0::"));
+    let point = mounts.lines().find_map(|l| {
+        let (fields, fs) = l.split_once(" - ")?;
+        (fs.starts_with("cgroup2 ")).then(|| fields.split(' ').nth(4).map(str::to_string))?
+    });
+    let why = match (rel, point) {
+        (None, _) | (_, None) => Some("there is no cgroup v2".to_string()),
+        (Some(rel), Some(point)) => {
+            let dir = format!("{point}{}", rel.trim_end_matches('/'));
+            let c = std::ffi::CString::new(format!("{dir}/cgroup.procs")).unwrap();
+            // SAFETY: access(2) on a NUL-terminated path.
+            let writable = unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0;
+            let d = std::ffi::CString::new(dir.clone()).unwrap();
+            let delegated = [c"trusted.delegate", c"user.delegate"].iter().any(|n| {
+                let mut v = [0u8; 8];
+                // SAFETY: getxattr(2) writes at most 8 bytes into `v`.
+                unsafe { libc::getxattr(d.as_ptr(), n.as_ptr(), v.as_mut_ptr().cast(), 8) > 0 }
+            });
+            match (writable, rel == "/" || delegated) {
+                (true, true) => None,
+                (false, _) => Some(format!("{dir} is not writable")),
+                (true, false) => Some(format!("{dir} is not delegated")),
+            }
+        }
+    };
+    if let Some(why) = &why {
+        eprintln!("SKIPPED {test}: tasks run in a cgroup of their own only where PicoFlow has one, and {why}");
+    }
+    why.is_none()
+}
+
+/// Asserts that the task whose `/proc/self/cgroup` is in `file` ran in a cgroup of its own.
+fn assert_ran_in_its_cgroup(dir: &Path, file: &str) {
+    let cg = std::fs::read_to_string(dir.join(file)).unwrap();
+    assert!(
+        cg.lines()
+            .any(|l| l.starts_with("0::") && l.contains("/picoflow-")),
+        "{cg}"
+    );
+}
+
+/// A task that leaves its process group and starts `sleep` in a session of its own, writing
+/// the sleep's pid to `escaped.pid` and its cgroup to `cgroup.txt`.
+fn escaping_task(dir: &TempDir, name: &str, timeout: Option<u32>) -> std::path::PathBuf {
+    let timeout = timeout.map_or(String::new(), |t| format!("    timeout: {t}\n"));
+    dir.write(
+        "w.yaml",
+        &format!("name: {name}\ntasks:\n  - name: escape\n    type: shell\n    retry: 0\n{timeout}    config:\n      command: \"[ -e resumed ] && exit 0; cat /proc/self/cgroup > cgroup.txt; setsid sh -c 'echo $$ > escaped.pid; exec env -i sleep 300' & sleep 30\"\n"),
+    )
+}
+
+/// A task escaped its timeout: `setsid env -i sleep 123 & sleep 30` with `timeout: 1` timed
+/// out and the `sleep 123`, in another session and without the PicoFlow variables, lived on.
+#[test]
+fn a_task_that_leaves_its_process_group_is_stopped_at_its_timeout() {
+    if !task_cgroups_expected("a_task_that_leaves_its_process_group_is_stopped_at_its_timeout") {
+        return;
+    }
+    let dir = TempDir::new("escape-timeout");
+    let wf = escaping_task(&dir, "escape-timeout", Some(1));
+    let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let escaped = read_pid(dir.path(), "escaped.pid");
+    let _guard = KillOnDrop(vec![escaped]);
+    wait_until(Duration::from_secs(5), "the escaped sleep to die", || {
+        !alive(escaped)
+    });
+    assert_ran_in_its_cgroup(dir.path(), "cgroup.txt");
+}
+
+/// The same escape, with `picoflow run` stopped by SIGTERM and SIGINT while the task runs.
+#[test]
+fn a_task_that_leaves_its_process_group_is_stopped_with_the_run() {
+    if !task_cgroups_expected("a_task_that_leaves_its_process_group_is_stopped_with_the_run") {
+        return;
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let dir = TempDir::new("escape-signal");
+        let wf = escaping_task(&dir, "escape-signal", None);
+        let mut child = picoflow(dir.path())
+            .arg("run")
+            .arg(&wf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until(Duration::from_secs(20), "the escaped sleep", || {
+            dir.path().join("escaped.pid").exists()
+                && std::fs::read_to_string(dir.path().join("escaped.pid"))
+                    .is_ok_and(|s| s.ends_with('\n'))
+        });
+        let escaped = read_pid(dir.path(), "escaped.pid");
+        let _guard = KillOnDrop(vec![escaped]);
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        // It stops the task (SIGTERM, SIGKILL after 2 s) and ends; the escaped sleep used to
+        // hold the task's output pipe open, and the run with it, for all its 300 s.
+        let ended = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if ended.elapsed() > Duration::from_secs(15) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("picoflow run still running 15 s after signal {sig}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        wait_until(Duration::from_secs(5), "the escaped sleep to die", || {
+            !alive(escaped)
+        });
+        assert_ran_in_its_cgroup(dir.path(), "cgroup.txt");
+    }
+}
+
+/// After a `kill -9` of `picoflow run`, a process its task started in another session with
+/// an empty environment carries none of the marks the search for leftovers looks for; its
+/// cgroup holds it, and the next run stops it.
+#[test]
+fn a_task_that_leaves_its_process_group_is_stopped_after_a_crash() {
+    if !task_cgroups_expected("a_task_that_leaves_its_process_group_is_stopped_after_a_crash") {
+        return;
+    }
+    let dir = TempDir::new("escape-crash");
+    let wf = escaping_task(&dir, "escape-crash", None);
+    let mut child = picoflow(dir.path())
+        .arg("run")
+        .arg(&wf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(20), "the escaped sleep", || {
+        std::fs::read_to_string(dir.path().join("escaped.pid")).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let escaped = read_pid(dir.path(), "escaped.pid");
+    let _guard = KillOnDrop(vec![escaped]);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_ran_in_its_cgroup(dir.path(), "cgroup.txt");
+    assert!(
+        alive(escaped),
+        "the kernel stopped the escaped sleep itself"
+    );
+    std::fs::write(dir.path().join("resumed"), "").unwrap();
+    let out = run(picoflow(dir.path())
+        .args(["--log-format", "pretty", "run", "--resume"])
+        .arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("left running"), "{}", stderr(&out));
+    wait_until(Duration::from_secs(5), "the escaped sleep to die", || {
+        !alive(escaped)
+    });
+}
+
 /// A tmpfs of `size` mounted at `dir` (CI runs as root), unmounted on drop.
 struct Tmpfs(std::path::PathBuf);
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::expand::Vars;
 use crate::model::Task;
 
+pub(crate) mod cgroup;
 #[cfg(feature = "docker")]
 pub(crate) mod docker;
 #[cfg(feature = "http")]

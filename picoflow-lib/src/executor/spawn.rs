@@ -12,7 +12,8 @@
 //! allocates nothing and takes no lock.
 //!
 //! In the child, in this order: signal handlers are reset to the default (and `SIGPIPE`, which
-//! Rust ignores, too), the process gets a group of its own, asks to be killed when its parent
+//! Rust ignores, too), the process moves itself into the task's cgroup if it has one (see
+//! `cgroup`), gets a group of its own, asks to be killed when its parent
 //! thread dies, takes `/dev/null` and the two pipes as stdin, stdout and stderr, changes to the
 //! working directory, unblocks all signals and executes the program. A program named without
 //! `/` is looked up in the `PATH` of the child's environment, as `execvp` does, and a file that
@@ -27,7 +28,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read as _};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
@@ -50,6 +51,7 @@ pub(crate) struct Command {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     dir: Option<OsString>,
+    cgroup: Option<c_int>,
 }
 
 impl Command {
@@ -59,6 +61,7 @@ impl Command {
             args: Vec::new(),
             env: Vec::new(),
             dir: None,
+            cgroup: None,
         }
     }
 
@@ -75,6 +78,14 @@ impl Command {
 
     pub(crate) fn current_dir(&mut self, dir: impl Into<OsString>) -> &mut Command {
         self.dir = Some(dir.into());
+        self
+    }
+
+    /// Starts the process in a cgroup: `procs` is its open `cgroup.procs`, which must stay
+    /// open until [`Command::spawn`] returns. Where the child cannot move into it, it starts
+    /// without it, and so do later children (see `cgroup::unusable`).
+    pub(crate) fn cgroup(&mut self, procs: RawFd) -> &mut Command {
+        self.cgroup = Some(procs);
         self
     }
 
@@ -133,6 +144,7 @@ impl Command {
             fds: [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
             parent: std::process::id() as libc::pid_t,
             report: report_w.as_raw_fd(),
+            cgroup: self.cgroup.unwrap_or(-1),
         };
         let mut stack = vec![0u8; CHILD_STACK];
         // SAFETY: the stack grows down from its end, aligned to 16 bytes as every ABI wants.
@@ -174,6 +186,18 @@ impl Command {
         if errno != 0 {
             // The child has exited already: collect it.
             let _ = wait_pid(pid, 0);
+            if errno < 0 {
+                // It could not join its cgroup (a negative errno): start it without one.
+                super::cgroup::unusable(&io::Error::from_raw_os_error(-errno));
+                let mut again = Command {
+                    cgroup: None,
+                    ..Command::new(self.program.clone())
+                };
+                again.args.clone_from(&self.args);
+                again.env.clone_from(&self.env);
+                again.dir.clone_from(&self.dir);
+                return again.spawn();
+            }
             return Err(io::Error::from_raw_os_error(errno));
         }
         Child::new(pid, out_r, err_r)
@@ -266,8 +290,10 @@ struct ChildArgs<'a> {
     /// The descriptors that become 0, 1 and 2.
     fds: [c_int; 3],
     parent: libc::pid_t,
-    /// Where the `errno` of a failed step goes.
+    /// Where the `errno` of a failed step goes (negated when joining the cgroup failed).
     report: c_int,
+    /// The `cgroup.procs` to move into, or -1.
+    cgroup: c_int,
 }
 
 /// The child, from clone to `execve`. It shares the parent's memory, so it must not allocate,
@@ -276,7 +302,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `ChildArgs` the suspended parent keeps alive (see `spawn`).
     let args = unsafe { &*arg.cast::<ChildArgs<'_>>() };
     let fail = |errno: c_int| -> c_int {
-        let word = errno.max(1).to_ne_bytes();
+        let word = if errno == 0 { 1 } else { errno }.to_ne_bytes();
         // SAFETY: a write of four bytes from the stack; _exit ends the child without running
         // anything of the parent's.
         unsafe {
@@ -306,6 +332,10 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 sa.sa_flags = 0;
                 libc::sigaction(sig, &sa, std::ptr::null_mut());
             }
+        }
+        // First, so that nothing the task runs ever starts outside its cgroup.
+        if args.cgroup >= 0 && libc::write(args.cgroup, b"0".as_ptr().cast::<c_void>(), 1) != 1 {
+            return fail(-last());
         }
         if libc::setpgid(0, 0) != 0 {
             return fail(last());
@@ -561,6 +591,20 @@ mod tests {
         let mut c = Command::new("/bin/echo");
         c.arg("a\0b");
         assert_eq!(c.spawn().unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    }
+
+    /// A cgroup the child cannot join does not stop it from starting. (This turns task
+    /// cgroups off for the rest of this test process; no other unit test relies on them.)
+    #[test]
+    fn a_child_that_cannot_join_its_cgroup_starts_without_it() {
+        // Open for reading only: the child's write of `0` fails with EBADF.
+        let read_only = File::open("/dev/null").unwrap();
+        let mut c = Command::new("cat");
+        c.arg("/proc/self/cgroup").cgroup(read_only.as_raw_fd());
+        let (status, out, err) = output(&c);
+        assert!(status.success(), "{err}");
+        assert!(out.contains("0::"), "{out}");
+        assert!(super::super::cgroup::Cgroup::create("w").is_none());
     }
 
     #[test]
