@@ -327,10 +327,9 @@ fn the_search_for_leftovers_leaves_other_users_processes_alone() {
     drop(user);
 }
 
-/// Whether PicoFlow, started from this test, has a cgroup v2 of its own to run tasks in: the
-/// one it shares with this test is writable, and delegated (`user.delegate`/`trusted.delegate`)
-/// or the root of its cgroup namespace. If not, says why the test that needs one stops.
-fn task_cgroups_expected(test: &str) -> bool {
+/// The directory of this test's cgroup v2 (PicoFlow, started from it, shares it), or why
+/// there is none.
+fn own_cgroup_dir() -> Result<String, String> {
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let rel = own.lines().find_map(|l| l.strip_prefix("0::"));
@@ -338,38 +337,110 @@ fn task_cgroups_expected(test: &str) -> bool {
         let (fields, fs) = l.split_once(" - ")?;
         (fs.starts_with("cgroup2 ")).then(|| fields.split(' ').nth(4).map(str::to_string))?
     });
-    let why = match (rel, point) {
-        (None, _) | (_, None) => Some("there is no cgroup v2".to_string()),
-        (Some(rel), Some(point)) => {
-            let dir = format!("{point}{}", rel.trim_end_matches('/'));
-            let c = std::ffi::CString::new(format!("{dir}/cgroup.procs")).unwrap();
-            // SAFETY: access(2) on a NUL-terminated path.
-            let writable = unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0;
-            let d = std::ffi::CString::new(dir.clone()).unwrap();
-            let delegated = [c"trusted.delegate", c"user.delegate"].iter().any(|n| {
-                let mut v = [0u8; 8];
-                // SAFETY: getxattr(2) writes at most 8 bytes into `v`.
-                unsafe { libc::getxattr(d.as_ptr(), n.as_ptr(), v.as_mut_ptr().cast(), 8) > 0 }
-            });
-            match (writable, rel == "/" || delegated) {
-                (true, true) => None,
-                (false, _) => Some(format!("{dir} is not writable")),
-                (true, false) => Some(format!("{dir} is not delegated")),
-            }
+    match (rel, point) {
+        (Some(rel), Some(point)) => Ok(format!("{point}{}", rel.trim_end_matches('/'))),
+        _ => Err("there is no cgroup v2".to_string()),
+    }
+}
+
+fn writable(path: &str) -> bool {
+    let c = std::ffi::CString::new(path).unwrap();
+    // SAFETY: access(2) on a NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// Whether PicoFlow, started from this test, has a cgroup v2 of its own to run tasks in: the
+/// one it shares with this test is writable, and delegated (`user.delegate`/`trusted.delegate`)
+/// or the root of its cgroup namespace. If not, says why the test that needs one stops.
+fn task_cgroups_expected(test: &str) -> bool {
+    let why = own_cgroup_dir().err().or_else(|| {
+        let dir = own_cgroup_dir().unwrap();
+        let d = std::ffi::CString::new(dir.clone()).unwrap();
+        let delegated = [c"trusted.delegate", c"user.delegate"].iter().any(|n| {
+            let mut v = [0u8; 8];
+            // SAFETY: getxattr(2) writes at most 8 bytes into `v`.
+            unsafe { libc::getxattr(d.as_ptr(), n.as_ptr(), v.as_mut_ptr().cast(), 8) > 0 }
+        });
+        let root = std::fs::read_to_string("/proc/self/cgroup")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == "0::/");
+        match (writable(&format!("{dir}/cgroup.procs")), root || delegated) {
+            (true, true) => None,
+            (false, _) => Some(format!("{dir} is not writable")),
+            (true, false) => Some(format!("{dir} is not delegated")),
         }
-    };
+    });
     if let Some(why) = &why {
         eprintln!("SKIPPED {test}: tasks run in a cgroup of their own only where PicoFlow has one, and {why}");
     }
     why.is_none()
 }
 
-/// Asserts that the task whose `/proc/self/cgroup` is in `file` ran in a cgroup of its own.
-fn assert_ran_in_its_cgroup(dir: &Path, file: &str) {
+/// A cgroup below this test's that is neither delegated nor a namespace's root: PicoFlow
+/// started in it has no task cgroups. Removed on drop.
+struct PlainCgroup(String);
+
+impl PlainCgroup {
+    /// `None` (saying why) where this test cannot create one; PicoFlow then runs where the
+    /// test does.
+    fn create() -> Option<PlainCgroup> {
+        let dir = match own_cgroup_dir() {
+            Ok(d) if writable(&format!("{d}/cgroup.procs")) => d,
+            Ok(d) => {
+                eprintln!("NOTE: {d} is not writable; PicoFlow runs in the test's own cgroup");
+                return None;
+            }
+            Err(why) => {
+                eprintln!("NOTE: {why}; PicoFlow runs in the test's own cgroup");
+                return None;
+            }
+        };
+        let path = format!(
+            "{dir}/pftest-plain-{}-{}",
+            std::process::id(),
+            picoflow_lib::new_id()
+        );
+        std::fs::create_dir(&path).unwrap();
+        Some(PlainCgroup(path))
+    }
+
+    /// Starts `cmd` in this cgroup.
+    fn enter(&self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt as _;
+        let procs = std::ffi::CString::new(format!("{}/cgroup.procs", self.0)).unwrap();
+        // SAFETY: between fork and exec the hook makes system calls only, on memory prepared
+        // before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+    }
+}
+
+impl Drop for PlainCgroup {
+    fn drop(&mut self) {
+        let t = Instant::now();
+        while std::fs::remove_dir(&self.0).is_err() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Asserts that the task whose `/proc/self/cgroup` is in `file` ran in a cgroup of its own,
+/// or (`own` false) did not.
+fn assert_ran_in_its_cgroup(dir: &Path, file: &str, own: bool) {
     let cg = std::fs::read_to_string(dir.join(file)).unwrap();
-    assert!(
+    assert_eq!(
         cg.lines()
             .any(|l| l.starts_with("0::") && l.contains("/picoflow-")),
+        own,
         "{cg}"
     );
 }
@@ -384,35 +455,65 @@ fn escaping_task(dir: &TempDir, name: &str, timeout: Option<u32>) -> std::path::
     )
 }
 
-/// A task escaped its timeout: `setsid env -i sleep 123 & sleep 30` with `timeout: 1` timed
-/// out and the `sleep 123`, in another session and without the PicoFlow variables, lived on.
-#[test]
-fn a_task_that_leaves_its_process_group_is_stopped_at_its_timeout() {
-    if !task_cgroups_expected("a_task_that_leaves_its_process_group_is_stopped_at_its_timeout") {
-        return;
+/// How PicoFlow runs in a test of a task that leaves its process group.
+#[derive(Clone, Copy, PartialEq)]
+enum Where {
+    /// With a cgroup v2 of its own: each task in a cgroup of its own.
+    TaskCgroups,
+    /// In a cgroup that is not its own: tasks found by parentage (child subreapers).
+    NoCgroup,
+}
+
+/// `picoflow` in `dir`, started where `place` says; the cgroup it needs, if any.
+fn picoflow_in(dir: &Path, place: Where) -> (std::process::Command, Option<PlainCgroup>) {
+    let mut cmd = picoflow(dir);
+    let plain = match place {
+        Where::TaskCgroups => None,
+        Where::NoCgroup => PlainCgroup::create(),
+    };
+    if let Some(p) = &plain {
+        p.enter(&mut cmd);
     }
+    (cmd, plain)
+}
+
+fn stopped_at_its_timeout(place: Where) {
     let dir = TempDir::new("escape-timeout");
     let wf = escaping_task(&dir, "escape-timeout", Some(1));
-    let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+    let (mut cmd, plain) = picoflow_in(dir.path(), place);
+    let out = run(cmd.arg("run").arg(&wf));
     assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
     let escaped = read_pid(dir.path(), "escaped.pid");
     let _guard = KillOnDrop(vec![escaped]);
     wait_until(Duration::from_secs(5), "the escaped sleep to die", || {
         !alive(escaped)
     });
-    assert_ran_in_its_cgroup(dir.path(), "cgroup.txt");
+    if place == Where::TaskCgroups || plain.is_some() {
+        assert_ran_in_its_cgroup(dir.path(), "cgroup.txt", place == Where::TaskCgroups);
+    }
 }
 
-/// The same escape, with `picoflow run` stopped by SIGTERM and SIGINT while the task runs.
+/// A task escaped its timeout: `setsid env -i sleep 123 & sleep 30` with `timeout: 1` timed
+/// out and the `sleep 123`, in another session and without the PicoFlow variables, lived on.
 #[test]
-fn a_task_that_leaves_its_process_group_is_stopped_with_the_run() {
-    if !task_cgroups_expected("a_task_that_leaves_its_process_group_is_stopped_with_the_run") {
-        return;
+fn a_task_that_leaves_its_process_group_is_stopped_at_its_timeout() {
+    if task_cgroups_expected("a_task_that_leaves_its_process_group_is_stopped_at_its_timeout") {
+        stopped_at_its_timeout(Where::TaskCgroups);
     }
+}
+
+/// The same without a cgroup for PicoFlow: the escaped process is found by parentage.
+#[test]
+fn a_task_that_leaves_its_process_group_is_stopped_at_its_timeout_without_a_cgroup() {
+    stopped_at_its_timeout(Where::NoCgroup);
+}
+
+fn stopped_with_the_run(place: Where) {
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let dir = TempDir::new("escape-signal");
         let wf = escaping_task(&dir, "escape-signal", None);
-        let mut child = picoflow(dir.path())
+        let (mut cmd, plain) = picoflow_in(dir.path(), place);
+        let mut child = cmd
             .arg("run")
             .arg(&wf)
             .stdout(Stdio::null())
@@ -420,9 +521,7 @@ fn a_task_that_leaves_its_process_group_is_stopped_with_the_run() {
             .spawn()
             .unwrap();
         wait_until(Duration::from_secs(20), "the escaped sleep", || {
-            dir.path().join("escaped.pid").exists()
-                && std::fs::read_to_string(dir.path().join("escaped.pid"))
-                    .is_ok_and(|s| s.ends_with('\n'))
+            std::fs::read_to_string(dir.path().join("escaped.pid")).is_ok_and(|s| s.ends_with('\n'))
         });
         let escaped = read_pid(dir.path(), "escaped.pid");
         let _guard = KillOnDrop(vec![escaped]);
@@ -442,8 +541,24 @@ fn a_task_that_leaves_its_process_group_is_stopped_with_the_run() {
         wait_until(Duration::from_secs(5), "the escaped sleep to die", || {
             !alive(escaped)
         });
-        assert_ran_in_its_cgroup(dir.path(), "cgroup.txt");
+        if place == Where::TaskCgroups || plain.is_some() {
+            assert_ran_in_its_cgroup(dir.path(), "cgroup.txt", place == Where::TaskCgroups);
+        }
     }
+}
+
+/// The same escape, with `picoflow run` stopped by SIGTERM and SIGINT while the task runs.
+#[test]
+fn a_task_that_leaves_its_process_group_is_stopped_with_the_run() {
+    if task_cgroups_expected("a_task_that_leaves_its_process_group_is_stopped_with_the_run") {
+        stopped_with_the_run(Where::TaskCgroups);
+    }
+}
+
+/// The same without a cgroup for PicoFlow.
+#[test]
+fn a_task_that_leaves_its_process_group_is_stopped_with_the_run_without_a_cgroup() {
+    stopped_with_the_run(Where::NoCgroup);
 }
 
 /// After a `kill -9` of `picoflow run`, a process its task started in another session with
@@ -470,7 +585,7 @@ fn a_task_that_leaves_its_process_group_is_stopped_after_a_crash() {
     let _guard = KillOnDrop(vec![escaped]);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert_ran_in_its_cgroup(dir.path(), "cgroup.txt");
+    assert_ran_in_its_cgroup(dir.path(), "cgroup.txt", true);
     assert!(
         alive(escaped),
         "the kernel stopped the escaped sleep itself"

@@ -23,6 +23,7 @@ mod shell;
 mod spawn;
 #[cfg(feature = "ssh")]
 mod ssh;
+mod subreaper;
 
 /// Largest capture kept per stream (stdout or stderr) of one attempt: 10 MB (EXEC-005).
 pub const CAPTURE_LIMIT: usize = 10 * 1024 * 1024;

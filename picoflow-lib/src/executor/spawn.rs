@@ -14,7 +14,7 @@
 //! In the child, in this order: signal handlers are reset to the default (and `SIGPIPE`, which
 //! Rust ignores, too), the process moves itself into the task's cgroup if it has one (see
 //! `cgroup`), gets a group of its own, asks to be killed when its parent
-//! thread dies, takes `/dev/null` and the two pipes as stdin, stdout and stderr, changes to the
+//! thread dies, becomes a child subreaper where it is asked to (see `subreaper`), takes `/dev/null` and the two pipes as stdin, stdout and stderr, changes to the
 //! working directory, unblocks all signals and executes the program. A program named without
 //! `/` is looked up in the `PATH` of the child's environment, as `execvp` does, and a file that
 //! is not a recognised executable runs through `/bin/sh`. When any step fails, the child
@@ -32,7 +32,7 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use libc::{c_char, c_int, c_void};
@@ -44,6 +44,15 @@ const CHILD_STACK: usize = 32 * 1024;
 /// How often the end of a child is checked on a kernel without pidfds.
 const POLL_WITHOUT_PIDFD: Duration = Duration::from_millis(5);
 
+/// The pids of the children started here that have not been collected yet: a task's first
+/// process. Locked from before a child is cloned until it is registered, so that whoever
+/// looks for strays (see `subreaper`) under the lock never takes it for one.
+pub(crate) static LEADERS: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+
+fn leaders() -> std::sync::MutexGuard<'static, Vec<libc::pid_t>> {
+    LEADERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A command to start: program, arguments, environment changes and working directory.
 #[derive(Debug)]
 pub(crate) struct Command {
@@ -52,6 +61,7 @@ pub(crate) struct Command {
     env: Vec<(OsString, OsString)>,
     dir: Option<OsString>,
     cgroup: Option<c_int>,
+    subreaper: bool,
 }
 
 impl Command {
@@ -62,6 +72,7 @@ impl Command {
             env: Vec::new(),
             dir: None,
             cgroup: None,
+            subreaper: false,
         }
     }
 
@@ -86,6 +97,13 @@ impl Command {
     /// without it, and so do later children (see `cgroup::unusable`).
     pub(crate) fn cgroup(&mut self, procs: RawFd) -> &mut Command {
         self.cgroup = Some(procs);
+        self
+    }
+
+    /// Makes the child a child subreaper (`PR_SET_CHILD_SUBREAPER`): what its descendants
+    /// leave without a parent stays below it.
+    pub(crate) fn subreaper(&mut self) -> &mut Command {
+        self.subreaper = true;
         self
     }
 
@@ -145,6 +163,7 @@ impl Command {
             parent: std::process::id() as libc::pid_t,
             report: report_w.as_raw_fd(),
             cgroup: self.cgroup.unwrap_or(-1),
+            subreaper: c_int::from(self.subreaper),
         };
         let mut stack = vec![0u8; CHILD_STACK];
         // SAFETY: the stack grows down from its end, aligned to 16 bytes as every ABI wants.
@@ -152,6 +171,7 @@ impl Command {
             let end = stack.as_mut_ptr().add(CHILD_STACK);
             end.sub(end as usize % 16)
         };
+        let mut leaders = leaders();
         // SAFETY: all signals are blocked around the clone, so no handler of the engine runs
         // on the child's stack before the child has reset them. With CLONE_VFORK this thread
         // is suspended until the child has called execve or _exit, so `shared`, `stack` and
@@ -186,6 +206,7 @@ impl Command {
         if errno != 0 {
             // The child has exited already: collect it.
             let _ = wait_pid(pid, 0);
+            drop(leaders);
             if errno < 0 {
                 // It could not join its cgroup (a negative errno): start it without one.
                 super::cgroup::unusable(&io::Error::from_raw_os_error(-errno));
@@ -196,10 +217,13 @@ impl Command {
                 again.args.clone_from(&self.args);
                 again.env.clone_from(&self.env);
                 again.dir.clone_from(&self.dir);
+                again.subreaper = self.subreaper;
                 return again.spawn();
             }
             return Err(io::Error::from_raw_os_error(errno));
         }
+        leaders.push(pid);
+        drop(leaders);
         Child::new(pid, out_r, err_r)
     }
 }
@@ -252,6 +276,9 @@ impl Child {
     fn try_status(&mut self) -> io::Result<Option<ExitStatus>> {
         if self.status.is_none() {
             self.status = wait_pid(self.pid, libc::WNOHANG)?;
+            if self.status.is_some() {
+                leaders().retain(|p| *p != self.pid);
+            }
         }
         Ok(self.status)
     }
@@ -264,6 +291,7 @@ impl Drop for Child {
         if self.status.is_some() {
             return;
         }
+        leaders().retain(|p| *p != self.pid);
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         unsafe {
             libc::kill(self.pid, libc::SIGKILL);
@@ -294,6 +322,8 @@ struct ChildArgs<'a> {
     report: c_int,
     /// The `cgroup.procs` to move into, or -1.
     cgroup: c_int,
+    /// Non-zero: become a child subreaper.
+    subreaper: c_int,
 }
 
 /// The child, from clone to `execve`. It shares the parent's memory, so it must not allocate,
@@ -341,6 +371,9 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             return fail(last());
         }
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if args.subreaper != 0 {
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        }
         // The parent may have died before the signal was armed.
         if libc::getppid() != args.parent {
             libc::_exit(137);
