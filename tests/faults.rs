@@ -228,8 +228,9 @@ struct ThrowawayUser {
 }
 
 impl ThrowawayUser {
-    fn create() -> ThrowawayUser {
-        let name = format!("pfatk{}", std::process::id() % 1_000_000);
+    /// `tag` tells apart the users of tests running at once.
+    fn create(tag: &str) -> ThrowawayUser {
+        let name = format!("pf{tag}{}", std::process::id() % 1_000_000);
         let ok = std::process::Command::new("useradd")
             .args(["-M", "-N", "-s", "/usr/sbin/nologin", &name])
             .status()
@@ -275,7 +276,7 @@ fn the_search_for_leftovers_leaves_other_users_processes_alone() {
     let secs = unique_seconds(44);
     let wf = sleeper(&dir, "orphans-uid", &secs);
     let sleeps = crash_leaving_two_sleeps(dir.path(), &wf, &format!("sleep {secs}"));
-    let user = ThrowawayUser::create();
+    let user = ThrowawayUser::create("atk");
     // The same marks twice, one process of the other user and one of ours, both started
     // outside PicoFlow and owned by a PicoFlow process that cannot exist.
     let marked = |secs: &str| {
@@ -350,8 +351,8 @@ fn writable(path: &str) -> bool {
 }
 
 /// Whether PicoFlow, started from this test, has a cgroup v2 of its own to run tasks in: the
-/// one it shares with this test is writable, and delegated (`user.delegate`/`trusted.delegate`)
-/// or the root of its cgroup namespace. If not, says why the test that needs one stops.
+/// one it shares with this test is writable, and delegated (`user.delegate`/`trusted.delegate`),
+/// the root of its cgroup namespace, or writable by a user other than root. If not, says why the test that needs one stops.
 fn task_cgroups_expected(test: &str) -> bool {
     let why = own_cgroup_dir().err().or_else(|| {
         let dir = own_cgroup_dir().unwrap();
@@ -365,7 +366,12 @@ fn task_cgroups_expected(test: &str) -> bool {
             .unwrap_or_default()
             .lines()
             .any(|l| l == "0::/");
-        match (writable(&format!("{dir}/cgroup.procs")), root || delegated) {
+        // SAFETY: geteuid(2) cannot fail.
+        let privileged = unsafe { libc::geteuid() } == 0;
+        match (
+            writable(&format!("{dir}/cgroup.procs")),
+            root || delegated || !privileged,
+        ) {
             (true, true) => None,
             (false, _) => Some(format!("{dir} is not writable")),
             (true, false) => Some(format!("{dir} is not delegated")),
@@ -559,6 +565,77 @@ fn a_task_that_leaves_its_process_group_is_stopped_with_the_run() {
 #[test]
 fn a_task_that_leaves_its_process_group_is_stopped_with_the_run_without_a_cgroup() {
     stopped_with_the_run(Where::NoCgroup);
+}
+
+/// The systemd unit's setting: `User=` with `Delegate=yes` hands the service's cgroup to the
+/// service's user, and PicoFlow, not root, runs each task in a cgroup of its own below it.
+#[test]
+fn a_service_user_given_its_cgroup_runs_each_task_in_a_cgroup_of_its_own() {
+    let test = "a_service_user_given_its_cgroup_runs_each_task_in_a_cgroup_of_its_own";
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED {test}: it hands a cgroup to a user it creates, which needs root");
+        return;
+    }
+    let Some(cg) = PlainCgroup::create() else {
+        eprintln!("SKIPPED {test}: it needs a writable cgroup v2 to hand a part of to a user");
+        return;
+    };
+    let user = ThrowawayUser::create("svc");
+    // What systemd does for `Delegate=yes` with `User=`.
+    for f in [
+        "",
+        "/cgroup.procs",
+        "/cgroup.threads",
+        "/cgroup.subtree_control",
+    ] {
+        std::os::unix::fs::chown(format!("{}{f}", cg.0), Some(user.uid), Some(user.gid)).unwrap();
+    }
+    let dir = TempDir::new("escape-user");
+    std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+    let wf = escaping_task(&dir, "escape-user", Some(1));
+    let mut cmd = picoflow(dir.path());
+    {
+        use std::os::unix::process::CommandExt as _;
+        let procs = std::ffi::CString::new(format!("{}/cgroup.procs", cg.0)).unwrap();
+        let (uid, gid) = (user.uid, user.gid);
+        // SAFETY: between fork and exec the hook makes system calls only, on memory prepared
+        // before the fork. It joins the cgroup as root, then becomes the user.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let out = run(cmd.arg("run").arg(&wf));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let escaped = read_pid(dir.path(), "escaped.pid");
+    let _guard = KillOnDrop(vec![escaped]);
+    wait_until(Duration::from_secs(5), "the escaped sleep to die", || {
+        !alive(escaped)
+    });
+    assert_ran_in_its_cgroup(dir.path(), "cgroup.txt", true);
+    use std::os::unix::fs::MetadataExt as _;
+    let task_uid = std::fs::metadata(dir.path().join("cgroup.txt"))
+        .unwrap()
+        .uid();
+    assert_eq!(
+        task_uid, user.uid,
+        "the task did not run as the service's user"
+    );
+    drop(cg);
+    drop(user);
 }
 
 /// After a `kill -9` of `picoflow run`, a process its task started in another session with

@@ -8,9 +8,12 @@
 //!
 //! PicoFlow uses a cgroup only where it has been given one: the cgroup v2 it runs in (the
 //! `0::` line of `/proc/self/cgroup`, under the `cgroup2` mount of `/proc/self/mountinfo`) is
-//! writable by it and either delegated (systemd's `Delegate=yes` marks it with the
-//! `trusted.delegate` or `user.delegate` attribute) or the root of its cgroup namespace (a
-//! container's own). Elsewhere (a login session, cgroup v1 only) nothing changes.
+//! writable by it, and it was given that cgroup: PicoFlow runs as a user other than root (no
+//! one else makes a cgroup writable for it; systemd's `Delegate=yes` with `User=` does), or
+//! the cgroup is marked delegated (the `trusted.delegate` or `user.delegate` attribute that
+//! systemd sets), or it is the root of its cgroup namespace (a container's own). Root in a
+//! login session's cgroup, which is not its to divide, does not use it. Elsewhere the tasks
+//! are followed by parentage (see `subreaper`).
 //!
 //! The attempt's cgroup is `picoflow-<owner>-<workflow hash>-<n>` beside PicoFlow itself; the
 //! child process moves itself into it (a write of `0` to its `cgroup.procs`) before it
@@ -43,7 +46,10 @@ fn base() -> Option<&'static Path> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
         let dir = own_cgroup_dir(&own, &mountinfo)?;
         let is_root = own.lines().any(|l| l == "0::/");
-        (writable(&dir.join("cgroup.procs")) && (is_root || delegated(&dir))).then_some(dir)
+        // SAFETY: geteuid(2) cannot fail.
+        let privileged = unsafe { libc::geteuid() } == 0;
+        let given = is_root || !privileged || delegated(&dir);
+        (writable(&dir.join("cgroup.procs")) && given).then_some(dir)
     })
     .as_deref()
 }
