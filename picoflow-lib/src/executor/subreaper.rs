@@ -38,8 +38,19 @@ pub(crate) fn enable() -> bool {
     })
 }
 
-/// The children of every thread of process `pid` (`/proc/<pid>/task/<tid>/children`).
+/// The children of process `pid`: from `/proc/<pid>/task/<tid>/children` where the kernel
+/// has them (`CONFIG_PROC_CHILDREN`), else from the parent field of every process's `stat`.
 fn children(pid: u32) -> Vec<u32> {
+    static LISTED: OnceLock<bool> = OnceLock::new();
+    if !*LISTED.get_or_init(|| std::path::Path::new("/proc/thread-self/children").exists()) {
+        return std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&p| parent_and_group(p).is_some_and(|(parent, _)| parent == pid))
+            .collect();
+    }
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
@@ -135,4 +146,23 @@ fn kill_strays() -> usize {
         }
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_children_of_a_process_are_listed() {
+        let mut c = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let kids = children(std::process::id());
+        let (parent, _) = parent_and_group(c.id()).unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+        assert!(kids.contains(&c.id()), "{kids:?}");
+        assert_eq!(parent, std::process::id());
+    }
 }
