@@ -13,14 +13,15 @@
 //!
 //! In the child, in this order: signal handlers are reset to the default (and `SIGPIPE`, which
 //! Rust ignores, too), the process moves itself into the task's cgroup if it has one (see
-//! `cgroup`), gets a group of its own, asks to be killed when its parent
-//! thread dies, becomes a child subreaper where it is asked to (see `subreaper`), takes `/dev/null` and the two pipes as stdin, stdout and stderr, changes to the
-//! working directory, unblocks all signals and executes the program. A program named without
-//! `/` is looked up in the `PATH` of the child's environment, as `execvp` does, and a file that
-//! is not a recognised executable runs through `/bin/sh`. When any step fails, the child
-//! writes its `errno` into a close-on-exec pipe, which the parent returns as the spawn error;
-//! the pipe (rather than the shared memory) keeps this right where a vfork is emulated by a
-//! fork, as under qemu-user.
+//! `cgroup`), gets a group of its own, asks to be killed when its parent thread dies, becomes
+//! a child subreaper if asked to (see `subreaper`), takes `/dev/null` and the two pipes as
+//! stdin, stdout and stderr, changes to the working directory, unblocks all signals and
+//! executes the program. A program named without `/` is looked up in the `PATH` of the
+//! child's environment, as `execvp` does, and a file that is not a recognised executable runs
+//! through `/bin/sh`. When any step fails, the child writes its `errno` into a close-on-exec
+//! pipe, which the parent returns as the spawn error; the pipe (rather than the shared memory)
+//! keeps this right where a vfork is emulated by a fork, as under qemu-user. A child that
+//! cannot join its cgroup writes the `errno` negated, and is started again without one.
 //!
 //! The end of the process is awaited through a pidfd (Linux 5.3 and later), one per child;
 //! on older kernels it is polled.
