@@ -220,6 +220,464 @@ fn a_daemon_that_resumes_a_crashed_run_stops_what_it_left() {
     );
 }
 
+/// A throwaway user, created with useradd(8) and removed with userdel(8) on drop.
+struct ThrowawayUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+impl ThrowawayUser {
+    /// `tag` tells apart the users of tests running at once.
+    fn create(tag: &str) -> ThrowawayUser {
+        let name = format!("pf{tag}{}", std::process::id() % 1_000_000);
+        let ok = std::process::Command::new("useradd")
+            .args(["-M", "-N", "-s", "/usr/sbin/nologin", &name])
+            .status()
+            .expect("useradd(8) is needed to test processes of another user")
+            .success();
+        assert!(ok, "useradd {name} failed");
+        let id = |flag: &str| -> u32 {
+            let out = std::process::Command::new("id")
+                .args([flag, &name])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        ThrowawayUser { name, uid, gid }
+    }
+}
+
+impl Drop for ThrowawayUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel")
+            .arg(&self.name)
+            .status();
+    }
+}
+
+/// The search for leftovers trusted the marks in a process's environment, which anyone can
+/// set: run as root, `run --resume` of `backup` killed another user's
+/// `PICOFLOW_WORKFLOW=backup PICOFLOW_OWNER=1.1 setsid sleep 300`. Only processes of
+/// PicoFlow's own user are stopped now.
+#[test]
+fn the_search_for_leftovers_leaves_other_users_processes_alone() {
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED the_search_for_leftovers_leaves_other_users_processes_alone: \
+             it creates a user and starts a process as that user, which needs root"
+        );
+        return;
+    }
+    use std::os::unix::process::CommandExt as _;
+    let dir = TempDir::new("orphans-uid");
+    let secs = unique_seconds(44);
+    let wf = sleeper(&dir, "orphans-uid", &secs);
+    let sleeps = crash_leaving_two_sleeps(dir.path(), &wf, &format!("sleep {secs}"));
+    let user = ThrowawayUser::create("atk");
+    // The same marks twice, one process of the other user and one of ours, both started
+    // outside PicoFlow and owned by a PicoFlow process that cannot exist.
+    let marked = |secs: &str| {
+        let mut c = std::process::Command::new("setsid");
+        c.args(["sleep", secs])
+            .env("PICOFLOW_WORKFLOW", "orphans-uid")
+            .env("PICOFLOW_EXECUTION_ID", "forged")
+            .env("PICOFLOW_TASK", "long")
+            .env("PICOFLOW_OWNER", "4194305.1")
+            .current_dir("/");
+        c
+    };
+    let mut theirs = marked(&unique_seconds(45))
+        .uid(user.uid)
+        .gid(user.gid)
+        .spawn()
+        .unwrap();
+    let mut ours = marked(&unique_seconds(46)).spawn().unwrap();
+    let guard = KillOnDrop(vec![theirs.id() as i32, ours.id() as i32]);
+    wait_until(Duration::from_secs(5), "the marked sleeps to start", || {
+        [&theirs, &ours].iter().all(|c| {
+            std::fs::read(format!("/proc/{}/environ", c.id()))
+                .is_ok_and(|e| e.windows(16).any(|w| w == b"PICOFLOW_OWNER=4"))
+        })
+    });
+
+    std::fs::write(dir.path().join("resumed"), "").unwrap();
+    let out = run(picoflow(dir.path())
+        .args(["--log-format", "pretty", "run", "--resume"])
+        .arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        alive(theirs.id() as i32),
+        "the other user's process was killed: {}",
+        stderr(&out)
+    );
+    assert!(
+        !alive(ours.id() as i32),
+        "our own marked process survived: {}",
+        stderr(&out)
+    );
+    for p in &sleeps {
+        assert!(!alive(*p), "process {p} of the killed run survived");
+    }
+    assert!(stderr(&out).contains("another user"), "{}", stderr(&out));
+    drop(guard);
+    theirs.wait().unwrap();
+    ours.wait().unwrap();
+    drop(user);
+}
+
+/// The directory of this test's cgroup v2 (PicoFlow, started from it, shares it), or why
+/// there is none.
+fn own_cgroup_dir() -> Result<String, String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let rel = own.lines().find_map(|l| l.strip_prefix("0::"));
+    let point = mounts.lines().find_map(|l| {
+        let (fields, fs) = l.split_once(" - ")?;
+        (fs.starts_with("cgroup2 ")).then(|| fields.split(' ').nth(4).map(str::to_string))?
+    });
+    match (rel, point) {
+        (Some(rel), Some(point)) => Ok(format!("{point}{}", rel.trim_end_matches('/'))),
+        _ => Err("there is no cgroup v2".to_string()),
+    }
+}
+
+fn writable(path: &str) -> bool {
+    let c = std::ffi::CString::new(path).unwrap();
+    // SAFETY: access(2) on a NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// Whether PicoFlow, started from this test, has a cgroup v2 of its own to run tasks in: the
+/// one it shares with this test is writable, and delegated (`user.delegate`/`trusted.delegate`),
+/// the root of its cgroup namespace, or writable by a user other than root. If not, says why the test that needs one stops.
+fn task_cgroups_expected(test: &str) -> bool {
+    let why = own_cgroup_dir().err().or_else(|| {
+        let dir = own_cgroup_dir().unwrap();
+        let d = std::ffi::CString::new(dir.clone()).unwrap();
+        let delegated = [c"trusted.delegate", c"user.delegate"].iter().any(|n| {
+            let mut v = [0u8; 8];
+            // SAFETY: getxattr(2) writes at most 8 bytes into `v`.
+            unsafe { libc::getxattr(d.as_ptr(), n.as_ptr(), v.as_mut_ptr().cast(), 8) > 0 }
+        });
+        let root = std::fs::read_to_string("/proc/self/cgroup")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == "0::/");
+        // SAFETY: geteuid(2) cannot fail.
+        let privileged = unsafe { libc::geteuid() } == 0;
+        match (
+            writable(&format!("{dir}/cgroup.procs")),
+            root || delegated || !privileged,
+        ) {
+            (true, true) => None,
+            (false, _) => Some(format!("{dir} is not writable")),
+            (true, false) => Some(format!("{dir} is not delegated")),
+        }
+    });
+    if let Some(why) = &why {
+        eprintln!("SKIPPED {test}: tasks run in a cgroup of their own only where PicoFlow has one, and {why}");
+    }
+    why.is_none()
+}
+
+/// A cgroup below this test's that is neither delegated nor a namespace's root: PicoFlow
+/// started in it has no task cgroups. Removed on drop.
+struct PlainCgroup(String);
+
+impl PlainCgroup {
+    /// `None` (saying why) where this test cannot create one; PicoFlow then runs where the
+    /// test does.
+    fn create() -> Option<PlainCgroup> {
+        let dir = match own_cgroup_dir() {
+            Ok(d) if writable(&format!("{d}/cgroup.procs")) => d,
+            Ok(d) => {
+                eprintln!("NOTE: {d} is not writable; PicoFlow runs in the test's own cgroup");
+                return None;
+            }
+            Err(why) => {
+                eprintln!("NOTE: {why}; PicoFlow runs in the test's own cgroup");
+                return None;
+            }
+        };
+        let path = format!(
+            "{dir}/pftest-plain-{}-{}",
+            std::process::id(),
+            picoflow_lib::new_id()
+        );
+        std::fs::create_dir(&path).unwrap();
+        Some(PlainCgroup(path))
+    }
+
+    /// Starts `cmd` in this cgroup.
+    fn enter(&self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt as _;
+        let procs = std::ffi::CString::new(format!("{}/cgroup.procs", self.0)).unwrap();
+        // SAFETY: between fork and exec the hook makes system calls only, on memory prepared
+        // before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+    }
+}
+
+impl Drop for PlainCgroup {
+    fn drop(&mut self) {
+        let t = Instant::now();
+        while std::fs::remove_dir(&self.0).is_err() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Asserts that the task whose `/proc/self/cgroup` is in `file` ran in a cgroup of its own,
+/// or (`own` false) did not.
+fn assert_ran_in_its_cgroup(dir: &Path, file: &str, own: bool) {
+    let cg = std::fs::read_to_string(dir.join(file)).unwrap();
+    assert_eq!(
+        cg.lines()
+            .any(|l| l.starts_with("0::") && l.contains("/picoflow-")),
+        own,
+        "{cg}"
+    );
+}
+
+/// A task that leaves its process group and starts `sleep` in a session of its own, writing
+/// the sleep's pid to `escaped.pid` and its cgroup to `cgroup.txt`.
+fn escaping_task(dir: &TempDir, name: &str, timeout: Option<u32>) -> std::path::PathBuf {
+    let timeout = timeout.map_or(String::new(), |t| format!("    timeout: {t}\n"));
+    dir.write(
+        "w.yaml",
+        &format!("name: {name}\ntasks:\n  - name: escape\n    type: shell\n    retry: 0\n{timeout}    config:\n      command: \"[ -e resumed ] && exit 0; cat /proc/self/cgroup > cgroup.txt; setsid sh -c 'echo $$ > escaped.pid; exec env -i sleep 300' & sleep 30\"\n"),
+    )
+}
+
+/// How PicoFlow runs in a test of a task that leaves its process group.
+#[derive(Clone, Copy, PartialEq)]
+enum Where {
+    /// With a cgroup v2 of its own: each task in a cgroup of its own.
+    TaskCgroups,
+    /// In a cgroup that is not its own: tasks found by parentage (child subreapers).
+    NoCgroup,
+}
+
+/// `picoflow` in `dir`, started where `place` says; the cgroup it needs, if any.
+fn picoflow_in(dir: &Path, place: Where) -> (std::process::Command, Option<PlainCgroup>) {
+    let mut cmd = picoflow(dir);
+    let plain = match place {
+        Where::TaskCgroups => None,
+        Where::NoCgroup => PlainCgroup::create(),
+    };
+    if let Some(p) = &plain {
+        p.enter(&mut cmd);
+    }
+    (cmd, plain)
+}
+
+fn stopped_at_its_timeout(place: Where) {
+    let dir = TempDir::new("escape-timeout");
+    let wf = escaping_task(&dir, "escape-timeout", Some(1));
+    let (mut cmd, plain) = picoflow_in(dir.path(), place);
+    let out = run(cmd.arg("run").arg(&wf));
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let escaped = read_pid(dir.path(), "escaped.pid");
+    let _guard = KillOnDrop(vec![escaped]);
+    wait_until(Duration::from_secs(5), "the escaped sleep to die", || {
+        !alive(escaped)
+    });
+    if place == Where::TaskCgroups || plain.is_some() {
+        assert_ran_in_its_cgroup(dir.path(), "cgroup.txt", place == Where::TaskCgroups);
+    }
+}
+
+/// A task escaped its timeout: `setsid env -i sleep 123 & sleep 30` with `timeout: 1` timed
+/// out and the `sleep 123`, in another session and without the PicoFlow variables, lived on.
+#[test]
+fn a_task_that_leaves_its_process_group_is_stopped_at_its_timeout() {
+    if task_cgroups_expected("a_task_that_leaves_its_process_group_is_stopped_at_its_timeout") {
+        stopped_at_its_timeout(Where::TaskCgroups);
+    }
+}
+
+/// The same without a cgroup for PicoFlow: the escaped process is found by parentage.
+#[test]
+fn a_task_that_leaves_its_process_group_is_stopped_at_its_timeout_without_a_cgroup() {
+    stopped_at_its_timeout(Where::NoCgroup);
+}
+
+fn stopped_with_the_run(place: Where) {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let dir = TempDir::new("escape-signal");
+        let wf = escaping_task(&dir, "escape-signal", None);
+        let (mut cmd, plain) = picoflow_in(dir.path(), place);
+        let mut child = cmd
+            .arg("run")
+            .arg(&wf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until(Duration::from_secs(20), "the escaped sleep", || {
+            std::fs::read_to_string(dir.path().join("escaped.pid")).is_ok_and(|s| s.ends_with('\n'))
+        });
+        let escaped = read_pid(dir.path(), "escaped.pid");
+        let _guard = KillOnDrop(vec![escaped]);
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        // It stops the task (SIGTERM, SIGKILL after 2 s) and ends; the escaped sleep used to
+        // hold the task's output pipe open, and the run with it, for all its 300 s.
+        let ended = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if ended.elapsed() > Duration::from_secs(15) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("picoflow run still running 15 s after signal {sig}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        wait_until(Duration::from_secs(5), "the escaped sleep to die", || {
+            !alive(escaped)
+        });
+        if place == Where::TaskCgroups || plain.is_some() {
+            assert_ran_in_its_cgroup(dir.path(), "cgroup.txt", place == Where::TaskCgroups);
+        }
+    }
+}
+
+/// The same escape, with `picoflow run` stopped by SIGTERM and SIGINT while the task runs.
+#[test]
+fn a_task_that_leaves_its_process_group_is_stopped_with_the_run() {
+    if task_cgroups_expected("a_task_that_leaves_its_process_group_is_stopped_with_the_run") {
+        stopped_with_the_run(Where::TaskCgroups);
+    }
+}
+
+/// The same without a cgroup for PicoFlow.
+#[test]
+fn a_task_that_leaves_its_process_group_is_stopped_with_the_run_without_a_cgroup() {
+    stopped_with_the_run(Where::NoCgroup);
+}
+
+/// The systemd unit's setting: `User=` with `Delegate=yes` hands the service's cgroup to the
+/// service's user, and PicoFlow, not root, runs each task in a cgroup of its own below it.
+#[test]
+fn a_service_user_given_its_cgroup_runs_each_task_in_a_cgroup_of_its_own() {
+    let test = "a_service_user_given_its_cgroup_runs_each_task_in_a_cgroup_of_its_own";
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED {test}: it hands a cgroup to a user it creates, which needs root");
+        return;
+    }
+    let Some(cg) = PlainCgroup::create() else {
+        eprintln!("SKIPPED {test}: it needs a writable cgroup v2 to hand a part of to a user");
+        return;
+    };
+    let user = ThrowawayUser::create("svc");
+    // What systemd does for `Delegate=yes` with `User=`.
+    for f in [
+        "",
+        "/cgroup.procs",
+        "/cgroup.threads",
+        "/cgroup.subtree_control",
+    ] {
+        std::os::unix::fs::chown(format!("{}{f}", cg.0), Some(user.uid), Some(user.gid)).unwrap();
+    }
+    let dir = TempDir::new("escape-user");
+    std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+    let wf = escaping_task(&dir, "escape-user", Some(1));
+    let mut cmd = picoflow(dir.path());
+    {
+        use std::os::unix::process::CommandExt as _;
+        let procs = std::ffi::CString::new(format!("{}/cgroup.procs", cg.0)).unwrap();
+        let (uid, gid) = (user.uid, user.gid);
+        // SAFETY: between fork and exec the hook makes system calls only, on memory prepared
+        // before the fork. It joins the cgroup as root, then becomes the user.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let out = run(cmd.arg("run").arg(&wf));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let escaped = read_pid(dir.path(), "escaped.pid");
+    let _guard = KillOnDrop(vec![escaped]);
+    wait_until(Duration::from_secs(5), "the escaped sleep to die", || {
+        !alive(escaped)
+    });
+    assert_ran_in_its_cgroup(dir.path(), "cgroup.txt", true);
+    use std::os::unix::fs::MetadataExt as _;
+    let task_uid = std::fs::metadata(dir.path().join("cgroup.txt"))
+        .unwrap()
+        .uid();
+    assert_eq!(
+        task_uid, user.uid,
+        "the task did not run as the service's user"
+    );
+    drop(cg);
+    drop(user);
+}
+
+/// After a `kill -9` of `picoflow run`, a process its task started in another session with
+/// an empty environment carries none of the marks the search for leftovers looks for; its
+/// cgroup holds it, and the next run stops it.
+#[test]
+fn a_task_that_leaves_its_process_group_is_stopped_after_a_crash() {
+    if !task_cgroups_expected("a_task_that_leaves_its_process_group_is_stopped_after_a_crash") {
+        return;
+    }
+    let dir = TempDir::new("escape-crash");
+    let wf = escaping_task(&dir, "escape-crash", None);
+    let mut child = picoflow(dir.path())
+        .arg("run")
+        .arg(&wf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(20), "the escaped sleep", || {
+        std::fs::read_to_string(dir.path().join("escaped.pid")).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let escaped = read_pid(dir.path(), "escaped.pid");
+    let _guard = KillOnDrop(vec![escaped]);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_ran_in_its_cgroup(dir.path(), "cgroup.txt", true);
+    assert!(
+        alive(escaped),
+        "the kernel stopped the escaped sleep itself"
+    );
+    std::fs::write(dir.path().join("resumed"), "").unwrap();
+    let out = run(picoflow(dir.path())
+        .args(["--log-format", "pretty", "run", "--resume"])
+        .arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("left running"), "{}", stderr(&out));
+    wait_until(Duration::from_secs(5), "the escaped sleep to die", || {
+        !alive(escaped)
+    });
+}
+
 /// A tmpfs of `size` mounted at `dir` (CI runs as root), unmounted on drop.
 struct Tmpfs(std::path::PathBuf);
 

@@ -14,6 +14,9 @@
 //!   and lets an interrupted execution resume (REL-001, REL-003, REL-004). A task's process
 //!   dies with the process running the engine, and what a crashed run left behind is stopped
 //!   before the next run of its workflow starts a task ([`RunOptions::stop_leftovers`]).
+//!   Without a delegated cgroup v2 for per-task cgroups, the first shell task makes the
+//!   process a child subreaper; a child of it in another process group that the engine did not
+//!   start is then taken for a task's leftover, killed and collected when a task ends.
 //! * Tasks pass data: a task publishes outputs (`KEY=VALUE` lines in [`OUTPUT_VAR`]'s file, or
 //!   selectors over its output) that later tasks read as `${tasks.NAME.outputs.KEY}`; `when`
 //!   conditions ([`expr`]), `run_if` trigger rules, workflow handlers and `iterate_over` loops

@@ -19,7 +19,17 @@
 //! exists — the pid is gone, or belongs to a process with another start time — and stops them:
 //! SIGTERM, then SIGKILL after the grace period. So a resumed task never runs beside its own
 //! survivor. Each process is signalled through a pidfd opened before its environment is read
-//! a second time, so a recycled pid is never signalled.
+//! a second time, so a recycled pid is never signalled. Where tasks run in cgroups of their own
+//! (see `executor::cgroup`), everything in the cgroups of a dead owner's tasks of that workflow
+//! is stopped as well, marked or not, and the cgroups are removed.
+//!
+//! The variables prove nothing: any user can start a process that carries them. Only
+//! processes whose real uid is PicoFlow's own are stopped. The real uid (the first field of
+//! the `Uid:` line of `/proc/<pid>/status`) is the user who started the process and is
+//! inherited by everything a task starts; the effective uid is not, as a set-user-ID program
+//! another user runs (`passwd`, `sudo`) has root's, which a PicoFlow running as root would
+//! take for its own. A task that switches to another user (`su`, `runuser`) is out of the
+//! sweep's reach; its task's cgroup (see `executor::cgroup`) still holds it.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -121,6 +131,20 @@ fn marks(pid: u32) -> Option<Marks> {
     (!m.owner.is_empty()).then_some(m)
 }
 
+/// The real uid of a process: the first field of the `Uid:` line of its status.
+fn real_uid(pid: u32) -> Option<u32> {
+    let status = read_proc(pid, "status")?;
+    let status = String::from_utf8_lossy(&status);
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// Whether a process was started by PicoFlow's own user (see the module's docs).
+fn same_user(pid: u32) -> bool {
+    // SAFETY: getuid(2) cannot fail and touches no memory.
+    real_uid(pid) == Some(unsafe { libc::getuid() })
+}
+
 /// A process left behind by a dead orchestrator, held by a pidfd.
 #[derive(Debug)]
 struct Leftover {
@@ -207,13 +231,37 @@ pub(crate) fn stop_leftovers(workflow: &str, grace: Duration) -> usize {
         if m.workflow != workflow || owner_alive(&m.owner) {
             continue;
         }
+        if !same_user(pid) {
+            tracing::warn!(
+                workflow,
+                pid,
+                uid = real_uid(pid),
+                "left alone: a process of another user carries the marks of an interrupted execution"
+            );
+            continue;
+        }
         // Hold the process, then make sure it is still the one that was read: a pid recycled
         // in between belongs to a process without these marks.
         let Some(fd) = pidfd_open(pid) else { continue };
-        if marks(pid).as_ref() != Some(&m) {
+        if marks(pid).as_ref() != Some(&m) || !same_user(pid) {
             continue;
         }
         found.push(Leftover { pid, fd, marks: m });
+    }
+    // What ran in the task cgroups of a dead owner, marked or not (`env -i`): only PicoFlow's
+    // user can have put it there.
+    let cgroups = crate::executor::cgroup::leftovers(workflow);
+    for dir in &cgroups {
+        for pid in crate::executor::cgroup::pids(dir) {
+            if found.iter().any(|p| p.pid == pid) {
+                continue;
+            }
+            let Some(fd) = pidfd_open(pid) else { continue };
+            if crate::executor::cgroup::is_member(pid, dir) {
+                let marks = marks(pid).unwrap_or_default();
+                found.push(Leftover { pid, fd, marks });
+            }
+        }
     }
     let count = found.len();
     for p in &found {
@@ -242,6 +290,9 @@ pub(crate) fn stop_leftovers(workflow: &str, grace: Duration) -> usize {
         signal(p, libc::SIGKILL);
     }
     wait_exit(stubborn, Instant::now() + Duration::from_secs(1));
+    for dir in &cgroups {
+        crate::executor::cgroup::remove(dir, Duration::from_secs(1));
+    }
     #[cfg(feature = "docker")]
     let count = count + crate::executor::docker::remove_orphans(workflow);
     count

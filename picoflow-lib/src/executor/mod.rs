@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::expand::Vars;
 use crate::model::Task;
 
+pub(crate) mod cgroup;
 #[cfg(feature = "docker")]
 pub(crate) mod docker;
 #[cfg(feature = "http")]
@@ -22,6 +23,7 @@ mod shell;
 mod spawn;
 #[cfg(feature = "ssh")]
 mod ssh;
+mod subreaper;
 
 /// Largest capture kept per stream (stdout or stderr) of one attempt: 10 MB (EXEC-005).
 pub const CAPTURE_LIMIT: usize = 10 * 1024 * 1024;

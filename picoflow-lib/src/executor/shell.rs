@@ -8,6 +8,11 @@
 //! * Every task runs in its own process group. On timeout or cancellation the whole group
 //!   gets SIGTERM, then SIGKILL after [`KILL_GRACE`]. When the main process exits, whatever
 //!   it left running in its group is killed too: a task's processes never outlive it.
+//!   Where PicoFlow has a cgroup v2 subtree of its own (systemd's `Delegate=yes`), each
+//!   attempt also runs in a cgroup of its own, which is stopped the same way: a process that
+//!   left the group (`setsid`, a double fork) is stopped with it (see `cgroup`). Elsewhere
+//!   PicoFlow and the task's first process are child subreapers, and the processes that left
+//!   the group are found by parentage instead (see `subreaper`).
 //! * The task's process is killed when the PicoFlow process dies (`PR_SET_PDEATHSIG`, REL-002).
 //!   The kernel sends that signal when the *thread* that started the process ends, so tasks
 //!   are started from the thread that runs the engine, which lives as long as the run. The
@@ -22,7 +27,9 @@ use std::time::Duration;
 
 use futures_lite::{future, AsyncRead, AsyncReadExt};
 
+use super::cgroup::Cgroup;
 use super::spawn::Command;
+use super::subreaper;
 use super::{
     BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
@@ -84,6 +91,18 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
         .env(orphans::ATTEMPT_VAR, ctx.attempt.to_string())
         .env(orphans::OWNER_VAR, orphans::owner())
         .env(crate::flow::OUTPUT_VAR, ctx.output_file());
+    // Dropped at the end of the attempt, which kills what is left in it.
+    let cgroup = Cgroup::create(ctx.workflow);
+    let reaping = match &cgroup {
+        Some(cg) => {
+            cmd.cgroup(cg.procs_fd());
+            false
+        }
+        None => subreaper::enable(),
+    };
+    if reaping {
+        cmd.subreaper();
+    }
 
     // In its own process group, killed if this thread dies, stdin from /dev/null.
     let mut child = match cmd.spawn() {
@@ -138,10 +157,22 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
             End::Exited(s) => {
                 // Leftovers in the group (background jobs) would keep the pipes open.
                 signal_group(pgid, libc::SIGKILL);
+                if let Some(cg) = &cgroup {
+                    cg.kill(KILL_GRACE).await;
+                }
+                if reaping {
+                    subreaper::stop_strays(KILL_GRACE).await;
+                }
                 (End::Exited(s), None)
             }
             other => {
                 signal_group(pgid, libc::SIGTERM);
+                if let Some(cg) = &cgroup {
+                    cg.signal(libc::SIGTERM);
+                }
+                if reaping {
+                    subreaper::signal_descendants(pgid as u32, libc::SIGTERM);
+                }
                 let status = future::or(async { Some(child.status().await) }, async {
                     smol::Timer::after(KILL_GRACE).await;
                     None
@@ -152,6 +183,13 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
                     Some(s) => s,
                     None => child.status().await,
                 };
+                if let Some(cg) = &cgroup {
+                    cg.kill(KILL_GRACE).await;
+                }
+                if reaping {
+                    // The first process has ended: what it left is PicoFlow's now.
+                    subreaper::stop_strays(KILL_GRACE).await;
+                }
                 (other, Some(status))
             }
         }

@@ -12,14 +12,16 @@
 //! allocates nothing and takes no lock.
 //!
 //! In the child, in this order: signal handlers are reset to the default (and `SIGPIPE`, which
-//! Rust ignores, too), the process gets a group of its own, asks to be killed when its parent
-//! thread dies, takes `/dev/null` and the two pipes as stdin, stdout and stderr, changes to the
-//! working directory, unblocks all signals and executes the program. A program named without
-//! `/` is looked up in the `PATH` of the child's environment, as `execvp` does, and a file that
-//! is not a recognised executable runs through `/bin/sh`. When any step fails, the child
-//! writes its `errno` into a close-on-exec pipe, which the parent returns as the spawn error;
-//! the pipe (rather than the shared memory) keeps this right where a vfork is emulated by a
-//! fork, as under qemu-user.
+//! Rust ignores, too), the process moves itself into the task's cgroup if it has one (see
+//! `cgroup`), gets a group of its own, asks to be killed when its parent thread dies, becomes
+//! a child subreaper if asked to (see `subreaper`), takes `/dev/null` and the two pipes as
+//! stdin, stdout and stderr, changes to the working directory, unblocks all signals and
+//! executes the program. A program named without `/` is looked up in the `PATH` of the
+//! child's environment, as `execvp` does, and a file that is not a recognised executable runs
+//! through `/bin/sh`. When any step fails, the child writes its `errno` into a close-on-exec
+//! pipe, which the parent returns as the spawn error; the pipe (rather than the shared memory)
+//! keeps this right where a vfork is emulated by a fork, as under qemu-user. A child that
+//! cannot join its cgroup writes the `errno` negated, and is started again without one.
 //!
 //! The end of the process is awaited through a pidfd (Linux 5.3 and later), one per child;
 //! on older kernels it is polled.
@@ -27,11 +29,11 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read as _};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use libc::{c_char, c_int, c_void};
@@ -43,6 +45,15 @@ const CHILD_STACK: usize = 32 * 1024;
 /// How often the end of a child is checked on a kernel without pidfds.
 const POLL_WITHOUT_PIDFD: Duration = Duration::from_millis(5);
 
+/// The pids of the children started here that have not been collected yet: a task's first
+/// process. Locked from before a child is cloned until it is registered, so that whoever
+/// looks for strays (see `subreaper`) under the lock never takes it for one.
+pub(crate) static LEADERS: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+
+fn leaders() -> std::sync::MutexGuard<'static, Vec<libc::pid_t>> {
+    LEADERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A command to start: program, arguments, environment changes and working directory.
 #[derive(Debug)]
 pub(crate) struct Command {
@@ -50,6 +61,8 @@ pub(crate) struct Command {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     dir: Option<OsString>,
+    cgroup: Option<c_int>,
+    subreaper: bool,
 }
 
 impl Command {
@@ -59,6 +72,8 @@ impl Command {
             args: Vec::new(),
             env: Vec::new(),
             dir: None,
+            cgroup: None,
+            subreaper: false,
         }
     }
 
@@ -75,6 +90,21 @@ impl Command {
 
     pub(crate) fn current_dir(&mut self, dir: impl Into<OsString>) -> &mut Command {
         self.dir = Some(dir.into());
+        self
+    }
+
+    /// Starts the process in a cgroup: `procs` is its open `cgroup.procs`, which must stay
+    /// open until [`Command::spawn`] returns. Where the child cannot move into it, it starts
+    /// without it, and so do later children (see `cgroup::unusable`).
+    pub(crate) fn cgroup(&mut self, procs: RawFd) -> &mut Command {
+        self.cgroup = Some(procs);
+        self
+    }
+
+    /// Makes the child a child subreaper (`PR_SET_CHILD_SUBREAPER`): what its descendants
+    /// leave without a parent stays below it.
+    pub(crate) fn subreaper(&mut self) -> &mut Command {
+        self.subreaper = true;
         self
     }
 
@@ -147,6 +177,8 @@ impl Command {
             fds: [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
             parent: std::process::id() as libc::pid_t,
             report: report_w.as_raw_fd(),
+            cgroup: self.cgroup.unwrap_or(-1),
+            subreaper: c_int::from(self.subreaper),
         };
         let mut stack = vec![0u8; CHILD_STACK];
         // SAFETY: the stack grows down from its end, aligned to 16 bytes as every ABI wants.
@@ -154,6 +186,7 @@ impl Command {
             let end = stack.as_mut_ptr().add(CHILD_STACK);
             end.sub(end as usize % 16)
         };
+        let mut leaders = leaders();
         // SAFETY: all signals are blocked around the clone, so no handler of the engine runs
         // on the child's stack before the child has reset them. With CLONE_VFORK this thread
         // is suspended until the child has called execve or _exit, so `shared`, `stack` and
@@ -188,8 +221,24 @@ impl Command {
         if errno != 0 {
             // The child has exited already: collect it.
             let _ = wait_pid(pid, 0);
+            drop(leaders);
+            if errno < 0 {
+                // It could not join its cgroup (a negative errno): start it without one.
+                super::cgroup::unusable(&io::Error::from_raw_os_error(-errno));
+                let mut again = Command {
+                    cgroup: None,
+                    ..Command::new(self.program.clone())
+                };
+                again.args.clone_from(&self.args);
+                again.env.clone_from(&self.env);
+                again.dir.clone_from(&self.dir);
+                again.subreaper = self.subreaper;
+                return again.spawn();
+            }
             return Err(io::Error::from_raw_os_error(errno));
         }
+        leaders.push(pid);
+        drop(leaders);
         Child::new(pid, out_r, err_r)
     }
 }
@@ -242,6 +291,9 @@ impl Child {
     fn try_status(&mut self) -> io::Result<Option<ExitStatus>> {
         if self.status.is_none() {
             self.status = wait_pid(self.pid, libc::WNOHANG)?;
+            if self.status.is_some() {
+                leaders().retain(|p| *p != self.pid);
+            }
         }
         Ok(self.status)
     }
@@ -254,6 +306,7 @@ impl Drop for Child {
         if self.status.is_some() {
             return;
         }
+        leaders().retain(|p| *p != self.pid);
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         unsafe {
             libc::kill(self.pid, libc::SIGKILL);
@@ -280,8 +333,12 @@ struct ChildArgs<'a> {
     /// The descriptors that become 0, 1 and 2.
     fds: [c_int; 3],
     parent: libc::pid_t,
-    /// Where the `errno` of a failed step goes.
+    /// Where the `errno` of a failed step goes (negated when joining the cgroup failed).
     report: c_int,
+    /// The `cgroup.procs` to move into, or -1.
+    cgroup: c_int,
+    /// Non-zero: become a child subreaper.
+    subreaper: c_int,
 }
 
 /// The child, from clone to `execve`. It shares the parent's memory, so it must not allocate,
@@ -290,7 +347,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `ChildArgs` the suspended parent keeps alive (see `spawn`).
     let args = unsafe { &*arg.cast::<ChildArgs<'_>>() };
     let fail = |errno: c_int| -> c_int {
-        let word = errno.max(1).to_ne_bytes();
+        let word = if errno == 0 { 1 } else { errno }.to_ne_bytes();
         // SAFETY: a write of four bytes from the stack; _exit ends the child without running
         // anything of the parent's.
         unsafe {
@@ -321,10 +378,17 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 libc::sigaction(sig, &sa, std::ptr::null_mut());
             }
         }
+        // First, so that nothing the task runs ever starts outside its cgroup.
+        if args.cgroup >= 0 && libc::write(args.cgroup, b"0".as_ptr().cast::<c_void>(), 1) != 1 {
+            return fail(-last());
+        }
         if libc::setpgid(0, 0) != 0 {
             return fail(last());
         }
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if args.subreaper != 0 {
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        }
         // The parent may have died before the signal was armed.
         if libc::getppid() != args.parent {
             libc::_exit(137);
@@ -590,6 +654,20 @@ mod tests {
         let mut c = Command::new("/bin/echo");
         c.arg("a\0b");
         assert_eq!(c.spawn().unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    }
+
+    /// A cgroup the child cannot join does not stop it from starting. (This turns task
+    /// cgroups off for the rest of this test process; no other unit test relies on them.)
+    #[test]
+    fn a_child_that_cannot_join_its_cgroup_starts_without_it() {
+        // Open for reading only: the child's write of `0` fails with EBADF.
+        let read_only = File::open("/dev/null").unwrap();
+        let mut c = Command::new("cat");
+        c.arg("/proc/self/cgroup").cgroup(read_only.as_raw_fd());
+        let (status, out, err) = output(&c);
+        assert!(status.success(), "{err}");
+        assert!(out.contains("0::"), "{out}");
+        assert!(super::super::cgroup::Cgroup::create("w").is_none());
     }
 
     #[test]
