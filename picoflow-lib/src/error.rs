@@ -57,6 +57,8 @@ pub enum Error {
         kind: String,
         /// The Cargo feature that provides it, if it is a built-in type.
         feature: Option<&'static str>,
+        /// The types the registry has, sorted.
+        known: Vec<String>,
     },
     /// The configuration file or a command-line value is invalid.
     Config {
@@ -162,6 +164,7 @@ impl fmt::Display for Error {
                 task,
                 kind,
                 feature,
+                known,
             } => match feature {
                 Some(feat) => write!(
                     f,
@@ -169,7 +172,8 @@ impl fmt::Display for Error {
                 ),
                 None => write!(
                     f,
-                    "{file}: task '{task}': unknown executor type '{kind}' (built in: shell, ssh, http)"
+                    "{file}: task '{task}': unknown executor type '{kind}' (this build has: {})",
+                    known.join(", ")
                 ),
             },
             Error::Config { origin, message } => write!(f, "{origin}: {message}"),

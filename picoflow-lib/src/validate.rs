@@ -76,6 +76,7 @@ pub fn validate_workflow(wf: &Workflow, origin: &str, registry: &Registry) -> Re
                     task: task.name.clone(),
                     kind: task.kind.clone(),
                     feature: feature_for(&task.kind),
+                    known: registry.kinds(),
                 })
             }
             Some(exec) => {
@@ -147,7 +148,24 @@ mod tests {
             matches!(err, Error::MissingFeature { feature: None, .. }),
             "{err}"
         );
-        assert!(err.to_string().contains("unknown executor type 'mything'"));
+        let text = err.to_string();
+        assert!(text.contains("unknown executor type 'mything'"), "{text}");
+        // The types this build has, whichever features it was built with.
+        let mut has = vec!["shell"];
+        if cfg!(feature = "ssh") {
+            has.push("ssh");
+        }
+        if cfg!(feature = "http") {
+            has.push("http");
+        }
+        if cfg!(feature = "docker") {
+            has.push("docker");
+        }
+        has.sort_unstable();
+        assert!(
+            text.ends_with(&format!("(this build has: {})", has.join(", "))),
+            "{text}"
+        );
     }
 
     #[test]

@@ -356,6 +356,13 @@ impl Registry {
         self
     }
 
+    /// The registered types, sorted.
+    pub fn kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self.executors.keys().cloned().collect();
+        kinds.sort_unstable();
+        kinds
+    }
+
     /// The executor for `kind`, if registered.
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn Executor>> {
         self.executors.get(kind)
