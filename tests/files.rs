@@ -269,3 +269,78 @@ fn a_run_directory_prepared_by_another_user_is_refused() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's own\n");
     assert_eq!(mode(&victim), "0600");
 }
+
+/// The output directories a crash leaves in `<state file>.run/` (where tasks' published values,
+/// secrets among them, sat) are removed by `prune`; a running execution keeps its own.
+#[test]
+fn prune_removes_the_output_directories_crashed_runs_left() {
+    let dir = TempDir::new("files-prune-run");
+    dir.write(
+        "slow.yaml",
+        "name: slow\ntasks:\n  - {name: a, type: shell, config: {command: \"echo token=x >> $PICOFLOW_OUTPUT; sleep 60\"}}\n",
+    );
+    dir.write(
+        "other.yaml",
+        "name: other\ntasks:\n  - {name: b, type: shell, config: {command: \"sleep 60\"}}\n",
+    );
+    let run_dir = dir.path().join("picoflow.redb.run");
+    let entries = || -> Vec<String> {
+        std::fs::read_dir(&run_dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // A run killed with SIGKILL leaves its directory.
+    let mut crashed = picoflow(dir.path())
+        .args(["run", "slow.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the task to publish", || {
+        entries().len() == 1
+            && std::fs::read_dir(run_dir.join(&entries()[0]))
+                .is_ok_and(|mut rd| rd.next().is_some())
+    });
+    let left = entries()[0].clone();
+    crashed.kill().unwrap();
+    crashed.wait().unwrap();
+    // Another run goes on meanwhile.
+    let mut running = picoflow(dir.path())
+        .args(["run", "other.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the second run's directory",
+        || entries().len() == 2,
+    );
+    // Both look old: only the one of an execution that still runs stays.
+    let out = Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .args(entries().iter().map(|e| run_dir.join(e)))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(picoflow(dir.path()).arg("prune"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Removed 1 output directories that crashed runs left"),
+        "{}",
+        stdout(&out)
+    );
+    let now = entries();
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0], left);
+    running.kill().unwrap();
+    running.wait().unwrap();
+}

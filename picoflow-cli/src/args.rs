@@ -250,8 +250,9 @@ pub(crate) struct DaemonStopArgs {
 #[argh(subcommand, name = "status")]
 pub(crate) struct DaemonStatusArgs {}
 
-/// Delete history and task logs older than [logs] retention_days (default 30) and keep the
-/// log directory under [logs] max_size_mb.
+/// Delete history and task logs older than [logs] retention_days (default 30), keep the
+/// log directory under [logs] max_size_mb, and remove the output directories crashed runs
+/// left beside the state file.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "prune")]
 pub(crate) struct PruneArgs {

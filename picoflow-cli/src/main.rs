@@ -401,6 +401,13 @@ fn prune(config: &Config, days: Option<u32>) -> Result<u8, Error> {
         "Pruned {} executions ({} task attempts) and {} log directories ({} bytes) older than {} days",
         r.executions, r.task_executions, r.log_dirs, r.log_bytes, config.logs.retention_days
     )?;
+    if r.run_dirs > 0 {
+        outln!(
+            "Removed {} output directories that crashed runs left in {}",
+            r.run_dirs,
+            config.run_dir().display()
+        )?;
+    }
     Ok(0)
 }
 

@@ -22,6 +22,9 @@ pub struct PruneReport {
     pub log_dirs: usize,
     /// Bytes of log files deleted.
     pub log_bytes: u64,
+    /// Output directories of executions that ended without removing them (a crash) deleted
+    /// from the run directory ([`Config::run_dir`]).
+    pub run_dirs: usize,
 }
 
 /// Prunes the store and the log directory of `config` as of `now`.
@@ -42,12 +45,49 @@ pub fn prune(store: &Store, config: &Config, now: DateTime<Utc>) -> Result<Prune
         config.logs.max_size_mb.saturating_mul(1024 * 1024),
         &running,
     );
+    let run_dirs = prune_run_dirs(&config.run_dir(), &running, SystemTime::now());
     Ok(PruneReport {
         executions: s.executions,
         task_executions: s.task_executions,
         log_dirs,
         log_bytes,
+        run_dirs,
     })
+}
+
+/// How long a new output directory is kept whatever its execution's record says: an
+/// execution that starts while a prune reads the records makes its directory afterwards.
+const RUN_DIR_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes the output directories (`<run_dir>/<execution id>`) of executions that are not
+/// running, left by runs that ended without removing their own (a crash, a power cut); those
+/// in `keep` and those changed in the last hour stay. Nothing is deleted unless `run_dir` is
+/// PicoFlow's private directory (see [`crate::private::check_dir`]), and only directories
+/// are: never a link or what it points to. Returns how many were deleted.
+fn prune_run_dirs(run_dir: &Path, keep: &[String], now: SystemTime) -> usize {
+    if crate::private::check_dir(run_dir).is_err() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let name = e.file_name().to_string_lossy().into_owned();
+        let recent = meta
+            .modified()
+            .is_ok_and(|m| now.duration_since(m).unwrap_or_default() < RUN_DIR_GRACE);
+        if !meta.is_dir() || recent || keep.contains(&name) {
+            continue;
+        }
+        if std::fs::remove_dir_all(e.path()).is_ok() {
+            n += 1;
+        }
+    }
+    n
 }
 
 fn dir_size(p: &Path) -> u64 {
@@ -142,5 +182,44 @@ mod tests {
         assert_eq!(n, 1);
         assert!(!recent.exists() && running.exists());
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn output_dirs_of_ended_executions_go_running_and_new_ones_stay() {
+        let root = std::env::temp_dir().join(format!("pf-prune-run-{}", crate::events::new_id()));
+        crate::private::private_dir(&root).unwrap();
+        let mk = |name: &str, age: u64| {
+            let d = root.join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("t.1"), "k=v\n").unwrap();
+            let f = std::fs::File::open(&d).unwrap();
+            f.set_modified(SystemTime::now() - Duration::from_secs(age))
+                .unwrap();
+            d
+        };
+        let crashed = mk("crashed", 7200);
+        let running = mk("running", 7200);
+        let new = mk("new", 10);
+        let target = root.with_extension("target");
+        std::fs::create_dir(&target).unwrap();
+        std::os::unix::fs::symlink(&target, root.join("link")).unwrap();
+        let n = prune_run_dirs(&root, &["running".to_string()], SystemTime::now());
+        assert_eq!(n, 1);
+        assert!(!crashed.exists() && running.exists() && new.exists());
+        assert!(target.exists() && root.join("link").symlink_metadata().is_ok());
+        // A run directory that is not PicoFlow's own private one is left alone.
+        let open = root.with_extension("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::create_dir(open.join("x")).unwrap();
+        let f = std::fs::File::open(open.join("x")).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(7200))
+            .unwrap();
+        assert_eq!(prune_run_dirs(&open, &[], SystemTime::now()), 0);
+        assert!(open.join("x").exists());
+        for d in [&root, &target, &open] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
     }
 }
