@@ -586,16 +586,20 @@ fn the_backup_example_runs_and_validate_and_graph_show_its_flow() {
     assert!(stdout(&out).contains("after the run"), "{}", stdout(&out));
 
     let server = HttpServer::start("{}");
-    // Runs the example to success; returns its tasks' last attempts.
-    let run_backup = || {
-        let out = run(picoflow(dir.path())
-            .env("BACKUP_DIR", dir.path().join("backups"))
+    // Runs the example with its backups in `to`.
+    let backup = |to: &Path| {
+        run(picoflow(dir.path())
+            .env("BACKUP_DIR", to)
             .env(
                 "WEBHOOK_URL",
                 format!("http://127.0.0.1:{}/hook", server.port),
             )
             .arg("run")
-            .arg(&example));
+            .arg(&example))
+    };
+    // Runs the example to success; returns its tasks' last attempts.
+    let run_backup = || {
+        let out = backup(&dir.path().join("backups"));
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         status(dir.path(), "backup").1
     };
@@ -626,14 +630,7 @@ fn the_backup_example_runs_and_validate_and_graph_show_its_flow() {
     std::fs::remove_file(dir.path().join("backups/uploaded.sha256")).unwrap();
     std::fs::remove_file(dir.path().join("backups/remote/dump.sql.gz")).unwrap();
     std::fs::create_dir(dir.path().join("backups/remote/dump.sql.gz")).unwrap();
-    let out = run(picoflow(dir.path())
-        .env("BACKUP_DIR", dir.path().join("backups"))
-        .env(
-            "WEBHOOK_URL",
-            format!("http://127.0.0.1:{}/hook", server.port),
-        )
-        .arg("run")
-        .arg(&example));
+    let out = backup(&dir.path().join("backups"));
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -649,14 +646,7 @@ fn the_backup_example_runs_and_validate_and_graph_show_its_flow() {
 
     // A directory that cannot be made fails the dump loudly, writing nothing elsewhere.
     std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
-    let out = run(picoflow(dir.path())
-        .env("BACKUP_DIR", dir.path().join("not-a-dir/backups"))
-        .env(
-            "WEBHOOK_URL",
-            format!("http://127.0.0.1:{}/hook", server.port),
-        )
-        .arg("run")
-        .arg(&example));
+    let out = backup(&dir.path().join("not-a-dir/backups"));
     assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
     let tasks = status(dir.path(), "backup").1;
     assert_eq!(task(&tasks, "dump")["status"], "failed");

@@ -154,25 +154,12 @@ struct Leftover {
 }
 
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // SAFETY: a non-negative return is a descriptor owned by nothing else.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    crate::executor::pidfd::open(pid)
 }
 
 /// Sends `sig`; false when the process has already gone.
 fn signal(p: &Leftover, sig: i32) -> bool {
-    // SAFETY: pidfd_send_signal with a valid pidfd, a signal number and no siginfo.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            p.fd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    r == 0
+    crate::executor::pidfd::signal(&p.fd, sig)
 }
 
 /// Waits until every process has exited or `deadline` passes; returns those still running.

@@ -22,7 +22,7 @@
 
 use std::ffi::CString;
 use std::io::{self, Write as _};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -202,25 +202,11 @@ fn populated(dir: &Path) -> bool {
 /// so that a pid recycled after it was listed is never signalled.
 fn signal_dir(dir: &Path, sig: i32) {
     for pid in pids(dir) {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd < 0 {
+        let Some(fd) = super::pidfd::open(pid) else {
             continue;
-        }
-        // SAFETY: a non-negative return is a descriptor owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let member = is_member(pid, dir);
-        if member {
-            // SAFETY: pidfd_send_signal with a valid pidfd, a signal number and no siginfo.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    sig,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                );
-            }
+        };
+        if is_member(pid, dir) {
+            super::pidfd::signal(&fd, sig);
         }
     }
 }

@@ -19,6 +19,7 @@ pub(crate) mod cgroup;
 pub(crate) mod docker;
 #[cfg(feature = "http")]
 mod http;
+pub(crate) mod pidfd;
 mod shell;
 mod spawn;
 #[cfg(feature = "ssh")]

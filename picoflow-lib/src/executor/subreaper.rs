@@ -16,7 +16,6 @@
 //! A crash leaves such processes to init, without the marks if they cleared their
 //! environment; only a cgroup (see `cgroup`) or the service manager stops those.
 
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -82,26 +81,13 @@ pub(crate) fn signal_descendants(leader: u32, sig: i32) {
     let mut queue = vec![leader];
     while let Some(parent) = queue.pop() {
         for pid in children(parent) {
-            // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-            if fd < 0 {
+            let Some(fd) = super::pidfd::open(pid) else {
                 continue;
-            }
-            // SAFETY: a non-negative return is a descriptor owned by nothing else.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            };
             if parent_and_group(pid).map(|(p, _)| p) != Some(parent) {
                 continue;
             }
-            // SAFETY: pidfd_send_signal with a valid pidfd, a signal number and no siginfo.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    sig,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                );
-            }
+            super::pidfd::signal(&fd, sig);
             queue.push(pid);
         }
     }
