@@ -537,13 +537,6 @@ impl Daemon {
         }
         metrics.set_workflows(loaded.values().map(|l| &*l.wf));
         let status_file = status_path(&pid_file);
-        write_status(&status_file, started, &loaded);
-        tracing::info!(
-            pid = std::process::id(),
-            workflows = loaded.len(),
-            state = %self.config.db_path.display(),
-            "daemon started"
-        );
 
         let catalog = Catalog::default();
         catalog.publish(&loaded);
@@ -557,7 +550,14 @@ impl Daemon {
             loopback: crate::httpd::is_loopback(&self.config.web.bind),
             reads_need_token: self.config.web.require_token_for_reads,
         };
-        let http = HttpThread::start(&self.config, &metrics, web);
+        let http = HttpThread::start(&self.config, &metrics, web)?;
+        write_status(&status_file, started, &loaded);
+        tracing::info!(
+            pid = std::process::id(),
+            workflows = loaded.len(),
+            state = %self.config.db_path.display(),
+            "daemon started"
+        );
 
         let ex = smol::LocalExecutor::new();
         let result = ex
@@ -831,9 +831,12 @@ struct HttpThread {
 }
 
 impl HttpThread {
-    fn start(config: &Config, metrics: &Metrics, web: WebContext) -> Option<HttpThread> {
+    /// Starts every configured endpoint; an address that cannot be listened on (in use,
+    /// not this host's) is an error: a daemon without the endpoint it was asked for would
+    /// leave the port to whoever takes it, and with it the clients' token.
+    fn start(config: &Config, metrics: &Metrics, web: WebContext) -> Result<Option<HttpThread>> {
         if !crate::httpd::ANY_SERVICE {
-            return None;
+            return Ok(None);
         }
         // (bind address, port, services on that listener)
         type Endpoint = (String, u16, Vec<Arc<dyn Service>>);
@@ -865,16 +868,12 @@ impl HttpThread {
         let mut servers = Vec::new();
         for (bind, port, services) in endpoints {
             let n = services.len();
-            match Server::start(&net, &bind, port, services) {
-                Ok(s) => {
-                    tracing::info!(addr = %s.local_addr(), services = n, "serving HTTP");
-                    servers.push(s);
-                }
-                Err(e) => tracing::error!(error = %e, "cannot start an HTTP endpoint"),
-            }
+            let s = Server::start(&net, &bind, port, services)?;
+            tracing::info!(addr = %s.local_addr(), services = n, "serving HTTP");
+            servers.push(s);
         }
         if servers.is_empty() {
-            return None;
+            return Ok(None);
         }
         let (stop, stopped) = smol::channel::bounded::<()>(1);
         let thread = std::thread::Builder::new()
@@ -886,14 +885,11 @@ impl HttpThread {
                 drop(servers);
             });
         match thread {
-            Ok(t) => Some(HttpThread {
+            Ok(t) => Ok(Some(HttpThread {
                 stop,
                 thread: Some(t),
-            }),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the HTTP thread");
-                None
-            }
+            })),
+            Err(e) => Err(Error::Other(format!("cannot start the HTTP thread: {e}"))),
         }
     }
 }
