@@ -13,11 +13,15 @@
 //!   A connection that fails gives exit code 255 and is retried like any failure.
 //! * **Output.** stdout and stderr are read concurrently, passed to the task log and captured
 //!   with the shell executor's 10 MB cap.
-//! * **Stopping.** The script first prints its process id, its process group's (sshd makes
-//!   the command's shell a session leader); the reader takes that line off the output. At
-//!   the task's timeout or when the run is cancelled, a second channel sends SIGTERM to the
-//!   group and SIGKILL a second later: closing the channel alone leaves a command that has no
-//!   terminal running on the remote host.
+//! * **Stopping.** The script first prints `PICOFLOW_GROUP_<nonce>=<pid>`, its process id
+//!   (sshd makes the command's shell a session leader), with a nonce new for each attempt;
+//!   the reader finds that line (an rc file may print lines before it, which stay output)
+//!   and takes it off. At the task's timeout or when the run is cancelled, a second channel
+//!   sends SIGTERM to the session's processes and the descendants that left it (`setsid`),
+//!   SIGKILL a second later (see [`STOP_SCRIPT`]): closing the channel alone leaves a
+//!   command that has no terminal running on the remote host. Not reached: a process whose
+//!   parent left the session and exited before the stop (a double fork), and a remote
+//!   command whose PicoFlow died.
 //! * **One session per host.** Tasks of one run that go to the same host, port, user and key
 //!   share one authenticated session (a channel each); a session that broke is replaced once.
 //! * **Variables.** `${VAR}` in `host`, `user`, `key_path` and `known_hosts` is replaced by
@@ -134,21 +138,108 @@ impl Executor for SshExecutor {
     }
 }
 
-/// A remote command that has started: its session and its process group, so that it can be
-/// stopped when its task times out or is cancelled.
+/// A remote command that has started: its session and its session id (the process id of
+/// its shell), so that it can be stopped when its task times out or is cancelled.
 type Started = std::sync::Mutex<Option<(Session, u32)>>;
 
-/// The first thing the remote script does: print its process id, which is its process
-/// group's (sshd makes the command's shell a session leader). The reader takes that line off
-/// the task's output.
-const PRINT_GROUP: &str = "printf '%s\\n' \"$$\"; ";
+/// The first thing the remote script does: print a line `PICOFLOW_GROUP_<nonce>=<pid>`
+/// with its process id, which is its session's and its process group's (sshd makes the
+/// command's shell a session leader). `nonce` is new for each attempt, so the command
+/// cannot forge the line; the reader takes that line alone off the task's output (lines an
+/// rc file of the remote account printed before it pass through, see [`GroupMarker`]).
+fn print_group(nonce: &str) -> String {
+    format!("printf 'PICOFLOW_GROUP_{nonce}=%s\\n' \"$$\"; ")
+}
 
-/// Stops a remote command's process group: SIGTERM, and SIGKILL a second later if any of it
-/// is left, through a new channel of the same session. Closing a channel does not stop a
+/// Finds the line [`print_group`] printed in the remote command's stdout: every other byte
+/// is passed on as output, as it arrives. Only the start of a line that may still become
+/// the marker is held back (a few dozen bytes).
+struct GroupMarker {
+    prefix: Vec<u8>,
+    line: Vec<u8>,
+    mid_line: bool,
+    found: bool,
+}
+
+impl GroupMarker {
+    fn new(nonce: &str) -> GroupMarker {
+        GroupMarker {
+            prefix: format!("PICOFLOW_GROUP_{nonce}=").into_bytes(),
+            line: Vec::new(),
+            mid_line: false,
+            found: false,
+        }
+    }
+
+    /// Reads `data`, appending the task's output in it to `out`; the process id once the
+    /// marker line is complete.
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Option<u32> {
+        for (i, &b) in data.iter().enumerate() {
+            if self.found {
+                out.extend_from_slice(&data[i..]);
+                return None;
+            }
+            if self.mid_line {
+                out.push(b);
+                self.mid_line = b != b'\n';
+                continue;
+            }
+            self.line.push(b);
+            if b == b'\n' {
+                if let Some(pid) = self.marker_pid() {
+                    self.found = true;
+                    self.line.clear();
+                    out.extend_from_slice(&data[i + 1..]);
+                    return Some(pid);
+                }
+                out.append(&mut self.line);
+            } else if !self.may_be_marker() {
+                out.append(&mut self.line);
+                self.mid_line = true;
+            }
+        }
+        None
+    }
+
+    /// The process id in `line` (ending in a newline) if it is the marker.
+    fn marker_pid(&self) -> Option<u32> {
+        let digits = self
+            .line
+            .strip_prefix(self.prefix.as_slice())?
+            .strip_suffix(b"\n")?;
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(digits)
+            .ok()?
+            .parse::<u32>()
+            .ok()
+            .filter(|&p| p > 1)
+    }
+
+    fn may_be_marker(&self) -> bool {
+        match self.line.strip_prefix(self.prefix.as_slice()) {
+            Some(digits) => digits.len() <= 10 && digits.iter().all(u8::is_ascii_digit),
+            None => self.prefix.starts_with(&self.line),
+        }
+    }
+
+    /// What is held back, at the end of the output.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.line);
+    }
+}
+
+/// Stops a remote command through a new channel of the same session: SIGTERM, and SIGKILL
+/// a second later, to every process of its session (`sid`, the process id of its shell,
+/// which sshd made a session leader) and to the descendants of those that made sessions
+/// of their own (`setsid`), found by a walk of `/proc` in `/bin/sh` (Linux). Without
+/// `/proc` the signals go to the process group `sid`. Closing a channel does not stop a
 /// command that runs without a terminal: sshd only closes its pipes.
-async fn stop_remote(session: &Session, group: u32) {
+async fn stop_remote(session: &Session, sid: u32) {
     let script = format!(
-        "kill -TERM -{group} 2>/dev/null || exit 0; sleep 1; kill -KILL -{group} 2>/dev/null; exit 0"
+        "exec /bin/sh -c '{}'",
+        STOP_SCRIPT.replace("SID", &sid.to_string())
     );
     let stop = async {
         let mut channel = session.channel_session().await?;
@@ -161,9 +252,48 @@ async fn stop_remote(session: &Session, group: u32) {
     })
     .await
     {
-        tracing::warn!(group, error = %e, "cannot stop a remote command");
+        tracing::warn!(sid, error = %e, "cannot stop a remote command");
     }
 }
+
+/// The stop, in POSIX sh (no `'`: it is sent in single quotes to `/bin/sh -c`). `l` lists
+/// in `M` the processes of session `S` and, by parent id, their descendants, each as
+/// `pid:starttime`, and in `A` every process; the SIGKILL goes to those of the first list
+/// that still have the same start time (not a new process that got a freed id) and to
+/// those the second list finds. A `stat` line is `pid (comm) state ppid pgrp session …`,
+/// and comm may hold spaces and `)`: the fields are read after its last `) `.
+const STOP_SCRIPT: &str = r#"S=SID
+if [ ! -r /proc/self/stat ]; then
+  kill -TERM -$S 2>/dev/null || exit 0; sleep 1; kill -KILL -$S 2>/dev/null; exit 0
+fi
+l() {
+  A=" "; M=" "; T=""
+  for d in /proc/[0-9]*; do
+    { read -r s < "$d/stat"; } 2>/dev/null || continue
+    p=${s%% *}; set -- ${s##*) }
+    A="$A$p:${20} "; T="$T$p $2 ${20}
+"
+    [ "$4" = "$S" ] && M="$M$p:${20} "
+  done
+  c=1
+  while [ $c = 1 ]; do
+    c=0
+    while read -r p q t; do
+      case $M in *" $p:"*) continue;; esac
+      case $M in *" $q:"*) M="$M$p:$t "; c=1;; esac
+    done <<EOF
+$T
+EOF
+  done
+}
+l; K=$M
+[ "$K" = " " ] && exit 0
+for e in $K; do kill -TERM "${e%%:*}"; done 2>/dev/null
+sleep 1
+l
+for e in $K; do case $A in *" $e "*) kill -KILL "${e%%:*}";; esac; done 2>/dev/null
+for e in $M; do kill -KILL "${e%%:*}"; done 2>/dev/null
+exit 0"#;
 
 fn home() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from)
@@ -706,11 +836,12 @@ async fn run(ctx: &TaskContext<'_>, cfg: &SshConfig, started: &Started) -> TaskO
         ),
         limit: Duration::from_secs(cfg.timeout.max(1)),
     };
+    let nonce = crate::events::new_id().replace('-', "");
     let command = match remote_script(&cfg.command, |name| ctx.vars.get(name)) {
-        Ok(c) => format!("{PRINT_GROUP}{c}"),
+        Ok(c) => format!("{}{c}", print_group(&nonce)),
         Err(message) => return TaskOutput::failed(message, false),
     };
-    match attempt(ctx, &target, &command, started).await {
+    match attempt(ctx, &target, &command, &nonce, started).await {
         Ok(out) => out,
         Err(f) => {
             tracing::warn!(task = %ctx.task.name, target = %target.label(), error = %f.message, "ssh task could not run");
@@ -734,6 +865,7 @@ async fn attempt(
     ctx: &TaskContext<'_>,
     t: &Target,
     command: &str,
+    nonce: &str,
     started: &Started,
 ) -> Result<TaskOutput, Failure> {
     check_key(&t.key)?;
@@ -792,31 +924,28 @@ async fn attempt(
     let read_all = async {
         let out = async {
             let mut buf = vec![0u8; 16 * 1024];
-            // The first line is the remote process group (PRINT_GROUP), not the task's.
-            let mut first: Option<Vec<u8>> = Some(Vec::new());
+            // The marker line with the remote session (print_group), not the task's.
+            let mut marker = GroupMarker::new(nonce);
+            let mut data = Vec::with_capacity(buf.len());
             loop {
+                data.clear();
                 match channel.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => {
+                        marker.finish(&mut data);
+                        if !data.is_empty() {
+                            ctx.output.output(Stream::Stdout, &data);
+                            stdout.push(&data, CAPTURE_LIMIT);
+                        }
+                        break;
+                    }
                     Ok(n) => {
-                        let mut data = &buf[..n];
-                        if let Some(line) = first.as_mut() {
-                            let end = data.iter().position(|&b| b == b'\n');
-                            line.extend_from_slice(&data[..end.unwrap_or(data.len())]);
-                            let Some(end) = end else { continue };
-                            data = &data[end + 1..];
-                            if let Some(group) = std::str::from_utf8(line)
-                                .ok()
-                                .and_then(|l| l.trim().parse::<u32>().ok())
-                                .filter(|&g| g > 1)
-                            {
-                                *started.lock().unwrap_or_else(|e| e.into_inner()) =
-                                    Some((session.clone(), group));
-                            }
-                            first = None;
+                        if let Some(sid) = marker.feed(&buf[..n], &mut data) {
+                            *started.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some((session.clone(), sid));
                         }
                         if !data.is_empty() {
-                            ctx.output.output(Stream::Stdout, data);
-                            stdout.push(data, CAPTURE_LIMIT);
+                            ctx.output.output(Stream::Stdout, &data);
+                            stdout.push(&data, CAPTURE_LIMIT);
                         }
                     }
                 }
@@ -1007,6 +1136,35 @@ mod tests {
             assert!(made.is_empty(), "{sh} ran injected code: {made:?}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Lines an rc file prints before the marker pass through as output, whatever the
+    /// reads' boundaries; only the marker line with this attempt's nonce is taken off.
+    #[test]
+    fn the_marker_line_is_found_after_other_output_and_taken_off_alone() {
+        let text = "hello from .bashrc\nPICOFLOW_GROUP_other=77\nPICOFLOW_GROUP_n0nce=1\nPICOFLOW_GROUP_n0nce=4242\nPICOFLOW_GROUP_n0nce=5\ntask output";
+        let expected = "hello from .bashrc\nPICOFLOW_GROUP_other=77\nPICOFLOW_GROUP_n0nce=1\nPICOFLOW_GROUP_n0nce=5\ntask output";
+        for size in [1, 2, 5, 17, text.len()] {
+            let mut marker = GroupMarker::new("n0nce");
+            let mut out = Vec::new();
+            let mut found = Vec::new();
+            for chunk in text.as_bytes().chunks(size) {
+                found.extend(marker.feed(chunk, &mut out));
+            }
+            marker.finish(&mut out);
+            assert_eq!(found, [4242], "reads of {size}");
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "reads of {size}");
+        }
+        // No marker: everything is output, a partial marker included.
+        let mut marker = GroupMarker::new("n0nce");
+        let mut out = Vec::new();
+        assert_eq!(marker.feed(b"a\nPICOFLOW_GROUP_n0nce=12", &mut out), None);
+        marker.finish(&mut out);
+        assert_eq!(out, b"a\nPICOFLOW_GROUP_n0nce=12");
+        assert_eq!(
+            print_group("n0nce"),
+            "printf 'PICOFLOW_GROUP_n0nce=%s\\n' \"$$\"; "
+        );
     }
 
     #[test]
