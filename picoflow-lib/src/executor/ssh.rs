@@ -405,6 +405,16 @@ enum Quoting {
     /// `${…}` outside double quotes.
     Top,
     Paren(u32),
+    /// A `case … esac` in an unquoted context: the `)` of a pattern closes nothing.
+    Case,
+    /// Arithmetic, with its open parentheses: `$((…))` (where a reference is written
+    /// `${V}`: the expression is not split, and dash and busybox refuse quotes there) and
+    /// bash's `((…))` command (`quote_refs`: written `"${V}"`, which bash accepts and which
+    /// is right where a POSIX shell reads two subshells). No here-document, no comment.
+    Arith {
+        depth: u32,
+        quote_refs: bool,
+    },
     Backtick,
     Brace,
     /// `"…"`, and `${…}` inside it.
@@ -421,7 +431,15 @@ impl Quoting {
     fn unquoted(&self) -> bool {
         matches!(
             self,
-            Quoting::Top | Quoting::Paren(_) | Quoting::Backtick | Quoting::Brace
+            Quoting::Top
+                | Quoting::Paren(_)
+                | Quoting::Case
+                | Quoting::Backtick
+                | Quoting::Brace
+                | Quoting::Arith {
+                    quote_refs: true,
+                    ..
+                }
         )
     }
 }
@@ -429,8 +447,10 @@ impl Quoting {
 /// `command` with `$$` as `$` and each reference `${name}` rewritten to the variable
 /// `var(name)` names: `"${V}"` where the text is unquoted (one word, as the value was
 /// before: no field splitting, no globbing), `${V}` inside double quotes and unquoted
-/// here-documents (where it expands to the value), and inside single quotes or after a
-/// backslash (where it stays literal text, as in a local `sh -c`).
+/// here-documents (where it expands to the value) and in `$((…))`, and inside single quotes
+/// or after a backslash (where it stays literal text, as in a local `sh -c`). `<<` in
+/// `$((…))` and bash's `((…))` is a shift, not a here-document; the `)` of a `case`
+/// pattern closes no `$(`. Where the reading is in doubt (bash's `((…))`), the quoted form.
 fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
     let p = pieces(command);
     let mut out = String::with_capacity(command.len() + 16);
@@ -481,6 +501,13 @@ fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
         let next = p.get(i).copied();
         let mut opens = |out: &mut String, i: &mut usize, stack: &mut Vec<Quoting>, brace| {
             match next {
+                Some(Piece::Char('(')) if p.get(*i + 1) == Some(&Piece::Char('(')) => {
+                    stack.push(Quoting::Arith {
+                        depth: 2,
+                        quote_refs: false,
+                    });
+                    raw(out, i, &mut var);
+                }
                 Some(Piece::Char('(')) => stack.push(Quoting::Paren(1)),
                 Some(Piece::Char('{')) => stack.push(brace),
                 _ => return,
@@ -488,7 +515,11 @@ fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
             raw(out, i, &mut var);
         };
         match &ctx {
-            Quoting::Top | Quoting::Paren(_) | Quoting::Backtick | Quoting::Brace => match c {
+            Quoting::Top
+            | Quoting::Paren(_)
+            | Quoting::Case
+            | Quoting::Backtick
+            | Quoting::Brace => match c {
                 '\\' => raw(&mut out, &mut i, &mut var),
                 '\'' => stack.push(Quoting::Single),
                 '"' => stack.push(Quoting::Double),
@@ -501,10 +532,31 @@ fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
                     raw(&mut out, &mut i, &mut var);
                 }
                 '$' => opens(&mut out, &mut i, &mut stack, Quoting::Brace),
+                '(' if next == Some(Piece::Char('('))
+                    && command_position(&out[..out.len() - 1]) =>
+                {
+                    stack.push(Quoting::Arith {
+                        depth: 2,
+                        quote_refs: true,
+                    });
+                    raw(&mut out, &mut i, &mut var);
+                }
                 '(' => {
                     if let Some(Quoting::Paren(d)) = stack.last_mut() {
                         *d += 1;
                     }
+                }
+                'c' if ctx != Quoting::Brace
+                    && word_at(&p[i..], "ase")
+                    && command_position(&out[..out.len() - 1]) =>
+                {
+                    stack.push(Quoting::Case);
+                }
+                'e' if ctx == Quoting::Case
+                    && word_at(&p[i..], "sac")
+                    && before.is_none_or(|b| b.is_whitespace() || ";&|(".contains(b)) =>
+                {
+                    stack.pop();
                 }
                 ')' => {
                     if let Some(Quoting::Paren(d)) = stack.last_mut() {
@@ -544,6 +596,26 @@ fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
                 }
                 _ => {}
             },
+            Quoting::Arith { .. } => match c {
+                '\\' => raw(&mut out, &mut i, &mut var),
+                '\'' => stack.push(Quoting::Single),
+                '"' => stack.push(Quoting::Double),
+                '`' => stack.push(Quoting::Backtick),
+                '$' => opens(&mut out, &mut i, &mut stack, Quoting::DoubleBrace),
+                '(' | ')' => {
+                    if let Some(Quoting::Arith { depth, .. }) = stack.last_mut() {
+                        if c == '(' {
+                            *depth += 1;
+                        } else {
+                            *depth -= 1;
+                            if *depth == 0 {
+                                stack.pop();
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            },
             Quoting::Single => {
                 if c == '\'' {
                     stack.pop();
@@ -576,6 +648,39 @@ fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
         line_start = c == '\n';
     }
     out
+}
+
+/// Whether the text written so far ends where a command starts: at the start, after a
+/// newline, `;`, `&`, `|`, `(`, `{` or `!`, or after a keyword such as `then` or `do`.
+fn command_position(before: &str) -> bool {
+    let t = before.trim_end_matches([' ', '\t']);
+    match t.chars().last() {
+        None => true,
+        Some(c) if "\n;&|({!".contains(c) => true,
+        Some(_) => {
+            let word = t.trim_end_matches(|c: char| c.is_ascii_alphanumeric());
+            let keyword = &t[word.len()..];
+            ["then", "do", "else", "elif", "if", "while", "until", "time"].contains(&keyword)
+                && word
+                    .chars()
+                    .last()
+                    .is_none_or(|b| b.is_whitespace() || ";&|(".contains(b))
+        }
+    }
+}
+
+/// Whether `p` (just after a first letter) goes on with `rest` and ends a word there.
+fn word_at(p: &[Piece<'_>], rest: &str) -> bool {
+    let n = rest.chars().count();
+    rest.chars()
+        .zip(p)
+        .all(|(c, piece)| *piece == Piece::Char(c))
+        && p.len() >= n
+        && match p.get(n) {
+            None => true,
+            Some(Piece::Char(c)) => c.is_whitespace() || ";&|)".contains(*c),
+            Some(Piece::Ref(_)) => false,
+        }
 }
 
 /// After `<<`: reads `-`, blanks and the delimiter word (copying them to `out`); the
@@ -1100,6 +1205,87 @@ mod tests {
             "cat <<A <<\"B\"\n${V}\nA\n${W}\nB\n\"${X}\""
         );
         assert_eq!(r("cat <<< ${v}"), "cat <<< \"${V}\"");
+    }
+
+    /// `<<` in arithmetic is a shift, not a here-document; a case pattern's `)` does not
+    /// close a command substitution.
+    #[test]
+    fn arithmetic_and_case_patterns_do_not_confuse_the_quoting() {
+        let r = |c: &str| rewrite(c, |n| n.to_uppercase());
+        assert_eq!(
+            r("x=$(( 1 << 2 ))\necho glob:${v}"),
+            "x=$(( 1 << 2 ))\necho glob:\"${V}\""
+        );
+        assert_eq!(
+            r("echo \"$(( (1 + 2) << 2 )) ${v}\" $(( ${v} + 1 )) ${w}"),
+            "echo \"$(( (1 + 2) << 2 )) ${V}\" $(( ${V} + 1 )) \"${W}\""
+        );
+        assert_eq!(
+            r("cat <<E\n$(( 1 << 2 )) ${v}\nE\necho ${w}"),
+            "cat <<E\n$(( 1 << 2 )) ${V}\nE\necho \"${W}\""
+        );
+        // bash's arithmetic command (two subshells for a POSIX shell): quoted either way.
+        assert_eq!(
+            r("(( x << 2 )) && (( ${v} > 0 ))\necho ${w}"),
+            "(( x << 2 )) && (( \"${V}\" > 0 ))\necho \"${W}\""
+        );
+        assert_eq!(
+            r("if true; then ((x<<=1)); fi\necho ${w}"),
+            "if true; then ((x<<=1)); fi\necho \"${W}\""
+        );
+        // `let` with a quoted expression (unquoted, `let x=1<<2` is a here-document in
+        // bash too).
+        assert_eq!(
+            r("let \"x = 1 << 2\"\necho ${w}"),
+            "let \"x = 1 << 2\"\necho \"${W}\""
+        );
+        // case … esac in a command substitution, both pattern forms; `case` as a word.
+        assert_eq!(
+            r("echo \"$(case x in a) echo ${v};; (b) echo;; esac) ${w}\" ${x}"),
+            "echo \"$(case x in a) echo \"${V}\";; (b) echo;; esac) ${W}\" \"${X}\""
+        );
+        assert_eq!(
+            r("echo \"$(echo case x in a) ${w}\" ${x}"),
+            "echo \"$(echo case x in a) ${W}\" \"${X}\""
+        );
+        assert_eq!(
+            r("y=$(if true; then case 1 in 1) echo ${v};; esac; fi) ${w}"),
+            "y=$(if true; then case 1 in 1) echo \"${V}\";; esac; fi) \"${W}\""
+        );
+    }
+
+    /// The same, run: a value with blanks and a glob stays one word, under every local
+    /// POSIX shell (and bash's `((…))` under bash).
+    #[test]
+    fn arithmetic_and_case_scripts_keep_values_whole_under_every_local_shell() {
+        let value = "-la /etc/host*  two";
+        let command =
+            "x=$(( 1 << 2 ))\nprintf '%s|' ${V} \"$(case x in x) printf %s ${V};; esac)\" \"$x\"";
+        let bash_only = "(( y = 1 << 2 ))\nprintf '%s|' ${V} \"$y\"";
+        for (sh, command, expected) in [
+            ("/bin/sh", command, format!("{value}|{value}|4|")),
+            ("/bin/dash", command, format!("{value}|{value}|4|")),
+            ("/bin/bash", command, format!("{value}|{value}|4|")),
+            ("/bin/busybox", command, format!("{value}|{value}|4|")),
+            ("/bin/bash", bash_only, format!("{value}|4|")),
+        ] {
+            if !Path::new(sh).exists() {
+                eprintln!("{sh} is not installed here: not tried");
+                continue;
+            }
+            let script = remote_script(command, |_| Some(value.to_string())).unwrap();
+            let mut cmd = std::process::Command::new(sh);
+            if sh.ends_with("busybox") {
+                cmd.arg("sh");
+            }
+            let out = cmd.arg("-c").arg(&script).output().unwrap();
+            assert!(out.status.success(), "{sh}: {out:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                expected,
+                "{sh}: {script}"
+            );
+        }
     }
 
     /// The script runs under the POSIX shells a remote host may have as login shell, with
