@@ -467,6 +467,18 @@ mod with_ssh {
         let t = &report.tasks[0];
         assert_eq!(t.state, TaskState::Timeout, "{t:?}");
         assert_gone("sleep 30.75");
+        // The rc file's line stays output; the marker line alone is taken off.
+        let got = sshd.path("got.txt");
+        let report = run(&workflow(&format!(
+            "{}  - name: keep\n    type: shell\n    depends_on: [say]\n    config:\n      command: \"printf %s \\\"${{tasks.say.outputs.out}}\\\" > {}\"\n",
+            sshd.task("say", "echo ok", "    outputs: {out: stdout}\n"),
+            got.display()
+        )));
+        assert_eq!(report.tasks[1].state, TaskState::Success, "{report:?}");
+        assert_eq!(
+            std::fs::read_to_string(&got).unwrap().trim_end(),
+            "hello from the rc file\nok"
+        );
         std::fs::remove_dir_all(&home).unwrap();
     }
 

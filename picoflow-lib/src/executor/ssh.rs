@@ -501,7 +501,9 @@ fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
         let next = p.get(i).copied();
         let mut opens = |out: &mut String, i: &mut usize, stack: &mut Vec<Quoting>, brace| {
             match next {
-                Some(Piece::Char('(')) if p.get(*i + 1) == Some(&Piece::Char('(')) => {
+                Some(Piece::Char('('))
+                    if p.get(*i + 1) == Some(&Piece::Char('(')) && closes_twice(&p[*i + 2..]) =>
+                {
                     stack.push(Quoting::Arith {
                         depth: 2,
                         quote_refs: false,
@@ -533,6 +535,7 @@ fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
                 }
                 '$' => opens(&mut out, &mut i, &mut stack, Quoting::Brace),
                 '(' if next == Some(Piece::Char('('))
+                    && closes_twice(&p[i + 1..])
                     && command_position(&out[..out.len() - 1]) =>
                 {
                     stack.push(Quoting::Arith {
@@ -648,6 +651,24 @@ fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
         line_start = c == '\n';
     }
     out
+}
+
+/// Whether the text after `((` closes it with `))`, as arithmetic does (`$((a) ; b)` is a
+/// command substitution of a subshell, where references must be quoted).
+fn closes_twice(p: &[Piece<'_>]) -> bool {
+    let mut depth = 2u32;
+    let mut pieces = p.iter().peekable();
+    while let Some(piece) = pieces.next() {
+        match piece {
+            Piece::Char('(') => depth += 1,
+            Piece::Char(')') if depth == 2 => {
+                return pieces.peek() == Some(&&Piece::Char(')'));
+            }
+            Piece::Char(')') => depth -= 1,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Whether the text written so far ends where a command starts: at the start, after a
@@ -1219,6 +1240,11 @@ mod tests {
         assert_eq!(
             r("echo \"$(( (1 + 2) << 2 )) ${v}\" $(( ${v} + 1 )) ${w}"),
             "echo \"$(( (1 + 2) << 2 )) ${V}\" $(( ${V} + 1 )) \"${W}\""
+        );
+        // Not arithmetic: a subshell in a command substitution.
+        assert_eq!(
+            r("echo $((echo a) ; echo ${v}) ${w}"),
+            "echo $((echo a) ; echo \"${V}\") \"${W}\""
         );
         assert_eq!(
             r("cat <<E\n$(( 1 << 2 )) ${v}\nE\necho ${w}"),
