@@ -465,3 +465,60 @@ fn docker_settings_are_checked_and_the_feature_named() {
         );
     }
 }
+
+/// A run value in a shell arithmetic context (bash evaluates the value as an expression
+/// there, and `a[$(cmd)]` in it runs `cmd`) is a warning naming the file, task and
+/// reference; the workflow is still valid (exit 0). The same value used as data is not.
+#[test]
+fn a_run_value_in_shell_arithmetic_is_a_warning() {
+    let dir = TempDir::new("arith");
+    let wf = dir.write(
+        "count.yaml",
+        r#"name: count
+tasks:
+  - name: api
+    type: shell
+    outputs: {count: stdout}
+    config: {command: "echo 3"}
+  - name: check
+    type: shell
+    depends_on: [api]
+    config:
+      command: |
+        if [[ "${tasks.api.outputs.count}" -gt 0 ]]; then echo some; fi
+  - name: sum
+    type: shell
+    depends_on: [api]
+    config:
+      command: "echo $(( ${tasks.api.outputs.count} + 1 )); let n=${tasks.api.outputs.count}"
+  - name: index
+    type: shell
+    depends_on: [api]
+    iterate_over: [a, b]
+    config:
+      command: "a[${item_index}]=x; (( ${item} )); echo ${item}"
+  - name: plain
+    type: shell
+    depends_on: [api]
+    config:
+      command: "echo \"${tasks.api.outputs.count}\" [ ${tasks.api.outputs.count} ] $$((1+2)) ${HOME}"
+"#,
+    );
+    let out = run(picoflow(dir.path()).arg("validate").arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("is valid"), "{}", stdout(&out));
+    let err = stderr(&out);
+    for want in [
+        "count.yaml: task 'check': ${tasks.api.outputs.count} is in a shell arithmetic context ([[ … -gt … ]])",
+        "count.yaml: task 'sum': ${tasks.api.outputs.count} is in a shell arithmetic context ($((…)))",
+        "count.yaml: task 'sum': ${tasks.api.outputs.count} is in a shell arithmetic context (let)",
+        "count.yaml: task 'index': ${item_index} is in a shell arithmetic context (array subscript)",
+        "count.yaml: task 'index': ${item} is in a shell arithmetic context (((…)))",
+        "case $v in ''|*[!0-9]*) exit 1;; esac",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(!err.contains("'plain'"), "{err}");
+    assert!(!err.contains("'api'"), "{err}");
+    assert_eq!(err.matches("warning:").count(), 5, "{err}");
+}

@@ -212,6 +212,9 @@ fn validate(path: &Path) -> Result<u8, Error> {
                 outln!("Tasks: {}", wf.tasks.len())?;
                 outln!("Dependencies validated: No cycles detected")?;
                 outln!("Max parallel levels: {}", dag.level_count())?;
+                for warning in picoflow_lib::shell_warnings(&wf, &file.display().to_string()) {
+                    errln!("warning: {warning}");
+                }
                 let noted: Vec<usize> = (0..wf.tasks.len())
                     .filter(|&i| !dag.notes(i).is_empty())
                     .collect();

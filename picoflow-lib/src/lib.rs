@@ -140,7 +140,9 @@ pub use signals::{Signals, StopSignal};
 pub use stats::{compute_stats, TaskStats, WorkflowStats};
 pub use store::{HistoryFilter, PruneCounts, Store, WorkflowRecord};
 pub use templates::{template, TEMPLATE_NAMES};
-pub use validate::{load_workflow, parse_workflow, validate_workflow, workflow_files};
+pub use validate::{
+    load_workflow, parse_workflow, shell_warnings, validate_workflow, workflow_files,
+};
 
 /// The optional parts compiled into this build, as `(feature, enabled)` pairs.
 pub fn features() -> [(&'static str, bool); 6] {

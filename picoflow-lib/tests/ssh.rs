@@ -67,6 +67,11 @@ mod with_ssh {
 
     impl Sshd {
         fn start(tag: &str) -> Sshd {
+            Sshd::start_with(tag, "")
+        }
+
+        /// Like `start`, with `extra` lines added to sshd_config.
+        fn start_with(tag: &str, extra: &str) -> Sshd {
             assert!(
                 Path::new("/usr/sbin/sshd").exists(),
                 "/usr/sbin/sshd is needed (package openssh-server; scripts/install-test-deps.sh)"
@@ -90,7 +95,7 @@ mod with_ssh {
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
                  AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
+                 PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nLogLevel VERBOSE\n{extra}",
                 d = dir.display()
             );
             std::fs::write(dir.join("sshd_config"), config).unwrap();
@@ -422,6 +427,83 @@ mod with_ssh {
             std::thread::sleep(Duration::from_millis(100));
         }
         assert_eq!(processes_with("sleep 30.5"), Vec::<String>::new());
+    }
+
+    /// Waits up to 5 s for no process to hold `marker`, and asserts it.
+    fn assert_gone(marker: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !processes_with(marker).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(processes_with(marker), Vec::<String>::new(), "{marker}");
+    }
+
+    /// A remote account whose rc file prints a line (bash reads ~/.bashrc for a command
+    /// over ssh): the stop still finds the command's processes. The server gives the
+    /// account a HOME of the test's own (sshd `SetEnv HOME=…`), so that the shell reads a
+    /// real rc file there and this host's own rc files are left alone.
+    #[test]
+    fn a_line_printed_by_the_remote_rc_file_does_not_defeat_the_stop() {
+        let home =
+            std::env::temp_dir().join(format!("picoflow-ssh-home-{}", picoflow_lib::new_id()));
+        std::fs::create_dir_all(&home).unwrap();
+        let sourced = home.join("sourced");
+        let rc = format!("echo hello from the rc file\ntouch {}\n", sourced.display());
+        for f in [".bashrc", ".zshenv", ".profile"] {
+            std::fs::write(home.join(f), &rc).unwrap();
+        }
+        let sshd = Sshd::start_with("rc", &format!("SetEnv HOME={}\n", home.display()));
+        let report = run(&workflow(&sshd.task(
+            "nap",
+            "sleep 30.75; echo done",
+            "    timeout: 2\n",
+        )));
+        assert!(
+            sourced.exists(),
+            "the remote shell did not read an rc file in {}: {}",
+            home.display(),
+            sshd.log()
+        );
+        let t = &report.tasks[0];
+        assert_eq!(t.state, TaskState::Timeout, "{t:?}");
+        assert_gone("sleep 30.75");
+        // The rc file's line stays output; the marker line alone is taken off.
+        let got = sshd.path("got.txt");
+        let report = run(&workflow(&format!(
+            "{}  - name: keep\n    type: shell\n    depends_on: [say]\n    config:\n      command: \"printf %s \\\"${{tasks.say.outputs.out}}\\\" > {}\"\n",
+            sshd.task("say", "echo ok", "    outputs: {out: stdout}\n"),
+            got.display()
+        )));
+        assert_eq!(report.tasks[1].state, TaskState::Success, "{report:?}");
+        assert_eq!(
+            std::fs::read_to_string(&got).unwrap().trim_end(),
+            "hello from the rc file\nok"
+        );
+        std::fs::remove_dir_all(&home).unwrap();
+    }
+
+    /// Processes that left the command's process group (`setsid`, a job-control subshell)
+    /// are stopped with it at the timeout: the stop reaches the whole remote session and
+    /// the descendants that made sessions of their own.
+    #[test]
+    fn the_timeout_stops_processes_that_left_the_process_group() {
+        let sshd = Sshd::start("session");
+        let t0 = Instant::now();
+        let report = run(&workflow(&sshd.script_task(
+            "escape",
+            "setsid sleep 1231 </dev/null >/dev/null 2>&1 &\n(set -m; sleep 1232 </dev/null >/dev/null 2>&1 &)\ntrap '' TERM\nsleep 1233\n",
+            "    timeout: 3\n",
+        )));
+        let t = &report.tasks[0];
+        assert_eq!(t.state, TaskState::Timeout, "{t:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "took {:?}",
+            t0.elapsed()
+        );
+        for marker in ["sleep 1231", "sleep 1232", "sleep 1233"] {
+            assert_gone(marker);
+        }
     }
 
     #[test]

@@ -13,11 +13,15 @@
 //!   A connection that fails gives exit code 255 and is retried like any failure.
 //! * **Output.** stdout and stderr are read concurrently, passed to the task log and captured
 //!   with the shell executor's 10 MB cap.
-//! * **Stopping.** The script first prints its process id, its process group's (sshd makes
-//!   the command's shell a session leader); the reader takes that line off the output. At
-//!   the task's timeout or when the run is cancelled, a second channel sends SIGTERM to the
-//!   group and SIGKILL a second later: closing the channel alone leaves a command that has no
-//!   terminal running on the remote host.
+//! * **Stopping.** The script first prints `PICOFLOW_GROUP_<nonce>=<pid>`, its process id
+//!   (sshd makes the command's shell a session leader), with a nonce new for each attempt;
+//!   the reader finds that line (an rc file may print lines before it, which stay output)
+//!   and takes it off. At the task's timeout or when the run is cancelled, a second channel
+//!   sends SIGTERM to the session's processes and the descendants that left it (`setsid`),
+//!   SIGKILL a second later (see [`STOP_SCRIPT`]): closing the channel alone leaves a
+//!   command that has no terminal running on the remote host. Not reached: a process whose
+//!   parent left the session and exited before the stop (a double fork), and a remote
+//!   command whose PicoFlow died.
 //! * **One session per host.** Tasks of one run that go to the same host, port, user and key
 //!   share one authenticated session (a channel each); a session that broke is replaced once.
 //! * **Variables.** `${VAR}` in `host`, `user`, `key_path` and `known_hosts` is replaced by
@@ -134,21 +138,108 @@ impl Executor for SshExecutor {
     }
 }
 
-/// A remote command that has started: its session and its process group, so that it can be
-/// stopped when its task times out or is cancelled.
+/// A remote command that has started: its session and its session id (the process id of
+/// its shell), so that it can be stopped when its task times out or is cancelled.
 type Started = std::sync::Mutex<Option<(Session, u32)>>;
 
-/// The first thing the remote script does: print its process id, which is its process
-/// group's (sshd makes the command's shell a session leader). The reader takes that line off
-/// the task's output.
-const PRINT_GROUP: &str = "printf '%s\\n' \"$$\"; ";
+/// The first thing the remote script does: print a line `PICOFLOW_GROUP_<nonce>=<pid>`
+/// with its process id, which is its session's and its process group's (sshd makes the
+/// command's shell a session leader). `nonce` is new for each attempt, so the command
+/// cannot forge the line; the reader takes that line alone off the task's output (lines an
+/// rc file of the remote account printed before it pass through, see [`GroupMarker`]).
+fn print_group(nonce: &str) -> String {
+    format!("printf 'PICOFLOW_GROUP_{nonce}=%s\\n' \"$$\"; ")
+}
 
-/// Stops a remote command's process group: SIGTERM, and SIGKILL a second later if any of it
-/// is left, through a new channel of the same session. Closing a channel does not stop a
+/// Finds the line [`print_group`] printed in the remote command's stdout: every other byte
+/// is passed on as output, as it arrives. Only the start of a line that may still become
+/// the marker is held back (a few dozen bytes).
+struct GroupMarker {
+    prefix: Vec<u8>,
+    line: Vec<u8>,
+    mid_line: bool,
+    found: bool,
+}
+
+impl GroupMarker {
+    fn new(nonce: &str) -> GroupMarker {
+        GroupMarker {
+            prefix: format!("PICOFLOW_GROUP_{nonce}=").into_bytes(),
+            line: Vec::new(),
+            mid_line: false,
+            found: false,
+        }
+    }
+
+    /// Reads `data`, appending the task's output in it to `out`; the process id once the
+    /// marker line is complete.
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Option<u32> {
+        for (i, &b) in data.iter().enumerate() {
+            if self.found {
+                out.extend_from_slice(&data[i..]);
+                return None;
+            }
+            if self.mid_line {
+                out.push(b);
+                self.mid_line = b != b'\n';
+                continue;
+            }
+            self.line.push(b);
+            if b == b'\n' {
+                if let Some(pid) = self.marker_pid() {
+                    self.found = true;
+                    self.line.clear();
+                    out.extend_from_slice(&data[i + 1..]);
+                    return Some(pid);
+                }
+                out.append(&mut self.line);
+            } else if !self.may_be_marker() {
+                out.append(&mut self.line);
+                self.mid_line = true;
+            }
+        }
+        None
+    }
+
+    /// The process id in `line` (ending in a newline) if it is the marker.
+    fn marker_pid(&self) -> Option<u32> {
+        let digits = self
+            .line
+            .strip_prefix(self.prefix.as_slice())?
+            .strip_suffix(b"\n")?;
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(digits)
+            .ok()?
+            .parse::<u32>()
+            .ok()
+            .filter(|&p| p > 1)
+    }
+
+    fn may_be_marker(&self) -> bool {
+        match self.line.strip_prefix(self.prefix.as_slice()) {
+            Some(digits) => digits.len() <= 10 && digits.iter().all(u8::is_ascii_digit),
+            None => self.prefix.starts_with(&self.line),
+        }
+    }
+
+    /// What is held back, at the end of the output.
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.line);
+    }
+}
+
+/// Stops a remote command through a new channel of the same session: SIGTERM, and SIGKILL
+/// a second later, to every process of its session (`sid`, the process id of its shell,
+/// which sshd made a session leader) and to the descendants of those that made sessions
+/// of their own (`setsid`), found by a walk of `/proc` in `/bin/sh` (Linux). Without
+/// `/proc` the signals go to the process group `sid`. Closing a channel does not stop a
 /// command that runs without a terminal: sshd only closes its pipes.
-async fn stop_remote(session: &Session, group: u32) {
+async fn stop_remote(session: &Session, sid: u32) {
     let script = format!(
-        "kill -TERM -{group} 2>/dev/null || exit 0; sleep 1; kill -KILL -{group} 2>/dev/null; exit 0"
+        "exec /bin/sh -c '{}'",
+        STOP_SCRIPT.replace("SID", &sid.to_string())
     );
     let stop = async {
         let mut channel = session.channel_session().await?;
@@ -161,9 +252,48 @@ async fn stop_remote(session: &Session, group: u32) {
     })
     .await
     {
-        tracing::warn!(group, error = %e, "cannot stop a remote command");
+        tracing::warn!(sid, error = %e, "cannot stop a remote command");
     }
 }
+
+/// The stop, in POSIX sh (no `'`: it is sent in single quotes to `/bin/sh -c`). `l` lists
+/// in `M` the processes of session `S` and, by parent id, their descendants, each as
+/// `pid:starttime`, and in `A` every process; the SIGKILL goes to those of the first list
+/// that still have the same start time (not a new process that got a freed id) and to
+/// those the second list finds. A `stat` line is `pid (comm) state ppid pgrp session …`,
+/// and comm may hold spaces and `)`: the fields are read after its last `) `.
+const STOP_SCRIPT: &str = r#"S=SID
+if [ ! -r /proc/self/stat ]; then
+  kill -TERM -$S 2>/dev/null || exit 0; sleep 1; kill -KILL -$S 2>/dev/null; exit 0
+fi
+l() {
+  A=" "; M=" "; T=""
+  for d in /proc/[0-9]*; do
+    { read -r s < "$d/stat"; } 2>/dev/null || continue
+    p=${s%% *}; set -- ${s##*) }
+    A="$A$p:${20} "; T="$T$p $2 ${20}
+"
+    [ "$4" = "$S" ] && M="$M$p:${20} "
+  done
+  c=1
+  while [ $c = 1 ]; do
+    c=0
+    while read -r p q t; do
+      case $M in *" $p:"*) continue;; esac
+      case $M in *" $q:"*) M="$M$p:$t "; c=1;; esac
+    done <<EOF
+$T
+EOF
+  done
+}
+l; K=$M
+[ "$K" = " " ] && exit 0
+for e in $K; do kill -TERM "${e%%:*}"; done 2>/dev/null
+sleep 1
+l
+for e in $K; do case $A in *" $e "*) kill -KILL "${e%%:*}";; esac; done 2>/dev/null
+for e in $M; do kill -KILL "${e%%:*}"; done 2>/dev/null
+exit 0"#;
 
 fn home() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from)
@@ -275,6 +405,16 @@ enum Quoting {
     /// `${…}` outside double quotes.
     Top,
     Paren(u32),
+    /// A `case … esac` in an unquoted context: the `)` of a pattern closes nothing.
+    Case,
+    /// Arithmetic, with its open parentheses: `$((…))` (where a reference is written
+    /// `${V}`: the expression is not split, and dash and busybox refuse quotes there) and
+    /// bash's `((…))` command (`quote_refs`: written `"${V}"`, which bash accepts and which
+    /// is right where a POSIX shell reads two subshells). No here-document, no comment.
+    Arith {
+        depth: u32,
+        quote_refs: bool,
+    },
     Backtick,
     Brace,
     /// `"…"`, and `${…}` inside it.
@@ -291,7 +431,15 @@ impl Quoting {
     fn unquoted(&self) -> bool {
         matches!(
             self,
-            Quoting::Top | Quoting::Paren(_) | Quoting::Backtick | Quoting::Brace
+            Quoting::Top
+                | Quoting::Paren(_)
+                | Quoting::Case
+                | Quoting::Backtick
+                | Quoting::Brace
+                | Quoting::Arith {
+                    quote_refs: true,
+                    ..
+                }
         )
     }
 }
@@ -299,8 +447,10 @@ impl Quoting {
 /// `command` with `$$` as `$` and each reference `${name}` rewritten to the variable
 /// `var(name)` names: `"${V}"` where the text is unquoted (one word, as the value was
 /// before: no field splitting, no globbing), `${V}` inside double quotes and unquoted
-/// here-documents (where it expands to the value), and inside single quotes or after a
-/// backslash (where it stays literal text, as in a local `sh -c`).
+/// here-documents (where it expands to the value) and in `$((…))`, and inside single quotes
+/// or after a backslash (where it stays literal text, as in a local `sh -c`). `<<` in
+/// `$((…))` and bash's `((…))` is a shift, not a here-document; the `)` of a `case`
+/// pattern closes no `$(`. Where the reading is in doubt (bash's `((…))`), the quoted form.
 fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
     let p = pieces(command);
     let mut out = String::with_capacity(command.len() + 16);
@@ -351,6 +501,15 @@ fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
         let next = p.get(i).copied();
         let mut opens = |out: &mut String, i: &mut usize, stack: &mut Vec<Quoting>, brace| {
             match next {
+                Some(Piece::Char('('))
+                    if p.get(*i + 1) == Some(&Piece::Char('(')) && closes_twice(&p[*i + 2..]) =>
+                {
+                    stack.push(Quoting::Arith {
+                        depth: 2,
+                        quote_refs: false,
+                    });
+                    raw(out, i, &mut var);
+                }
                 Some(Piece::Char('(')) => stack.push(Quoting::Paren(1)),
                 Some(Piece::Char('{')) => stack.push(brace),
                 _ => return,
@@ -358,7 +517,11 @@ fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
             raw(out, i, &mut var);
         };
         match &ctx {
-            Quoting::Top | Quoting::Paren(_) | Quoting::Backtick | Quoting::Brace => match c {
+            Quoting::Top
+            | Quoting::Paren(_)
+            | Quoting::Case
+            | Quoting::Backtick
+            | Quoting::Brace => match c {
                 '\\' => raw(&mut out, &mut i, &mut var),
                 '\'' => stack.push(Quoting::Single),
                 '"' => stack.push(Quoting::Double),
@@ -371,10 +534,32 @@ fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
                     raw(&mut out, &mut i, &mut var);
                 }
                 '$' => opens(&mut out, &mut i, &mut stack, Quoting::Brace),
+                '(' if next == Some(Piece::Char('('))
+                    && closes_twice(&p[i + 1..])
+                    && command_position(&out[..out.len() - 1]) =>
+                {
+                    stack.push(Quoting::Arith {
+                        depth: 2,
+                        quote_refs: true,
+                    });
+                    raw(&mut out, &mut i, &mut var);
+                }
                 '(' => {
                     if let Some(Quoting::Paren(d)) = stack.last_mut() {
                         *d += 1;
                     }
+                }
+                'c' if ctx != Quoting::Brace
+                    && word_at(&p[i..], "ase")
+                    && command_position(&out[..out.len() - 1]) =>
+                {
+                    stack.push(Quoting::Case);
+                }
+                'e' if ctx == Quoting::Case
+                    && word_at(&p[i..], "sac")
+                    && before.is_none_or(|b| b.is_whitespace() || ";&|(".contains(b)) =>
+                {
+                    stack.pop();
                 }
                 ')' => {
                     if let Some(Quoting::Paren(d)) = stack.last_mut() {
@@ -414,6 +599,26 @@ fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
                 }
                 _ => {}
             },
+            Quoting::Arith { .. } => match c {
+                '\\' => raw(&mut out, &mut i, &mut var),
+                '\'' => stack.push(Quoting::Single),
+                '"' => stack.push(Quoting::Double),
+                '`' => stack.push(Quoting::Backtick),
+                '$' => opens(&mut out, &mut i, &mut stack, Quoting::DoubleBrace),
+                '(' | ')' => {
+                    if let Some(Quoting::Arith { depth, .. }) = stack.last_mut() {
+                        if c == '(' {
+                            *depth += 1;
+                        } else {
+                            *depth -= 1;
+                            if *depth == 0 {
+                                stack.pop();
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            },
             Quoting::Single => {
                 if c == '\'' {
                     stack.pop();
@@ -446,6 +651,57 @@ fn rewrite(command: &str, mut var: impl FnMut(&str) -> String) -> String {
         line_start = c == '\n';
     }
     out
+}
+
+/// Whether the text after `((` closes it with `))`, as arithmetic does (`$((a) ; b)` is a
+/// command substitution of a subshell, where references must be quoted).
+fn closes_twice(p: &[Piece<'_>]) -> bool {
+    let mut depth = 2u32;
+    let mut pieces = p.iter().peekable();
+    while let Some(piece) = pieces.next() {
+        match piece {
+            Piece::Char('(') => depth += 1,
+            Piece::Char(')') if depth == 2 => {
+                return pieces.peek() == Some(&&Piece::Char(')'));
+            }
+            Piece::Char(')') => depth -= 1,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Whether the text written so far ends where a command starts: at the start, after a
+/// newline, `;`, `&`, `|`, `(`, `{` or `!`, or after a keyword such as `then` or `do`.
+fn command_position(before: &str) -> bool {
+    let t = before.trim_end_matches([' ', '\t']);
+    match t.chars().last() {
+        None => true,
+        Some(c) if "\n;&|({!".contains(c) => true,
+        Some(_) => {
+            let word = t.trim_end_matches(|c: char| c.is_ascii_alphanumeric());
+            let keyword = &t[word.len()..];
+            ["then", "do", "else", "elif", "if", "while", "until", "time"].contains(&keyword)
+                && word
+                    .chars()
+                    .last()
+                    .is_none_or(|b| b.is_whitespace() || ";&|(".contains(b))
+        }
+    }
+}
+
+/// Whether `p` (just after a first letter) goes on with `rest` and ends a word there.
+fn word_at(p: &[Piece<'_>], rest: &str) -> bool {
+    let n = rest.chars().count();
+    rest.chars()
+        .zip(p)
+        .all(|(c, piece)| *piece == Piece::Char(c))
+        && p.len() >= n
+        && match p.get(n) {
+            None => true,
+            Some(Piece::Char(c)) => c.is_whitespace() || ";&|)".contains(*c),
+            Some(Piece::Ref(_)) => false,
+        }
 }
 
 /// After `<<`: reads `-`, blanks and the delimiter word (copying them to `out`); the
@@ -706,11 +962,12 @@ async fn run(ctx: &TaskContext<'_>, cfg: &SshConfig, started: &Started) -> TaskO
         ),
         limit: Duration::from_secs(cfg.timeout.max(1)),
     };
+    let nonce = crate::events::new_id().replace('-', "");
     let command = match remote_script(&cfg.command, |name| ctx.vars.get(name)) {
-        Ok(c) => format!("{PRINT_GROUP}{c}"),
+        Ok(c) => format!("{}{c}", print_group(&nonce)),
         Err(message) => return TaskOutput::failed(message, false),
     };
-    match attempt(ctx, &target, &command, started).await {
+    match attempt(ctx, &target, &command, &nonce, started).await {
         Ok(out) => out,
         Err(f) => {
             tracing::warn!(task = %ctx.task.name, target = %target.label(), error = %f.message, "ssh task could not run");
@@ -734,6 +991,7 @@ async fn attempt(
     ctx: &TaskContext<'_>,
     t: &Target,
     command: &str,
+    nonce: &str,
     started: &Started,
 ) -> Result<TaskOutput, Failure> {
     check_key(&t.key)?;
@@ -792,31 +1050,28 @@ async fn attempt(
     let read_all = async {
         let out = async {
             let mut buf = vec![0u8; 16 * 1024];
-            // The first line is the remote process group (PRINT_GROUP), not the task's.
-            let mut first: Option<Vec<u8>> = Some(Vec::new());
+            // The marker line with the remote session (print_group), not the task's.
+            let mut marker = GroupMarker::new(nonce);
+            let mut data = Vec::with_capacity(buf.len());
             loop {
+                data.clear();
                 match channel.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => {
+                        marker.finish(&mut data);
+                        if !data.is_empty() {
+                            ctx.output.output(Stream::Stdout, &data);
+                            stdout.push(&data, CAPTURE_LIMIT);
+                        }
+                        break;
+                    }
                     Ok(n) => {
-                        let mut data = &buf[..n];
-                        if let Some(line) = first.as_mut() {
-                            let end = data.iter().position(|&b| b == b'\n');
-                            line.extend_from_slice(&data[..end.unwrap_or(data.len())]);
-                            let Some(end) = end else { continue };
-                            data = &data[end + 1..];
-                            if let Some(group) = std::str::from_utf8(line)
-                                .ok()
-                                .and_then(|l| l.trim().parse::<u32>().ok())
-                                .filter(|&g| g > 1)
-                            {
-                                *started.lock().unwrap_or_else(|e| e.into_inner()) =
-                                    Some((session.clone(), group));
-                            }
-                            first = None;
+                        if let Some(sid) = marker.feed(&buf[..n], &mut data) {
+                            *started.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some((session.clone(), sid));
                         }
                         if !data.is_empty() {
-                            ctx.output.output(Stream::Stdout, data);
-                            stdout.push(data, CAPTURE_LIMIT);
+                            ctx.output.output(Stream::Stdout, &data);
+                            stdout.push(&data, CAPTURE_LIMIT);
                         }
                     }
                 }
@@ -973,6 +1228,92 @@ mod tests {
         assert_eq!(r("cat <<< ${v}"), "cat <<< \"${V}\"");
     }
 
+    /// `<<` in arithmetic is a shift, not a here-document; a case pattern's `)` does not
+    /// close a command substitution.
+    #[test]
+    fn arithmetic_and_case_patterns_do_not_confuse_the_quoting() {
+        let r = |c: &str| rewrite(c, |n| n.to_uppercase());
+        assert_eq!(
+            r("x=$(( 1 << 2 ))\necho glob:${v}"),
+            "x=$(( 1 << 2 ))\necho glob:\"${V}\""
+        );
+        assert_eq!(
+            r("echo \"$(( (1 + 2) << 2 )) ${v}\" $(( ${v} + 1 )) ${w}"),
+            "echo \"$(( (1 + 2) << 2 )) ${V}\" $(( ${V} + 1 )) \"${W}\""
+        );
+        // Not arithmetic: a subshell in a command substitution.
+        assert_eq!(
+            r("echo $((echo a) ; echo ${v}) ${w}"),
+            "echo $((echo a) ; echo \"${V}\") \"${W}\""
+        );
+        assert_eq!(
+            r("cat <<E\n$(( 1 << 2 )) ${v}\nE\necho ${w}"),
+            "cat <<E\n$(( 1 << 2 )) ${V}\nE\necho \"${W}\""
+        );
+        // bash's arithmetic command (two subshells for a POSIX shell): quoted either way.
+        assert_eq!(
+            r("(( x << 2 )) && (( ${v} > 0 ))\necho ${w}"),
+            "(( x << 2 )) && (( \"${V}\" > 0 ))\necho \"${W}\""
+        );
+        assert_eq!(
+            r("if true; then ((x<<=1)); fi\necho ${w}"),
+            "if true; then ((x<<=1)); fi\necho \"${W}\""
+        );
+        // `let` with a quoted expression (unquoted, `let x=1<<2` is a here-document in
+        // bash too).
+        assert_eq!(
+            r("let \"x = 1 << 2\"\necho ${w}"),
+            "let \"x = 1 << 2\"\necho \"${W}\""
+        );
+        // case … esac in a command substitution, both pattern forms; `case` as a word.
+        assert_eq!(
+            r("echo \"$(case x in a) echo ${v};; (b) echo;; esac) ${w}\" ${x}"),
+            "echo \"$(case x in a) echo \"${V}\";; (b) echo;; esac) ${W}\" \"${X}\""
+        );
+        assert_eq!(
+            r("echo \"$(echo case x in a) ${w}\" ${x}"),
+            "echo \"$(echo case x in a) ${W}\" \"${X}\""
+        );
+        assert_eq!(
+            r("y=$(if true; then case 1 in 1) echo ${v};; esac; fi) ${w}"),
+            "y=$(if true; then case 1 in 1) echo \"${V}\";; esac; fi) \"${W}\""
+        );
+    }
+
+    /// The same, run: a value with blanks and a glob stays one word, under every local
+    /// POSIX shell (and bash's `((…))` under bash).
+    #[test]
+    fn arithmetic_and_case_scripts_keep_values_whole_under_every_local_shell() {
+        let value = "-la /etc/host*  two";
+        let command =
+            "x=$(( 1 << 2 ))\nprintf '%s|' ${V} \"$(case x in x) printf %s ${V};; esac)\" \"$x\"";
+        let bash_only = "(( y = 1 << 2 ))\nprintf '%s|' ${V} \"$y\"";
+        for (sh, command, expected) in [
+            ("/bin/sh", command, format!("{value}|{value}|4|")),
+            ("/bin/dash", command, format!("{value}|{value}|4|")),
+            ("/bin/bash", command, format!("{value}|{value}|4|")),
+            ("/bin/busybox", command, format!("{value}|{value}|4|")),
+            ("/bin/bash", bash_only, format!("{value}|4|")),
+        ] {
+            if !Path::new(sh).exists() {
+                eprintln!("{sh} is not installed here: not tried");
+                continue;
+            }
+            let script = remote_script(command, |_| Some(value.to_string())).unwrap();
+            let mut cmd = std::process::Command::new(sh);
+            if sh.ends_with("busybox") {
+                cmd.arg("sh");
+            }
+            let out = cmd.arg("-c").arg(&script).output().unwrap();
+            assert!(out.status.success(), "{sh}: {out:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                expected,
+                "{sh}: {script}"
+            );
+        }
+    }
+
     /// The script runs under the POSIX shells a remote host may have as login shell, with
     /// a hostile value arriving as data in every quoting and running nothing.
     #[test]
@@ -1007,6 +1348,35 @@ mod tests {
             assert!(made.is_empty(), "{sh} ran injected code: {made:?}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Lines an rc file prints before the marker pass through as output, whatever the
+    /// reads' boundaries; only the marker line with this attempt's nonce is taken off.
+    #[test]
+    fn the_marker_line_is_found_after_other_output_and_taken_off_alone() {
+        let text = "hello from .bashrc\nPICOFLOW_GROUP_other=77\nPICOFLOW_GROUP_n0nce=1\nPICOFLOW_GROUP_n0nce=4242\nPICOFLOW_GROUP_n0nce=5\ntask output";
+        let expected = "hello from .bashrc\nPICOFLOW_GROUP_other=77\nPICOFLOW_GROUP_n0nce=1\nPICOFLOW_GROUP_n0nce=5\ntask output";
+        for size in [1, 2, 5, 17, text.len()] {
+            let mut marker = GroupMarker::new("n0nce");
+            let mut out = Vec::new();
+            let mut found = Vec::new();
+            for chunk in text.as_bytes().chunks(size) {
+                found.extend(marker.feed(chunk, &mut out));
+            }
+            marker.finish(&mut out);
+            assert_eq!(found, [4242], "reads of {size}");
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "reads of {size}");
+        }
+        // No marker: everything is output, a partial marker included.
+        let mut marker = GroupMarker::new("n0nce");
+        let mut out = Vec::new();
+        assert_eq!(marker.feed(b"a\nPICOFLOW_GROUP_n0nce=12", &mut out), None);
+        marker.finish(&mut out);
+        assert_eq!(out, b"a\nPICOFLOW_GROUP_n0nce=12");
+        assert_eq!(
+            print_group("n0nce"),
+            "printf 'PICOFLOW_GROUP_n0nce=%s\\n' \"$$\"; "
+        );
     }
 
     #[test]
