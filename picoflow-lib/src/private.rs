@@ -73,6 +73,31 @@ fn ours(f: File) -> io::Result<File> {
     Ok(f)
 }
 
+/// Opens an existing `path` for writing (never creating it) without following a symbolic
+/// link; see [`ours`]. The error for a link says so.
+pub(crate) fn open_existing(path: &Path) -> io::Result<File> {
+    match options().read(true).write(true).open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "is a symbolic link: PicoFlow does not write through links",
+        )),
+        other => ours(other?),
+    }
+}
+
+/// Checks that `path` (not following a link) is still the file open as `f`.
+pub(crate) fn same_file(f: &File, path: &Path) -> io::Result<()> {
+    let (a, b) = (f.metadata()?, std::fs::symlink_metadata(path)?);
+    if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "was replaced while PicoFlow opened it: not written",
+        ))
+    }
+}
+
 /// Opens `path` for reading without following a symbolic link.
 pub(crate) fn open_read(path: &Path) -> io::Result<File> {
     options().read(true).open(path)
@@ -177,6 +202,66 @@ fn problem(m: &std::fs::Metadata, uid: u32) -> Option<String> {
     }
     let mode = m.mode() & 0o7777;
     (mode != DIR_MODE).then(|| format!("has mode {mode:04o}, not 0700"))
+}
+
+/// Checks that `dir`, where PicoFlow keeps its files (the state file's directory, the logs
+/// directory), cannot be changed under it by another user: owned by the effective user or
+/// root, and not writable by group or others unless the sticky bit is set (as on `/tmp`).
+/// Otherwise that user could swap names in it between PicoFlow's checks and its writes.
+pub(crate) fn trusted_dir(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let m = std::fs::metadata(dir)?;
+    untrusted(&m, euid()).map_or(Ok(()), |why| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{why}: another user could replace what PicoFlow keeps there; use a directory \
+                 of PicoFlow's user (or root) that others cannot write to"
+            ),
+        ))
+    })
+}
+
+/// What makes a directory with metadata `m` untrusted by user `uid`, if anything.
+fn untrusted(m: &std::fs::Metadata, uid: u32) -> Option<String> {
+    let mode = m.mode() & 0o7777;
+    if !m.is_dir() {
+        Some("is not a directory".into())
+    } else if m.uid() != uid && m.uid() != 0 {
+        Some(format!(
+            "is owned by uid {}, not by uid {uid} or root",
+            m.uid()
+        ))
+    } else if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        Some(format!(
+            "has mode {mode:04o}: writable by group or others without the sticky bit"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Makes `path` a directory PicoFlow may write in: creates it `0700`, or checks with
+/// `lstat` that the one there is a directory (not a symbolic link) of the effective user.
+/// Its mode is left as it is (log directories of older versions may be `0755`).
+pub(crate) fn own_dir(path: &Path) -> io::Result<()> {
+    match make_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let m = std::fs::symlink_metadata(path)?;
+            match problem(&m, euid()) {
+                Some(why) if !why.starts_with("has mode") => Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{why}; PicoFlow writes only in directories of its own user"),
+                )),
+                _ => Ok(()),
+            }
+        }
+        other => other,
+    }
 }
 
 /// The effective user id.
