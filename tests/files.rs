@@ -443,7 +443,10 @@ fn a_configuration_file_others_can_write_is_refused() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(
-        err.contains(&format!("is owned by uid {}, not by uid 0 or root", user.uid)),
+        err.contains(&format!(
+            "is owned by uid {}, not by uid 0 or root",
+            user.uid
+        )),
         "{err}"
     );
 }
@@ -471,14 +474,20 @@ fn export_does_not_write_through_a_link_or_into_another_users_file() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
     // A link to a file that is a SQLite database already is refused as well.
     let other_db = dir.path().join("other.db");
-    let out = run(picoflow(dir.path()).args(["export", "sqlite"]).arg(&other_db));
+    let out = run(picoflow(dir.path())
+        .args(["export", "sqlite"])
+        .arg(&other_db));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let before = std::fs::read(&other_db).unwrap();
     std::fs::remove_file(&link).unwrap();
     std::os::unix::fs::symlink(&other_db, &link).unwrap();
     let out = run(picoflow(dir.path()).args(["export", "sqlite"]).arg(&link));
     assert_ne!(out.status.code(), Some(0));
-    assert!(stderr(&out).contains("is a symbolic link"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is a symbolic link"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(std::fs::read(&other_db).unwrap(), before);
 
     if unsafe { libc::geteuid() } != 0 {
@@ -497,7 +506,10 @@ fn export_does_not_write_through_a_link_or_into_another_users_file() {
         let err = stderr(&out);
         assert_ne!(out.status.code(), Some(0), "{name}");
         assert!(
-            err.contains(&format!("{name}: is owned by uid {}, not by uid 0", user.uid)),
+            err.contains(&format!(
+                "{name}: is owned by uid {}, not by uid 0",
+                user.uid
+            )),
             "{err}"
         );
         let m = std::fs::symlink_metadata(&target).unwrap();
@@ -537,7 +549,11 @@ fn directories_another_user_controls_are_refused() {
         "{err}"
     );
     let theirs = dir.path().join("theirs");
-    assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0, "nothing written through it");
+    assert_eq!(
+        std::fs::read_dir(&theirs).unwrap().count(),
+        0,
+        "nothing written through it"
+    );
 
     // Their own logs directory.
     std::fs::remove_file(logs.join("secret")).unwrap();
@@ -546,7 +562,10 @@ fn directories_another_user_controls_are_refused() {
     let out = run(picoflow(dir.path()).arg("run").arg(&wf));
     let err = stderr(&out);
     assert!(
-        err.contains(&format!("logs: is owned by uid {}, not by uid 0 or root", user.uid)),
+        err.contains(&format!(
+            "logs: is owned by uid {}, not by uid 0 or root",
+            user.uid
+        )),
         "{err}"
     );
     assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 0);

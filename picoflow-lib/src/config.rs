@@ -318,7 +318,10 @@ fn read_trusted(path: &Path) -> Result<String> {
     let m = f.metadata().map_err(|e| Error::io(path, e))?;
     let euid = crate::private::euid();
     let why = if m.uid() != euid && m.uid() != 0 {
-        Some(format!("is owned by uid {}, not by uid {euid} or root", m.uid()))
+        Some(format!(
+            "is owned by uid {}, not by uid {euid} or root",
+            m.uid()
+        ))
     } else if m.mode() & 0o022 != 0 {
         Some(format!(
             "has mode {:04o}: writable by group or others",

@@ -75,6 +75,7 @@ fn ours(f: File) -> io::Result<File> {
 
 /// Opens an existing `path` for writing (never creating it) without following a symbolic
 /// link; see [`ours`]. The error for a link says so.
+#[cfg(feature = "sqlite")]
 pub(crate) fn open_existing(path: &Path) -> io::Result<File> {
     match options().read(true).write(true).open(path) {
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(io::Error::new(
@@ -86,6 +87,7 @@ pub(crate) fn open_existing(path: &Path) -> io::Result<File> {
 }
 
 /// Checks that `path` (not following a link) is still the file open as `f`.
+#[cfg(feature = "sqlite")]
 pub(crate) fn same_file(f: &File, path: &Path) -> io::Result<()> {
     let (a, b) = (f.metadata()?, std::fs::symlink_metadata(path)?);
     if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
@@ -398,6 +400,41 @@ mod tests {
         assert!(create_new(&link, 0o666).is_err());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
         assert_eq!(std::fs::metadata(&victim).unwrap().mode() & 0o7777, 0o640);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_directory_others_can_change_is_not_trusted() {
+        let root = scratch("trusted");
+        let m = |mode: u32| {
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::fs::metadata(&root).unwrap()
+        };
+        let me = euid();
+        for ok in [0o700, 0o755, 0o1777, 0o1770] {
+            assert_eq!(untrusted(&m(ok), me), None, "{ok:o}");
+        }
+        for bad in [0o777, 0o770, 0o702] {
+            let why = untrusted(&m(bad), me).unwrap();
+            assert!(why.contains("without the sticky bit"), "{why}");
+        }
+        // Another user's directory: root's is trusted by everyone, so checked as another
+        // user only when ours is not root's.
+        if me != 0 {
+            let why = untrusted(&m(0o700), me + 1).unwrap();
+            assert!(why.starts_with("is owned by uid"), "{why}");
+        } else if let Ok(other) = std::fs::metadata("/proc/self/fd") {
+            // (the CLI tests chown a directory to a throwaway user)
+            assert_eq!(untrusted(&other, 12345), None, "root's directory");
+        }
+        // A level of the logs tree: a link in its place is refused, even one to ours.
+        let link = root.join("link");
+        std::os::unix::fs::symlink(&root, &link).unwrap();
+        let e = own_dir(&link).unwrap_err().to_string();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        own_dir(&root.join("new")).unwrap();
+        own_dir(&root.join("new")).unwrap();
+        m(0o700);
         std::fs::remove_dir_all(root).unwrap();
     }
 

@@ -113,7 +113,8 @@ pub fn export_sqlite(
     };
     let fresh = existing
         .as_ref()
-        .map_or(true, |f| f.metadata().map_or(true, |m| m.len() == 0));
+        .and_then(|f| f.metadata().ok())
+        .is_none_or(|m| m.len() == 0);
     let target: PathBuf = if fresh {
         let mut t = path.as_os_str().to_owned();
         t.push(format!(".tmp-{}", std::process::id()));
