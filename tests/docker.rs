@@ -483,11 +483,12 @@ fn an_engine_that_is_down_fails_the_task_and_is_retried() {
     // Root opens any socket: the run is made as `nobody` then, in a directory it may write.
     let own = dir.path().join("own");
     std::fs::create_dir_all(&own).unwrap();
-    std::fs::set_permissions(&own, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let mut cmd = picoflow(&own);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         use std::os::unix::process::CommandExt as _;
+        // Its own directory: PicoFlow keeps no state where others may write.
+        std::os::unix::fs::chown(&own, Some(65534), Some(65534)).unwrap();
         cmd.uid(65534).gid(65534);
     }
     let out = run(cmd

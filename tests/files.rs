@@ -344,3 +344,266 @@ fn prune_removes_the_output_directories_crashed_runs_left() {
     running.kill().unwrap();
     running.wait().unwrap();
 }
+
+/// Whether the process `pid` still runs (signal 0), reaping it if it is our zombie child.
+fn alive(child: &mut std::process::Child) -> bool {
+    child.try_wait().unwrap().is_none()
+}
+
+/// `daemon stop` signalled whatever pid the PID file named while some process held its
+/// lock: another user who could write the PID file (or the configuration naming it) had
+/// PicoFlow, running as root, kill a process of their choosing, and `daemon status` called
+/// it running. The PID file now records the daemon's start time beside its pid, and a
+/// process that does not match it is neither signalled nor reported as the daemon.
+#[test]
+fn daemon_stop_does_not_signal_a_process_the_pid_file_merely_names() {
+    let dir = TempDir::new("files-pid");
+    let mut victim = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid_file = dir.write("picoflow.redb.pid", &format!("{}\n", victim.id()));
+    // Another process holds the lock, as a running daemon would.
+    let mut holder = Command::new("flock")
+        .arg("-x")
+        .arg(&pid_file)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the lock on the PID file", || {
+        let f = std::fs::File::open(&pid_file).unwrap();
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: a non-blocking test of the lock on our own descriptor.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+    });
+    for start in ["", "12345\n"] {
+        std::fs::write(&pid_file, format!("{}\n{start}", victim.id())).unwrap();
+        let out = run(picoflow(dir.path()).args(["daemon", "stop"]));
+        let err = stderr(&out);
+        assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
+        assert!(
+            err.contains(&format!("names pid {}", victim.id()))
+                && err.contains("is not the daemon that wrote the file")
+                && err.contains("not signalled"),
+            "{err}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(alive(&mut victim), "the named process was killed");
+        let out = run(picoflow(dir.path()).args(["daemon", "status"]));
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+        assert!(!stdout(&out).contains("Running"), "{}", stdout(&out));
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: the other user's PID file part needs root (useradd); run as root");
+    } else {
+        // A PID file of another user is not read at all.
+        let user = OtherUser::create();
+        std::os::unix::fs::chown(&pid_file, Some(user.uid), Some(user.gid)).unwrap();
+        let out = run(picoflow(dir.path()).args(["daemon", "stop"]));
+        let err = stderr(&out);
+        assert_ne!(out.status.code(), Some(0));
+        assert!(
+            err.contains(&format!("is owned by uid {}, not by uid 0", user.uid)),
+            "{err}"
+        );
+    }
+    assert!(alive(&mut victim), "the named process was killed");
+    let _ = victim.kill();
+    let _ = victim.wait();
+}
+
+/// A `picoflow.toml` another user could write names the PID file `daemon stop` signals and
+/// the commands PicoFlow runs: one owned by another user, or writable by group or others, is
+/// refused with exit code 4 (a configuration error), like OpenSSH's `StrictModes`.
+#[test]
+fn a_configuration_file_others_can_write_is_refused() {
+    let dir = TempDir::new("files-toml");
+    let toml = dir.write("picoflow.toml", "log_level = \"info\"\n");
+    let out = run(picoflow(dir.path()).args(["daemon", "status"]));
+    assert_eq!(out.status.code(), Some(1), "not running: {}", stderr(&out));
+    std::fs::set_permissions(&toml, std::fs::Permissions::from_mode(0o666)).unwrap();
+    for args in [&["daemon", "stop"][..], &["daemon", "status"], &["history"]] {
+        let out = run(picoflow(dir.path()).args(args));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {err}");
+        assert!(
+            err.contains("picoflow.toml")
+                && err.contains("has mode 0666: writable by group or others"),
+            "{err}"
+        );
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: the other user's picoflow.toml part needs root (useradd); run as root");
+        return;
+    }
+    let user = OtherUser::create();
+    std::fs::set_permissions(&toml, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&toml, Some(user.uid), Some(user.gid)).unwrap();
+    let out = run(picoflow(dir.path()).args(["daemon", "stop"]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains(&format!(
+            "is owned by uid {}, not by uid 0 or root",
+            user.uid
+        )),
+        "{err}"
+    );
+}
+
+/// `export sqlite <file>` wrote the history into whatever the name led to: a link (SQLite
+/// follows it) or another user's file made 0666 in a shared directory. Both are refused now
+/// and left as they were.
+#[test]
+fn export_does_not_write_through_a_link_or_into_another_users_file() {
+    let dir = TempDir::new("files-export");
+    let wf = dir.write("secret.yaml", &secret_wf("secret", ""));
+    let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let victim = dir.write("victim", "keep\n");
+    let link = dir.path().join("x.db");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let out = run(picoflow(dir.path()).args(["export", "sqlite"]).arg(&link));
+    let err = stderr(&out);
+    if err.contains("sqlite") && err.contains("feature") {
+        println!("SKIPPED: this build has no sqlite feature");
+        return;
+    }
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.contains("x.db: is a symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
+    // A link to a file that is a SQLite database already is refused as well.
+    let other_db = dir.path().join("other.db");
+    let out = run(picoflow(dir.path())
+        .args(["export", "sqlite"])
+        .arg(&other_db));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let before = std::fs::read(&other_db).unwrap();
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&other_db, &link).unwrap();
+    let out = run(picoflow(dir.path()).args(["export", "sqlite"]).arg(&link));
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("is a symbolic link"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(&other_db).unwrap(), before);
+
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: the other user's file part needs root (useradd); run as root");
+        return;
+    }
+    let user = OtherUser::create();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    for (name, text) in [("empty.db", ""), ("full.db", "theirs")] {
+        user.sh(
+            dir.path(),
+            &format!("printf '{text}' > \"$D/{name}\" && chmod 0666 \"$D/{name}\""),
+        );
+        let target = dir.path().join(name);
+        let out = run(picoflow(dir.path()).args(["export", "sqlite"]).arg(&target));
+        let err = stderr(&out);
+        assert_ne!(out.status.code(), Some(0), "{name}");
+        assert!(
+            err.contains(&format!(
+                "{name}: is owned by uid {}, not by uid 0",
+                user.uid
+            )),
+            "{err}"
+        );
+        let m = std::fs::symlink_metadata(&target).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (user.uid, 0o666));
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), text);
+    }
+}
+
+/// A `logs/<workflow>` link another user planted in a shared logs directory was followed:
+/// root wrote task output (secrets) into their directory. Each level under the logs
+/// directory is now PicoFlow's own directory, checked with `lstat`, and a logs directory (or
+/// a state file's directory) of another user is refused before anything is written.
+#[test]
+fn directories_another_user_controls_are_refused() {
+    if unsafe { libc::geteuid() } != 0 {
+        println!(
+            "SKIPPED: this test creates a second local user (useradd) and acts as them; run it as root"
+        );
+        return;
+    }
+    let user = OtherUser::create();
+    let dir = TempDir::new("files-dirs");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let wf = dir.write("secret.yaml", &secret_wf("secret", ""));
+    // A shared logs directory (sticky, like /tmp) where they planted a link.
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    user.sh(
+        dir.path(),
+        "mkdir -m 0777 \"$D/theirs\" && ln -s \"$D/theirs\" \"$D/logs/secret\"",
+    );
+    let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+    let err = stderr(&out);
+    assert!(
+        err.contains("logs/secret: is a symbolic link, not a directory"),
+        "{err}"
+    );
+    let theirs = dir.path().join("theirs");
+    assert_eq!(
+        std::fs::read_dir(&theirs).unwrap().count(),
+        0,
+        "nothing written through it"
+    );
+
+    // Their own logs directory.
+    std::fs::remove_file(logs.join("secret")).unwrap();
+    std::fs::remove_dir(&logs).unwrap();
+    user.sh(dir.path(), "mkdir -m 0755 \"$D/logs\"");
+    let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "logs: is owned by uid {}, not by uid 0 or root",
+            user.uid
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 0);
+
+    // A state file in their directory: refused before anything is written there.
+    let out = run(picoflow(dir.path())
+        .arg("--db-path")
+        .arg(theirs.join("s.redb"))
+        .arg("run")
+        .arg(&wf));
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        err.contains(&format!(
+            "theirs: is owned by uid {}, not by uid 0 or root",
+            user.uid
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0);
+    // Nor in a directory of root's that anyone may write to without the sticky bit.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run(picoflow(dir.path())
+        .arg("--db-path")
+        .arg(open.join("s.redb"))
+        .arg("run")
+        .arg(&wf));
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        err.contains("open: has mode 0777: writable by group or others without the sticky bit"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
+    // The shared directory itself (sticky, root's, like /tmp) is fine.
+    std::fs::remove_dir_all(&logs).unwrap();
+    let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

@@ -307,6 +307,44 @@ impl RetryConfig {
     }
 }
 
+/// Reads a configuration file, refusing one that another user could have written (like
+/// OpenSSH's `StrictModes`): it must be owned by the effective user or root and not be
+/// writable by group or others. The file names commands to run and the PID file
+/// `daemon stop` signals, so whoever can write it could act as PicoFlow's user.
+fn read_trusted(path: &Path) -> Result<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let m = f.metadata().map_err(|e| Error::io(path, e))?;
+    let euid = crate::private::euid();
+    let why = if m.uid() != euid && m.uid() != 0 {
+        Some(format!(
+            "is owned by uid {}, not by uid {euid} or root",
+            m.uid()
+        ))
+    } else if m.mode() & 0o022 != 0 {
+        Some(format!(
+            "has mode {:04o}: writable by group or others",
+            m.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Err(Error::Config {
+            origin: path.display().to_string(),
+            message: format!(
+                "the configuration file {why}, so another user could have written it: refused \
+                 (make it the user's or root's and not writable by others, e.g. chmod go-w)"
+            ),
+        });
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(text)
+}
+
 impl Config {
     /// The places searched for a configuration file, in order.
     pub fn search_paths() -> Vec<PathBuf> {
@@ -328,7 +366,7 @@ impl Config {
         match path {
             None => Ok(Config::default()),
             Some(p) => {
-                let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+                let text = read_trusted(&p)?;
                 let mut c = Self::parse(&text, &p.display().to_string())?;
                 c.source = Some(p);
                 Ok(c)

@@ -273,6 +273,9 @@ impl PidLock {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::private::create_dirs(dir).map_err(|e| Error::io(dir, e))?;
         }
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new("."));
+        crate::private::trusted_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut file = crate::private::open_rw(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: flock on a file descriptor we own.
         let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -281,13 +284,17 @@ impl PidLock {
             let _ = file.read_to_string(&mut text);
             return Err(Error::Other(format!(
                 "another daemon is already running on this state file (pid {}, PID file {})",
-                text.trim(),
+                text.lines().next().unwrap_or("").trim(),
                 path.display()
             )));
         }
         file.set_len(0).map_err(|e| Error::io(path, e))?;
         file.rewind().map_err(|e| Error::io(path, e))?;
-        writeln!(file, "{}", std::process::id()).map_err(|e| Error::io(path, e))?;
+        // The pid, then its start time: `daemon stop` signals the pid only while that
+        // process is the one that wrote the file (a pid is reused once its process ends).
+        let pid = std::process::id();
+        let start = crate::orphans::process_start_time(pid).unwrap_or(0);
+        writeln!(file, "{pid}\n{start}").map_err(|e| Error::io(path, e))?;
         file.flush().map_err(|e| Error::io(path, e))?;
         Ok(PidLock {
             file,
@@ -338,10 +345,8 @@ fn pid_alive(pid: u32) -> bool {
     pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0
 }
 
-fn lock_held(pid_file: &Path) -> bool {
-    let Ok(f) = File::open(pid_file) else {
-        return false;
-    };
+/// Whether a process holds the `flock` of the open PID file `f`.
+fn lock_held(f: &File) -> bool {
     // SAFETY: flock on a descriptor we own; released immediately if taken.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     if r == 0 {
@@ -352,8 +357,55 @@ fn lock_held(pid_file: &Path) -> bool {
     }
 }
 
-fn read_pid(pid_file: &Path) -> Option<u32> {
-    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+/// The daemon a PID file names, as far as it can be trusted.
+enum PidFile {
+    /// No PID file, or no process holds its lock: no daemon runs.
+    Absent,
+    /// The locked PID file names this pid, and that process started when the file says.
+    Daemon(u32),
+    /// The locked PID file names a pid that is not the process that wrote it.
+    Foreign(String),
+}
+
+/// Reads the PID file without following a link; it must belong to the effective user. The
+/// pid it names counts only if that process still has the start time recorded beside it.
+fn read_pid_file(pid_file: &Path) -> Result<PidFile> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut f = match crate::private::open_read(pid_file) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PidFile::Absent),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::io(
+                pid_file,
+                std::io::Error::new(e.kind(), "is a symbolic link: not read"),
+            ))
+        }
+        other => other.map_err(|e| Error::io(pid_file, e))?,
+    };
+    let m = f.metadata().map_err(|e| Error::io(pid_file, e))?;
+    if m.uid() != crate::private::euid() {
+        return Err(Error::Other(format!(
+            "PID file {} is owned by uid {}, not by uid {}: not trusted, no process signalled",
+            pid_file.display(),
+            m.uid(),
+            crate::private::euid()
+        )));
+    }
+    let mut text = String::new();
+    let _ = f.read_to_string(&mut text);
+    let mut lines = text.lines().map(str::trim);
+    let pid: Option<u32> = lines.next().and_then(|l| l.parse().ok());
+    let start: Option<u64> = lines.next().and_then(|l| l.parse().ok());
+    let Some(pid) = pid.filter(|&p| pid_alive(p) && lock_held(&f)) else {
+        return Ok(PidFile::Absent);
+    };
+    match start {
+        Some(s) if crate::orphans::process_start_time(pid) == Some(s) => Ok(PidFile::Daemon(pid)),
+        _ => Ok(PidFile::Foreign(format!(
+            "PID file {} names pid {pid}, but that process is not the daemon that wrote the \
+             file (its start time differs from the one recorded)",
+            pid_file.display()
+        ))),
+    }
 }
 
 fn rss_bytes(pid: u32) -> Option<u64> {
@@ -366,12 +418,9 @@ fn rss_bytes(pid: u32) -> Option<u64> {
 /// The status of the daemon using `config`'s state file, or `None` if none is running.
 pub fn daemon_status(config: &Config) -> Result<Option<DaemonStatus>> {
     let pid_file = config.pid_file();
-    let Some(pid) = read_pid(&pid_file) else {
+    let PidFile::Daemon(pid) = read_pid_file(&pid_file)? else {
         return Ok(None);
     };
-    if !pid_alive(pid) || !lock_held(&pid_file) {
-        return Ok(None);
-    }
     let text = std::fs::read_to_string(status_path(&pid_file)).unwrap_or_default();
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     let started_at = doc["started_at"]
@@ -415,8 +464,10 @@ pub fn daemon_status(config: &Config) -> Result<Option<DaemonStatus>> {
 /// Returns `Ok(false)` when no daemon is running.
 pub fn stop_daemon(config: &Config, wait: Duration) -> Result<bool> {
     let pid_file = config.pid_file();
-    let Some(pid) = read_pid(&pid_file).filter(|&p| pid_alive(p) && lock_held(&pid_file)) else {
-        return Ok(false);
+    let pid = match read_pid_file(&pid_file)? {
+        PidFile::Absent => return Ok(false),
+        PidFile::Foreign(why) => return Err(Error::Other(format!("{why}; not signalled"))),
+        PidFile::Daemon(pid) => pid,
     };
     // SAFETY: sending SIGTERM to the daemon's pid, read from its locked PID file.
     if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
@@ -427,7 +478,7 @@ pub fn stop_daemon(config: &Config, wait: Duration) -> Result<bool> {
     }
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
-        if !pid_alive(pid) || !lock_held(&pid_file) {
+        if !matches!(read_pid_file(&pid_file), Ok(PidFile::Daemon(p)) if p == pid) {
             return Ok(true);
         }
         std::thread::sleep(Duration::from_millis(100));

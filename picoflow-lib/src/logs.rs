@@ -97,11 +97,7 @@ impl TaskLogWriter {
             return None;
         }
         // Task output may carry secrets: directories 0700, files 0600 (see `private`).
-        let opened = self
-            .path
-            .parent()
-            .map_or(Ok(()), crate::private::create_dirs)
-            .and_then(|_| crate::private::open_append(&self.path));
+        let opened = open_log(&self.path);
         match opened {
             Ok(f) => {
                 st.file = Some(f);
@@ -116,6 +112,25 @@ impl TaskLogWriter {
             }
         }
     }
+}
+
+/// Opens `<root>/<workflow>/<stamp>_<id>/<task>.log` for appending. The logs root must be
+/// a directory others cannot change (see `private::trusted_dir`); each level below it is
+/// created `0700` or, when it exists, checked with `lstat` (a directory of PicoFlow's user,
+/// not a link), so a link planted by another user is refused, not followed.
+fn open_log(path: &Path) -> std::io::Result<File> {
+    let exec = path.parent().unwrap_or(Path::new(""));
+    let workflow = exec.parent().unwrap_or(Path::new(""));
+    let root = workflow.parent().unwrap_or(Path::new(""));
+    let named = |p: &Path, e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+    };
+    crate::private::create_dirs(root).map_err(|e| named(root, e))?;
+    crate::private::trusted_dir(root).map_err(|e| named(root, e))?;
+    for level in [workflow, exec] {
+        crate::private::own_dir(level).map_err(|e| named(level, e))?;
+    }
+    crate::private::open_append(path)
 }
 
 impl OutputSink for TaskLogWriter {
@@ -162,7 +177,7 @@ mod tests {
     #[test]
     fn quiet_tasks_leave_no_file() {
         let dir = std::env::temp_dir().join(format!("pf-logs-{}", crate::events::new_id()));
-        let path = task_log_path(&dir, "t");
+        let path = task_log_path(&dir.join("w/run"), "t");
         let w = TaskLogWriter::new(path.clone(), None);
         w.output(Stream::Stdout, b"");
         assert!(!path.exists());

@@ -73,6 +73,33 @@ fn ours(f: File) -> io::Result<File> {
     Ok(f)
 }
 
+/// Opens an existing `path` for writing (never creating it) without following a symbolic
+/// link; see [`ours`]. The error for a link says so.
+#[cfg(feature = "sqlite")]
+pub(crate) fn open_existing(path: &Path) -> io::Result<File> {
+    match options().read(true).write(true).open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "is a symbolic link: PicoFlow does not write through links",
+        )),
+        other => ours(other?),
+    }
+}
+
+/// Checks that `path` (not following a link) is still the file open as `f`.
+#[cfg(feature = "sqlite")]
+pub(crate) fn same_file(f: &File, path: &Path) -> io::Result<()> {
+    let (a, b) = (f.metadata()?, std::fs::symlink_metadata(path)?);
+    if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "was replaced while PicoFlow opened it: not written",
+        ))
+    }
+}
+
 /// Opens `path` for reading without following a symbolic link.
 pub(crate) fn open_read(path: &Path) -> io::Result<File> {
     options().read(true).open(path)
@@ -177,6 +204,66 @@ fn problem(m: &std::fs::Metadata, uid: u32) -> Option<String> {
     }
     let mode = m.mode() & 0o7777;
     (mode != DIR_MODE).then(|| format!("has mode {mode:04o}, not 0700"))
+}
+
+/// Checks that `dir`, where PicoFlow keeps its files (the state file's directory, the logs
+/// directory), cannot be changed under it by another user: owned by the effective user or
+/// root, and not writable by group or others unless the sticky bit is set (as on `/tmp`).
+/// Otherwise that user could swap names in it between PicoFlow's checks and its writes.
+pub(crate) fn trusted_dir(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let m = std::fs::metadata(dir)?;
+    untrusted(&m, euid()).map_or(Ok(()), |why| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{why}: another user could replace what PicoFlow keeps there; use a directory \
+                 of PicoFlow's user (or root) that others cannot write to"
+            ),
+        ))
+    })
+}
+
+/// What makes a directory with metadata `m` untrusted by user `uid`, if anything.
+fn untrusted(m: &std::fs::Metadata, uid: u32) -> Option<String> {
+    let mode = m.mode() & 0o7777;
+    if !m.is_dir() {
+        Some("is not a directory".into())
+    } else if m.uid() != uid && m.uid() != 0 {
+        Some(format!(
+            "is owned by uid {}, not by uid {uid} or root",
+            m.uid()
+        ))
+    } else if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        Some(format!(
+            "has mode {mode:04o}: writable by group or others without the sticky bit"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Makes `path` a directory PicoFlow may write in: creates it `0700`, or checks with
+/// `lstat` that the one there is a directory (not a symbolic link) of the effective user.
+/// Its mode is left as it is (log directories of older versions may be `0755`).
+pub(crate) fn own_dir(path: &Path) -> io::Result<()> {
+    match make_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let m = std::fs::symlink_metadata(path)?;
+            match problem(&m, euid()) {
+                Some(why) if !why.starts_with("has mode") => Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{why}; PicoFlow writes only in directories of its own user"),
+                )),
+                _ => Ok(()),
+            }
+        }
+        other => other,
+    }
 }
 
 /// The effective user id.
@@ -313,6 +400,41 @@ mod tests {
         assert!(create_new(&link, 0o666).is_err());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
         assert_eq!(std::fs::metadata(&victim).unwrap().mode() & 0o7777, 0o640);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_directory_others_can_change_is_not_trusted() {
+        let root = scratch("trusted");
+        let m = |mode: u32| {
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::fs::metadata(&root).unwrap()
+        };
+        let me = euid();
+        for ok in [0o700, 0o755, 0o1777, 0o1770] {
+            assert_eq!(untrusted(&m(ok), me), None, "{ok:o}");
+        }
+        for bad in [0o777, 0o770, 0o702] {
+            let why = untrusted(&m(bad), me).unwrap();
+            assert!(why.contains("without the sticky bit"), "{why}");
+        }
+        // Another user's directory: root's is trusted by everyone, so checked as another
+        // user only when ours is not root's.
+        if me != 0 {
+            let why = untrusted(&m(0o700), me + 1).unwrap();
+            assert!(why.starts_with("is owned by uid"), "{why}");
+        } else if let Ok(other) = std::fs::metadata("/proc/self/fd") {
+            // (the CLI tests chown a directory to a throwaway user)
+            assert_eq!(untrusted(&other, 12345), None, "root's directory");
+        }
+        // A level of the logs tree: a link in its place is refused, even one to ours.
+        let link = root.join("link");
+        std::os::unix::fs::symlink(&root, &link).unwrap();
+        let e = own_dir(&link).unwrap_err().to_string();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        own_dir(&root.join("new")).unwrap();
+        own_dir(&root.join("new")).unwrap();
+        m(0o700);
         std::fs::remove_dir_all(root).unwrap();
     }
 

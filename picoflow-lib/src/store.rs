@@ -312,6 +312,15 @@ fn builder(cache: usize) -> redb::Builder {
     b
 }
 
+/// The directory `dir` as named in messages (`.` for the working directory).
+fn state_dir(dir: &Path) -> &Path {
+    if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    }
+}
+
 impl Store {
     /// Opens (or creates) the state file for reading and writing, repairing it if a writer
     /// died, and starts the writer thread.
@@ -320,6 +329,10 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::private::create_dirs(dir).map_err(|e| Error::io(dir, e))?;
         }
+        // Another user who could rename entries in this directory could swap the state file
+        // or its run directory for links between PicoFlow's checks and its writes.
+        let dir = path.parent().unwrap_or(Path::new(""));
+        crate::private::trusted_dir(dir).map_err(|e| Error::io(state_dir(dir), e))?;
         // The records hold task output: the file is 0600 (an older one others could read is
         // made so), opened here without following a link and handed to redb.
         let file = crate::private::open_rw(&path).map_err(|e| Error::io(&path, e))?;

@@ -104,7 +104,17 @@ pub fn export_sqlite(
     executions: &[WorkflowExecution],
     mut attempts: impl FnMut(&str) -> Result<Vec<TaskExecution>>,
 ) -> Result<ExportReport> {
-    let fresh = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
+    // An existing target must be a file of ours, not a link: SQLite follows links, and
+    // another user's file (made 0666 in a shared directory) would receive the history.
+    let existing = match crate::private::open_existing(path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let fresh = existing
+        .as_ref()
+        .and_then(|f| f.metadata().ok())
+        .is_none_or(|m| m.len() == 0);
     let target: PathBuf = if fresh {
         let mut t = path.as_os_str().to_owned();
         t.push(format!(".tmp-{}", std::process::id()));
@@ -122,7 +132,12 @@ pub fn export_sqlite(
             crate::private::create_new(&target, crate::private::FILE_MODE)
                 .map_err(|e| Error::io(&target, e))?;
         }
-        let mut conn = Connection::open(&target).map_err(&err)?;
+        let flags = rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let mut conn = Connection::open_with_flags(&target, flags).map_err(&err)?;
+        // The file SQLite opened is the one checked above (not one swapped in since).
+        if let (false, Some(f)) = (fresh, &existing) {
+            crate::private::same_file(f, path).map_err(|e| Error::io(path, e))?;
+        }
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(&err)?;
         let tx = conn.transaction().map_err(&err)?;
