@@ -309,7 +309,8 @@ impl RetryConfig {
 
 /// Reads a configuration file, refusing one that another user could have written (like
 /// OpenSSH's `StrictModes`): it must be owned by the effective user or root and not be
-/// writable by group or others. The file names commands to run and the PID file
+/// writable by others, nor by its group unless that is the user's own primary group
+/// ([`crate::private::writable_by_others`]). The file names commands to run and the PID file
 /// `daemon stop` signals, so whoever can write it could act as PicoFlow's user.
 fn read_trusted(path: &Path) -> Result<String> {
     use std::io::Read as _;
@@ -322,7 +323,7 @@ fn read_trusted(path: &Path) -> Result<String> {
             "is owned by uid {}, not by uid {euid} or root",
             m.uid()
         ))
-    } else if m.mode() & 0o022 != 0 {
+    } else if m.mode() & crate::private::writable_by_others(&m) != 0 {
         Some(format!(
             "has mode {:04o}: writable by group or others",
             m.mode() & 0o7777

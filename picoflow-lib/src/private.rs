@@ -228,6 +228,20 @@ pub(crate) fn trusted_dir(dir: &Path) -> io::Result<()> {
     })
 }
 
+/// The write bits of a file or directory with metadata `m` that let other users change it:
+/// others', and the group's unless the group is the effective user's own primary group and
+/// the user owns it (the user private group of Debian's `adduser`, where a umask of 002 makes
+/// a user's directories `0775`).
+pub(crate) fn writable_by_others(m: &std::fs::Metadata) -> u32 {
+    // SAFETY: getegid has no preconditions.
+    let own_group = m.uid() == euid() && m.gid() == unsafe { libc::getegid() };
+    if own_group {
+        0o002
+    } else {
+        0o022
+    }
+}
+
 /// What makes a directory with metadata `m` untrusted by user `uid`, if anything.
 fn untrusted(m: &std::fs::Metadata, uid: u32) -> Option<String> {
     let mode = m.mode() & 0o7777;
@@ -238,7 +252,7 @@ fn untrusted(m: &std::fs::Metadata, uid: u32) -> Option<String> {
             "is owned by uid {}, not by uid {uid} or root",
             m.uid()
         ))
-    } else if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+    } else if mode & writable_by_others(m) != 0 && mode & 0o1000 == 0 {
         Some(format!(
             "has mode {mode:04o}: writable by group or others without the sticky bit"
         ))
@@ -411,10 +425,11 @@ mod tests {
             std::fs::metadata(&root).unwrap()
         };
         let me = euid();
-        for ok in [0o700, 0o755, 0o1777, 0o1770] {
+        // The directory is ours and its group our primary group: group write is ours too.
+        for ok in [0o700, 0o755, 0o1777, 0o1770, 0o770, 0o775] {
             assert_eq!(untrusted(&m(ok), me), None, "{ok:o}");
         }
-        for bad in [0o777, 0o770, 0o702] {
+        for bad in [0o777, 0o702, 0o757] {
             let why = untrusted(&m(bad), me).unwrap();
             assert!(why.contains("without the sticky bit"), "{why}");
         }
