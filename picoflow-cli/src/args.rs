@@ -223,8 +223,8 @@ pub(crate) enum DaemonCommand {
 /// Start the daemon in the foreground with one or more workflow files or directories.
 /// Exit 0 after a graceful stop, 9 when running tasks had to be terminated at shutdown; when it
 /// cannot start: 1 another daemon runs on this state file, 2 an invalid workflow, 4 bad
-/// configuration, 5 a file not found, 6 the state file, 7 an endpoint ([metrics], [web])
-/// cannot listen on its address.
+/// configuration, 5 a file not found, 6 the state file, 7 the web UI cannot listen on its
+/// address.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "start")]
 pub(crate) struct DaemonStartArgs {

@@ -882,26 +882,32 @@ struct HttpThread {
 }
 
 impl HttpThread {
-    /// Starts every configured endpoint; an address that cannot be listened on (in use,
-    /// not this host's) is an error: a daemon without the endpoint it was asked for would
-    /// leave the port to whoever takes it, and with it the clients' token.
+    /// Starts every configured endpoint. A web UI address that cannot be listened on (in
+    /// use, not this host's) is an error: a daemon without it would leave the port to
+    /// whoever takes it, and with it the token its clients send. The metrics endpoint is
+    /// logged and done without (it holds no secret, and every daemon on a host has the
+    /// same default port).
     fn start(config: &Config, metrics: &Metrics, web: WebContext) -> Result<Option<HttpThread>> {
         if !crate::httpd::ANY_SERVICE {
             return Ok(None);
         }
         // (bind address, port, services on that listener)
-        type Endpoint = (String, u16, Vec<Arc<dyn Service>>);
+        // (bind address, port, services on that listener, whether it serves the web UI)
+        type Endpoint = (String, u16, Vec<Arc<dyn Service>>, bool);
         let mut endpoints: Vec<Endpoint> = Vec::new();
-        let mut add = |bind: &str, port: u16, service: Arc<dyn Service>| match endpoints
+        let mut add = |bind: &str, port: u16, service: Arc<dyn Service>, web: bool| match endpoints
             .iter_mut()
             .find(|e| e.0 == bind && e.1 == port)
         {
-            Some(e) => e.2.push(service),
-            None => endpoints.push((bind.to_string(), port, vec![service])),
+            Some(e) => {
+                e.2.push(service);
+                e.3 |= web;
+            }
+            None => endpoints.push((bind.to_string(), port, vec![service], web)),
         };
         if config.metrics.enabled && config.metrics.port != 0 {
             match metrics.service() {
-                Some(s) => add(&config.metrics.bind_address, config.metrics.port, s),
+                Some(s) => add(&config.metrics.bind_address, config.metrics.port, s, false),
                 None => tracing::warn!(
                     "[metrics] enabled = true, but this build has no `metrics` feature; no endpoint is served"
                 ),
@@ -909,7 +915,7 @@ impl HttpThread {
         }
         if config.web.enabled {
             match crate::web::service(web) {
-                Some(s) => add(&config.web.bind, config.web.port, s),
+                Some(s) => add(&config.web.bind, config.web.port, s, true),
                 None => tracing::warn!(
                     "[web] enabled = true, but this build has no `web` feature; no UI is served"
                 ),
@@ -917,11 +923,21 @@ impl HttpThread {
         }
         let net = Arc::new(smol::Executor::new());
         let mut servers = Vec::new();
-        for (bind, port, services) in endpoints {
+        for (bind, port, services, web) in endpoints {
             let n = services.len();
-            let s = Server::start(&net, &bind, port, services)?;
-            tracing::info!(addr = %s.local_addr(), services = n, "serving HTTP");
-            servers.push(s);
+            match Server::start(&net, &bind, port, services) {
+                Ok(s) => {
+                    tracing::info!(addr = %s.local_addr(), services = n, "serving HTTP");
+                    servers.push(s);
+                }
+                // The UI's clients send the token: its port is never left to another process.
+                Err(e) if web => return Err(e),
+                // `/metrics` and `/health` hold no secret, and the default port is shared by
+                // every daemon on the host: the daemon goes on without them.
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the metrics endpoint; going on without it")
+                }
+            }
         }
         if servers.is_empty() {
             return Ok(None);
