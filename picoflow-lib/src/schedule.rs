@@ -67,12 +67,25 @@ impl Schedule {
                 ))
             }
         };
+        for ((field, text), (lo, hi)) in ["second", "minute", "hour", "day of month", "month"]
+            .into_iter()
+            .zip([sec, rest[0], rest[1], rest[2], rest[3]])
+            .zip([(0, 59), (0, 59), (0, 23), (1, 31), (1, 12)])
+        {
+            check_range(field, text, lo, hi)?;
+        }
         let dow = translate_day_of_week(rest[4])?;
         let crate_expr = format!(
             "{sec} {} {} {} {} {dow}",
             rest[0], rest[1], rest[2], rest[3]
         );
         let inner = cron::Schedule::from_str(&crate_expr).map_err(|e| e.to_string())?;
+        if inner.after(&Utc::now()).next().is_none() {
+            return Err(format!(
+                "never fires: no date has day of month '{}' in month '{}'",
+                rest[2], rest[3]
+            ));
+        }
         let (tz, tz_name) = load_zone(timezone)?;
         let every_hour = inner.hours().count() == 24;
         Ok(Schedule {
@@ -260,6 +273,37 @@ fn local_zone_name() -> String {
 
 /// Rewrites a day-of-week field from PicoFlow's numbering (0-6 from Sunday, 7 = Sunday) to an
 /// explicit list in the `cron` crate's numbering (1-7 from Sunday).
+/// Checks the numbers of one cron field (`5`, `1-5`, `*/15`, `10-40/5`, lists of them)
+/// against its range `lo`-`hi`, naming the field and the value as written; names (`JAN`)
+/// and other forms are left to the cron parser.
+fn check_range(field: &str, text: &str, lo: u32, hi: u32) -> Result<(), String> {
+    for item in text.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (item, None),
+        };
+        if let Some(step) = step.filter(|s| s.bytes().all(|b| b.is_ascii_digit())) {
+            if step.parse::<u32>().map_or(true, |n| n == 0) {
+                return Err(format!("{field} '{text}': the step must be 1 or more"));
+            }
+        }
+        for part in range.split('-') {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            match part.parse::<u32>() {
+                Ok(n) if (lo..=hi).contains(&n) => {}
+                _ => {
+                    return Err(format!(
+                        "{field} '{text}': {part} is out of range {lo}-{hi}"
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn translate_day_of_week(field: &str) -> Result<String, String> {
     if field == "*" || field == "?" {
         return Ok(field.to_string());
@@ -497,6 +541,26 @@ mod tests {
         assert!(e.contains("out of range 0-7"), "{e}");
         let e = Schedule::parse("0 2 * *", None).unwrap_err();
         assert!(e.contains("5 or 6 fields"), "{e}");
+        // Each field's range as cron writes it, with the value as the user wrote it.
+        for (expr, says) in [
+            ("61 * * * *", "minute '61': 61 is out of range 0-59"),
+            ("0 24 * * *", "hour '24': 24 is out of range 0-23"),
+            ("0 0 32 * *", "day of month '32': 32 is out of range 1-31"),
+            ("0 0 0 * *", "day of month '0': 0 is out of range 1-31"),
+            ("0 0 1 13 *", "month '13': 13 is out of range 1-12"),
+            ("60 0 0 * * *", "second '60': 60 is out of range 0-59"),
+            ("1,2,75 * * * *", "minute '1,2,75': 75 is out of range 0-59"),
+            ("5-61 * * * *", "minute '5-61': 61 is out of range 0-59"),
+            ("*/0 * * * *", "minute '*/0': the step must be 1 or more"),
+        ] {
+            let e = Schedule::parse(expr, Some("UTC")).unwrap_err();
+            assert_eq!(e, says, "{expr}");
+        }
+        for ok in ["59 23 31 12 *", "0 0 1 JAN *", "0 0 29 2 *"] {
+            assert!(Schedule::parse(ok, Some("UTC")).is_ok(), "{ok}");
+        }
+        let e = Schedule::parse("0 0 31 2 *", Some("UTC")).unwrap_err();
+        assert!(e.contains("never fires"), "{e}");
         assert!(Schedule::parse("0 0 25 * * *", None).is_err());
         assert!(Schedule::parse("0 0 9 * * FOO", None).is_err());
         assert!(Schedule::parse("0 0 9 * * 5-1", None).is_err());
