@@ -81,8 +81,12 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
     for (k, v) in &cfg.env {
         cmd.env(k, ctx.vars.expand(v));
     }
-    if let Some(dir) = &cfg.workdir {
-        cmd.current_dir(ctx.vars.expand(&dir.to_string_lossy()));
+    let workdir = cfg
+        .workdir
+        .as_ref()
+        .map(|dir| ctx.vars.expand(&dir.to_string_lossy()));
+    if let Some(dir) = &workdir {
+        cmd.current_dir(dir);
     }
     // After the task's own `env`, so that no task can hide from the search for leftovers.
     cmd.env(orphans::WORKFLOW_VAR, ctx.workflow)
@@ -113,7 +117,15 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
             } else {
                 cfg.command.trim()
             };
-            let mut out = TaskOutput::failed(format!("cannot start '{what}': {e}"), true);
+            // The child cannot say whether its chdir or its exec failed: a working directory
+            // that cannot be entered is the likelier cause when there is one.
+            let unusable = workdir.as_ref().and_then(|d| match std::fs::metadata(d) {
+                Err(err) => Some(format!("workdir '{d}': {err}")),
+                Ok(m) if !m.is_dir() => Some(format!("workdir '{d}': not a directory")),
+                Ok(_) => None,
+            });
+            let message = unusable.unwrap_or_else(|| format!("cannot start '{what}': {e}"));
+            let mut out = TaskOutput::failed(message, true);
             out.exit_code = Some(if e.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {
@@ -380,6 +392,27 @@ mod tests {
         assert_eq!(out.outcome, Outcome::Success);
         assert_eq!(out.stdout.data, b"done\n");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_workdir_that_cannot_be_entered_is_named() {
+        for (dir, says) in [
+            (
+                "/no/such/dir",
+                "workdir '/no/such/dir': No such file or directory",
+            ),
+            ("/etc/passwd", "workdir '/etc/passwd': not a directory"),
+        ] {
+            let cfg = ShellConfig {
+                command: "pwd".into(),
+                workdir: Some(dir.into()),
+                ..Default::default()
+            };
+            let out = exec(cfg, None, &Vars::isolated());
+            assert_eq!(out.outcome, Outcome::Failed);
+            let error = out.error.unwrap_or_default();
+            assert!(error.starts_with(says), "{error}");
+        }
     }
 
     #[test]
