@@ -57,7 +57,7 @@ struct RawConfig {
     max_parallel: Option<i64>,
     #[serde(default)]
     retry_default: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "seconds")]
     timeout_default: Option<i64>,
 }
 
@@ -72,7 +72,7 @@ struct RawTask {
     config: yaml::Value,
     #[serde(default)]
     retry: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "seconds")]
     timeout: Option<i64>,
     #[serde(default)]
     continue_on_failure: bool,
@@ -112,7 +112,7 @@ struct RawSsh {
     command: String,
     #[serde(default)]
     key_path: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "seconds")]
     timeout: Option<i64>,
     #[serde(default)]
     known_hosts: Option<String>,
@@ -127,7 +127,7 @@ struct RawHttp {
     headers: yaml::Mapping,
     #[serde(default)]
     body: Option<yaml::Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "seconds")]
     timeout: Option<i64>,
     #[serde(default)]
     expected_status: Option<Vec<i64>>,
@@ -688,11 +688,69 @@ fn syntax_error(origin: &str, e: &yaml::Error) -> Error {
 }
 
 /// The parser appends " at line X column Y" to messages; the location is reported separately.
+/// What remains is put in the workflow file's words (see [`plain`]).
 fn strip_location(msg: &str) -> String {
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
+    plain(match msg.find(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    })
+}
+
+/// A deserializer's message without the names of PicoFlow's Rust types: `expected struct
+/// RawWorkflow` says what the file should hold, `expected i64` says a whole number.
+fn plain(msg: &str) -> String {
+    let mut out = msg
+        .replace(
+            "expected struct RawWorkflow",
+            "expected a workflow: a mapping with `name` and `tasks`",
+        )
+        .replace(
+            "expected struct RawTask",
+            "expected a task: a mapping with `name`, `type` and `config`",
+        );
+    while let Some(i) = out.find("expected struct Raw") {
+        let end = out[i + 16..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .map_or(out.len(), |e| i + 16 + e);
+        out.replace_range(i..end, "expected a mapping");
     }
+    for (rust, words) in [
+        ("expected i64", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ] {
+        out = out.replace(rust, words);
+    }
+    out
+}
+
+/// A duration in whole seconds: a number (`90`) or a duration as `jitter` takes it (`1m30s`,
+/// `2h`, `45s`), so that every duration of a workflow file has one syntax.
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<i64>, D::Error> {
+    struct Seconds;
+    impl serde::de::Visitor<'_> for Seconds {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a number of seconds or a duration such as 90, 30s, 5m or 1h30m")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Self::Value, E> {
+            Ok(Some(i64::try_from(v).unwrap_or(i64::MAX)))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+            crate::schedule::parse_duration(v)
+                .map(|d| Some(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
+                .map_err(E::custom)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(Seconds)
 }
 
 /// The `(line, column)` of an " at line X column Y" in `msg`.
@@ -824,6 +882,43 @@ mod tests {
         let msg = parse_workflow(text, "w.yaml").unwrap_err().to_string();
         assert!(msg.contains("task 'a'") && msg.contains("colour"), "{msg}");
         assert!(msg.contains("w.yaml:3"), "{msg}");
+    }
+
+    /// Every duration of a workflow file takes seconds or the syntax `jitter` takes.
+    #[test]
+    fn durations_take_seconds_or_units_everywhere() {
+        let text = "name: x\nconfig: {timeout_default: 2h}\ntasks:\n  - name: a\n    type: shell\n    timeout: 1m30s\n    config: {command: ls}\n  - name: b\n    type: shell\n    timeout: 45\n    config: {command: ls}\n";
+        let wf = parse_workflow(text, "w.yaml").unwrap();
+        assert_eq!(wf.config.timeout_default, Some(7200));
+        assert_eq!(wf.tasks[0].timeout, Some(90));
+        assert_eq!(wf.tasks[1].timeout, Some(45));
+        let bad = "name: x\ntasks:\n  - name: a\n    type: shell\n    timeout: soon\n    config: {command: ls}\n";
+        let msg = parse_workflow(bad, "w.yaml").unwrap_err().to_string();
+        assert!(msg.contains("invalid duration 'soon'"), "{msg}");
+        let range = "name: x\ntasks:\n  - name: a\n    type: shell\n    timeout: 2d\n    config: {command: ls}\n";
+        let msg = parse_workflow(range, "w.yaml").unwrap_err().to_string();
+        assert!(msg.contains("timeout: 172800 is out of range"), "{msg}");
+    }
+
+    /// Messages speak of what the file should hold, not of PicoFlow's Rust types.
+    #[test]
+    fn type_errors_name_no_rust_types() {
+        for (text, says) in [
+            (
+                "- a\n- b\n",
+                "expected a workflow: a mapping with `name` and `tasks`",
+            ),
+            (
+                "name: x\nconfig: {max_parallel: many}\ntasks: []\n",
+                "expected a whole number",
+            ),
+            ("name: x\ntasks: [1]\n", "expected a task: a mapping with"),
+            ("name: x\nconfig: 3\ntasks: []\n", "expected a mapping"),
+        ] {
+            let msg = parse_workflow(text, "w.yaml").unwrap_err().to_string();
+            assert!(msg.contains(says), "{text}: {msg}");
+            assert!(!msg.contains("Raw") && !msg.contains("i64"), "{msg}");
+        }
     }
 
     #[test]
