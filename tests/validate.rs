@@ -253,6 +253,11 @@ fn init_writes_valid_templates_and_never_overwrites() {
     let out = run(picoflow(dir.path()).arg("init"));
     assert_eq!(out.status.code(), Some(0));
     assert!(dir.path().join("my-workflow.yaml").exists());
+    // A name that reads as an option is refused before anything is written.
+    let out = run(picoflow(dir.path()).args(["init", "--", "-dash"]));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("starts with '-'"), "{}", stderr(&out));
+    assert!(!dir.path().join("-dash.yaml").exists());
 }
 
 #[test]

@@ -271,6 +271,14 @@ fn init(name: Option<&str>, kind: &str) -> Result<u8, Error> {
             message: format!("'{name}' must be 1-64 characters of letters, digits, '-' and '_'"),
         });
     }
+    if name.starts_with('-') {
+        return Err(Error::Config {
+            origin: "NAME".into(),
+            message: format!(
+                "'{name}' starts with '-': its file would read as an option in every command                  that names it; begin it with a letter or a digit"
+            ),
+        });
+    }
     let path = PathBuf::from(format!("{name}.yaml"));
     let mut file =
         match std::fs::OpenOptions::new()
