@@ -737,3 +737,40 @@ fn a_taken_web_port_stops_the_start_a_taken_metrics_port_does_not() {
     }
     drop(squatter);
 }
+
+/// A reload that would give one name to two files (a copy added beside the original) is
+/// refused as the start refuses it: the daemon keeps the workflows it had, says why, and
+/// never runs the copy.
+#[test]
+fn a_reload_that_makes_a_name_ambiguous_keeps_the_previous_workflows() {
+    let dir = TempDir::new("daemon-hup-dup");
+    std::fs::create_dir(dir.path().join("wf")).unwrap();
+    dir.write(
+        "wf/w.yaml",
+        &shell_wf("w", "* * * * * *", "", "echo original >> out.txt"),
+    );
+    let d = Daemon::start(dir.path(), &["wf"]);
+    wait_for(Duration::from_secs(10), "a first run", || {
+        !lines(&dir.path().join("out.txt")).is_empty()
+    });
+    dir.write(
+        "wf/w_copy.yaml",
+        &shell_wf("w", "* * * * * *", "", "echo copy >> out.txt"),
+    );
+    d.signal(libc::SIGHUP);
+    wait_for(Duration::from_secs(5), "the refusal in the log", || {
+        d.log().contains("reload refused")
+    });
+    assert!(d.log().contains("is used by both"), "{}", d.log());
+    let before = lines(&dir.path().join("out.txt")).len();
+    wait_for(Duration::from_secs(10), "runs to go on", || {
+        lines(&dir.path().join("out.txt")).len() >= before + 2
+    });
+    assert!(
+        lines(&dir.path().join("out.txt"))
+            .iter()
+            .all(|l| l == "original"),
+        "{:?}",
+        lines(&dir.path().join("out.txt"))
+    );
+}

@@ -208,11 +208,40 @@ fn a_directory_is_validated_as_a_whole() {
         stdout(&out).contains("Workflow 'a' is valid")
             && stdout(&out).contains("Workflow 'b' is valid")
     );
+    // Each workflow under the file that holds it, and a summary.
+    assert!(
+        stdout(&out).contains("File: ./a.yaml\nWorkflow 'a' is valid"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).ends_with("2 files: 2 valid, 0 invalid\n"),
+        "{}",
+        stdout(&out)
+    );
     dir.write("c.yaml", "name: c\ntasks: []\n");
     let out = run(picoflow(dir.path()).args(["validate", "."]));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("c.yaml"));
     assert!(stdout(&out).contains("Workflow 'a' is valid"));
+    assert!(
+        stdout(&out).ends_with("3 files: 2 valid, 1 invalid\n"),
+        "{}",
+        stdout(&out)
+    );
+    // One name in two files is refused, as the daemon refuses it.
+    std::fs::remove_file(dir.path().join("c.yaml")).unwrap();
+    dir.write(
+        "copy_of_a.yaml",
+        "name: a\ntasks:\n  - {name: t, type: shell, config: {command: \"true\"}}\n",
+    );
+    let out = run(picoflow(dir.path()).args(["validate", "."]));
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("workflow name 'a' is also used by ./a.yaml"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -200,13 +200,36 @@ fn dispatch(command: Command, config: &Config) -> Result<u8, Error> {
 fn validate(path: &Path) -> Result<u8, Error> {
     let registry = Registry::builtin();
     let files = workflow_files(path)?;
+    let many = path.is_dir();
     let mut worst: Option<Error> = None;
+    // Workflow name → the file that defines it, to refuse one name in two files as the
+    // daemon does.
+    let mut names: std::collections::BTreeMap<String, PathBuf> = Default::default();
+    let mut valid = 0;
     for (n, file) in files.iter().enumerate() {
         if n > 0 {
             outln!()?;
         }
-        match load_workflow(file, &registry) {
+        if many {
+            outln!("File: {}", file.display())?;
+        }
+        let loaded = load_workflow(file, &registry).and_then(|wf| match names.get(&wf.name) {
+            Some(other) => Err(Error::Invalid {
+                file: file.display().to_string(),
+                problems: vec![format!(
+                    "workflow name '{}' is also used by {}: the daemon refuses the pair",
+                    wf.name,
+                    other.display()
+                )],
+            }),
+            None => {
+                names.insert(wf.name.clone(), file.clone());
+                Ok(wf)
+            }
+        });
+        match loaded {
             Ok(wf) => {
+                valid += 1;
                 let dag = Dag::from_workflow(&wf)?;
                 outln!("Workflow '{}' is valid", wf.name)?;
                 outln!("Tasks: {}", wf.tasks.len())?;
@@ -251,6 +274,14 @@ fn validate(path: &Path) -> Result<u8, Error> {
                 }
             }
         }
+    }
+    if many {
+        outln!()?;
+        outln!(
+            "{} files: {valid} valid, {} invalid",
+            files.len(),
+            files.len() - valid
+        )?;
     }
     match worst {
         Some(e) => Ok(e.exit_code() as u8),

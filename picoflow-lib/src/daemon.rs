@@ -834,16 +834,21 @@ impl Daemon {
             }
         }
         let mut fresh: BTreeMap<String, Loaded> = BTreeMap::new();
+        let mut ambiguous = Vec::new();
         for f in files {
             match load_workflow(&f, &self.registry)
                 .and_then(|wf| Loaded::new(wf, f.clone(), &host, now))
             {
                 Ok(l) => {
-                    let _ = shared.store.record_workflow(
-                        &l.wf.name,
-                        l.wf.schedule.as_deref(),
-                        Some(&f.display().to_string()),
-                    );
+                    if let Some(other) = fresh.get(&l.wf.name) {
+                        ambiguous.push(format!(
+                            "workflow name '{}' is used by both {} and {}",
+                            l.wf.name,
+                            other.source.display(),
+                            f.display()
+                        ));
+                        continue;
+                    }
                     fresh.insert(l.wf.name.clone(), l);
                 }
                 Err(e) => {
@@ -856,6 +861,21 @@ impl Daemon {
                     }
                 }
             }
+        }
+        // As at start: a set of files in which one name means two workflows is refused
+        // whole, and the daemon goes on with the set it had.
+        if !ambiguous.is_empty() {
+            for problem in &ambiguous {
+                tracing::error!(problem = %problem, "reload refused; keeping the previous workflows");
+            }
+            return;
+        }
+        for l in fresh.values() {
+            let _ = shared.store.record_workflow(
+                &l.wf.name,
+                l.wf.schedule.as_deref(),
+                Some(&l.source.display().to_string()),
+            );
         }
         *loaded = fresh;
         shared
