@@ -379,6 +379,7 @@ fn seed_last_run(dir: &Path, wf: &str, t: chrono::DateTime<chrono::Utc>) {
         created_at: t,
         pid: 1,
         source: None,
+        definition: None,
     };
     let sink = store.sink();
     sink.on_event(&Event::WorkflowFinished(exec));

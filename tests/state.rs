@@ -253,6 +253,7 @@ fn record(store: &Store, wf: &str, days_ago: i64, log_root: &std::path::Path) ->
         created_at: started,
         pid: 1,
         source: None,
+        definition: None,
     };
     let task = TaskExecution {
         id: picoflow_lib::new_id(),
@@ -355,4 +356,61 @@ fn status_lists_tasks_in_workflow_order() {
         .map(|t| t["task_name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, ["report", "slowest", "middle", "fastest"]);
+}
+
+/// `run --resume` continues an execution with the definition it started from: after an edit
+/// that changes a task it is refused (exit 4, the execution kept as it was) unless `--force`
+/// says to go on with the new one.
+#[test]
+fn resume_refuses_a_changed_workflow_unless_forced() {
+    let dir = TempDir::new("resume-changed");
+    let text = |second: &str| {
+        format!(
+            "name: edited\ntasks:\n  - name: first\n    type: shell\n    config:\n      command: \"echo first >> ran.txt\"\n  - name: second\n    type: shell\n    depends_on: [first]\n    config:\n      command: \"{second}\"\n"
+        )
+    };
+    let wf = dir.write("edited.yaml", &text("echo waiting >> ran.txt; sleep 30"));
+    let ran = dir.path().join("ran.txt");
+    let mut child = picoflow(dir.path())
+        .arg("run")
+        .arg(&wf)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&ran)
+        .unwrap_or_default()
+        .contains("waiting")
+    {
+        assert!(Instant::now() < deadline, "the second task never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    dir.write("edited.yaml", &text("echo changed >> ran.txt"));
+    let out = run(picoflow(dir.path()).args(["run", "--resume"]).arg(&wf));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the workflow changed since execution"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(picoflow(dir.path()).args(["status", "--workflow", "edited"]));
+    assert!(
+        stdout(&out).contains("Status: Interrupted"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = run(picoflow(dir.path())
+        .args(["run", "--resume", "--force"])
+        .arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines: Vec<String> = std::fs::read_to_string(&ran)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines, ["first", "waiting", "changed"], "{lines:?}");
 }

@@ -82,8 +82,9 @@ pub(crate) struct GraphArgs {
     pub(crate) format: String,
 }
 
-/// Run a workflow once. Exit 0 success, 3 a task failed, 2 invalid, 5 file not found,
-/// 6 the state file cannot be written (e.g. a full disk), 9 interrupted by SIGINT/SIGTERM.
+/// Run a workflow once. Exit 0 success, 3 a task failed, 2 invalid, 4 --resume of an
+/// execution whose workflow changed (without --force), 5 file not found, 6 the state file
+/// cannot be written (e.g. a full disk), 9 interrupted by SIGINT/SIGTERM.
 #[derive(FromArgs, Debug)]
 #[argh(
     subcommand,
@@ -97,6 +98,10 @@ pub(crate) struct RunArgs {
     /// continue the latest interrupted execution of this workflow instead of starting anew
     #[argh(switch)]
     pub(crate) resume: bool,
+    /// with --resume: continue even though the workflow changed since the execution started
+    /// (without it such a resume is refused, exit 4)
+    #[argh(switch)]
+    pub(crate) force: bool,
 }
 
 /// Show the current or last execution of each workflow with its tasks (✓ done, ⟳ running,

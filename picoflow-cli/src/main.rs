@@ -149,7 +149,7 @@ fn dispatch(command: Command, config: &Config) -> Result<u8, Error> {
         Command::Validate(a) => validate(&a.path),
         Command::Init(a) => init(a.name.as_deref(), &a.template),
         Command::Graph(a) => graph(&a.file, &a.format),
-        Command::Run(a) => run(&a.file, a.resume, config),
+        Command::Run(a) => run(&a.file, a.resume, a.force, config),
         Command::Status(a) if a.watch => {
             report::watch_status(config, a.workflow.as_deref(), a.running_only, &a.format)
         }
@@ -352,7 +352,7 @@ fn graph(file: &Path, format: &str) -> Result<u8, Error> {
     Ok(0)
 }
 
-fn run(file: &Path, resume: bool, config: &Config) -> Result<u8, Error> {
+fn run(file: &Path, resume: bool, force: bool, config: &Config) -> Result<u8, Error> {
     let registry = Registry::builtin();
     let wf = load_workflow(file, &registry)?;
     let store = Store::open(&config.db_path)?;
@@ -365,6 +365,19 @@ fn run(file: &Path, resume: bool, config: &Config) -> Result<u8, Error> {
         store.recover_interrupted()?;
         match store.latest_execution(&wf.name)? {
             Some(e) if e.status == WorkflowStatus::Interrupted => {
+                // The execution goes on with what the file says now: an edit since it
+                // started would run other commands, drop or add tasks, under its id.
+                let now = wf.digest();
+                if e.definition.as_ref().is_some_and(|d| *d != now) && !force {
+                    return Err(Error::Config {
+                        origin: file.display().to_string(),
+                        message: format!(
+                            "the workflow changed since execution {} started; `run --resume \
+                             --force` continues it with the new definition, `run` starts anew",
+                            e.id
+                        ),
+                    });
+                }
                 let tasks = store.task_executions(&e.id)?;
                 // Best effort, like all of `run`'s output: a closed viewer never stops a run.
                 let _ = outln!("Resuming execution {} of '{}'", e.id, wf.name);

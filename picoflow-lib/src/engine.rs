@@ -1165,6 +1165,8 @@ fn start(wf: &Workflow, opts: &RunOptions) -> Result<Start> {
             if opts.source.is_some() {
                 e.source = opts.source.clone();
             }
+            // From here on it runs this definition (the caller decided a changed one may go on).
+            e.definition = Some(wf.digest());
             e
         }
         None => WorkflowExecution {
@@ -1180,6 +1182,7 @@ fn start(wf: &Workflow, opts: &RunOptions) -> Result<Start> {
             created_at: now,
             pid: std::process::id(),
             source: opts.source.clone(),
+            definition: Some(wf.digest()),
         },
     };
     Ok(Start {

@@ -150,6 +150,11 @@ pub struct WorkflowExecution {
     pub pid: u32,
     /// Workflow file it came from, when known (used by `run --resume`).
     pub source: Option<String>,
+    /// A digest of the definition it runs ([`crate::model::Workflow::digest`]): `run --resume`
+    /// refuses to continue it with a changed definition unless told to. `None` in records of
+    /// earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
 }
 
 /// One attempt of one task (a row of `task_executions`).

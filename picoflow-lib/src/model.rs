@@ -46,6 +46,23 @@ pub struct Workflow {
     pub handlers: Handlers,
 }
 
+impl Workflow {
+    /// A digest of the whole definition (every field of every task and handler, as parsed),
+    /// 16 hex digits of FNV-1a: the same for the same definition in every run of this
+    /// version, different after an edit that changes anything but comments and layout (an
+    /// edit that moves a task to another line changes it too). For telling changes apart,
+    /// not for security.
+    pub fn digest(&self) -> String {
+        let text = format!("{self:?}");
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
 /// Workflow-level handlers: tasks run after every task of the DAG has finished. Their results
 /// are recorded but never change the execution's status.
 #[derive(Debug, Clone, Default, PartialEq)]

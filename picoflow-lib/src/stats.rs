@@ -165,6 +165,7 @@ mod tests {
             created_at: now,
             pid: 1,
             source: None,
+            definition: None,
         }
     }
 

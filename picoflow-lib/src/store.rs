@@ -1325,6 +1325,7 @@ mod tests {
             created_at: t,
             pid: std::process::id(),
             source: None,
+            definition: None,
         }
     }
 

@@ -884,6 +884,18 @@ mod tests {
         assert!(msg.contains("w.yaml:3"), "{msg}");
     }
 
+    /// The digest `run --resume` compares: blind to comments, not to a changed command.
+    #[test]
+    fn the_digest_follows_the_definition_not_the_comments() {
+        let text =
+            "name: d\ntasks:\n  - name: a\n    type: shell\n    config: {command: \"echo 1\"}\n";
+        let digest = |t: &str| parse_workflow(t, "d.yaml").unwrap().digest();
+        assert_eq!(digest(text), digest(text));
+        assert_eq!(digest(text), digest(&format!("{text}# a note\n")));
+        assert_ne!(digest(text), digest(&text.replace("echo 1", "echo 2")));
+        assert_eq!(digest(text).len(), 16);
+    }
+
     /// Every duration of a workflow file takes seconds or the syntax `jitter` takes.
     #[test]
     fn durations_take_seconds_or_units_everywhere() {

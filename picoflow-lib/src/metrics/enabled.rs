@@ -463,6 +463,7 @@ mod tests {
             created_at: now,
             pid: std::process::id(),
             source: None,
+            definition: None,
         }
     }
 
