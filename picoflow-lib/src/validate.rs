@@ -96,7 +96,7 @@ pub fn validate_workflow(wf: &Workflow, origin: &str, registry: &Registry) -> Re
 }
 
 /// Warnings that do not make a workflow invalid: each `${…}` run value (task outputs,
-/// `${item}`, …: see [`crate::flow`]) that a shell or ssh task's command uses in a shell
+/// `${item}`, …) that a shell or ssh task's command uses in a shell
 /// arithmetic context — `$((…))`, `((…))`, `[[ … ]]` with `-eq`, `-ne`, `-lt`, `-le`, `-gt`
 /// or `-ge`, a `let` command, an array subscript `name[…]` — where bash evaluates the value
 /// as an expression, so that a value `a[$(cmd)]` runs `cmd`. A text scan, not a shell
