@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{picoflow, run, stderr, TempDir};
+use common::{picoflow, run, stderr, wait_for, TempDir};
 
 /// Whether `pid` runs (a zombie, waiting for a parent to reap it, has ended).
 fn alive(pid: i32) -> bool {
@@ -18,14 +18,6 @@ fn alive(pid: i32) -> bool {
             !matches!(state, Some('Z' | 'X'))
         }
         Err(_) => false,
-    }
-}
-
-fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -94,7 +86,7 @@ fn crash_leaving_two_sleeps(dir: &Path, wf: &Path, cmdline: &str) -> Vec<i32> {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(20), "the task's two sleeps", || {
+    wait_for(Duration::from_secs(20), "the task's two sleeps", || {
         pids_of(cmdline).len() == 2
     });
     let shell = read_pid(dir, "sh.pid");
@@ -103,7 +95,7 @@ fn crash_leaving_two_sleeps(dir: &Path, wf: &Path, cmdline: &str) -> Vec<i32> {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // The task's own process dies with the orchestrator (PR_SET_PDEATHSIG) ...
-    wait_until(Duration::from_secs(5), "the task's shell to die", || {
+    wait_for(Duration::from_secs(5), "the task's shell to die", || {
         !alive(shell)
     });
     // ... what it started lives on, as the kernel leaves it.
@@ -296,7 +288,7 @@ fn the_search_for_leftovers_leaves_other_users_processes_alone() {
         .unwrap();
     let mut ours = marked(&unique_seconds(46)).spawn().unwrap();
     let guard = KillOnDrop(vec![theirs.id() as i32, ours.id() as i32]);
-    wait_until(Duration::from_secs(5), "the marked sleeps to start", || {
+    wait_for(Duration::from_secs(5), "the marked sleeps to start", || {
         [&theirs, &ours].iter().all(|c| {
             std::fs::read(format!("/proc/{}/environ", c.id()))
                 .is_ok_and(|e| e.windows(16).any(|w| w == b"PICOFLOW_OWNER=4"))
@@ -491,7 +483,7 @@ fn stopped_at_its_timeout(place: Where) {
     assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
     let escaped = read_pid(dir.path(), "escaped.pid");
     let _guard = KillOnDrop(vec![escaped]);
-    wait_until(Duration::from_secs(5), "the escaped sleep to die", || {
+    wait_for(Duration::from_secs(5), "the escaped sleep to die", || {
         !alive(escaped)
     });
     if place == Where::TaskCgroups || plain.is_some() {
@@ -547,7 +539,7 @@ fn stopped_with_the_run(place: Where) {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_until(Duration::from_secs(20), "the escaped sleep", || {
+        wait_for(Duration::from_secs(20), "the escaped sleep", || {
             std::fs::read_to_string(dir.path().join("escaped.pid")).is_ok_and(|s| s.ends_with('\n'))
         });
         let escaped = read_pid(dir.path(), "escaped.pid");
@@ -565,7 +557,7 @@ fn stopped_with_the_run(place: Where) {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        wait_until(Duration::from_secs(5), "the escaped sleep to die", || {
+        wait_for(Duration::from_secs(5), "the escaped sleep to die", || {
             !alive(escaped)
         });
         if place == Where::TaskCgroups || plain.is_some() {
@@ -648,7 +640,7 @@ fn a_service_user_given_its_cgroup_runs_each_task_in_a_cgroup_of_its_own() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let escaped = read_pid(dir.path(), "escaped.pid");
     let _guard = KillOnDrop(vec![escaped]);
-    wait_until(Duration::from_secs(5), "the escaped sleep to die", || {
+    wait_for(Duration::from_secs(5), "the escaped sleep to die", || {
         !alive(escaped)
     });
     assert_ran_in_its_cgroup(dir.path(), "cgroup.txt", true);
@@ -681,7 +673,7 @@ fn a_task_that_leaves_its_process_group_is_stopped_after_a_crash() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(20), "the escaped sleep", || {
+    wait_for(Duration::from_secs(20), "the escaped sleep", || {
         std::fs::read_to_string(dir.path().join("escaped.pid")).is_ok_and(|s| s.ends_with('\n'))
     });
     let escaped = read_pid(dir.path(), "escaped.pid");
@@ -699,7 +691,7 @@ fn a_task_that_leaves_its_process_group_is_stopped_after_a_crash() {
         .arg(&wf));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("left running"), "{}", stderr(&out));
-    wait_until(Duration::from_secs(5), "the escaped sleep to die", || {
+    wait_for(Duration::from_secs(5), "the escaped sleep to die", || {
         !alive(escaped)
     });
 }
