@@ -174,7 +174,7 @@ pub(crate) fn private_dir(path: &Path) -> io::Result<()> {
 /// path).
 pub(crate) fn check_dir(path: &Path) -> io::Result<()> {
     let m = std::fs::symlink_metadata(path)?;
-    problem(&m, euid()).map_or(Ok(()), |why| {
+    problem(&m, euid(), true).map_or(Ok(()), |why| {
         Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!("{why}; PicoFlow needs a directory of its own user with mode 0700 here (remove it and PicoFlow creates one)"),
@@ -182,8 +182,9 @@ pub(crate) fn check_dir(path: &Path) -> io::Result<()> {
     })
 }
 
-/// What makes `m` unfit for a private directory of user `uid`, if anything.
-fn problem(m: &std::fs::Metadata, uid: u32) -> Option<String> {
+/// What makes `m` unfit for a directory of user `uid`, if anything: not a directory (a link
+/// included), another owner, and with `private` a mode other than `0700`.
+fn problem(m: &std::fs::Metadata, uid: u32, private: bool) -> Option<String> {
     let t = m.file_type();
     let kind = if t.is_symlink() {
         "a symbolic link"
@@ -203,7 +204,7 @@ fn problem(m: &std::fs::Metadata, uid: u32) -> Option<String> {
         return Some(format!("is owned by uid {}, not by uid {uid}", m.uid()));
     }
     let mode = m.mode() & 0o7777;
-    (mode != DIR_MODE).then(|| format!("has mode {mode:04o}, not 0700"))
+    (private && mode != DIR_MODE).then(|| format!("has mode {mode:04o}, not 0700"))
 }
 
 /// Checks that `dir`, where PicoFlow keeps its files (the state file's directory, the logs
@@ -268,12 +269,12 @@ pub(crate) fn own_dir(path: &Path) -> io::Result<()> {
     match make_dir(path) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let m = std::fs::symlink_metadata(path)?;
-            match problem(&m, euid()) {
-                Some(why) if !why.starts_with("has mode") => Err(io::Error::new(
+            match problem(&m, euid(), false) {
+                Some(why) => Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
                     format!("{why}; PicoFlow writes only in directories of its own user"),
                 )),
-                _ => Ok(()),
+                None => Ok(()),
             }
         }
         other => other,
@@ -364,12 +365,12 @@ mod tests {
         let m = std::fs::symlink_metadata(&d).unwrap();
         // Checked as if we were another user: works without root.
         let other = m.uid().wrapping_add(1);
-        let why = problem(&m, other).unwrap();
+        let why = problem(&m, other, true).unwrap();
         assert_eq!(
             why,
             format!("is owned by uid {}, not by uid {other}", m.uid())
         );
-        assert_eq!(problem(&m, m.uid()), None);
+        assert_eq!(problem(&m, m.uid(), true), None);
         // As root, a directory really owned by nobody (65534).
         if euid() == 0 {
             std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
