@@ -73,12 +73,17 @@ pub(crate) fn owner_alive(owner: &str) -> bool {
 /// away from the one every other process reads, and a reader would then take a live run for
 /// a dead one. The relative path reaches the kernel's file in every case.
 pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
+    // Field 3 is the first of `stat_fields`; the start time is field 22.
+    stat_fields(pid)?.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The fields of a process's `stat` from field 3 (its state) on, read as
+/// [`process_start_time`] reads them; `None` if the process does not exist.
+pub(crate) fn stat_fields(pid: u32) -> Option<String> {
     let stat = read_proc(pid, "stat")?;
     let stat = String::from_utf8_lossy(&stat);
     // The command name (field 2) may contain spaces and parentheses: skip past its end.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    // `rest` starts at field 3; the start time is field 22.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    Some(stat.get(stat.rfind(')')? + 2..)?.to_string())
 }
 
 /// `/proc/<pid>/<file>`, opened relative to `/proc` (see [`process_start_time`]).

@@ -67,8 +67,8 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// Parent and process group of `pid`, from its `stat`.
 fn parent_and_group(pid: u32) -> Option<(u32, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut rest = stat[stat.rfind(')')? + 2..].split_whitespace();
+    let stat = crate::orphans::stat_fields(pid)?;
+    let mut rest = stat.split_whitespace();
     // Fields 3, 4 and 5: state, parent, process group.
     let _state = rest.next()?;
     Some((rest.next()?.parse().ok()?, rest.next()?.parse().ok()?))
