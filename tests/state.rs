@@ -265,6 +265,8 @@ fn record(store: &Store, wf: &str, days_ago: i64, log_root: &std::path::Path) ->
         exit_code: Some(0),
         stdout: Some("x".into()),
         stderr: None,
+        stdout_size: None,
+        stderr_size: None,
         attempt: 1,
         error_message: None,
         duration_seconds: Some(1.0),
@@ -413,4 +415,41 @@ fn resume_refuses_a_changed_workflow_unless_forced() {
         .map(String::from)
         .collect();
     assert_eq!(lines, ["first", "waiting", "changed"], "{lines:?}");
+}
+
+/// A task that prints 12 MB keeps its whole (10 MB) capture in its log file but only the last
+/// 64 KiB of it in the state file, with the whole size beside it: runs of a chatty task do not
+/// fill an SD card through `picoflow.redb`.
+#[test]
+fn the_state_file_keeps_the_end_of_a_large_capture() {
+    let dir = TempDir::new("big-capture");
+    let wf = dir.write(
+        "chatty.yaml",
+        "name: chatty\ntasks:\n  - name: talk\n    type: shell\n    config:\n      command: \"head -c 12000000 /dev/zero | tr '\\\\0' x; echo the-end\"\n",
+    );
+    for _ in 0..3 {
+        let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    let size = std::fs::metadata(dir.path().join("picoflow.redb"))
+        .unwrap()
+        .len();
+    assert!(size < 4_000_000, "three runs made a {size}-byte state file");
+    let out = run(picoflow(dir.path()).args(["history", "--format", "json"]));
+    for e in json(&out).as_array().unwrap() {
+        let t = &e["tasks"][0];
+        let text = t["stdout"].as_str().unwrap();
+        assert_eq!(text.len(), picoflow_lib::STORED_CAPTURE, "{}", &text[..80]);
+        assert!(text.ends_with("[output truncated at 10 MB]\n"), "{}", &text[text.len() - 80..]);
+        assert_eq!(t["stdout_size"], 10 * 1024 * 1024 + 29, "{t}");
+        assert!(t.get("stderr_size").is_none(), "{t}");
+    }
+    let log = std::fs::read_dir(dir.path().join("logs/chatty"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("talk.log");
+    assert!(std::fs::metadata(&log).unwrap().len() >= 10 * 1024 * 1024);
 }

@@ -37,7 +37,7 @@ use crate::events::{
     new_id, Event, EventSink, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
 };
 use crate::executor::{
-    CancelToken, Capture, NoOutput, Outcome, OutputSink, Registry, SharedState, TaskContext,
+    CancelToken, NoOutput, Outcome, OutputSink, Registry, SharedState, TaskContext,
     TaskOutput,
 };
 use crate::expand::Vars;
@@ -702,6 +702,8 @@ impl Engine {
             exit_code: None,
             stdout: None,
             stderr: None,
+            stdout_size: None,
+            stderr_size: None,
             attempt: 1,
             error_message: Some(reason),
             duration_seconds: Some(0.0),
@@ -926,6 +928,8 @@ impl Engine {
                 exit_code: None,
                 stdout: None,
                 stderr: None,
+                stdout_size: None,
+                stderr_size: None,
                 attempt,
                 error_message: None,
                 duration_seconds: None,
@@ -962,8 +966,8 @@ impl Engine {
             record.finished_at = Some(finished);
             record.duration_seconds = Some(clock.elapsed().as_secs_f64());
             record.exit_code = out.exit_code;
-            record.stdout = text(std::mem::take(&mut out.stdout));
-            record.stderr = text(std::mem::take(&mut out.stderr));
+            (record.stdout, record.stdout_size) = std::mem::take(&mut out.stdout).into_stored();
+            (record.stderr, record.stderr_size) = std::mem::take(&mut out.stderr).into_stored();
             record.error_message = out.error.clone();
             record.outputs = outputs.clone();
             // A log that could not be written (full disk) is said on the task's record.
@@ -1108,10 +1112,6 @@ fn item_names(task: &str, items: &[String]) -> Vec<String> {
         true => items.iter().map(|i| format!("{task}[{i}]")).collect(),
         false => (0..items.len()).map(|k| format!("{task}[{k}]")).collect(),
     }
-}
-
-fn text(c: Capture) -> Option<String> {
-    (!c.data.is_empty()).then(|| c.into_text())
 }
 
 /// Where an execution starts: a new one, or the interrupted one `opts.resume` names with the

@@ -174,10 +174,17 @@ pub struct TaskExecution {
     pub finished_at: Option<DateTime<Utc>>,
     /// Exit code, when the executor produced one.
     pub exit_code: Option<i32>,
-    /// Captured standard output (at most 10 MB).
+    /// Captured standard output: its last [`crate::STORED_CAPTURE`] bytes (the task's log
+    /// file has all of it, up to 10 MB).
     pub stdout: Option<String>,
-    /// Captured standard error (at most 10 MB).
+    /// Captured standard error, cut as `stdout` is.
     pub stderr: Option<String>,
+    /// The size in bytes of the whole standard output when `stdout` holds only its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_size: Option<u64>,
+    /// The size in bytes of the whole standard error when `stderr` holds only its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_size: Option<u64>,
     /// 1-based attempt number.
     pub attempt: u32,
     /// Why the attempt failed.

@@ -122,6 +122,7 @@ pub use events::{
 pub use executor::{
     feature_for, BoxFuture, CancelToken, Canceller, Capture, Executor, NoOutput, Outcome,
     OutputSink, Registry, SharedState, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
+    STORED_CAPTURE,
 };
 pub use expand::{expand_with, Vars};
 pub use export::{export_sqlite, ExportReport};

@@ -181,6 +181,8 @@ mod tests {
             exit_code: None,
             stdout: None,
             stderr: None,
+            stdout_size: None,
+            stderr_size: None,
             attempt: n,
             error_message: Some("boom".into()),
             duration_seconds: Some(dur),

@@ -195,6 +195,8 @@ mod tests {
             exit_code: Some(0),
             stdout: None,
             stderr: None,
+            stdout_size: None,
+            stderr_size: None,
             error_message: None,
             attempt,
             created_at: t,

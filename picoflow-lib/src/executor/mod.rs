@@ -233,6 +233,31 @@ impl Capture {
 
 const TRUNCATED_MARKER: &str = "\n[output truncated at 10 MB]\n";
 
+/// How many bytes of each captured stream an attempt's record in the state file keeps: the
+/// end of it. The task's log file has the whole capture; a chatty task must not fill an SD card
+/// through the state file.
+pub const STORED_CAPTURE: usize = 64 * 1024;
+
+impl Capture {
+    /// The text the state file keeps: `None` for an empty capture; else the capture as text
+    /// (see [`Capture::into_text`]) cut to its last [`STORED_CAPTURE`] bytes, never splitting
+    /// a character, with the whole text's size in bytes when it was cut.
+    pub fn into_stored(self) -> (Option<String>, Option<u64>) {
+        if self.data.is_empty() {
+            return (None, None);
+        }
+        let text = self.into_text();
+        if text.len() <= STORED_CAPTURE {
+            return (Some(text), None);
+        }
+        let mut from = text.len() - STORED_CAPTURE;
+        while !text.is_char_boundary(from) {
+            from += 1;
+        }
+        (Some(text[from..].to_string()), Some(text.len() as u64))
+    }
+}
+
 /// The result of one attempt.
 #[derive(Debug, Clone)]
 pub struct TaskOutput {

@@ -485,6 +485,8 @@ mod tests {
             exit_code: None,
             stdout: None,
             stderr: None,
+            stdout_size: None,
+            stderr_size: None,
             attempt,
             error_message: None,
             duration_seconds: secs,

@@ -639,10 +639,20 @@ fn cut_captures(attempts: &mut [TaskExecution]) -> Cuts {
     let mut cuts = Cuts::new();
     for t in attempts {
         let mut sizes = [None, None];
-        for (size, capture) in sizes.iter_mut().zip([&mut t.stdout, &mut t.stderr]) {
-            if let Some(text) = capture.as_mut().filter(|c| c.len() > CAPTURE_TAIL) {
-                *size = Some(text.len());
-                *text = tail(text, CAPTURE_TAIL).to_string();
+        let whole = [t.stdout_size.take(), t.stderr_size.take()];
+        for ((size, capture), whole) in sizes
+            .iter_mut()
+            .zip([&mut t.stdout, &mut t.stderr])
+            .zip(whole)
+        {
+            // The state file may hold only the end already; `whole` is then the full size.
+            if let Some(text) = capture.as_mut() {
+                if text.len() > CAPTURE_TAIL {
+                    *size = Some(whole.map_or(text.len(), |w| w as usize));
+                    *text = tail(text, CAPTURE_TAIL).to_string();
+                } else if let Some(w) = whole {
+                    *size = Some(w as usize);
+                }
             }
         }
         if sizes != [None, None] {
@@ -948,6 +958,8 @@ mod tests {
             exit_code: Some(0),
             stdout: Some(stdout.into()),
             stderr: stderr.map(String::from),
+            stdout_size: None,
+            stderr_size: None,
             attempt: 1,
             error_message: None,
             duration_seconds: Some(1.0),
