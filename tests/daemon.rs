@@ -318,6 +318,16 @@ fn shutdown_timeout_terminates_running_tasks_and_records_them() {
     );
     let h = history(dir.path(), "long");
     assert_eq!(h[0]["status"], "interrupted", "{h:?}");
+    // The terminated task is interrupted, as after a crash: not a failure of its own.
+    assert_eq!(h[0]["failed_tasks"], 0, "{h:?}");
+    let task = &h[0]["tasks"][0];
+    assert!(
+        task["error_message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("interrupted: the run was stopped")),
+        "{task}"
+    );
+    assert!(task["exit_code"].is_null(), "{task}");
     assert!(!dir.path().join("picoflow.redb.pid").exists());
 }
 

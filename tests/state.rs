@@ -440,7 +440,11 @@ fn the_state_file_keeps_the_end_of_a_large_capture() {
         let t = &e["tasks"][0];
         let text = t["stdout"].as_str().unwrap();
         assert_eq!(text.len(), picoflow_lib::STORED_CAPTURE, "{}", &text[..80]);
-        assert!(text.ends_with("[output truncated at 10 MB]\n"), "{}", &text[text.len() - 80..]);
+        assert!(
+            text.ends_with("[output truncated at 10 MB]\n"),
+            "{}",
+            &text[text.len() - 80..]
+        );
         assert_eq!(t["stdout_size"], 10 * 1024 * 1024 + 29, "{t}");
         assert!(t.get("stderr_size").is_none(), "{t}");
     }
@@ -452,4 +456,80 @@ fn the_state_file_keeps_the_end_of_a_large_capture() {
         .path()
         .join("talk.log");
     assert!(std::fs::metadata(&log).unwrap().len() >= 10 * 1024 * 1024);
+}
+
+/// A task that PicoFlow stops (SIGTERM to `run`) and a task whose `run` was killed (`kill -9`)
+/// end in one state: `interrupted` in `status` and the run's summary, recorded `failed` with an
+/// `interrupted:` message and no exit code of its own, not counted among the failed tasks; a
+/// resume runs it again even with `continue_on_failure`.
+#[test]
+fn a_stopped_task_and_a_killed_one_are_both_interrupted() {
+    let yaml = "name: stop\ntasks:\n  - name: long\n    type: shell\n    continue_on_failure: true\n    config:\n      command: \"if [ -e again ]; then echo again; else touch started; sleep 30; fi\"\n  - name: after\n    type: shell\n    depends_on: [long]\n    config:\n      command: \"true\"\n";
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        let dir = TempDir::new("stopped");
+        let wf = dir.write("stop.yaml", yaml);
+        let child = picoflow(dir.path())
+            .arg("run")
+            .arg(&wf)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        common::wait_for(Duration::from_secs(15), "the task to start", || {
+            dir.path().join("started").exists()
+        });
+        // The start of an attempt reaches the state file within two seconds (its end at once).
+        std::thread::sleep(Duration::from_millis(2500));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = common::finish(child, "the stopped run");
+        if signal == libc::SIGTERM {
+            assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+            let text = stdout(&out);
+            assert!(
+                text.contains("Task 'long' interrupted: the run was stopped"),
+                "{text}"
+            );
+            assert!(text.contains("0 failed, 1 interrupted"), "{text}");
+            assert!(!text.contains("exit code: 130"), "{text}");
+        }
+        let out = run(picoflow(dir.path()).args(["status", "--workflow", "stop"]));
+        let text = stdout(&out);
+        let long = text
+            .lines()
+            .find(|l| l.contains("✗ long"))
+            .unwrap_or_default();
+        assert!(long.ends_with("(interrupted)"), "{signal}: {text}");
+        assert!(text.contains("Status: Interrupted"), "{signal}: {text}");
+        // A writer (the resume) records what the dead run could not; then both agree.
+        dir.write("again", "");
+        let out = run(picoflow(dir.path()).args(["run", "--resume"]).arg(&wf));
+        assert_eq!(out.status.code(), Some(0), "{signal}: {}", stdout(&out));
+        let out = run(picoflow(dir.path()).args(["history", "--format", "json"]));
+        let h = json(&out);
+        let e = &h[0];
+        assert_eq!(e["status"], "success", "{signal}: {e}");
+        assert_eq!(e["failed_tasks"], 0, "{signal}: {e}");
+        let first = e["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["task_name"] == "long" && t["attempt"] == 1)
+            .unwrap_or_else(|| panic!("{e}"));
+        assert_eq!(first["status"], "failed", "{signal}: {first}");
+        assert!(first["exit_code"].is_null(), "{signal}: {first}");
+        assert!(
+            first["error_message"]
+                .as_str()
+                .unwrap()
+                .starts_with("interrupted:"),
+            "{signal}: {first}"
+        );
+        let again = e["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["task_name"] == "long" && t["stdout"] == "again\n");
+        assert!(again, "the resume ran the stopped task again: {e}");
+    }
 }

@@ -6,7 +6,9 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use picoflow_lib::{Event, EventSink, RunReport, TaskState, WorkflowStatus};
+use picoflow_lib::{
+    is_interrupted, Event, EventSink, RunReport, TaskState, WorkflowStatus, INTERRUPTED,
+};
 
 pub(crate) struct RunDisplay {
     live: bool,
@@ -73,9 +75,18 @@ impl RunDisplay {
             ),
             _ => writeln!(out, "Workflow '{}' failed after {dur}", e.workflow_name),
         };
+        let interrupted = report
+            .tasks
+            .iter()
+            .filter(|t| is_interrupted(t.error.as_deref()))
+            .count();
+        let interrupted = match interrupted {
+            0 => String::new(),
+            n => format!(", {n} interrupted"),
+        };
         let _ = writeln!(
             out,
-            "Tasks: {} succeeded, {} failed, {} total (execution {})",
+            "Tasks: {} succeeded, {} failed{interrupted}, {} total (execution {})",
             e.successful_tasks, e.failed_tasks, e.total_tasks, e.id
         );
         for t in &report.tasks {
@@ -85,7 +96,11 @@ impl RunDisplay {
                 TaskState::Skipped => "-",
                 _ => "○",
             };
-            let mut line = format!("  {mark} {:<24} {}", t.name, t.state);
+            let state = match is_interrupted(t.error.as_deref()) {
+                true => "interrupted".to_string(),
+                false => t.state.to_string(),
+            };
+            let mut line = format!("  {mark} {:<24} {state}", t.name);
             if let Some(d) = t.duration_seconds {
                 line.push_str(&format!(" ({})", human_duration(d)));
             }
@@ -98,6 +113,7 @@ impl RunDisplay {
             ) {
                 if let Some(err) = &t.error {
                     let err = err.strip_prefix("skipped: ").unwrap_or(err);
+                    let err = err.strip_prefix(INTERRUPTED).unwrap_or(err).trim_start();
                     line.push_str(&format!(": {err}"));
                 }
             }
@@ -179,6 +195,10 @@ impl EventSink for RunDisplay {
                         st.done += 1;
                         st.failed += 1;
                         format!("Task '{}' timed out: {err}", t.task_name)
+                    }
+                    (_, None) if t.interrupted() => {
+                        st.done += 1;
+                        format!("Task '{}' {err}", t.task_name)
                     }
                     (_, None) => {
                         st.done += 1;

@@ -141,6 +141,7 @@ pub(crate) fn status(
                         ),
                     ),
                     TaskState::Running => ("✗", "interrupted".to_string()),
+                    TaskState::Failed if t.interrupted() => ("✗", "interrupted".to_string()),
                     TaskState::Retrying => ("⟳", format!("retrying after attempt {}", t.attempt)),
                     TaskState::Timeout => ("✗", "timed out".to_string()),
                     TaskState::Failed => (
@@ -224,7 +225,7 @@ fn result_text(e: &WorkflowExecution, tasks: &[TaskExecution]) -> String {
         WorkflowStatus::Failed => {
             let failed: Vec<&str> = last_attempts(tasks)
                 .into_iter()
-                .filter(|t| t.status.is_failure())
+                .filter(|t| t.status.is_failure() && !t.interrupted())
                 .map(|t| t.task_name.as_str())
                 .collect();
             if failed.is_empty() {

@@ -37,8 +37,7 @@ use crate::events::{
     new_id, Event, EventSink, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
 };
 use crate::executor::{
-    CancelToken, NoOutput, Outcome, OutputSink, Registry, SharedState, TaskContext,
-    TaskOutput,
+    CancelToken, NoOutput, Outcome, OutputSink, Registry, SharedState, TaskContext, TaskOutput,
 };
 use crate::expand::Vars;
 use crate::expr::Expr;
@@ -575,7 +574,10 @@ impl Engine {
         execution.total_tasks = all.len() as u32;
         execution.successful_tasks =
             all.iter().filter(|r| r.state == TaskState::Success).count() as u32;
-        execution.failed_tasks = all.iter().filter(|r| r.state.is_failure()).count() as u32;
+        execution.failed_tasks = all
+            .iter()
+            .filter(|r| r.state.is_failure() && !crate::events::is_interrupted(r.error.as_deref()))
+            .count() as u32;
         // An interrupted run runs no handler: its resume will.
         if execution.status != WorkflowStatus::Interrupted && !wf.handlers.is_empty() {
             let failed_tasks: Vec<&str> = all
@@ -977,6 +979,18 @@ impl Engine {
                     None => format!("warning: {p}"),
                 });
             }
+            if out.outcome == Outcome::Cancelled {
+                // PicoFlow stopped it: no exit code of the task's own, and one state for it
+                // (see `INTERRUPTED`), as for an attempt whose process died.
+                let why = out.error.take().unwrap_or_else(|| "cancelled".into());
+                out.error = Some(format!(
+                    "{} the run was stopped ({why})",
+                    crate::events::INTERRUPTED
+                ));
+                out.exit_code = None;
+                record.exit_code = None;
+                record.error_message = out.error.clone();
+            }
             report.attempts += 1;
             report.exit_code = out.exit_code;
             report.duration_seconds = record.duration_seconds;
@@ -1012,7 +1026,10 @@ impl Engine {
                 .await;
                 if !slept {
                     report.state = TaskState::Failed;
-                    report.error = Some("interrupted while waiting to retry".into());
+                    report.error = Some(format!(
+                        "{} the run was stopped while waiting to retry",
+                        crate::events::INTERRUPTED
+                    ));
                     return Finished::failed(index, report);
                 }
                 attempt += 1;
@@ -1093,12 +1110,8 @@ impl Engine {
 /// Whether a task's earlier attempt `a` finished it, so that a resume keeps it: it succeeded,
 /// or failed with `continue_on_failure` (and was not cut short by a crash).
 fn finished_before(a: &TaskExecution, task: &Task) -> bool {
-    let interrupted = a
-        .error_message
-        .as_deref()
-        .is_some_and(|m| m.starts_with(crate::events::INTERRUPTED));
     a.status == TaskState::Success
-        || (task.continue_on_failure && !interrupted && a.status.is_failure())
+        || (task.continue_on_failure && !a.interrupted() && a.status.is_failure())
 }
 
 /// The names of a loop's tasks: `NAME[item]`, or `NAME[index]` for every item when items

@@ -239,9 +239,23 @@ pub trait EventSink: Send + Sync {
     }
 }
 
-/// How the error message of an attempt cut short by a crash begins; a resumed execution
-/// runs such a task again.
+/// How the error message of an attempt that PicoFlow cut short begins — the run was stopped
+/// (SIGINT, SIGTERM, a daemon's shutdown) or the process running it died. Such an attempt is
+/// recorded `failed` (the state strings are the schema's) but is shown as `interrupted`, does
+/// not count among the execution's failed tasks, and a resumed execution runs the task again.
 pub const INTERRUPTED: &str = "interrupted:";
+
+impl TaskExecution {
+    /// Whether PicoFlow cut this attempt short (see [`INTERRUPTED`]).
+    pub fn interrupted(&self) -> bool {
+        is_interrupted(self.error_message.as_deref())
+    }
+}
+
+/// Whether an attempt's error message says PicoFlow cut it short (see [`INTERRUPTED`]).
+pub fn is_interrupted(error: Option<&str>) -> bool {
+    error.is_some_and(|m| m.starts_with(INTERRUPTED))
+}
 /// The last attempt of each task among `attempts`, in the order the tasks first started.
 pub fn last_attempts(attempts: &[TaskExecution]) -> Vec<&TaskExecution> {
     let mut order: Vec<&str> = Vec::new();

@@ -116,8 +116,8 @@ pub use dag::Dag;
 pub use engine::{Engine, EngineSettings, ResumeFrom, RunOptions, RunReport, TaskReport};
 pub use error::{BoxError, Error, Result};
 pub use events::{
-    last_attempts, new_id, Event, EventSink, TaskExecution, TaskState, WorkflowExecution,
-    WorkflowStatus, INTERRUPTED,
+    is_interrupted, last_attempts, new_id, Event, EventSink, TaskExecution, TaskState,
+    WorkflowExecution, WorkflowStatus, INTERRUPTED,
 };
 pub use executor::{
     feature_for, BoxFuture, CancelToken, Canceller, Capture, Executor, NoOutput, Outcome,

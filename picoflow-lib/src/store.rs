@@ -684,7 +684,10 @@ impl Store {
                         .iter()
                         .filter(|a| a.status == TaskState::Success)
                         .count() as u32;
-                    e.failed_tasks = last.iter().filter(|a| a.status.is_failure()).count() as u32;
+                    e.failed_tasks = last
+                        .iter()
+                        .filter(|a| a.status.is_failure() && !a.interrupted())
+                        .count() as u32;
                 }
                 Ok((e, t))
             })
