@@ -478,8 +478,20 @@ fn a_stopped_task_and_a_killed_one_are_both_interrupted() {
         common::wait_for(Duration::from_secs(15), "the task to start", || {
             dir.path().join("started").exists()
         });
-        // The start of an attempt reaches the state file within two seconds (its end at once).
-        std::thread::sleep(Duration::from_millis(2500));
+        // Readers see a task running from its first moment, not once its start is committed.
+        common::wait_for(
+            Duration::from_millis(1000),
+            "status to show it running",
+            || {
+                let out = run(picoflow(dir.path()).args(["status", "--workflow", "stop"]));
+                let text = stdout(&out);
+                let long = text
+                    .lines()
+                    .find(|l| l.contains(" long"))
+                    .unwrap_or_default();
+                long.contains("⟳ long") && long.contains("running for")
+            },
+        );
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
         let out = common::finish(child, "the stopped run");

@@ -23,7 +23,9 @@
 //! execution ends, and when the store closes; the journal is then emptied. A process that dies
 //! leaves its journal behind; the next writer to open the file replays it into redb, so a
 //! finished task is known as finished after any crash, and deletes it. Output captured in that
-//! last second before a crash is kept in the task log files, not in the history.
+//! last second before a crash is kept in the task log files, not in the history. A task's
+//! start goes to the journal at once without a sync (a write, no disk flush), so that readers
+//! in other processes see the task running from its first moment.
 //!
 //! # Crash recovery
 //! An execution's start is committed at once, and the engine's flush after it waits for that
@@ -220,7 +222,7 @@ enum Msg {
         json: Vec<u8>,
         /// A start (rather than an end) may wait longer for company.
         start: bool,
-        /// For an end: its journal line (the record without its output).
+        /// Its journal line (the record without its output).
         journal: Option<Vec<u8>>,
     },
     Workflow(WorkflowRecord),
@@ -271,6 +273,19 @@ impl Journal {
         let f = self.file.as_mut().expect("opened above");
         f.write_all(lines)?;
         f.sync_data()?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Appends lines without syncing them: readers in other processes see them at once (the
+    /// page cache is shared); a crash may lose them, which is fine for what they say (a task's
+    /// start). A later [`Journal::append`] syncs them with its own.
+    fn append_unsynced(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.file.is_none() {
+            self.file = Some(crate::private::open_append(&self.path)?);
+        }
+        self.file.as_mut().expect("opened above").write_all(lines)?;
         self.dirty = true;
         Ok(())
     }
@@ -984,7 +999,7 @@ impl EventSink for StoreSink {
                 execution: r.workflow_execution_id.clone(),
                 json: encode_task(r),
                 start: matches!(event, Event::TaskStarted(_)),
-                journal: (!matches!(event, Event::TaskStarted(_))).then(|| journal_line(r)),
+                journal: Some(journal_line(r)),
             },
         };
         let _ = tx.lock().expect("store queue").send(msg);
@@ -1083,12 +1098,24 @@ impl Writer {
                         }
                         _ => GROUP_COMMIT_WINDOW,
                     };
-                    if let Msg::Task {
-                        journal: Some(line),
-                        ..
-                    } = &m
-                    {
-                        unjournaled.extend_from_slice(line);
+                    match &m {
+                        // A start is written to the journal at once, unsynced, so that
+                        // `status` in another process shows the task running now rather than
+                        // when the start is committed.
+                        Msg::Task {
+                            journal: Some(line),
+                            start: true,
+                            ..
+                        } => {
+                            if let Err(e) = journal.append_unsynced(line) {
+                                tracing::debug!(error = %e, "cannot journal a task's start");
+                            }
+                        }
+                        Msg::Task {
+                            journal: Some(line),
+                            ..
+                        } => unjournaled.extend_from_slice(line),
+                        _ => {}
                     }
                     let d = Instant::now() + window;
                     deadline = Some(deadline.map_or(d, |old| old.min(d)));
