@@ -512,6 +512,11 @@ fn a_stopped_task_and_a_killed_one_are_both_interrupted() {
             .find(|l| l.contains("✗ long"))
             .unwrap_or_default();
         assert!(long.ends_with("(interrupted)"), "{signal}: {text}");
+        // A dead run's duration does not go on growing.
+        assert!(!text.contains("Elapsed"), "{signal}: {text}");
+        if signal == libc::SIGKILL {
+            assert!(text.contains("Duration: at least 0."), "{text}");
+        }
         assert!(text.contains("Status: Interrupted"), "{signal}: {text}");
         // A writer (the resume) records what the dead run could not; then both agree.
         dir.write("again", "");

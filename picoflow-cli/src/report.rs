@@ -109,7 +109,11 @@ pub(crate) fn status(
         outln!("Execution: {}", e.id)?;
         outln!("Status: {}", capitalized(e.status))?;
         outln!("Started: {}", local(e.started_at))?;
-        match (e.status, e.duration_seconds) {
+        match (e.status, views::ran_for(e, tasks)) {
+            (WorkflowStatus::Interrupted, Some(d)) if e.duration_seconds.is_none() => outln!(
+                "Duration: at least {} (its process died; that is when it last recorded a step)",
+                human_duration(d)
+            )?,
             (WorkflowStatus::Running, _) | (_, None) => outln!(
                 "Elapsed: {}",
                 human_duration((now - e.started_at).num_milliseconds().max(0) as f64 / 1000.0)
@@ -286,9 +290,7 @@ pub(crate) fn history(
         "TASKS"
     )?;
     for (e, t) in &execs {
-        let dur = e
-            .duration_seconds
-            .map_or_else(|| "-".to_string(), human_duration);
+        let dur = views::ran_for(e, t).map_or_else(|| "-".to_string(), human_duration);
         outln!(
             "{:<w$}  {:<19}  {:<9} {:<11} {:<6} {}",
             e.workflow_name,

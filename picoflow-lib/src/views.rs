@@ -48,6 +48,25 @@ pub fn is_attempt_of(attempt: &str, task: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
 }
 
+/// How long an execution ran, in seconds: its recorded duration; for one interrupted before it
+/// could record one (its process died), the time to the last thing its attempts recorded (it
+/// ran at least that long) — never a time that goes on growing after the process is gone.
+/// `None` while it runs.
+pub fn ran_for(exec: &WorkflowExecution, attempts: &[TaskExecution]) -> Option<f64> {
+    if let Some(d) = exec.duration_seconds {
+        return Some(d);
+    }
+    if exec.status != WorkflowStatus::Interrupted {
+        return None;
+    }
+    let last = attempts
+        .iter()
+        .map(|a| a.finished_at.unwrap_or(a.started_at))
+        .max()
+        .unwrap_or(exec.started_at);
+    Some((last - exec.started_at).num_milliseconds().max(0) as f64 / 1000.0)
+}
+
 /// Attempts in the order of `planned` (a loop's tasks `NAME[item]` at their loop's place),
 /// then any others in the order they started.
 pub fn in_workflow_order<'t>(
