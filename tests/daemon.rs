@@ -439,6 +439,18 @@ fn catch_up_after_an_outage_follows_each_policy() {
         4,
         "catchup: all runs every missed fire"
     );
+    // The log says how many fires were missed, whatever the policy runs.
+    let log = d.log();
+    for (name, runs) in [("latest", 1), ("all", 3)] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("catching up on missed fires")
+                    && l.contains(&format!("workflow={name} "))
+                    && l.contains("missed=3")
+                    && l.contains(&format!("runs={runs}"))),
+            "{log}"
+        );
+    }
 }
 
 fn next_run_line(dir: &Path) -> String {

@@ -683,14 +683,10 @@ impl Daemon {
                 Catchup::Latest => 1,
                 _ => Catchup::MAX_ALL,
             };
-            let missed = sched.missed_between(last.started_at, now, limit);
-            if !missed.is_empty() {
-                let count = if l.wf.catchup == Catchup::Latest {
-                    1
-                } else {
-                    missed.len()
-                };
-                tracing::info!(workflow = %l.wf.name, missed = missed.len(), runs = count, "catching up on missed fires");
+            let (missed, latest) = sched.missed_between(last.started_at, now, limit);
+            if !latest.is_empty() {
+                let count = latest.len();
+                tracing::info!(workflow = %l.wf.name, missed, runs = count, "catching up on missed fires");
                 spawn_run(ex, shared, l.wf.clone(), &l.source, None, count, None);
             }
         }

@@ -186,33 +186,35 @@ impl Schedule {
         out
     }
 
-    /// Fire times in `(from, to]`, at most `limit` of them — the latest ones — oldest first.
-    /// Used to catch up on fires missed while the device was off.
+    /// Fire times in `(from, to]`, at most `limit` of them — the latest ones — oldest first,
+    /// and how many there were in all. Used to catch up on fires missed while the device was
+    /// off.
     pub fn missed_between(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         limit: usize,
-    ) -> Vec<DateTime<Utc>> {
+    ) -> (usize, Vec<DateTime<Utc>>) {
         let mut out = std::collections::VecDeque::new();
+        let mut count = 0;
         let mut t = from;
         // Bounded walk: a per-second schedule after a month offline must not spin forever.
         for _ in 0..1_000_000 {
             match self.next_after(t) {
                 Some(next) if next <= to => {
-                    if out.len() == limit {
-                        out.pop_front();
+                    count += 1;
+                    if limit > 0 {
+                        if out.len() == limit {
+                            out.pop_front();
+                        }
+                        out.push_back(next);
                     }
-                    out.push_back(next);
                     t = next;
                 }
                 _ => break,
             }
         }
-        if limit == 0 {
-            return Vec::new();
-        }
-        out.into_iter().collect()
+        (count, out.into_iter().collect())
     }
 
     /// Formats an instant in the schedule's zone, e.g. `2026-03-29 03:00:00 CEST`.
@@ -641,12 +643,16 @@ mod tests {
         let s = Schedule::parse("0 * * * *", Some("UTC")).unwrap();
         let from = utc("2026-11-25T00:30:00Z");
         let to = utc("2026-11-25T05:10:00Z");
-        assert_eq!(s.missed_between(from, to, 100).len(), 5);
+        assert_eq!(s.missed_between(from, to, 100).1.len(), 5);
         assert_eq!(
             s.missed_between(from, to, 2),
-            vec![utc("2026-11-25T04:00:00Z"), utc("2026-11-25T05:00:00Z")]
+            (
+                5,
+                vec![utc("2026-11-25T04:00:00Z"), utc("2026-11-25T05:00:00Z")]
+            )
         );
-        assert!(s.missed_between(to, to, 10).is_empty());
+        assert_eq!(s.missed_between(from, to, 0), (5, vec![]));
+        assert_eq!(s.missed_between(to, to, 10), (0, vec![]));
     }
 
     #[test]
