@@ -656,3 +656,44 @@ fn the_backup_example_runs_and_validate_and_graph_show_its_flow() {
         "the failure webhook was called"
     );
 }
+
+/// The read commands show a loop by its items and handlers as handlers: `status` has no
+/// "not run" row for a loop whose items ran and marks each handler; `history` lists only the
+/// workflow's failed tasks (a failed `on_failure` handler does not change the result); `logs`
+/// has no "not started" section for the loop.
+#[test]
+fn status_history_and_logs_show_loops_by_their_items_and_handlers_apart() {
+    let dir = TempDir::new("loop-views");
+    let wf = dir.write(
+        "l.yaml",
+        "name: l\ntasks:\n  - name: list\n    type: shell\n    outputs: {files: stdout}\n    config:\n      command: \"echo '[\\\"a\\\",\\\"b\\\",\\\"c\\\"]'\"\n  - name: checksum\n    type: shell\n    depends_on: [list]\n    iterate_over: \"${tasks.list.outputs.files}\"\n    config:\n      command: \"echo sum ${item}\"\n  - name: boom\n    type: shell\n    retry: 0\n    depends_on: [checksum]\n    config:\n      command: \"exit 3\"\non_failure:\n  - name: sad\n    type: shell\n    retry: 0\n    config:\n      command: \"exit 1\"\non_exit:\n  - name: bye\n    type: shell\n    config:\n      command: \"echo bye\"\n",
+    );
+    let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+
+    let out = run(picoflow(dir.path()).args(["status", "--workflow", "l"]));
+    let text = stdout(&out);
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no row {name}: {text}"))
+            .to_string()
+    };
+    for item in ["checksum[a]", "checksum[b]", "checksum[c]"] {
+        assert!(row(item).contains("completed"), "{text}");
+    }
+    assert!(!text.contains("not run"), "{text}");
+    assert!(row("sad").contains("on_failure handler"), "{text}");
+    assert!(row("bye").contains("on_exit handler"), "{text}");
+    assert!(!row("boom").contains("handler"), "{text}");
+
+    let out = run(picoflow(dir.path()).args(["history", "--workflow", "l"]));
+    let text = stdout(&out);
+    assert!(text.contains("Failed: boom\n"), "{text}");
+
+    let out = run(picoflow(dir.path()).args(["logs", "--workflow", "l"]));
+    let text = stdout(&out);
+    assert!(text.contains("==> checksum[b] <==\nsum b"), "{text}");
+    assert!(!text.contains("==> checksum <=="), "{text}");
+    assert!(!text.contains("not started"), "{text}");
+}

@@ -122,7 +122,11 @@ pub(crate) fn status(
         }
         outln!()?;
         outln!("Tasks:")?;
-        let planned = planned_tasks(e);
+        let (planned, handlers) = views::planned(e);
+        let planned: Vec<String> = planned
+            .into_iter()
+            .chain(handlers.iter().map(|(_, n)| n.clone()))
+            .collect();
         let last = in_workflow_order(last_attempts(tasks), &planned);
         let mut rows: Vec<(String, String, String)> = last
             .iter()
@@ -171,8 +175,15 @@ pub(crate) fn status(
                 (mark.to_string(), t.task_name.clone(), what)
             })
             .collect();
+        // Handlers are said to be ones: they never change the execution's result.
+        for row in rows.iter_mut() {
+            if let Some((kind, _)) = handlers.iter().find(|(_, n)| *n == row.1) {
+                row.2.push_str(&format!("; {kind} handler"));
+            }
+        }
         for (i, name) in planned.into_iter().enumerate() {
-            if !rows.iter().any(|r| r.1 == name) {
+            // A loop is shown by its items (`NAME[item]`) once it has some.
+            if !rows.iter().any(|r| views::is_attempt_of(&r.1, &name)) {
                 let what = if e.status == WorkflowStatus::Running {
                     "pending"
                 } else {
@@ -221,7 +232,9 @@ pub(crate) fn watch_status(
     }
 }
 
-fn result_text(e: &WorkflowExecution, tasks: &[TaskExecution]) -> String {
+/// The RESULT column of `history`: for a failed execution, the tasks that failed (its
+/// handlers, which never change the result, are not among them: `handlers` names them).
+fn result_text(e: &WorkflowExecution, tasks: &[TaskExecution], handlers: &[String]) -> String {
     match e.status {
         WorkflowStatus::Success => "All tasks completed".into(),
         WorkflowStatus::Running => "In progress".into(),
@@ -230,6 +243,7 @@ fn result_text(e: &WorkflowExecution, tasks: &[TaskExecution]) -> String {
             let failed: Vec<&str> = last_attempts(tasks)
                 .into_iter()
                 .filter(|t| t.status.is_failure() && !t.interrupted())
+                .filter(|t| !handlers.contains(&t.task_name))
                 .map(|t| t.task_name.as_str())
                 .collect();
             if failed.is_empty() {
@@ -289,6 +303,14 @@ pub(crate) fn history(
         "STATUS",
         "TASKS"
     )?;
+    // Each execution's handlers, read from its workflow file once per file.
+    let mut by_source: BTreeMap<(Option<String>, String), Vec<String>> = BTreeMap::new();
+    let mut handlers = |e: &WorkflowExecution| -> Vec<String> {
+        by_source
+            .entry((e.source.clone(), e.workflow_name.clone()))
+            .or_insert_with(|| views::planned(e).1.into_iter().map(|(_, n)| n).collect())
+            .clone()
+    };
     for (e, t) in &execs {
         let dur = views::ran_for(e, t).map_or_else(|| "-".to_string(), human_duration);
         outln!(
@@ -298,7 +320,7 @@ pub(crate) fn history(
             dur,
             capitalized(e.status),
             format!("{}/{}", e.successful_tasks, e.total_tasks),
-            result_text(e, t)
+            result_text(e, t, &handlers(e))
         )?;
     }
     Ok(0)
@@ -548,7 +570,8 @@ pub(crate) fn logs(config: &Config, q: &LogsQuery<'_>) -> Result<u8, Error> {
         .map(|t| t.task_name.clone())
         .collect();
     for n in planned_tasks(&exec) {
-        if !names.contains(&n) {
+        // A loop's log is its items' (`NAME[item]`) once it has some.
+        if !names.iter().any(|a| views::is_attempt_of(a, &n)) {
             names.push(n);
         }
     }

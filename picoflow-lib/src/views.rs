@@ -15,17 +15,28 @@ use crate::validate::load_workflow;
 /// Task names of the workflow file an execution came from, then its handlers', when that
 /// file can still be read and still holds the same workflow; empty otherwise.
 pub fn planned_tasks(exec: &WorkflowExecution) -> Vec<String> {
+    let (tasks, handlers) = planned(exec);
+    tasks
+        .into_iter()
+        .chain(handlers.into_iter().map(|(_, name)| name))
+        .collect()
+}
+
+/// The task names of the workflow file an execution came from, and its handlers as (kind,
+/// name) — `("on_failure", "alert")` — when that file can still be read and still holds the
+/// same workflow; both empty otherwise.
+pub fn planned(exec: &WorkflowExecution) -> (Vec<String>, Vec<(&'static str, String)>) {
     exec.source
         .as_deref()
         .and_then(|f| load_workflow(Path::new(f), &Registry::builtin()).ok())
         .filter(|wf| wf.name == exec.workflow_name)
         .map(|wf| {
-            let handlers = wf.handlers.all().map(|(_, t)| t.name.clone());
-            wf.tasks
-                .iter()
-                .map(|t| t.name.clone())
-                .chain(handlers)
-                .collect()
+            let handlers = wf
+                .handlers
+                .all()
+                .map(|(kind, t)| (kind, t.name.clone()))
+                .collect();
+            (wf.tasks.iter().map(|t| t.name.clone()).collect(), handlers)
         })
         .unwrap_or_default()
 }
