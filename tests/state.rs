@@ -550,3 +550,37 @@ fn a_stopped_task_and_a_killed_one_are_both_interrupted() {
         assert!(again, "the resume ran the stopped task again: {e}");
     }
 }
+
+/// A run whose only task failed with `continue_on_failure` succeeds (DECISIONS 5) but does not
+/// say "completed successfully", and `history` names the task; `history --limit 0` is refused
+/// rather than showing "No executions found." over a full history.
+#[test]
+fn a_run_that_went_on_past_failures_says_so_and_limit_zero_is_refused() {
+    let dir = TempDir::new("went-on");
+    let wf = dir.write(
+        "n.yaml",
+        "name: n\ntasks:\n  - name: a\n    type: shell\n    continue_on_failure: true\n    retry: 0\n    config:\n      command: \"exit 1\"\n",
+    );
+    let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("Workflow 'n' completed in")
+            && text.contains("1 task failed with continue_on_failure"),
+        "{text}"
+    );
+    assert!(!text.contains("successfully"), "{text}");
+    let out = run(picoflow(dir.path()).arg("history"));
+    assert!(
+        stdout(&out).contains("Completed; failed with continue_on_failure: a"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(picoflow(dir.path()).args(["history", "--limit", "0"]));
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        stderr(&out).contains("--limit: must be at least 1"),
+        "{}",
+        stderr(&out)
+    );
+}

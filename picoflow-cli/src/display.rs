@@ -63,6 +63,15 @@ impl RunDisplay {
         let e = &report.execution;
         let dur = human_duration(e.duration_seconds.unwrap_or(0.0));
         let _ = match e.status {
+            WorkflowStatus::Success if e.failed_tasks > 0 => writeln!(
+                out,
+                "Workflow '{}' completed in {dur}; {} failed with continue_on_failure",
+                e.workflow_name,
+                match e.failed_tasks {
+                    1 => "1 task".to_string(),
+                    n => format!("{n} tasks"),
+                }
+            ),
             WorkflowStatus::Success => writeln!(
                 out,
                 "Workflow '{}' completed successfully in {dur}",

@@ -235,17 +235,24 @@ pub(crate) fn watch_status(
 /// The RESULT column of `history`: for a failed execution, the tasks that failed (its
 /// handlers, which never change the result, are not among them: `handlers` names them).
 fn result_text(e: &WorkflowExecution, tasks: &[TaskExecution], handlers: &[String]) -> String {
+    let failed = || -> Vec<&str> {
+        last_attempts(tasks)
+            .into_iter()
+            .filter(|t| t.status.is_failure() && !t.interrupted())
+            .filter(|t| !handlers.contains(&t.task_name))
+            .map(|t| t.task_name.as_str())
+            .collect()
+    };
     match e.status {
+        WorkflowStatus::Success if e.failed_tasks > 0 => format!(
+            "Completed; failed with continue_on_failure: {}",
+            failed().join(", ")
+        ),
         WorkflowStatus::Success => "All tasks completed".into(),
         WorkflowStatus::Running => "In progress".into(),
         WorkflowStatus::Interrupted => "Interrupted (run --resume continues it)".into(),
         WorkflowStatus::Failed => {
-            let failed: Vec<&str> = last_attempts(tasks)
-                .into_iter()
-                .filter(|t| t.status.is_failure() && !t.interrupted())
-                .filter(|t| !handlers.contains(&t.task_name))
-                .map(|t| t.task_name.as_str())
-                .collect();
+            let failed = failed();
             if failed.is_empty() {
                 "Stopped".into()
             } else {
@@ -264,6 +271,12 @@ pub(crate) fn history(
     format: &str,
 ) -> Result<u8, Error> {
     let json_out = check_format(format)?;
+    if limit == 0 {
+        return Err(Error::Config {
+            origin: "--limit".into(),
+            message: "must be at least 1 (it is how many executions to show)".into(),
+        });
+    }
     let status = status
         .map(|s| views::parse_status(s, "--status"))
         .transpose()?;

@@ -66,7 +66,42 @@ enum End {
     Cancelled,
 }
 
+/// What of the task cannot be handed to a process because a value put in it holds a NUL
+/// byte (a C string ends there): named by the `${…}` it came from where there is one.
+fn nul_problem(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> Option<String> {
+    let holds_nul = |template: &str| ctx.vars.expand(template).contains('\0');
+    let named = |template: &str, place: String| {
+        let refs = crate::expand::Vars::referenced(template);
+        let from = refs
+            .iter()
+            .find(|r| holds_nul(&format!("${{{r}}}")))
+            .map_or(String::new(), |r| format!(" (the value of ${{{r}}})"));
+        format!("{place}{from} holds a NUL byte, which a process's arguments and environment cannot carry")
+    };
+    if !cfg.uses_shell() {
+        if holds_nul(cfg.command.trim()) {
+            return Some(named(cfg.command.trim(), "command".into()));
+        }
+        for (i, a) in cfg.args.iter().flatten().enumerate() {
+            if holds_nul(a) {
+                return Some(named(a, format!("args[{i}]")));
+            }
+        }
+    }
+    cfg.env.iter().find(|(_, v)| holds_nul(v)).map(|(k, v)| {
+        // A `/bin/sh -c` line reads its references as `PICOFLOW_REF_n` variables.
+        let place = match k.starts_with("PICOFLOW_REF_") {
+            true => "a reference in the command line".to_string(),
+            false => format!("env {k}"),
+        };
+        named(v, place)
+    })
+}
+
 async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
+    if let Some(problem) = nul_problem(cfg, ctx) {
+        return TaskOutput::failed(problem, false);
+    }
     let mut cmd = if cfg.uses_shell() {
         let mut c = Command::new("/bin/sh");
         c.arg("-c").arg(&cfg.command);
@@ -348,6 +383,33 @@ mod tests {
         cfg.env.insert("GREETING".into(), "a;b".into());
         let out = exec(cfg, None, &Vars::isolated());
         assert_eq!(out.stdout.data, b"a;b a;b\n");
+    }
+
+    #[test]
+    fn a_value_with_a_nul_byte_is_named_not_run() {
+        let mut vars = Vars::isolated();
+        vars.set("tasks.a.outputs.v", "a\0b");
+        let mut cfg = sh("echo ${PICOFLOW_REF_1}");
+        cfg.env
+            .insert("PICOFLOW_REF_1".into(), "${tasks.a.outputs.v}".into());
+        let out = exec(cfg, None, &vars);
+        assert_eq!(out.outcome, Outcome::Failed);
+        assert!(!out.retryable);
+        let e = out.error.unwrap();
+        assert!(
+            e.starts_with("a reference in the command line (the value of ${tasks.a.outputs.v}) holds a NUL byte"),
+            "{e}"
+        );
+        let cfg = ShellConfig {
+            command: "/bin/echo".into(),
+            args: Some(vec!["ok".into(), "x${tasks.a.outputs.v}".into()]),
+            ..Default::default()
+        };
+        let e = exec(cfg, None, &vars).error.unwrap();
+        assert!(
+            e.starts_with("args[1] (the value of ${tasks.a.outputs.v})"),
+            "{e}"
+        );
     }
 
     #[test]
