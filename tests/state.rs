@@ -584,3 +584,25 @@ fn a_run_that_went_on_past_failures_says_so_and_limit_zero_is_refused() {
         stderr(&out)
     );
 }
+
+/// `run --resume` with nothing recorded says so (exit code 5) and creates no state file.
+#[test]
+fn a_resume_with_no_state_creates_nothing() {
+    let dir = TempDir::new("resume-nothing");
+    let wf = dir.write(
+        "ok.yaml",
+        "name: ok\ntasks:\n  - name: a\n    type: shell\n    config: {command: \"true\"}\n",
+    );
+    let out = run(picoflow(dir.path()).args(["run", "--resume"]).arg(&wf));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no execution of 'ok' to resume"),
+        "{}",
+        stderr(&out)
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("ok.yaml")]);
+}

@@ -355,12 +355,19 @@ fn graph(file: &Path, format: &str) -> Result<u8, Error> {
 fn run(file: &Path, resume: bool, force: bool, config: &Config) -> Result<u8, Error> {
     let registry = Registry::builtin();
     let wf = load_workflow(file, &registry)?;
+    if resume && !config.db_path.exists() {
+        // Nothing to resume, and nothing to create for it.
+        return Err(Error::NotFound(format!(
+            "no execution of '{}' to resume (no state file {})",
+            wf.name,
+            config.db_path.display()
+        )));
+    }
     let store = Store::open(&config.db_path)?;
     let source = std::fs::canonicalize(file)
         .unwrap_or_else(|_| file.to_path_buf())
         .display()
         .to_string();
-    store.record_workflow(&wf.name, wf.schedule.as_deref(), Some(&source))?;
     let resume = if resume {
         store.recover_interrupted()?;
         match store.latest_execution(&wf.name)? {
@@ -402,6 +409,7 @@ fn run(file: &Path, resume: bool, force: bool, config: &Config) -> Result<u8, Er
     } else {
         None
     };
+    store.record_workflow(&wf.name, wf.schedule.as_deref(), Some(&source))?;
     // A new execution after a crash: what the crashed one left running is stopped first.
     let after_crash = resume.is_none()
         && store
