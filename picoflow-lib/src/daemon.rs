@@ -342,7 +342,10 @@ fn write_status(path: &Path, started: DateTime<Utc>, loaded: &BTreeMap<String, L
 
 fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
-    pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+    // EPERM: it exists, as another user's process.
+    pid > 0
+        && (unsafe { libc::kill(pid as i32, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 /// Whether a process holds the `flock` of the open PID file `f`.
@@ -384,10 +387,12 @@ fn read_pid_file(pid_file: &Path) -> Result<PidFile> {
     let m = f.metadata().map_err(|e| Error::io(pid_file, e))?;
     if m.uid() != crate::private::euid() {
         return Err(Error::Other(format!(
-            "PID file {} is owned by uid {}, not by uid {}: not trusted, no process signalled",
+            "PID file {} is owned by uid {}, not by uid {}: not trusted (run the command as \
+             the daemon's user, e.g. `sudo -u '#{}' picoflow …`); no process signalled",
             pid_file.display(),
             m.uid(),
-            crate::private::euid()
+            crate::private::euid(),
+            m.uid()
         )));
     }
     let mut text = String::new();
@@ -999,7 +1004,14 @@ fn maybe_prune(shared: &Shared) {
     }
     *shared.last_prune.borrow_mut() = Some(Instant::now());
     match crate::prune::prune(&shared.store, &shared.config, Utc::now()) {
-        Ok(stats) => tracing::info!(?stats, "pruned old history and logs"),
+        Ok(r) => tracing::info!(
+            executions = r.executions,
+            task_attempts = r.task_executions,
+            log_dirs = r.log_dirs,
+            log_bytes = r.log_bytes,
+            run_dirs = r.run_dirs,
+            "pruned old history and logs"
+        ),
         Err(e) => tracing::error!(error = %e, "pruning failed"),
     }
 }
