@@ -735,7 +735,8 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Three tasks in a chain, each adding its name to `ledger`; the middle one prints 2 MB.
+/// Three tasks in a chain, each adding its name to `ledger`; the middle one prints 2 MB on
+/// stdout and on stderr (of which the state keeps the last 64 KiB of each).
 const FILL: &str = "name: fill
 tasks:
   - name: a
@@ -746,7 +747,7 @@ tasks:
     type: shell
     depends_on: [a]
     config:
-      command: \"echo b >> ledger; head -c 2000000 /dev/zero | tr '\\\\0' x\"
+      command: \"echo b >> ledger; head -c 2000000 /dev/zero | tr '\\\\0' x; head -c 2000000 /dev/zero | tr '\\\\0' y >&2\"
   - name: c
     type: shell
     depends_on: [b]
@@ -760,7 +761,7 @@ tasks:
 #[test]
 fn a_full_disk_is_a_state_store_error_and_nothing_completed_is_lost() {
     let dir = TempDir::new("full-disk");
-    let disk = Tmpfs::mount(&dir.path().join("state"), "600k");
+    let disk = Tmpfs::mount(&dir.path().join("state"), "300k");
     let wf = dir.write("fill.yaml", FILL);
     let db = "state/pf.redb";
     let out = run(picoflow(dir.path())

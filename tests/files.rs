@@ -206,6 +206,7 @@ impl Drop for OtherUser {
 #[test]
 fn a_run_directory_prepared_by_another_user_is_refused() {
     // SAFETY: geteuid has no preconditions.
+    // SAFETY: geteuid has no memory effects.
     if unsafe { libc::geteuid() } != 0 {
         println!(
             "SKIPPED: this test creates a second local user (useradd) and acts as them; run it as root"
@@ -393,6 +394,8 @@ fn daemon_stop_does_not_signal_a_process_the_pid_file_merely_names() {
     let _ = holder.kill();
     let _ = holder.wait();
 
+    // SAFETY: geteuid has no memory effects.
+
     if unsafe { libc::geteuid() } != 0 {
         println!("SKIPPED: the other user's PID file part needs root (useradd); run as root");
     } else {
@@ -432,6 +435,7 @@ fn a_configuration_file_others_can_write_is_refused() {
             "{err}"
         );
     }
+    // SAFETY: geteuid has no memory effects.
     if unsafe { libc::geteuid() } != 0 {
         println!("SKIPPED: the other user's picoflow.toml part needs root (useradd); run as root");
         return;
@@ -490,6 +494,8 @@ fn export_does_not_write_through_a_link_or_into_another_users_file() {
     );
     assert_eq!(std::fs::read(&other_db).unwrap(), before);
 
+    // SAFETY: geteuid has no memory effects.
+
     if unsafe { libc::geteuid() } != 0 {
         println!("SKIPPED: the other user's file part needs root (useradd); run as root");
         return;
@@ -524,6 +530,7 @@ fn export_does_not_write_through_a_link_or_into_another_users_file() {
 /// a state file's directory) of another user is refused before anything is written.
 #[test]
 fn directories_another_user_controls_are_refused() {
+    // SAFETY: geteuid has no memory effects.
     if unsafe { libc::geteuid() } != 0 {
         println!(
             "SKIPPED: this test creates a second local user (useradd) and acts as them; run it as root"

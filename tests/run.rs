@@ -198,6 +198,7 @@ fn peak_rss_kib(dir: &std::path::Path, wf: &std::path::Path) -> i64 {
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child writes into `status` and `usage`.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(r, pid);
     let _ = child.try_wait();

@@ -353,6 +353,7 @@ fn lock_held(f: &File) -> bool {
     // SAFETY: flock on a descriptor we own; released immediately if taken.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     if r == 0 {
+        // SAFETY: as above: the lock just taken on our own descriptor is released.
         unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
         false
     } else {

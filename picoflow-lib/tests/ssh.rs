@@ -87,6 +87,7 @@ mod with_ssh {
             keygen(&dir.join("stranger_key"));
             std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys")).unwrap();
             // Privilege separation needs this directory when sshd runs as root.
+            // SAFETY: geteuid has no memory effects.
             if unsafe { libc::geteuid() } == 0 {
                 let _ = std::fs::create_dir_all("/run/sshd");
             }

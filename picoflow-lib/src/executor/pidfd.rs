@@ -5,10 +5,22 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
 /// A pidfd of `pid`, or `None` when it has gone (or the kernel has no pidfds).
 pub(crate) fn open(pid: u32) -> Option<OwnedFd> {
+    try_open(pid as libc::pid_t).ok().flatten()
+}
+
+/// A pidfd of `pid` (close-on-exec); `None` when the kernel has no pidfds (before Linux 5.3),
+/// an error when the process has gone or cannot be named.
+pub(crate) fn try_open(pid: libc::pid_t) -> std::io::Result<Option<OwnedFd>> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // SAFETY: a non-negative return is a descriptor owned by nothing else.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd >= 0 {
+        // SAFETY: a non-negative return is a descriptor owned by nothing else.
+        return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }));
+    }
+    match std::io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ENOSYS) => Ok(None),
+        e => Err(e),
+    }
 }
 
 /// Sends `sig` to the process of `fd`; false when it has already exited.

@@ -202,8 +202,8 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
         .await;
         match end {
             End::Exited(s) => {
-                // Leftovers in the group (background jobs) would keep the pipes open.
-                signal_group(pgid, libc::SIGKILL);
+                // Leftovers in the group (background jobs), which would keep the pipes open,
+                // were killed as the first process ended (see `Child::status`).
                 if let Some(cg) = &cgroup {
                     cg.kill(KILL_GRACE).await;
                 }
@@ -225,10 +225,14 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
                     None
                 })
                 .await;
-                signal_group(pgid, libc::SIGKILL);
                 let status = match status {
+                    // Ended within the grace: its group was killed as it ended.
                     Some(s) => s,
-                    None => child.status().await,
+                    None => {
+                        // Still running, so its pid still names its group.
+                        signal_group(pgid, libc::SIGKILL);
+                        child.status().await
+                    }
                 };
                 if let Some(cg) = &cgroup {
                     cg.kill(KILL_GRACE).await;

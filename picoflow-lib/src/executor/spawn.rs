@@ -39,7 +39,8 @@ use std::time::Duration;
 use libc::{c_char, c_int, c_void};
 use smol::Async;
 
-/// Stack of the child between clone and `execve`; it calls a handful of libc wrappers only.
+/// Stack of the child between clone and `execve`; it calls a handful of libc wrappers only
+/// (a guard page below it catches an overflow; see `ChildStack`).
 const CHILD_STACK: usize = 32 * 1024;
 
 /// How often the end of a child is checked on a kernel without pidfds.
@@ -180,12 +181,8 @@ impl Command {
             cgroup: self.cgroup.unwrap_or(-1),
             subreaper: c_int::from(self.subreaper),
         };
-        let mut stack = vec![0u8; CHILD_STACK];
-        // SAFETY: the stack grows down from its end, aligned to 16 bytes as every ABI wants.
-        let top = unsafe {
-            let end = stack.as_mut_ptr().add(CHILD_STACK);
-            end.sub(end as usize % 16)
-        };
+        let stack = ChildStack::new()?;
+        let top = stack.top();
         let mut leaders = leaders();
         // SAFETY: all signals are blocked around the clone, so no handler of the engine runs
         // on the child's stack before the child has reset them. With CLONE_VFORK this thread
@@ -212,11 +209,15 @@ impl Command {
             pid
         };
         drop((out_w, err_w, report_w, stack));
-        let mut word = [0u8; 4];
-        // Nothing (end of file) once the program runs: the pipe closed on exec.
-        let errno = match File::from(report_r).read(&mut word) {
-            Ok(4) => c_int::from_ne_bytes(word),
-            _ => 0,
+        let errno = match read_report(File::from(report_r)) {
+            Ok(errno) => errno,
+            Err(e) => {
+                // Whether the program runs is unknown: stop the child rather than lose it.
+                // SAFETY: kill(2) and waitpid(2) on our own, uncollected child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = wait_pid(pid, 0);
+                return Err(e);
+            }
         };
         if errno != 0 {
             // The child has exited already: collect it.
@@ -243,6 +244,81 @@ impl Command {
     }
 }
 
+/// The stack the child runs on until `execve`: [`CHILD_STACK`] bytes above a guard page that
+/// no access may touch, so that an overflow ends the child with SIGSEGV instead of writing
+/// into the engine's memory (the child shares it).
+struct ChildStack {
+    base: *mut c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    fn new() -> io::Result<ChildStack> {
+        // SAFETY: sysconf has no memory effects.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let len = CHILD_STACK.div_ceil(page) * page + page;
+        // SAFETY: a new private anonymous mapping, owned by the returned value.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the lowest page of the mapping made above; the stack grows down toward it.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The initial stack pointer: the end of the mapping (page-aligned, so 16-byte aligned as
+    /// every ABI wants); the stack grows down from it.
+    fn top(&self) -> *mut u8 {
+        // SAFETY: one past the end of the mapping, which is what a downward stack starts at.
+        unsafe { self.base.cast::<u8>().add(self.len) }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, used by nothing once the child has exec'd or
+        // exited (CLONE_VFORK suspends the parent until then).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// The child's report: 0 when the pipe closed without a word (the program runs: the pipe
+/// was close-on-exec), else the `errno` word it wrote. A read interrupted by a signal is
+/// retried; a word cut short is an error, not a success.
+fn read_report(mut pipe: File) -> io::Result<c_int> {
+    let mut word = [0u8; 4];
+    let mut got = 0;
+    while got < word.len() {
+        match pipe.read(&mut word[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    match got {
+        0 => Ok(0),
+        4 => Ok(c_int::from_ne_bytes(word)),
+        n => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the starting process reported {n} of 4 bytes"),
+        )),
+    }
+}
+
 /// A started child: its pid (which is also its process group), its output pipes, its end.
 #[derive(Debug)]
 pub(crate) struct Child {
@@ -263,7 +339,7 @@ impl Child {
             status: None,
         };
         // From here on, dropping `child` collects the process on an error.
-        child.pidfd = pidfd_open(pid)?.map(Async::new).transpose()?;
+        child.pidfd = super::pidfd::try_open(pid)?.map(Async::new).transpose()?;
         child.stdout = Some(Async::new(File::from(out))?);
         child.stderr = Some(Async::new(File::from(err))?);
         Ok(child)
@@ -273,7 +349,10 @@ impl Child {
         self.pid as u32
     }
 
-    /// Waits for the process to end (once; later calls return the same status).
+    /// Waits for the process to end (once; later calls return the same status). What is
+    /// left of its process group is killed (SIGKILL) before the process is collected: until
+    /// then the ended process keeps its pid, which is the group's id, from being reused, so
+    /// the signal cannot reach a group that another process later made with that id.
     pub(crate) async fn status(&mut self) -> io::Result<ExitStatus> {
         loop {
             if let Some(s) = self.try_status()? {
@@ -289,7 +368,10 @@ impl Child {
     }
 
     fn try_status(&mut self) -> io::Result<Option<ExitStatus>> {
-        if self.status.is_none() {
+        if self.status.is_none() && has_ended(self.pid)? {
+            // SAFETY: kill(2) on the group of our own child, which has ended but is not
+            // collected: the group id cannot name anyone else's group.
+            unsafe { libc::kill(-self.pid, libc::SIGKILL) };
             self.status = wait_pid(self.pid, libc::WNOHANG)?;
             if self.status.is_some() {
                 leaders().retain(|p| *p != self.pid);
@@ -498,16 +580,28 @@ fn dev_null() -> io::Result<&'static File> {
     Ok(NULL.get_or_init(|| f))
 }
 
-fn pidfd_open(pid: libc::pid_t) -> io::Result<Option<OwnedFd>> {
-    // SAFETY: pidfd_open returns a new descriptor (close-on-exec) that we then own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd >= 0 {
-        // SAFETY: as above.
-        return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as c_int) }));
-    }
-    match io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::ENOSYS) => Ok(None),
-        e => Err(e),
+/// Whether the child `pid` has ended, without collecting it (`waitid` with `WNOWAIT`).
+fn has_ended(pid: libc::pid_t) -> io::Result<bool> {
+    loop {
+        // SAFETY: a zeroed siginfo_t is valid; waitid writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid(2) on our own child, writing into `info`.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            // SAFETY: after a successful waitid, si_pid is set (0 when nothing has ended).
+            return Ok(unsafe { info.si_pid() } != 0);
+        }
+        match io::Error::last_os_error() {
+            e if e.kind() == io::ErrorKind::Interrupted => continue,
+            e => return Err(e),
+        }
     }
 }
 
@@ -684,5 +778,74 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn a_report_cut_short_is_an_error_not_a_success() {
+        use std::io::Write as _;
+        for (bytes, expected) in [
+            (&[][..], Some(0)),
+            (&13i32.to_ne_bytes()[..], Some(13)),
+            (&[1u8, 0][..], None),
+        ] {
+            let (r, w) = pipe().unwrap();
+            File::from(w).write_all(bytes).unwrap();
+            assert_eq!(read_report(File::from(r)).ok(), expected, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn what_the_group_left_is_killed_when_its_first_process_ends() {
+        let dir = std::env::temp_dir().join(format!("picoflow-spawn-{}", crate::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid_file = dir.join("bg.pid");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "sleep 30 >/dev/null 2>&1 & echo $! > {}",
+            pid_file.display()
+        ));
+        let mut child = cmd.spawn().unwrap();
+        let status = smol::block_on(child.status()).unwrap();
+        assert!(status.success());
+        let bg: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{bg}/stat")).map_or(true, |s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !gone() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the background sleep lives on"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_childs_stack_has_a_guard_page_below_it() {
+        let stack = ChildStack::new().unwrap();
+        // SAFETY: sysconf has no memory effects.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        // The kernel reads the memory for `write`: EFAULT for the guard page, fine above it.
+        let (_r, w) = pipe().unwrap();
+        // SAFETY: write(2) from addresses inside our own mapping; the kernel checks access.
+        let guard = unsafe { libc::write(w.as_raw_fd(), stack.base, 1) };
+        let fault = io::Error::last_os_error().raw_os_error();
+        assert_eq!((guard, fault), (-1, Some(libc::EFAULT)));
+        // SAFETY: as above, one page up: the lowest byte of the stack itself.
+        let ok = unsafe { libc::write(w.as_raw_fd(), stack.base.cast::<u8>().add(page).cast(), 1) };
+        assert_eq!(ok, 1);
+        assert_eq!(stack.top() as usize % 16, 0);
     }
 }
