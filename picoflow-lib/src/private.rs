@@ -74,13 +74,19 @@ fn ours(f: File) -> io::Result<File> {
 }
 
 /// Opens an existing `path` for writing (never creating it) without following a symbolic
-/// link; see [`ours`]. The error for a link says so.
+/// link; see [`ours`]. The error for a link says so, and so does the one for anything but a
+/// regular file: a device or a FIFO (`/dev/null`) would otherwise be taken for an empty
+/// file, made 0600 and replaced by a new one.
 #[cfg(feature = "sqlite")]
 pub(crate) fn open_existing(path: &Path) -> io::Result<File> {
     match options().read(true).write(true).open(path) {
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             "is a symbolic link: PicoFlow does not write through links",
+        )),
+        Ok(f) if !f.metadata()?.is_file() => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is not a regular file: PicoFlow writes only into regular files",
         )),
         other => ours(other?),
     }
