@@ -9,7 +9,23 @@ use argh::FromArgs;
 /// Global options may be given before or after the command.
 #[derive(FromArgs, Debug)]
 #[argh(
-    note = "Output into a pipe that closes early (`| head`) ends a command quietly with\nstatus 0; `run` goes on to the end of its workflow and exits with the run's code."
+    note = "Output into a pipe that closes early (`| head`) ends a command quietly with\nstatus 0; `run` goes on to the end of its workflow and exits with the run's code.",
+    error_code(0, "success"),
+    error_code(
+        1,
+        "general error (another daemon runs on the state file; daemon not running)"
+    ),
+    error_code(2, "invalid workflow file"),
+    error_code(3, "a task failed (run)"),
+    error_code(4, "bad configuration or arguments"),
+    error_code(
+        5,
+        "file not found or I/O error (a workflow, the export target, a log)"
+    ),
+    error_code(6, "state file error (damaged, full disk)"),
+    error_code(7, "network error (the web UI cannot listen)"),
+    error_code(8, "timeout (daemon stop: the daemon did not stop in time)"),
+    error_code(9, "interrupted by SIGINT/SIGTERM")
 )]
 pub(crate) struct Cli {
     /// log level: error, warn, info, debug, trace (env PICOFLOW_LOG_LEVEL; default info)
@@ -226,8 +242,9 @@ pub(crate) enum DaemonCommand {
 }
 
 /// Start the daemon in the foreground with one or more workflow files or directories.
-/// Exit 0 after a graceful stop, 9 when running tasks had to be terminated at shutdown; when it
-/// cannot start: 1 another daemon runs on this state file, 2 an invalid workflow, 4 bad
+/// Exit 0 after a graceful stop, 9 when running tasks had to be terminated at shutdown. When it
+/// cannot start, the code says why (see `picoflow --help`): 1 another daemon runs on this
+/// state file, 2 an invalid workflow (or several files that cannot be loaded), 4 bad
 /// configuration, 5 a file not found, 6 the state file, 7 the web UI cannot listen on its
 /// address.
 #[derive(FromArgs, Debug)]
@@ -242,8 +259,8 @@ pub(crate) struct DaemonStartArgs {
     pub(crate) paths: Vec<PathBuf>,
 }
 
-/// Stop the daemon of this state file (SIGTERM, then wait up to 60 s). Exit 0 stopped,
-/// 1 not running or did not stop.
+/// Stop the daemon of this state file (SIGTERM, then wait up to --timeout seconds). Exit 0
+/// stopped, 1 not running, 8 still running after --timeout seconds.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "stop")]
 pub(crate) struct DaemonStopArgs {
@@ -352,11 +369,11 @@ pub(crate) fn parse(argv: &[String]) -> Cli {
             // `--help` into a closed pipe ends quietly, like every other output.
             Ok(()) => {
                 let _ = crate::out::outln!("{}", early.output);
-                std::process::exit(0);
+                std::process::exit(crate::exit::SUCCESS.into());
             }
             Err(()) => {
                 crate::out::errln!("{}", early.output);
-                std::process::exit(4);
+                std::process::exit(crate::exit::CONFIG.into());
             }
         },
     }

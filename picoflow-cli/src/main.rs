@@ -5,6 +5,7 @@
 
 mod args;
 mod display;
+mod exit;
 mod out;
 mod report;
 #[cfg(any(feature = "http", feature = "docker"))]
@@ -24,9 +25,6 @@ use picoflow_lib::{
 use args::{Cli, Command, DaemonCommand, ExportCommand, WorkflowCommand};
 use out::{errln, out, outln};
 
-/// Exit code of a run whose workflow failed (API reference).
-const EXIT_RUN_FAILED: u8 = 3;
-
 fn main() -> ExitCode {
     #[cfg(any(feature = "http", feature = "docker"))]
     tls::main_started();
@@ -34,7 +32,7 @@ fn main() -> ExitCode {
     let cli = args::parse(&argv);
     if cli.version {
         return match outln!("{}", version_line()) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(()) => ExitCode::from(exit::SUCCESS),
             Err(e) => fail(&e),
         };
     }
@@ -49,7 +47,7 @@ fn main() -> ExitCode {
     init_logging(&config, rust_log);
     let Some(command) = cli.command else {
         errln!("picoflow: no command given; try `picoflow --help`");
-        return ExitCode::from(4);
+        return ExitCode::from(exit::CONFIG);
     };
     match dispatch(command, &config) {
         Ok(code) => ExitCode::from(code),
@@ -57,13 +55,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints an error once, with its chain of causes, and maps it to the documented exit code.
+/// Prints an error once, with its chain of causes, and exits with its code ([`exit::of`]).
 ///
 /// Output into a pipe whose reader has gone (`| head`) is no error: the command stops
 /// writing and exits with status 0, printing nothing.
 fn fail(e: &Error) -> ExitCode {
     if out::is_closed_stdout(e) {
-        return ExitCode::SUCCESS;
+        return ExitCode::from(exit::SUCCESS);
     }
     let mut msg = format!("error: {e}");
     let mut source = std::error::Error::source(e);
@@ -77,7 +75,7 @@ fn fail(e: &Error) -> ExitCode {
         source = s.source();
     }
     errln!("{msg}");
-    ExitCode::from(e.exit_code() as u8)
+    ExitCode::from(exit::of(e))
 }
 
 fn version_line() -> String {
@@ -284,8 +282,8 @@ fn validate(path: &Path) -> Result<u8, Error> {
         )?;
     }
     match worst {
-        Some(e) => Ok(e.exit_code() as u8),
-        None => Ok(0),
+        Some(e) => Ok(exit::of(&e)),
+        None => Ok(exit::SUCCESS),
     }
 }
 
@@ -439,9 +437,9 @@ fn run(file: &Path, resume: bool, force: bool, config: &Config) -> Result<u8, Er
     })?;
     display.summary(&report);
     Ok(match report.execution.status {
-        WorkflowStatus::Success => 0,
-        WorkflowStatus::Interrupted => 9,
-        _ => EXIT_RUN_FAILED,
+        WorkflowStatus::Success => exit::SUCCESS,
+        WorkflowStatus::Interrupted => exit::INTERRUPTED,
+        _ => exit::RUN_FAILED,
     })
 }
 
@@ -477,25 +475,25 @@ fn daemon_start(config: &Config, paths: Vec<PathBuf>, web: bool) -> Result<u8, E
     config.web.enabled |= web;
     let daemon = picoflow_lib::Daemon::new(config, Registry::builtin(), paths);
     match smol::block_on(daemon.run())? {
-        picoflow_lib::DaemonExit::Graceful => Ok(0),
-        picoflow_lib::DaemonExit::Terminated => Ok(9),
+        picoflow_lib::DaemonExit::Graceful => Ok(exit::SUCCESS),
+        picoflow_lib::DaemonExit::Terminated => Ok(exit::INTERRUPTED),
     }
 }
 
 fn daemon_stop(config: &Config, timeout: u64) -> Result<u8, Error> {
     if picoflow_lib::stop_daemon(config, std::time::Duration::from_secs(timeout))? {
         outln!("Daemon stopped")?;
-        Ok(0)
+        Ok(exit::SUCCESS)
     } else {
         outln!("Daemon Status: Not running")?;
-        Ok(1)
+        Ok(exit::GENERAL)
     }
 }
 
 fn daemon_status(config: &Config) -> Result<u8, Error> {
     let Some(st) = picoflow_lib::daemon_status(config)? else {
         outln!("Daemon Status: Not running")?;
-        return Ok(1);
+        return Ok(exit::GENERAL);
     };
     let uptime = (chrono::Utc::now() - st.started_at).num_seconds().max(0) as u64;
     let (d, h, m) = (

@@ -233,17 +233,18 @@ fn load_all(paths: &[PathBuf], registry: &Registry) -> Result<Vec<(PathBuf, Work
                 for f in files {
                     match load_workflow(&f, registry) {
                         Ok(wf) => ok.push((f, wf)),
-                        Err(e) => problems.push(e.to_string()),
+                        Err(e) => problems.push(e),
                     }
                 }
             }
-            Err(e) => problems.push(e.to_string()),
+            Err(e) => problems.push(e),
         }
     }
     let mut seen = BTreeMap::new();
+    let mut clashes = Vec::new();
     for (f, wf) in &ok {
         if let Some(prev) = seen.insert(wf.name.clone(), f.clone()) {
-            problems.push(format!(
+            clashes.push(format!(
                 "workflow name '{}' is used by both {} and {}",
                 wf.name,
                 prev.display(),
@@ -251,12 +252,21 @@ fn load_all(paths: &[PathBuf], registry: &Registry) -> Result<Vec<(PathBuf, Work
             ));
         }
     }
-    if problems.is_empty() {
+    // One problem is reported as it is, so that a missing file is an I/O error (exit 5) and
+    // not an invalid workflow; several are listed together.
+    if problems.len() == 1 && clashes.is_empty() {
+        return Err(problems.remove(0));
+    }
+    if problems.is_empty() && clashes.is_empty() {
         Ok(ok)
     } else {
         Err(Error::Invalid {
             file: "daemon".into(),
-            problems,
+            problems: problems
+                .iter()
+                .map(ToString::to_string)
+                .chain(clashes)
+                .collect(),
         })
     }
 }
