@@ -216,3 +216,48 @@ fn every_exit_code_a_user_can_provoke() {
     let out = common::finish(child, "run long.yaml");
     assert_eq!(code(&out), Some(9));
 }
+
+/// `workflow list` shows the active workflows — every scheduled one (it will run) and every
+/// other one run in the last 30 days — and `--all` adds the inactive ones (the user guide:
+/// "`--all`: Show all workflows including inactive"). Its help said `--all` was needed for
+/// a workflow without runs in 30 days, yet a scheduled one that never ran was always listed.
+#[test]
+fn workflow_list_shows_active_workflows_and_all_adds_the_inactive() {
+    let dir = TempDir::new("wf-list");
+    let d = dir.path();
+    dir.write("ok.yaml", OK);
+    assert_eq!(code(&run(picoflow(d).args(["run", "ok.yaml"]))), Some(0));
+    {
+        let store = picoflow_lib::Store::open(d.join("picoflow.redb")).unwrap();
+        store
+            .record_workflow("nightly", Some("0 0 2 * * *"), None)
+            .unwrap();
+        store.record_workflow("idle", None, None).unwrap();
+    }
+    let names = |all: bool| -> Vec<String> {
+        let mut cmd = picoflow(d);
+        cmd.args(["workflow", "list", "--format", "json"]);
+        if all {
+            cmd.arg("--all");
+        }
+        let out = run(&mut cmd);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut n: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(false), ["nightly", "ok"]);
+    assert_eq!(names(true), ["idle", "nightly", "ok"]);
+    let help = stdout(&run(picoflow(d).args(["workflow", "list", "--help"])));
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("every scheduled workflow")
+            && help.contains("without a schedule that did not run in the last 30 days"),
+        "{help}"
+    );
+}

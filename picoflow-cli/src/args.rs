@@ -213,11 +213,13 @@ pub(crate) enum WorkflowCommand {
     List(WorkflowListArgs),
 }
 
-/// List workflows with their schedule, last run and counts.
+/// List workflows with their schedule, last run and counts: every scheduled workflow (it will
+/// run) and every other one that ran in the last 30 days.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "list")]
 pub(crate) struct WorkflowListArgs {
-    /// include workflows without runs in the last 30 days
+    /// also the inactive ones: workflows without a schedule that did not run in the last 30
+    /// days
     #[argh(switch)]
     pub(crate) all: bool,
     /// output format: table or json (default table)
