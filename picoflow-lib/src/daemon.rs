@@ -281,7 +281,7 @@ struct PidLock {
 impl PidLock {
     fn acquire(path: &Path) -> Result<PidLock> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::private::create_dirs(dir).map_err(|e| Error::io(dir, e))?;
+            crate::private::create_dirs_for(dir, "the PID file").map_err(|e| Error::io(dir, e))?;
         }
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
         let dir = dir.unwrap_or(Path::new("."));

@@ -151,6 +151,22 @@ pub(crate) fn create_dirs(path: &Path) -> io::Result<()> {
     }
 }
 
+/// [`create_dirs`] for the directory `dir` that will hold `what` (the state file, the PID
+/// file), saying so in the log when it did not exist: a mistyped `--db-path` or an unmounted
+/// disk then shows as a new directory rather than passing unnoticed.
+pub(crate) fn create_dirs_for(dir: &Path, what: &str) -> io::Result<()> {
+    if dir.as_os_str().is_empty() || std::fs::symlink_metadata(dir).is_ok() {
+        return create_dirs(dir);
+    }
+    create_dirs(dir)?;
+    tracing::warn!(
+        directory = %dir.display(),
+        "created the directory {} for {what}: it did not exist",
+        dir.display()
+    );
+    Ok(())
+}
+
 /// Creates one directory `0700`: `mkdir` never follows a link and fails on any existing
 /// name; the mode is then set on the directory's own descriptor (the umask may have taken
 /// owner bits away).
