@@ -257,8 +257,18 @@ fn validate(path: &Path) -> Result<u8, Error> {
                     let sched =
                         Schedule::parse(expr, wf.timezone.as_deref()).map_err(Error::Other)?;
                     outln!("Schedule: {expr} ({})", sched.timezone_name())?;
+                    // The times the daemon of this host will start the runs: jitter included.
+                    let host = picoflow_lib::host_name();
+                    let delay = wf.fire_delay(&host);
+                    if let Some(bound) = wf.jitter {
+                        outln!(
+                            "Jitter: below {}s; on this host ({host}) every run starts {}s after its time",
+                            bound.as_secs(),
+                            delay.as_secs()
+                        )?;
+                    }
                     outln!("Next runs:")?;
-                    for t in sched.upcoming(chrono::Utc::now(), 3) {
+                    for t in sched.upcoming_delayed(chrono::Utc::now(), 3, delay) {
                         outln!("  {}", sched.format_local(t))?;
                     }
                 }

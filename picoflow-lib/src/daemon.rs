@@ -48,7 +48,7 @@ use crate::executor::{CancelToken, Registry};
 use crate::httpd::{Server, Service};
 use crate::metrics::Metrics;
 use crate::model::{Catchup, Workflow};
-use crate::schedule::{host_name, jitter_offset, Schedule};
+use crate::schedule::{host_name, Schedule};
 use crate::signals::{Signals, StopSignal};
 use crate::store::Store;
 use crate::validate::{load_workflow, workflow_files};
@@ -121,9 +121,7 @@ impl Loaded {
                 })?),
                 None => None,
             };
-        let offset = wf
-            .jitter
-            .map_or(Duration::ZERO, |j| jitter_offset(host, &wf.name, j));
+        let offset = wf.fire_delay(host);
         let mut l = Loaded {
             wf: Arc::new(wf),
             schedule,
@@ -137,9 +135,7 @@ impl Loaded {
 
     /// Next fire strictly after `t`, jitter included.
     fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let s = self.schedule.as_ref()?;
-        let off = chrono::Duration::from_std(self.offset).ok()?;
-        s.next_after(t - off).map(|n| n + off)
+        self.schedule.as_ref()?.next_after_delayed(t, self.offset)
     }
 }
 
@@ -447,9 +443,9 @@ pub fn daemon_status(config: &Config) -> Result<Option<DaemonStatus>> {
                     let timezone = w["timezone"].as_str().map(String::from);
                     let jitter_seconds = w["jitter_seconds"].as_u64().unwrap_or(0);
                     let next = schedule.as_deref().and_then(|s| {
-                        let sched = Schedule::parse(s, timezone.as_deref()).ok()?;
-                        let off = chrono::Duration::seconds(jitter_seconds as i64);
-                        sched.next_after(now - off).map(|n| n + off)
+                        Schedule::parse(s, timezone.as_deref())
+                            .ok()?
+                            .next_after_delayed(now, Duration::from_secs(jitter_seconds))
                     });
                     ScheduledWorkflow {
                         name: w["name"].as_str().unwrap_or("?").to_string(),
