@@ -261,3 +261,140 @@ fn workflow_list_shows_active_workflows_and_all_adds_the_inactive() {
         "{help}"
     );
 }
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap()
+}
+
+/// The cells of the rows of the README table whose header line is `header`.
+fn readme_table(header: &str) -> Vec<Vec<String>> {
+    let text = readme();
+    let at = text
+        .find(&format!("\n{header}\n"))
+        .unwrap_or_else(|| panic!("README: no table {header:?}"));
+    text[at + 1..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// The `…`-quoted words of a table cell.
+fn quoted(cell: &str) -> Vec<String> {
+    cell.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(String::from)
+        .collect()
+}
+
+/// Every key of the configuration file and every task type's `config:` key is documented in
+/// the README, and nothing more: the tables are compared with the parser's own lists. Keys
+/// such as `[retry] max_backoff_seconds`, `[logs] dir`, `[daemon] pid_file` or an ssh task's
+/// `known_hosts` used to appear only in error messages and in the source.
+#[test]
+fn every_configuration_key_is_documented() {
+    // `[section] key` starts a section; the bare keys after it in the cell belong to it.
+    let mut documented = std::collections::BTreeSet::new();
+    for row in readme_table("| setting | default | meaning |") {
+        let mut section = None;
+        for word in quoted(&row[0]) {
+            let key = match word.strip_prefix('[').and_then(|w| w.split_once("] ")) {
+                Some((s, k)) => {
+                    section = Some(s.to_string());
+                    k.to_string()
+                }
+                None => word,
+            };
+            documented.insert(match &section {
+                Some(s) => format!("{s}.{key}"),
+                None => key,
+            });
+        }
+    }
+    let parsed: std::collections::BTreeSet<String> =
+        picoflow_lib::config_keys().into_iter().collect();
+    assert_eq!(
+        documented, parsed,
+        "README's configuration table vs config.rs"
+    );
+
+    let rows = readme_table("| task type | `config:` keys |");
+    for (kind, keys) in picoflow_lib::task_config_keys() {
+        let row = rows
+            .iter()
+            .find(|r| r[0] == kind)
+            .unwrap_or_else(|| panic!("README: no row for {kind}"));
+        // Only the keys themselves: `(22)`, `(\`none\`)` and the like are defaults.
+        let cell = row[1]
+            .split(", ")
+            .flat_map(|part| quoted(part).into_iter().take(1).chain(alias(part)))
+            .collect::<std::collections::BTreeSet<_>>();
+        let parsed: std::collections::BTreeSet<String> =
+            keys.iter().map(|k| k.to_string()).collect();
+        assert_eq!(cell, parsed, "README's `config:` keys of {kind} vs yaml.rs");
+    }
+    assert_eq!(rows.len(), picoflow_lib::task_config_keys().len());
+}
+
+/// `workdir` (or `working_dir`): the alias in parentheses is a key too.
+fn alias(part: &str) -> Option<String> {
+    let (_, rest) = part.split_once("(or `")?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+/// The README's Quick start shows what `picoflow run` prints for the sample (times and the
+/// execution id aside), and its `--version` example is the default build's. Both used to
+/// leave things out: the summary lines after the run, and docker among the features.
+#[test]
+fn the_readme_shows_what_run_and_version_print() {
+    let dir = TempDir::new("quick-start");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-world.yaml");
+    let out = run(picoflow(dir.path()).arg("run").arg(&sample));
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    // Digits become 0 and the execution id goes: they change from run to run.
+    let normal = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| {
+                let l = match l.split_once("(execution ") {
+                    Some((head, _)) => format!("{head}(execution …)"),
+                    None => l.to_string(),
+                };
+                l.chars()
+                    .map(|c| if c.is_ascii_digit() { '0' } else { c })
+                    .collect()
+            })
+            .collect()
+    };
+    let text = readme();
+    let start = text.find("\n## Quick start").unwrap();
+    let shown = text[start..].split("```").nth(3).unwrap();
+    let shown = shown.strip_prefix('\n').unwrap();
+    assert_eq!(normal(&stdout(&out)), normal(shown));
+
+    let version = stdout(&run(picoflow(dir.path()).arg("--version")));
+    let features = &version[version.find('(').unwrap()..].trim_end();
+    assert!(
+        text.contains(&format!("(`{}`", version.trim_end())),
+        "README lacks {version}"
+    );
+    let listed: Vec<&str> = features
+        .trim_matches(|c| c == '(' || c == ')')
+        .split(' ')
+        .map(|f| f.trim_start_matches(['+', '-']))
+        .collect();
+    let install = text
+        .lines()
+        .find(|l| {
+            l.starts_with("cargo install --path picoflow-cli ") && l.contains("# all features: ")
+        })
+        .unwrap();
+    let install = install.split("# all features: ").nth(1).unwrap();
+    assert_eq!(install.split(", ").collect::<Vec<_>>(), listed);
+}

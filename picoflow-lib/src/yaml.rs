@@ -155,6 +155,18 @@ struct RawDocker {
     remove: Option<bool>,
 }
 
+/// The keys each task type accepts under `config:` (`working_dir` beside `workdir`), by
+/// type name; any other key is refused. The README's table of them is compared with this
+/// list by a test.
+pub fn task_config_keys() -> [(&'static str, &'static [&'static str]); 4] {
+    [
+        ("shell", crate::fields::of::<RawShell>()),
+        ("ssh", crate::fields::of::<RawSsh>()),
+        ("http", crate::fields::of::<RawHttp>()),
+        ("docker", crate::fields::of::<RawDocker>()),
+    ]
+}
+
 /// Parses workflow YAML into the model, checking every field's format and range.
 ///
 /// `origin` names the file in messages. Dependencies, cycles, schedules and executor
@@ -863,6 +875,21 @@ mod tests {
             // A name not found falls back to the item's first line.
             assert_eq!(lines.line_of(1, "zz"), Some(6));
             assert_eq!(lines.line_of(3, "d"), None);
+        }
+    }
+
+    #[test]
+    fn task_config_keys_are_the_parsers() {
+        let keys = task_config_keys();
+        let shell = keys.iter().find(|(t, _)| *t == "shell").unwrap().1;
+        assert!(
+            shell.contains(&"working_dir") && shell.contains(&"workdir"),
+            "{shell:?}"
+        );
+        let ssh = keys.iter().find(|(t, _)| *t == "ssh").unwrap().1;
+        assert!(ssh.contains(&"known_hosts"), "{ssh:?}");
+        for (kind, fields) in keys {
+            assert!(!fields.is_empty(), "{kind}");
         }
     }
 
