@@ -141,6 +141,16 @@ fn every_exit_code_a_user_can_provoke() {
         ),
         (
             5,
+            "no interrupted execution to resume",
+            run(picoflow(d).args(["run", "--resume", "ok.yaml"])),
+        ),
+        (
+            5,
+            "no log to show",
+            run(picoflow(d).args(["logs", "--workflow", "ok"])),
+        ),
+        (
+            5,
             "daemon start with a missing file",
             run(picoflow(d).args(["daemon", "start", "nope.yaml"])),
         ),

@@ -18,10 +18,7 @@ use argh::FromArgs;
     error_code(2, "invalid workflow file"),
     error_code(3, "a task failed (run)"),
     error_code(4, "bad configuration or arguments"),
-    error_code(
-        5,
-        "file not found or I/O error (a workflow, the export target, a log)"
-    ),
+    error_code(5, "not found (a file, a log, an execution to resume) or I/O error"),
     error_code(6, "state file error (damaged, full disk)"),
     error_code(7, "network error (the web UI cannot listen)"),
     error_code(8, "timeout (daemon stop: the daemon did not stop in time)"),
@@ -99,8 +96,9 @@ pub(crate) struct GraphArgs {
 }
 
 /// Run a workflow once. Exit 0 success, 3 a task failed, 2 invalid, 4 --resume of an
-/// execution whose workflow changed (without --force), 5 file not found, 6 the state file
-/// cannot be written (e.g. a full disk), 9 interrupted by SIGINT/SIGTERM.
+/// execution whose workflow changed (without --force), 5 file not found (or, with --resume,
+/// no interrupted execution), 6 the state file cannot be written (e.g. a full disk),
+/// 9 interrupted by SIGINT/SIGTERM.
 #[derive(FromArgs, Debug)]
 #[argh(
     subcommand,
@@ -302,7 +300,8 @@ pub(crate) enum ExportCommand {
 }
 
 /// Write the history into a SQLite file with the documented schema (needs the `sqlite`
-/// feature). Exporting again adds only what is new.
+/// feature). Exporting again adds only what is new. Exit 5 when the file cannot be written,
+/// 4 when it exists and is not an export (or the build lacks `sqlite`).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "sqlite")]
 pub(crate) struct ExportSqliteArgs {

@@ -61,7 +61,7 @@ mod tests {
         (CONFIG, "bad configuration or arguments"),
         (
             IO,
-            "file not found or I/O error (a workflow, the export target, a log)",
+            "not found (a file, a log, an execution to resume) or I/O error",
         ),
         (STORE, "state file error (damaged, full disk)"),
         (NETWORK, "network error (the web UI cannot listen)"),
