@@ -341,7 +341,7 @@ fn init(name: Option<&str>, kind: &str) -> Result<u8, Error> {
     })?;
     outln!("Created {} from the '{kind}' template", path.display())?;
     outln!("Next: picoflow validate {}", path.display())?;
-    Ok(0)
+    Ok(exit::SUCCESS)
 }
 
 fn graph(file: &Path, format: &str) -> Result<u8, Error> {
@@ -357,7 +357,7 @@ fn graph(file: &Path, format: &str) -> Result<u8, Error> {
             })
         }
     }
-    Ok(0)
+    Ok(exit::SUCCESS)
 }
 
 fn run(file: &Path, resume: bool, force: bool, config: &Config) -> Result<u8, Error> {
@@ -471,7 +471,7 @@ fn prune(config: &Config, days: Option<u32>) -> Result<u8, Error> {
             config.run_dir().display()
         )?;
     }
-    Ok(0)
+    Ok(exit::SUCCESS)
 }
 
 fn daemon_start(config: &Config, paths: Vec<PathBuf>, web: bool) -> Result<u8, Error> {
@@ -543,7 +543,7 @@ fn daemon_status(config: &Config) -> Result<u8, Error> {
     if let Some(b) = st.memory_bytes {
         outln!("Memory usage: {:.1} MB", b as f64 / 1_000_000.0)?;
     }
-    Ok(0)
+    Ok(exit::SUCCESS)
 }
 
 fn export_sqlite(
@@ -573,5 +573,5 @@ fn export_sqlite(
         r.tasks_added,
         r.tasks_updated
     )?;
-    Ok(0)
+    Ok(exit::SUCCESS)
 }
