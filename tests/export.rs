@@ -316,3 +316,66 @@ fn filters_and_a_foreign_file_is_left_alone() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+/// An export that cannot be written blames its own file with exit code 5 (an I/O error on a
+/// file), never the state store, which it only reads. It used to name its temporary file
+/// (`x.db.tmp-<pid>`) when the directory was missing, and to say `state store: cannot export`
+/// with exit code 6 when SQLite could not write (a full disk).
+#[test]
+fn an_export_that_cannot_be_written_blames_its_file_with_exit_5() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("export-unwritable");
+
+    let out = run(picoflow(dir.path()).args(["export", "sqlite", "no-such-dir/x.db"]));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("no-such-dir/x.db: No such file"), "{err}");
+    assert!(
+        !err.contains(".tmp-") && !err.contains("state store"),
+        "{err}"
+    );
+
+    // A file size limit of 8 KiB in the child stands in for a full disk: SQLite's writes fail.
+    let mut cmd = picoflow(dir.path());
+    cmd.args(["export", "sqlite", "full.db"]);
+    // SAFETY: setrlimit and signal are async-signal-safe and change the child alone; with
+    // SIGXFSZ ignored, a write over the limit fails with EFBIG instead of killing it.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 8192,
+                rlim_max: 8192,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("full.db: cannot export"), "{err}");
+    assert!(!err.contains("state store"), "{err}");
+    assert!(!dir.path().join("full.db").exists());
+
+    // Only a regular file is exported into: a FIFO (or a device) is refused and left as it is.
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    let before = mode(&fifo);
+    let out = run(picoflow(dir.path()).args(["export", "sqlite", "fifo"]));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert_eq!(mode(&fifo), before, "the FIFO's mode is left alone");
+}

@@ -605,4 +605,59 @@ fn a_resume_with_no_state_creates_nothing() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("ok.yaml")]);
+
+/// A `--db-path` in a directory that does not exist: a command that writes the state creates
+/// the directory and says so (the user guide's `--db-path /var/lib/picoflow/history.db run`
+/// needs no `mkdir` first), where it used to create it silently — a mistyped path or an
+/// unmounted disk went unnoticed. The read commands create nothing.
+#[test]
+fn a_missing_state_directory_is_created_with_a_warning_and_never_by_readers() {
+    let dir = TempDir::new("state-dir");
+    let d = dir.path();
+    dir.write(
+        "ok.yaml",
+        "name: ok\ntasks:\n  - {name: a, type: shell, config: {command: \"true\"}}\n",
+    );
+    for read in [
+        &["status"][..],
+        &["history"],
+        &["stats"],
+        &["workflow", "list"],
+        &["logs", "--workflow", "ok"],
+        &["export", "sqlite", "out.db"],
+        &["daemon", "status"],
+        &["daemon", "stop"],
+    ] {
+        let out = run(picoflow(d)
+            .args(["--db-path", "absent/sub/x.redb"])
+            .args(read));
+        assert!(!d.join("absent").exists(), "{read:?} created the directory");
+        assert!(
+            !stderr(&out).contains("created"),
+            "{read:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = run(picoflow(d).args(["--db-path", "absent/sub/x.redb", "status"]));
+    assert!(
+        stdout(&out).contains("No executions recorded yet"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = run(picoflow(d).args(["--db-path", "absent/sub/x.redb", "run", "ok.yaml"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("created the directory absent/sub for the state file"),
+        "{err}"
+    );
+    assert!(d.join("absent/sub/x.redb").is_file());
+    // Once it exists, nothing more is said.
+    let out = run(picoflow(d).args(["--db-path", "absent/sub/x.redb", "run", "ok.yaml"]));
+    assert!(
+        !stderr(&out).contains("created the directory"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -556,3 +556,40 @@ tasks:
     assert!(!err.contains("'api'"), "{err}");
     assert_eq!(err.matches("warning:").count(), 5, "{err}");
 }
+
+/// `validate` shows the next runs as the daemon of this host will start them, with the
+/// workflow's `jitter` applied (the stable per-host offset the daemon uses), and states the
+/// bound and the offset. It used to print the bare cron times, ignoring `jitter:`.
+#[test]
+fn next_runs_include_the_jitter_the_daemon_applies() {
+    let host = picoflow_lib::host_name();
+    let bound = std::time::Duration::from_secs(3600);
+    // A name whose offset on this host is not zero, so that the jitter shows.
+    let name = (0..)
+        .map(|i| format!("jittery-{i}"))
+        .find(|n| !picoflow_lib::jitter_offset(&host, n, bound).is_zero())
+        .unwrap();
+    let delay = picoflow_lib::jitter_offset(&host, &name, bound).as_secs();
+    let dir = TempDir::new("jitter");
+    let file = dir.write(
+        "w.yaml",
+        &format!("name: {name}\nschedule: \"0 0 3 * * *\"\ntimezone: UTC\njitter: 1h\ntasks:\n  - name: a\n    type: shell\n    config:\n      command: \"true\"\n"),
+    );
+    let out = run(picoflow(dir.path()).arg("validate").arg(&file));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "Jitter: below 3600s; on this host ({host}) every run starts {delay}s after its time"
+        )),
+        "{text}"
+    );
+    let want = format!("{:02}:{:02}:{:02} UTC", 3, delay / 60, delay % 60);
+    let runs: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Next runs:"))
+        .skip(1)
+        .collect();
+    assert_eq!(runs.len(), 3, "{text}");
+    assert!(runs.iter().all(|l| l.ends_with(&want)), "{want}: {text}");
+}

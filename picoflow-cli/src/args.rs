@@ -9,7 +9,20 @@ use argh::FromArgs;
 /// Global options may be given before or after the command.
 #[derive(FromArgs, Debug)]
 #[argh(
-    note = "Output into a pipe that closes early (`| head`) ends a command quietly with\nstatus 0; `run` goes on to the end of its workflow and exits with the run's code."
+    note = "Output into a pipe that closes early (`| head`) ends a command quietly with\nstatus 0; `run` goes on to the end of its workflow and exits with the run's code.",
+    error_code(0, "success"),
+    error_code(
+        1,
+        "general error (another daemon runs on the state file; daemon not running)"
+    ),
+    error_code(2, "invalid workflow file"),
+    error_code(3, "a task failed (run)"),
+    error_code(4, "bad configuration or arguments"),
+    error_code(5, "not found (a file, a log, an execution to resume) or I/O error"),
+    error_code(6, "state file error (damaged, full disk)"),
+    error_code(7, "network error (the web UI cannot listen)"),
+    error_code(8, "timeout (daemon stop: the daemon did not stop in time)"),
+    error_code(9, "interrupted by SIGINT/SIGTERM")
 )]
 pub(crate) struct Cli {
     /// log level: error, warn, info, debug, trace (env PICOFLOW_LOG_LEVEL; default info)
@@ -83,8 +96,9 @@ pub(crate) struct GraphArgs {
 }
 
 /// Run a workflow once. Exit 0 success, 3 a task failed, 2 invalid, 4 --resume of an
-/// execution whose workflow changed (without --force), 5 file not found, 6 the state file
-/// cannot be written (e.g. a full disk), 9 interrupted by SIGINT/SIGTERM.
+/// execution whose workflow changed (without --force), 5 file not found (or, with --resume,
+/// no interrupted execution), 6 the state file cannot be written (e.g. a full disk),
+/// 9 interrupted by SIGINT/SIGTERM.
 #[derive(FromArgs, Debug)]
 #[argh(
     subcommand,
@@ -197,11 +211,13 @@ pub(crate) enum WorkflowCommand {
     List(WorkflowListArgs),
 }
 
-/// List workflows with their schedule, last run and counts.
+/// List workflows with their schedule, last run and counts: every scheduled workflow (it will
+/// run) and every other one that ran in the last 30 days.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "list")]
 pub(crate) struct WorkflowListArgs {
-    /// include workflows without runs in the last 30 days
+    /// also the inactive ones: workflows without a schedule that did not run in the last 30
+    /// days
     #[argh(switch)]
     pub(crate) all: bool,
     /// output format: table or json (default table)
@@ -226,8 +242,9 @@ pub(crate) enum DaemonCommand {
 }
 
 /// Start the daemon in the foreground with one or more workflow files or directories.
-/// Exit 0 after a graceful stop, 9 when running tasks had to be terminated at shutdown; when it
-/// cannot start: 1 another daemon runs on this state file, 2 an invalid workflow, 4 bad
+/// Exit 0 after a graceful stop, 9 when running tasks had to be terminated at shutdown. When it
+/// cannot start, the code says why (see `picoflow --help`): 1 another daemon runs on this
+/// state file, 2 an invalid workflow (or several files that cannot be loaded), 4 bad
 /// configuration, 5 a file not found, 6 the state file, 7 the web UI cannot listen on its
 /// address.
 #[derive(FromArgs, Debug)]
@@ -242,8 +259,8 @@ pub(crate) struct DaemonStartArgs {
     pub(crate) paths: Vec<PathBuf>,
 }
 
-/// Stop the daemon of this state file (SIGTERM, then wait up to 60 s). Exit 0 stopped,
-/// 1 not running or did not stop.
+/// Stop the daemon of this state file (SIGTERM, then wait up to --timeout seconds). Exit 0
+/// stopped, 1 not running, 8 still running after --timeout seconds.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "stop")]
 pub(crate) struct DaemonStopArgs {
@@ -283,7 +300,8 @@ pub(crate) enum ExportCommand {
 }
 
 /// Write the history into a SQLite file with the documented schema (needs the `sqlite`
-/// feature). Exporting again adds only what is new.
+/// feature). Exporting again adds only what is new. Exit 5 when the file cannot be written,
+/// 4 when it exists and is not an export (or the build lacks `sqlite`).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "sqlite")]
 pub(crate) struct ExportSqliteArgs {
@@ -352,11 +370,11 @@ pub(crate) fn parse(argv: &[String]) -> Cli {
             // `--help` into a closed pipe ends quietly, like every other output.
             Ok(()) => {
                 let _ = crate::out::outln!("{}", early.output);
-                std::process::exit(0);
+                std::process::exit(crate::exit::SUCCESS.into());
             }
             Err(()) => {
                 crate::out::errln!("{}", early.output);
-                std::process::exit(4);
+                std::process::exit(crate::exit::CONFIG.into());
             }
         },
     }

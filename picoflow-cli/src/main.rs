@@ -5,6 +5,7 @@
 
 mod args;
 mod display;
+mod exit;
 mod out;
 mod report;
 #[cfg(any(feature = "http", feature = "docker"))]
@@ -24,9 +25,6 @@ use picoflow_lib::{
 use args::{Cli, Command, DaemonCommand, ExportCommand, WorkflowCommand};
 use out::{errln, out, outln};
 
-/// Exit code of a run whose workflow failed (API reference).
-const EXIT_RUN_FAILED: u8 = 3;
-
 fn main() -> ExitCode {
     #[cfg(any(feature = "http", feature = "docker"))]
     tls::main_started();
@@ -34,7 +32,7 @@ fn main() -> ExitCode {
     let cli = args::parse(&argv);
     if cli.version {
         return match outln!("{}", version_line()) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(()) => ExitCode::from(exit::SUCCESS),
             Err(e) => fail(&e),
         };
     }
@@ -49,7 +47,7 @@ fn main() -> ExitCode {
     init_logging(&config, rust_log);
     let Some(command) = cli.command else {
         errln!("picoflow: no command given; try `picoflow --help`");
-        return ExitCode::from(4);
+        return ExitCode::from(exit::CONFIG);
     };
     match dispatch(command, &config) {
         Ok(code) => ExitCode::from(code),
@@ -57,13 +55,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints an error once, with its chain of causes, and maps it to the documented exit code.
+/// Prints an error once, with its chain of causes, and exits with its code ([`exit::of`]).
 ///
 /// Output into a pipe whose reader has gone (`| head`) is no error: the command stops
 /// writing and exits with status 0, printing nothing.
 fn fail(e: &Error) -> ExitCode {
     if out::is_closed_stdout(e) {
-        return ExitCode::SUCCESS;
+        return ExitCode::from(exit::SUCCESS);
     }
     let mut msg = format!("error: {e}");
     let mut source = std::error::Error::source(e);
@@ -77,7 +75,7 @@ fn fail(e: &Error) -> ExitCode {
         source = s.source();
     }
     errln!("{msg}");
-    ExitCode::from(e.exit_code() as u8)
+    ExitCode::from(exit::of(e))
 }
 
 fn version_line() -> String {
@@ -259,8 +257,18 @@ fn validate(path: &Path) -> Result<u8, Error> {
                     let sched =
                         Schedule::parse(expr, wf.timezone.as_deref()).map_err(Error::Other)?;
                     outln!("Schedule: {expr} ({})", sched.timezone_name())?;
+                    // The times the daemon of this host will start the runs: jitter included.
+                    let host = picoflow_lib::host_name();
+                    let delay = wf.fire_delay(&host);
+                    if let Some(bound) = wf.jitter {
+                        outln!(
+                            "Jitter: below {}s; on this host ({host}) every run starts {}s after its time",
+                            bound.as_secs(),
+                            delay.as_secs()
+                        )?;
+                    }
                     outln!("Next runs:")?;
-                    for t in sched.upcoming(chrono::Utc::now(), 3) {
+                    for t in sched.upcoming_delayed(chrono::Utc::now(), 3, delay) {
                         outln!("  {}", sched.format_local(t))?;
                     }
                 }
@@ -284,8 +292,8 @@ fn validate(path: &Path) -> Result<u8, Error> {
         )?;
     }
     match worst {
-        Some(e) => Ok(e.exit_code() as u8),
-        None => Ok(0),
+        Some(e) => Ok(exit::of(&e)),
+        None => Ok(exit::SUCCESS),
     }
 }
 
@@ -333,7 +341,7 @@ fn init(name: Option<&str>, kind: &str) -> Result<u8, Error> {
     })?;
     outln!("Created {} from the '{kind}' template", path.display())?;
     outln!("Next: picoflow validate {}", path.display())?;
-    Ok(0)
+    Ok(exit::SUCCESS)
 }
 
 fn graph(file: &Path, format: &str) -> Result<u8, Error> {
@@ -349,7 +357,7 @@ fn graph(file: &Path, format: &str) -> Result<u8, Error> {
             })
         }
     }
-    Ok(0)
+    Ok(exit::SUCCESS)
 }
 
 fn run(file: &Path, resume: bool, force: bool, config: &Config) -> Result<u8, Error> {
@@ -447,9 +455,9 @@ fn run(file: &Path, resume: bool, force: bool, config: &Config) -> Result<u8, Er
     })?;
     display.summary(&report);
     Ok(match report.execution.status {
-        WorkflowStatus::Success => 0,
-        WorkflowStatus::Interrupted => 9,
-        _ => EXIT_RUN_FAILED,
+        WorkflowStatus::Success => exit::SUCCESS,
+        WorkflowStatus::Interrupted => exit::INTERRUPTED,
+        _ => exit::RUN_FAILED,
     })
 }
 
@@ -471,7 +479,7 @@ fn prune(config: &Config, days: Option<u32>) -> Result<u8, Error> {
             config.run_dir().display()
         )?;
     }
-    Ok(0)
+    Ok(exit::SUCCESS)
 }
 
 fn daemon_start(config: &Config, paths: Vec<PathBuf>, web: bool) -> Result<u8, Error> {
@@ -485,25 +493,25 @@ fn daemon_start(config: &Config, paths: Vec<PathBuf>, web: bool) -> Result<u8, E
     config.web.enabled |= web;
     let daemon = picoflow_lib::Daemon::new(config, Registry::builtin(), paths);
     match smol::block_on(daemon.run())? {
-        picoflow_lib::DaemonExit::Graceful => Ok(0),
-        picoflow_lib::DaemonExit::Terminated => Ok(9),
+        picoflow_lib::DaemonExit::Graceful => Ok(exit::SUCCESS),
+        picoflow_lib::DaemonExit::Terminated => Ok(exit::INTERRUPTED),
     }
 }
 
 fn daemon_stop(config: &Config, timeout: u64) -> Result<u8, Error> {
     if picoflow_lib::stop_daemon(config, std::time::Duration::from_secs(timeout))? {
         outln!("Daemon stopped")?;
-        Ok(0)
+        Ok(exit::SUCCESS)
     } else {
         outln!("Daemon Status: Not running")?;
-        Ok(1)
+        Ok(exit::GENERAL)
     }
 }
 
 fn daemon_status(config: &Config) -> Result<u8, Error> {
     let Some(st) = picoflow_lib::daemon_status(config)? else {
         outln!("Daemon Status: Not running")?;
-        return Ok(1);
+        return Ok(exit::GENERAL);
     };
     let uptime = (chrono::Utc::now() - st.started_at).num_seconds().max(0) as u64;
     let (d, h, m) = (
@@ -543,7 +551,7 @@ fn daemon_status(config: &Config) -> Result<u8, Error> {
     if let Some(b) = st.memory_bytes {
         outln!("Memory usage: {:.1} MB", b as f64 / 1_000_000.0)?;
     }
-    Ok(0)
+    Ok(exit::SUCCESS)
 }
 
 fn export_sqlite(
@@ -573,5 +581,5 @@ fn export_sqlite(
         r.tasks_added,
         r.tasks_updated
     )?;
-    Ok(0)
+    Ok(exit::SUCCESS)
 }

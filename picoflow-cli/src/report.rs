@@ -63,7 +63,7 @@ pub(crate) fn status(
         } else {
             outln!("No executions recorded yet ({}).", config.db_path.display())?;
         }
-        return Ok(0);
+        return Ok(crate::exit::SUCCESS);
     };
     let names: Vec<String> = match workflow {
         Some(w) => vec![w.to_string()],
@@ -88,7 +88,7 @@ pub(crate) fn status(
             .map(|(e, t)| views::execution_json(e, t))
             .collect();
         outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
-        return Ok(0);
+        return Ok(crate::exit::SUCCESS);
     }
     if shown.is_empty() {
         outln!(
@@ -197,7 +197,7 @@ pub(crate) fn status(
             outln!("  {mark} {name:<width$} ({what})")?;
         }
     }
-    Ok(0)
+    Ok(crate::exit::SUCCESS)
 }
 
 /// `status --watch`: redraws the status every 2 seconds until SIGINT or SIGTERM.
@@ -227,7 +227,7 @@ pub(crate) fn watch_status(
             },
         ));
         if stop {
-            return Ok(0);
+            return Ok(crate::exit::SUCCESS);
         }
     }
 }
@@ -296,11 +296,11 @@ pub(crate) fn history(
             .map(|(e, t)| views::history_json(e, t))
             .collect();
         outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
-        return Ok(0);
+        return Ok(crate::exit::SUCCESS);
     }
     if execs.is_empty() {
         outln!("No executions found.")?;
-        return Ok(0);
+        return Ok(crate::exit::SUCCESS);
     }
     let w = execs
         .iter()
@@ -336,7 +336,7 @@ pub(crate) fn history(
             result_text(e, t, &handlers(e))
         )?;
     }
-    Ok(0)
+    Ok(crate::exit::SUCCESS)
 }
 
 pub(crate) fn stats(
@@ -385,11 +385,11 @@ pub(crate) fn stats(
             })
             .collect();
         outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
-        return Ok(0);
+        return Ok(crate::exit::SUCCESS);
     }
     if stats.is_empty() {
         outln!("No finished executions in the last {period} days.")?;
-        return Ok(0);
+        return Ok(crate::exit::SUCCESS);
     }
     let pct = |part: usize, all: usize| {
         if all == 0 {
@@ -443,7 +443,7 @@ pub(crate) fn stats(
             }
         }
     }
-    Ok(0)
+    Ok(crate::exit::SUCCESS)
 }
 
 fn trim_pct(v: f64) -> String {
@@ -459,17 +459,17 @@ pub(crate) fn workflow_list(config: &Config, all: bool, format: &str) -> Result<
         } else {
             outln!("No workflows recorded yet.")?;
         }
-        return Ok(0);
+        return Ok(crate::exit::SUCCESS);
     };
     let rows = WorkflowSummary::list(&store, all, Utc::now())?;
     if json_out {
         let v: Vec<_> = rows.iter().map(WorkflowSummary::to_json).collect();
         outln!("{}", serde_json::to_string_pretty(&v).expect("json"))?;
-        return Ok(0);
+        return Ok(crate::exit::SUCCESS);
     }
     if rows.is_empty() {
         outln!("No workflows recorded yet.")?;
-        return Ok(0);
+        return Ok(crate::exit::SUCCESS);
     }
     let w = rows
         .iter()
@@ -520,7 +520,7 @@ pub(crate) fn workflow_list(config: &Config, all: bool, format: &str) -> Result<
             f
         )?;
     }
-    Ok(0)
+    Ok(crate::exit::SUCCESS)
 }
 
 /// Arguments of `picoflow logs`.
@@ -635,7 +635,7 @@ pub(crate) fn logs(config: &Config, q: &LogsQuery<'_>) -> Result<u8, Error> {
     if q.follow {
         follow(&store, &exec.id, &dir, &names, &mut offsets)?;
     }
-    Ok(0)
+    Ok(crate::exit::SUCCESS)
 }
 
 fn print_tail(bytes: &[u8], n: usize) -> Result<(), Error> {

@@ -208,6 +208,31 @@ pub struct DaemonConfig {
     pub pid_file: Option<PathBuf>,
 }
 
+/// Every key the configuration file accepts: `db_path` at the top level, `section.key`
+/// (`retry.max_backoff_seconds`) in a section; any other key is refused as unknown. The
+/// README's table of keys is compared with this list by a test.
+pub fn config_keys() -> Vec<String> {
+    let section = |name: &str| -> Option<&'static [&'static str]> {
+        Some(match name {
+            "metrics" => crate::fields::of::<MetricsConfig>(),
+            "web" => crate::fields::of::<WebConfig>(),
+            "retry" => crate::fields::of::<RetryConfig>(),
+            "timeout" => crate::fields::of::<TimeoutConfig>(),
+            "execution" => crate::fields::of::<ExecutionConfig>(),
+            "logs" => crate::fields::of::<LogsConfig>(),
+            "daemon" => crate::fields::of::<DaemonConfig>(),
+            _ => return None,
+        })
+    };
+    crate::fields::of::<Config>()
+        .iter()
+        .flat_map(|key| match section(key) {
+            Some(inner) => inner.iter().map(|k| format!("{key}.{k}")).collect(),
+            None => vec![key.to_string()],
+        })
+        .collect()
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -560,9 +585,36 @@ cleanup_enabled = true
     }
 
     #[test]
+    fn config_keys_are_the_parsers() {
+        let keys = config_keys();
+        for k in [
+            "db_path",
+            "retry.max_backoff_seconds",
+            "logs.dir",
+            "daemon.pid_file",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "{k}: {keys:?}");
+        }
+        assert!(
+            !keys.iter().any(|k| k == "source" || k == "retry"),
+            "{keys:?}"
+        );
+        for k in &keys {
+            let toml = match k.split_once('.') {
+                Some((section, key)) => format!("[{section}]\n{key} = 1\n"),
+                None => format!("{k} = 1\n"),
+            };
+            // A key of the list may refuse the value 1, never the key itself.
+            if let Err(e) = Config::parse(&toml, "c.toml") {
+                assert!(!e.to_string().contains("unknown field"), "{k}: {e}");
+            }
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_config_errors() {
         let e = Config::parse("colour = 1\n", "c.toml").unwrap_err();
-        assert_eq!(e.exit_code(), 4);
+        assert!(matches!(e, Error::Config { .. }), "{e:?}");
         assert!(e.to_string().contains("colour"), "{e}");
         let e = Config::parse("log_level = \"loud\"\n", "c.toml").unwrap_err();
         assert!(e.to_string().contains("log_level"), "{e}");
@@ -577,7 +629,7 @@ cleanup_enabled = true
         let e = c
             .apply_env(|k| (k == "PICOFLOW_METRICS_PORT").then(|| "x".to_string()))
             .unwrap_err();
-        assert_eq!(e.exit_code(), 4);
+        assert!(matches!(e, Error::Config { .. }), "{e:?}");
         c.apply_env(|k| (k == "PICOFLOW_WEB_PORT").then(|| "8081".to_string()))
             .unwrap();
         assert_eq!(c.web.port, 8081);

@@ -48,7 +48,7 @@ use crate::executor::{CancelToken, Registry};
 use crate::httpd::{Server, Service};
 use crate::metrics::Metrics;
 use crate::model::{Catchup, Workflow};
-use crate::schedule::{host_name, jitter_offset, Schedule};
+use crate::schedule::{host_name, Schedule};
 use crate::signals::{Signals, StopSignal};
 use crate::store::Store;
 use crate::validate::{load_workflow, workflow_files};
@@ -121,9 +121,7 @@ impl Loaded {
                 })?),
                 None => None,
             };
-        let offset = wf
-            .jitter
-            .map_or(Duration::ZERO, |j| jitter_offset(host, &wf.name, j));
+        let offset = wf.fire_delay(host);
         let mut l = Loaded {
             wf: Arc::new(wf),
             schedule,
@@ -137,9 +135,7 @@ impl Loaded {
 
     /// Next fire strictly after `t`, jitter included.
     fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let s = self.schedule.as_ref()?;
-        let off = chrono::Duration::from_std(self.offset).ok()?;
-        s.next_after(t - off).map(|n| n + off)
+        self.schedule.as_ref()?.next_after_delayed(t, self.offset)
     }
 }
 
@@ -233,17 +229,18 @@ fn load_all(paths: &[PathBuf], registry: &Registry) -> Result<Vec<(PathBuf, Work
                 for f in files {
                     match load_workflow(&f, registry) {
                         Ok(wf) => ok.push((f, wf)),
-                        Err(e) => problems.push(e.to_string()),
+                        Err(e) => problems.push(e),
                     }
                 }
             }
-            Err(e) => problems.push(e.to_string()),
+            Err(e) => problems.push(e),
         }
     }
     let mut seen = BTreeMap::new();
+    let mut clashes = Vec::new();
     for (f, wf) in &ok {
         if let Some(prev) = seen.insert(wf.name.clone(), f.clone()) {
-            problems.push(format!(
+            clashes.push(format!(
                 "workflow name '{}' is used by both {} and {}",
                 wf.name,
                 prev.display(),
@@ -251,12 +248,21 @@ fn load_all(paths: &[PathBuf], registry: &Registry) -> Result<Vec<(PathBuf, Work
             ));
         }
     }
-    if problems.is_empty() {
+    // One problem is reported as it is, so that a missing file is an I/O error (exit 5) and
+    // not an invalid workflow; several are listed together.
+    if problems.len() == 1 && clashes.is_empty() {
+        return Err(problems.remove(0));
+    }
+    if problems.is_empty() && clashes.is_empty() {
         Ok(ok)
     } else {
         Err(Error::Invalid {
             file: "daemon".into(),
-            problems,
+            problems: problems
+                .iter()
+                .map(ToString::to_string)
+                .chain(clashes)
+                .collect(),
         })
     }
 }
@@ -271,7 +277,7 @@ struct PidLock {
 impl PidLock {
     fn acquire(path: &Path) -> Result<PidLock> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::private::create_dirs(dir).map_err(|e| Error::io(dir, e))?;
+            crate::private::create_dirs_for(dir, "the PID file").map_err(|e| Error::io(dir, e))?;
         }
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
         let dir = dir.unwrap_or(Path::new("."));
@@ -443,9 +449,9 @@ pub fn daemon_status(config: &Config) -> Result<Option<DaemonStatus>> {
                     let timezone = w["timezone"].as_str().map(String::from);
                     let jitter_seconds = w["jitter_seconds"].as_u64().unwrap_or(0);
                     let next = schedule.as_deref().and_then(|s| {
-                        let sched = Schedule::parse(s, timezone.as_deref()).ok()?;
-                        let off = chrono::Duration::seconds(jitter_seconds as i64);
-                        sched.next_after(now - off).map(|n| n + off)
+                        Schedule::parse(s, timezone.as_deref())
+                            .ok()?
+                            .next_after_delayed(now, Duration::from_secs(jitter_seconds))
                     });
                     ScheduledWorkflow {
                         name: w["name"].as_str().unwrap_or("?").to_string(),

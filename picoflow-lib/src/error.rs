@@ -11,7 +11,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong in PicoFlow, in the user's terms.
 ///
-/// The CLI maps each variant to one documented exit code (see [`Error::exit_code`]).
+/// Each variant is one kind of failure the user can act on; the `picoflow` command maps each
+/// to one of the API reference's exit codes (its `exit.rs`).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -87,34 +88,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// The CLI exit code of the API reference for this error.
-    ///
-    /// | code | meaning |
-    /// | --- | --- |
-    /// | 1 | general error |
-    /// | 2 | validation error |
-    /// | 4 | configuration error |
-    /// | 5 | I/O error |
-    /// | 6 | state store error |
-    /// | 7 | network error |
-    /// | 8 | timeout |
-    /// | 9 | interrupted |
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Error::Parse { .. }
-            | Error::Invalid { .. }
-            | Error::Cycle { .. }
-            | Error::MissingFeature { .. } => 2,
-            Error::Config { .. } => 4,
-            Error::Io { .. } | Error::NotFound(_) => 5,
-            Error::Store { .. } => 6,
-            Error::Network(_) => 7,
-            Error::Timeout(_) => 8,
-            Error::Interrupted => 9,
-            Error::Other(_) => 1,
-        }
-    }
-
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
@@ -206,17 +179,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exit_codes_follow_the_api_reference() {
+    fn messages_name_the_place() {
         let parse = Error::Parse {
             file: "a.yaml".into(),
             line: Some(3),
             column: Some(5),
             message: "bad".into(),
         };
-        assert_eq!(parse.exit_code(), 2);
         assert_eq!(parse.to_string(), "a.yaml:3:5: bad");
-        assert_eq!(Error::Interrupted.exit_code(), 9);
-        assert_eq!(Error::NotFound("x".into()).exit_code(), 5);
         let cycle = Error::Cycle {
             file: "w.yaml".into(),
             path: vec!["a".into(), "b".into(), "a".into()],

@@ -83,6 +83,7 @@ mod expand;
 #[cfg_attr(not(feature = "sqlite"), path = "export/disabled.rs")]
 mod export;
 pub mod expr;
+mod fields;
 mod flow;
 mod httpd;
 mod logs;
@@ -108,8 +109,8 @@ mod web;
 mod yaml;
 
 pub use config::{
-    Config, DaemonConfig, ExecutionConfig, LogsConfig, MetricsConfig, RetryConfig, TimeoutConfig,
-    WebConfig, DEFAULT_DB_PATH,
+    config_keys, Config, DaemonConfig, ExecutionConfig, LogsConfig, MetricsConfig, RetryConfig,
+    TimeoutConfig, WebConfig, DEFAULT_DB_PATH,
 };
 pub use daemon::{daemon_status, stop_daemon, Daemon, DaemonExit, DaemonStatus, ScheduledWorkflow};
 pub use dag::Dag;
@@ -144,6 +145,7 @@ pub use templates::{template, TEMPLATE_NAMES};
 pub use validate::{
     load_workflow, parse_workflow, shell_warnings, validate_workflow, workflow_files,
 };
+pub use yaml::task_config_keys;
 
 /// The optional parts compiled into this build, as `(feature, enabled)` pairs.
 pub fn features() -> [(&'static str, bool); 6] {

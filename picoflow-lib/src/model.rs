@@ -341,6 +341,15 @@ pub enum PullPolicy {
 pub const HTTP_METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
 
 impl Workflow {
+    /// The delay the daemon adds to every fire of this workflow on the host `host`: the
+    /// stable offset below `jitter` ([`jitter_offset`](crate::jitter_offset)), zero without
+    /// jitter.
+    pub fn fire_delay(&self, host: &str) -> Duration {
+        self.jitter.map_or(Duration::ZERO, |j| {
+            crate::schedule::jitter_offset(host, &self.name, j)
+        })
+    }
+
     /// Looks a task up by name.
     pub fn task(&self, name: &str) -> Option<&Task> {
         self.tasks.iter().find(|t| t.name == name)

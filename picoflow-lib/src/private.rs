@@ -74,13 +74,19 @@ fn ours(f: File) -> io::Result<File> {
 }
 
 /// Opens an existing `path` for writing (never creating it) without following a symbolic
-/// link; see [`ours`]. The error for a link says so.
+/// link; see [`ours`]. The error for a link says so, and so does the one for anything but a
+/// regular file: a device or a FIFO (`/dev/null`) would otherwise be taken for an empty
+/// file, made 0600 and replaced by a new one.
 #[cfg(feature = "sqlite")]
 pub(crate) fn open_existing(path: &Path) -> io::Result<File> {
     match options().read(true).write(true).open(path) {
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             "is a symbolic link: PicoFlow does not write through links",
+        )),
+        Ok(f) if !f.metadata()?.is_file() => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is not a regular file: PicoFlow writes only into regular files",
         )),
         other => ours(other?),
     }
@@ -143,6 +149,22 @@ pub(crate) fn create_dirs(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
         other => other,
     }
+}
+
+/// [`create_dirs`] for the directory `dir` that will hold `what` (the state file, the PID
+/// file), saying so in the log when it did not exist: a mistyped `--db-path` or an unmounted
+/// disk then shows as a new directory rather than passing unnoticed.
+pub(crate) fn create_dirs_for(dir: &Path, what: &str) -> io::Result<()> {
+    if dir.as_os_str().is_empty() || std::fs::symlink_metadata(dir).is_ok() {
+        return create_dirs(dir);
+    }
+    create_dirs(dir)?;
+    tracing::warn!(
+        directory = %dir.display(),
+        "created the directory {} for {what}: it did not exist",
+        dir.display()
+    );
+    Ok(())
 }
 
 /// Creates one directory `0700`: `mkdir` never follows a link and fails on any existing

@@ -172,10 +172,33 @@ impl Schedule {
 
     /// The next `n` fire times after `after`.
     pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        self.upcoming_delayed(after, n, Duration::ZERO)
+    }
+
+    /// The first fire strictly after `after` when every fire is delayed by `delay` (a
+    /// workflow's jitter on this host, [`Workflow::fire_delay`](crate::Workflow::fire_delay)):
+    /// the time the daemon starts the run.
+    pub fn next_after_delayed(
+        &self,
+        after: DateTime<Utc>,
+        delay: Duration,
+    ) -> Option<DateTime<Utc>> {
+        let off = chrono::Duration::from_std(delay).ok()?;
+        self.next_after(after - off).map(|n| n + off)
+    }
+
+    /// The next `n` fires after `after`, each delayed by `delay`, as the daemon starts them
+    /// (see [`Schedule::next_after_delayed`]).
+    pub fn upcoming_delayed(
+        &self,
+        after: DateTime<Utc>,
+        n: usize,
+        delay: Duration,
+    ) -> Vec<DateTime<Utc>> {
         let mut out = Vec::with_capacity(n);
         let mut t = after;
         while out.len() < n {
-            match self.next_after(t) {
+            match self.next_after_delayed(t, delay) {
                 Some(next) => {
                     out.push(next);
                     t = next;

@@ -342,7 +342,8 @@ impl Store {
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::private::create_dirs(dir).map_err(|e| Error::io(dir, e))?;
+            crate::private::create_dirs_for(dir, "the state file")
+                .map_err(|e| Error::io(dir, e))?;
         }
         // Another user who could rename entries in this directory could swap the state file
         // or its run directory for links between PicoFlow's checks and its writes.

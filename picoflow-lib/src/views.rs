@@ -123,8 +123,9 @@ pub struct WorkflowSummary {
 }
 
 impl WorkflowSummary {
-    /// Summaries of every recorded workflow; unless `all`, only those scheduled or run in
-    /// the 30 days before `now`.
+    /// Summaries of every recorded workflow; unless `all`, only the active ones (the user
+    /// guide's `workflow list`): those with a schedule, which will run, and those run in the
+    /// 30 days before `now`.
     pub fn list(store: &Store, all: bool, now: DateTime<Utc>) -> Result<Vec<WorkflowSummary>> {
         let recent = now - chrono::Duration::days(30);
         let mut rows = Vec::new();

@@ -155,6 +155,18 @@ struct RawDocker {
     remove: Option<bool>,
 }
 
+/// The keys each task type accepts under `config:` (`working_dir` beside `workdir`), by
+/// type name; any other key is refused. The README's table of them is compared with this
+/// list by a test.
+pub fn task_config_keys() -> [(&'static str, &'static [&'static str]); 4] {
+    [
+        ("shell", crate::fields::of::<RawShell>()),
+        ("ssh", crate::fields::of::<RawSsh>()),
+        ("http", crate::fields::of::<RawHttp>()),
+        ("docker", crate::fields::of::<RawDocker>()),
+    ]
+}
+
 /// Parses workflow YAML into the model, checking every field's format and range.
 ///
 /// `origin` names the file in messages. Dependencies, cycles, schedules and executor
@@ -867,13 +879,28 @@ mod tests {
     }
 
     #[test]
+    fn task_config_keys_are_the_parsers() {
+        let keys = task_config_keys();
+        let shell = keys.iter().find(|(t, _)| *t == "shell").unwrap().1;
+        assert!(
+            shell.contains(&"working_dir") && shell.contains(&"workdir"),
+            "{shell:?}"
+        );
+        let ssh = keys.iter().find(|(t, _)| *t == "ssh").unwrap().1;
+        assert!(ssh.contains(&"known_hosts"), "{ssh:?}");
+        for (kind, fields) in keys {
+            assert!(!fields.is_empty(), "{kind}");
+        }
+    }
+
+    #[test]
     fn unknown_field_names_the_field_with_line() {
         let text = "name: x\ntasks:\n  - name: a\n    type: shell\n    bogus: 1\n    config: {command: echo}\n";
         let err = parse_workflow(text, "w.yaml").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("bogus"), "{msg}");
         assert!(msg.starts_with("w.yaml:"), "{msg}");
-        assert_eq!(err.exit_code(), 2);
+        assert!(matches!(err, Error::Parse { .. }), "{err:?}");
     }
 
     #[test]

@@ -93,8 +93,10 @@ fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
 }
 
+/// A SQLite failure on the export target is an I/O error on that file (a full disk, a
+/// file size limit): it names the target, never the state store, which is only read.
 fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
-    move |e| Error::store(format!("cannot export to {}", path.display()), e)
+    move |e| Error::io(path, std::io::Error::other(format!("cannot export: {e}")))
 }
 
 /// Writes `executions` (each with its attempts, fetched by `attempts`) into the SQLite file
@@ -129,8 +131,9 @@ pub fn export_sqlite(
             // files take the database's mode). An existing export keeps the mode its owner
             // gave it.
             let _ = std::fs::remove_file(&target);
+            // The error names the file the user asked for, not the temporary one.
             crate::private::create_new(&target, crate::private::FILE_MODE)
-                .map_err(|e| Error::io(&target, e))?;
+                .map_err(|e| Error::io(path, e))?;
         }
         let flags = rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW;
         let mut conn = Connection::open_with_flags(&target, flags).map_err(&err)?;
