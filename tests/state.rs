@@ -605,6 +605,7 @@ fn a_resume_with_no_state_creates_nothing() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("ok.yaml")]);
+}
 
 /// A `--db-path` in a directory that does not exist: a command that writes the state creates
 /// the directory and says so (the user guide's `--db-path /var/lib/picoflow/history.db run`
