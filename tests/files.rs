@@ -614,3 +614,57 @@ fn directories_another_user_controls_are_refused() {
     let out = run(picoflow(dir.path()).arg("run").arg(&wf));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// A state file named where a FIFO or a device is (`--db-path /dev/null` by mistake) is
+/// refused with exit code 5 naming it: a FIFO does not block a reader, and a device keeps its
+/// mode (root would otherwise have made `/dev/null` 0600 for everyone).
+#[test]
+fn a_state_file_that_is_a_fifo_or_a_device_is_refused_and_left_alone() {
+    let dir = TempDir::new("not-regular");
+    let wf = dir.write(
+        "ok.yaml",
+        "name: ok\ntasks:\n  - name: a\n    type: shell\n    config: {command: \"true\"}\n",
+    );
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+    let mut targets = vec![fifo];
+    // SAFETY: geteuid has no memory effects.
+    if unsafe { libc::geteuid() } == 0 {
+        let dev = dir.path().join("null");
+        let c = std::ffi::CString::new(dev.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mknod of a character device (1, 3: the null device) with a valid path.
+        let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(0o666)).unwrap();
+        targets.push(dev);
+    } else {
+        println!("SKIPPED: the device part needs root (mknod); run as root");
+    }
+    for target in targets {
+        let before = mode(&target);
+        for args in [
+            vec!["run", wf.to_str().unwrap()],
+            vec!["status"],
+            vec!["history"],
+        ] {
+            let mut cmd = picoflow(dir.path());
+            cmd.arg("--db-path").arg(&target).args(&args);
+            let out = common::finish(
+                cmd.stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+                "a command on a non-regular state file",
+            );
+            assert_eq!(out.status.code(), Some(5), "{args:?}: {}", stderr(&out));
+            assert!(
+                stderr(&out).contains("is not a regular file"),
+                "{args:?}: {}",
+                stderr(&out)
+            );
+        }
+        assert_eq!(mode(&target), before, "{}", target.display());
+    }
+}

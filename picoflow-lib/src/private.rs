@@ -23,9 +23,23 @@ pub(crate) const DIR_MODE: u32 = 0o700;
 
 fn options() -> OpenOptions {
     let mut o = OpenOptions::new();
+    // O_NONBLOCK: opening a FIFO planted (or named by mistake) where a file is expected must
+    // not wait for a writer; on a regular file it changes nothing.
     o.mode(FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
     o
+}
+
+/// Anything but a regular file — a device such as `/dev/null`, a FIFO, a socket — is refused
+/// where PicoFlow keeps a file: it would be taken for an empty file, made `0600`, or block.
+fn regular(f: File) -> io::Result<File> {
+    match f.metadata()?.is_file() {
+        true => Ok(f),
+        false => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is not a regular file: PicoFlow keeps its files only in regular files",
+        )),
+    }
 }
 
 /// Creates `path`, which must not exist (`O_EXCL`, so no link is followed either), for
@@ -59,6 +73,7 @@ pub(crate) fn open_rw(path: &Path) -> io::Result<File> {
 /// writes (a journal or log name in a shared directory) would receive its secrets. One of
 /// ours that others could read is made `0600`.
 fn ours(f: File) -> io::Result<File> {
+    let f = regular(f)?;
     let uid = f.metadata()?.uid();
     if uid != euid() {
         return Err(io::Error::new(
@@ -84,10 +99,6 @@ pub(crate) fn open_existing(path: &Path) -> io::Result<File> {
             io::ErrorKind::PermissionDenied,
             "is a symbolic link: PicoFlow does not write through links",
         )),
-        Ok(f) if !f.metadata()?.is_file() => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "is not a regular file: PicoFlow writes only into regular files",
-        )),
         other => ours(other?),
     }
 }
@@ -106,9 +117,9 @@ pub(crate) fn same_file(f: &File, path: &Path) -> io::Result<()> {
     }
 }
 
-/// Opens `path` for reading without following a symbolic link.
+/// Opens `path`, a regular file, for reading without following a symbolic link.
 pub(crate) fn open_read(path: &Path) -> io::Result<File> {
-    options().read(true).open(path)
+    regular(options().read(true).open(path)?)
 }
 
 /// Writes `bytes` to `path` through a new `0600` file beside it renamed over it, so a

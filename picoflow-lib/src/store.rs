@@ -397,11 +397,18 @@ impl Store {
         // A state file of ours from an older version, open to others, is made 0600. An
         // empty one was created by a writer killed before redb could write its header:
         // nothing was recorded yet.
-        if let Ok(f) = crate::private::open_read(&path) {
-            let _ = crate::private::tighten(&f);
-            if f.metadata().is_ok_and(|m| m.len() == 0) {
-                return Ok(None);
+        match crate::private::open_read(&path) {
+            Ok(f) => {
+                let _ = crate::private::tighten(&f);
+                if f.metadata().is_ok_and(|m| m.len() == 0) {
+                    return Ok(None);
+                }
             }
+            // A device or a FIFO is no state file (and a FIFO would block the open below).
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                return Err(Error::io(&path, e))
+            }
+            Err(_) => {}
         }
         let handle = match builder(READER_CACHE_BYTES).open_read_only(&path) {
             Ok(db) => Handle::ReadOnly(db),
