@@ -299,7 +299,7 @@ impl PidLock {
         // The pid, then its start time: `daemon stop` signals the pid only while that
         // process is the one that wrote the file (a pid is reused once its process ends).
         let pid = std::process::id();
-        let start = crate::orphans::process_start_time(pid).unwrap_or(0);
+        let start = crate::proc::process_start_time(pid).unwrap_or(0);
         writeln!(file, "{pid}\n{start}").map_err(|e| Error::io(path, e))?;
         file.flush().map_err(|e| Error::io(path, e))?;
         Ok(PidLock {
@@ -411,7 +411,7 @@ fn read_pid_file(pid_file: &Path) -> Result<PidFile> {
         return Ok(PidFile::Absent);
     };
     match start {
-        Some(s) if crate::orphans::process_start_time(pid) == Some(s) => Ok(PidFile::Daemon(pid)),
+        Some(s) if crate::proc::process_start_time(pid) == Some(s) => Ok(PidFile::Daemon(pid)),
         _ => Ok(PidFile::Foreign(format!(
             "PID file {} names pid {pid}, but that process is not the daemon that wrote the \
              file (its start time differs from the one recorded)",

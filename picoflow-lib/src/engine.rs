@@ -362,7 +362,7 @@ impl Engine {
         // What a crashed earlier run of this workflow left running must not run beside the
         // tasks started now (REL-001): a resumed task would otherwise meet its own survivor.
         if opts.resume.is_some() || opts.stop_leftovers {
-            crate::orphans::stop_leftovers(&wf.name, crate::orphans::GRACE);
+            crate::orphans::stop_leftovers(&wf.name, crate::orphans::GRACE, &self.registry).await;
         }
         let ex = smol::LocalExecutor::new();
         ex.run(self.run_inner(&ex, wf, &dag, opts)).await
@@ -622,7 +622,7 @@ impl Engine {
         let earlier = opts
             .resume
             .iter()
-            .flat_map(|r| crate::last_attempts(&r.tasks))
+            .flat_map(|r| crate::events::last_attempts(&r.tasks))
             .map(|a| (a.task_name.clone(), a.clone()))
             .collect();
         let loops = wf.tasks.iter().any(|t| t.iterate_over.is_some());
@@ -1062,7 +1062,7 @@ impl Engine {
         attempt: u32,
         out: &mut TaskOutput,
     ) -> Option<BTreeMap<String, String>> {
-        let file = crate::flow::output_file(&run.output_dir, &task.name, attempt);
+        let file = crate::executor::output_file(&run.output_dir, &task.name, attempt);
         // Not through a link: the file is read as the engine's user.
         let written = crate::private::open_read(&file).ok().and_then(|mut f| {
             let mut bytes = Vec::new();
@@ -1080,7 +1080,7 @@ impl Engine {
         let result = (|| {
             if let Some(bytes) = &written {
                 values = crate::flow::parse_output_file(&String::from_utf8_lossy(bytes))
-                    .map_err(|e| format!("${}: {e}", crate::flow::OUTPUT_VAR))?;
+                    .map_err(|e| format!("${}: {e}", crate::executor::OUTPUT_VAR))?;
             }
             if !task.outputs.is_empty() {
                 let stdout = String::from_utf8_lossy(&out.stdout.data);
@@ -1157,7 +1157,7 @@ fn start(wf: &Workflow, opts: &RunOptions) -> Result<Start> {
                     r.execution.id, r.execution.workflow_name, wf.name
                 )));
             }
-            let last = crate::last_attempts(&r.tasks);
+            let last = crate::events::last_attempts(&r.tasks);
             for (i, t) in wf.tasks.iter().enumerate() {
                 // A loop is done when its items are: it has no attempt of its own.
                 let Some(a) = last.iter().find(|a| a.task_name == t.name) else {

@@ -13,7 +13,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::executor::BoxFuture;
+
+/// A boxed, sendable future, as the library's traits return it ([`EventSink::flush`],
+/// `Executor::execute`).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// State of one task attempt (lower case on the wire, `DECISIONS.md` 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

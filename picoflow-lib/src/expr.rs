@@ -296,7 +296,30 @@ fn truthy(s: &str) -> bool {
 /// The items of a JSON array of strings, numbers and booleans (as `iterate_over` reads them),
 /// as text; `None` for anything else.
 fn json_items(s: &str) -> Option<Vec<String>> {
-    crate::flow::json_list(s).and_then(Result::ok)
+    json_list(s).and_then(Result::ok)
+}
+
+/// The items of `text` as text when it is a JSON array of strings, numbers or booleans; `None`
+/// when it does not start with `[`. Shared by loops and by conditions' `in`.
+pub(crate) fn json_list(text: &str) -> Option<Result<Vec<String>, String>> {
+    let trimmed = text.trim();
+    if !trimmed.starts_with('[') {
+        return None;
+    }
+    let parsed: Vec<serde_json::Value> = match serde_json::from_str(trimmed) {
+        Ok(p) => p,
+        Err(e) => return Some(Err(format!("the value is not a JSON array: {e}"))),
+    };
+    Some(
+        parsed
+            .into_iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => Ok(s),
+                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => Ok(v.to_string()),
+                other => Err(format!("items must be strings or numbers, not {other}")),
+            })
+            .collect(),
+    )
 }
 
 /// Splits the text into tokens, each with its column.

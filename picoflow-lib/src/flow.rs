@@ -26,9 +26,6 @@ use crate::model::{Items, Task, TaskConfig, Workflow};
 /// Largest total size of one task's published values (names and values), in bytes.
 pub const OUTPUT_LIMIT: usize = 64 * 1024;
 
-/// Environment variable naming the file a shell task writes its outputs to.
-pub const OUTPUT_VAR: &str = "PICOFLOW_OUTPUT";
-
 /// Largest number of items a loop may have.
 pub const MAX_ITEMS: usize = 10_000;
 
@@ -39,19 +36,6 @@ pub(crate) fn is_run_value(name: &str) -> bool {
         || name.starts_with("workflow.")
         || name.starts_with("execution.")
         || matches!(name, "failed_tasks" | "item" | "item_index")
-}
-
-/// The file a task's attempt writes its outputs to: one per attempt, in the execution's
-/// output directory `dir` (see [`create_output_dir`]).
-pub(crate) fn output_file(dir: &Path, task: &str, attempt: u32) -> PathBuf {
-    let mut name = String::with_capacity(task.len() + 8);
-    for b in task.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => name.push(b as char),
-            _ => name.push_str(&format!("%{b:02X}")),
-        }
-    }
-    dir.join(format!("{name}.{attempt}"))
 }
 
 /// Creates the private directory (0700) of an execution's output files.
@@ -221,7 +205,7 @@ impl RunValues {
 
 /// A JSON array (of strings, numbers or booleans) or one item per non-empty line.
 fn split_items(value: &str) -> Result<Vec<String>, String> {
-    match json_list(value) {
+    match crate::expr::json_list(value) {
         Some(list) => list.map_err(|e| format!("iterate_over: {e}")),
         None => Ok(value
             .lines()
@@ -230,29 +214,6 @@ fn split_items(value: &str) -> Result<Vec<String>, String> {
             .map(str::to_string)
             .collect()),
     }
-}
-
-/// The items of `text` as text when it is a JSON array of strings, numbers or booleans; `None`
-/// when it does not start with `[`. Shared by loops and by conditions' `in`.
-pub(crate) fn json_list(text: &str) -> Option<Result<Vec<String>, String>> {
-    let trimmed = text.trim();
-    if !trimmed.starts_with('[') {
-        return None;
-    }
-    let parsed: Vec<serde_json::Value> = match serde_json::from_str(trimmed) {
-        Ok(p) => p,
-        Err(e) => return Some(Err(format!("the value is not a JSON array: {e}"))),
-    };
-    Some(
-        parsed
-            .into_iter()
-            .map(|v| match v {
-                serde_json::Value::String(s) => Ok(s),
-                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => Ok(v.to_string()),
-                other => Err(format!("items must be strings or numbers, not {other}")),
-            })
-            .collect(),
-    )
 }
 
 enum TaskField<'a> {

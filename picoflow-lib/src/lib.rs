@@ -95,6 +95,7 @@ mod model;
 mod orphans;
 mod plan;
 mod private;
+mod proc;
 mod prune;
 mod schedule;
 mod signals;
@@ -122,12 +123,12 @@ pub use events::{
 };
 pub use executor::{
     feature_for, BoxFuture, CancelToken, Canceller, Capture, Executor, NoOutput, Outcome,
-    OutputSink, Registry, SharedState, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
+    OutputSink, Registry, SharedState, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT, OUTPUT_VAR,
     STORED_CAPTURE,
 };
 pub use expand::{expand_with, Vars};
 pub use export::{export_sqlite, ExportReport};
-pub use flow::{MAX_ITEMS, OUTPUT_LIMIT, OUTPUT_VAR};
+pub use flow::{MAX_ITEMS, OUTPUT_LIMIT};
 pub use logs::{execution_log_dir, task_log_path};
 pub use metrics::{Metrics, MetricsServer};
 pub use model::{

@@ -31,82 +31,16 @@
 //! take for its own. A task that switches to another user (`su`, `runuser`) is out of the
 //! sweep's reach; its task's cgroup (see `executor::cgroup`) still holds it.
 
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::OnceLock;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::executor::Registry;
+use crate::proc::{
+    owner_alive, read_proc, real_uid, EXECUTION_VAR, OWNER_VAR, TASK_VAR, WORKFLOW_VAR,
+};
 use std::time::{Duration, Instant};
 
 /// Time a leftover process has to exit after SIGTERM before it gets SIGKILL.
 pub(crate) const GRACE: Duration = Duration::from_secs(2);
-
-/// The environment variables every task process gets.
-pub(crate) const WORKFLOW_VAR: &str = "PICOFLOW_WORKFLOW";
-pub(crate) const EXECUTION_VAR: &str = "PICOFLOW_EXECUTION_ID";
-pub(crate) const TASK_VAR: &str = "PICOFLOW_TASK";
-pub(crate) const ATTEMPT_VAR: &str = "PICOFLOW_ATTEMPT";
-pub(crate) const OWNER_VAR: &str = "PICOFLOW_OWNER";
-
-/// `<pid>.<start time>` of this process: the value of [`OWNER_VAR`] for its tasks.
-pub(crate) fn owner() -> &'static str {
-    static OWNER: OnceLock<String> = OnceLock::new();
-    OWNER.get_or_init(|| {
-        let pid = std::process::id();
-        format!("{pid}.{}", process_start_time(pid).unwrap_or(0))
-    })
-}
-
-/// Whether the process named by an [`OWNER_VAR`] value still runs.
-pub(crate) fn owner_alive(owner: &str) -> bool {
-    let Some((pid, start)) = owner.split_once('.') else {
-        return false;
-    };
-    match (pid.parse::<u32>(), start.parse::<u64>()) {
-        (Ok(pid), Ok(start)) => process_start_time(pid) == Some(start),
-        _ => false,
-    }
-}
-
-/// Start time of a process in clock ticks since boot, or `None` if it does not exist.
-///
-/// The file is opened relative to `/proc` rather than by its absolute path: qemu-user answers
-/// a process's own `/proc/<pid>/stat` with a start time of its own reckoning, a tick or more
-/// away from the one every other process reads, and a reader would then take a live run for
-/// a dead one. The relative path reaches the kernel's file in every case.
-pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
-    // Field 3 is the first of `stat_fields`; the start time is field 22.
-    stat_fields(pid)?.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// The fields of a process's `stat` from field 3 (its state) on, read as
-/// [`process_start_time`] reads them; `None` if the process does not exist.
-pub(crate) fn stat_fields(pid: u32) -> Option<String> {
-    let stat = read_proc(pid, "stat")?;
-    let stat = String::from_utf8_lossy(&stat);
-    // The command name (field 2) may contain spaces and parentheses: skip past its end.
-    Some(stat.get(stat.rfind(')')? + 2..)?.to_string())
-}
-
-/// `/proc/<pid>/<file>`, opened relative to `/proc` (see [`process_start_time`]).
-fn read_proc(pid: u32, file: &str) -> Option<Vec<u8>> {
-    let proc_dir = std::fs::File::open("/proc").ok()?;
-    let name = std::ffi::CString::new(format!("{pid}/{file}")).ok()?;
-    // SAFETY: `name` is a NUL-terminated path and `proc_dir` an open directory.
-    let fd = unsafe {
-        libc::openat(
-            proc_dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: `fd` was just opened and is owned by nothing else.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf).ok()?;
-    Some(buf)
-}
 
 /// The PicoFlow variables of a process's environment, if it has [`OWNER_VAR`].
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -136,14 +70,6 @@ fn marks(pid: u32) -> Option<Marks> {
     (!m.owner.is_empty()).then_some(m)
 }
 
-/// The real uid of a process: the first field of the `Uid:` line of its status.
-fn real_uid(pid: u32) -> Option<u32> {
-    let status = read_proc(pid, "status")?;
-    let status = String::from_utf8_lossy(&status);
-    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-    line.split_whitespace().next()?.parse().ok()
-}
-
 /// Whether a process was started by PicoFlow's own user (see the module's docs).
 fn same_user(pid: u32) -> bool {
     // SAFETY: getuid(2) cannot fail and touches no memory.
@@ -167,13 +93,12 @@ fn signal(p: &Leftover, sig: i32) -> bool {
     crate::executor::pidfd::signal(&p.fd, sig)
 }
 
-/// Waits until every process has exited or `deadline` passes; returns those still running.
-fn wait_exit(mut procs: Vec<Leftover>, deadline: Instant) -> Vec<Leftover> {
-    while !procs.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
+/// Waits until every process has exited or `grace` has passed; returns those still running.
+/// It looks every few milliseconds, on timers: the caller's thread (the daemon's scheduler)
+/// goes on meanwhile.
+async fn wait_exit(mut procs: Vec<Leftover>, grace: Duration) -> Vec<Leftover> {
+    let deadline = Instant::now() + grace;
+    loop {
         let mut fds: Vec<libc::pollfd> = procs
             .iter()
             .map(|p| libc::pollfd {
@@ -182,11 +107,10 @@ fn wait_exit(mut procs: Vec<Leftover>, deadline: Instant) -> Vec<Leftover> {
                 revents: 0,
             })
             .collect();
-        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: `fds` is a valid array of pollfd for its length.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        // SAFETY: `fds` is a valid array of pollfd for its length; no wait (timeout 0).
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
         if r < 0 {
-            break;
+            return procs;
         }
         // A pidfd turns readable when its process exits.
         let mut i = 0;
@@ -195,19 +119,42 @@ fn wait_exit(mut procs: Vec<Leftover>, deadline: Instant) -> Vec<Leftover> {
             i += 1;
             !exited
         });
+        if procs.is_empty() || Instant::now() >= deadline {
+            return procs;
+        }
+        smol::Timer::after(Duration::from_millis(10)).await;
     }
-    procs
 }
 
 /// Stops the processes of `workflow` whose PicoFlow owner has died: SIGTERM, then SIGKILL
-/// after `grace`; with the `docker` feature, removes its containers whose owner has died too.
-/// Logs each one; returns how many there were.
-pub(crate) fn stop_leftovers(workflow: &str, grace: Duration) -> usize {
+/// after `grace`; then asks every executor of `registry` to remove what else its tasks left
+/// ([`crate::Executor::remove_leftovers`]: the docker executor's containers). Logs each one;
+/// returns how many there were. Waits on timers, never blocking the caller's thread.
+pub(crate) async fn stop_leftovers(workflow: &str, grace: Duration, registry: &Registry) -> usize {
+    let (found, cgroups) = find_leftovers(workflow);
+    let count = found.len();
+    stop(workflow, found, grace).await;
+    for dir in &cgroups {
+        crate::executor::cgroup::remove(dir, Duration::from_secs(1)).await;
+    }
+    let mut count = count;
+    for kind in registry.kinds() {
+        if let Some(executor) = registry.get(&kind) {
+            count += executor.remove_leftovers(workflow).await;
+        }
+    }
+    count
+}
+
+/// The processes of `workflow` whose owner has died, held by pidfds, and the task cgroups
+/// of dead owners of that workflow.
+fn find_leftovers(workflow: &str) -> (Vec<Leftover>, Vec<std::path::PathBuf>) {
     let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
+    let dir = std::fs::read_dir("/proc");
     let mut found = Vec::new();
+    let Ok(dir) = dir else {
+        return (found, Vec::new());
+    };
     for entry in dir.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -255,7 +202,11 @@ pub(crate) fn stop_leftovers(workflow: &str, grace: Duration) -> usize {
             }
         }
     }
-    let count = found.len();
+    (found, cgroups)
+}
+
+/// SIGTERM to each, SIGKILL to those still there after `grace`.
+async fn stop(workflow: &str, found: Vec<Leftover>, grace: Duration) {
     for p in &found {
         let command = read_proc(p.pid, "comm")
             .map(|c| String::from_utf8_lossy(&c).trim().to_string())
@@ -270,7 +221,7 @@ pub(crate) fn stop_leftovers(workflow: &str, grace: Duration) -> usize {
         );
         signal(p, libc::SIGTERM);
     }
-    let stubborn = wait_exit(found, Instant::now() + grace);
+    let stubborn = wait_exit(found, grace).await;
     for p in &stubborn {
         tracing::warn!(
             workflow,
@@ -281,47 +232,14 @@ pub(crate) fn stop_leftovers(workflow: &str, grace: Duration) -> usize {
         );
         signal(p, libc::SIGKILL);
     }
-    wait_exit(stubborn, Instant::now() + Duration::from_secs(1));
-    for dir in &cgroups {
-        crate::executor::cgroup::remove(dir, Duration::from_secs(1));
-    }
-    #[cfg(feature = "docker")]
-    let count = count + crate::executor::docker::remove_orphans(workflow);
-    count
+    wait_exit(stubborn, Duration::from_secs(1)).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proc::owner;
     use std::process::Command;
-
-    #[test]
-    fn process_start_time_is_field_22_of_the_kernels_stat() {
-        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
-        let expected: u64 = stat
-            .rsplit(") ")
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(19)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let got = process_start_time(child.id());
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert_eq!(got, Some(expected));
-        assert!(process_start_time(u32::MAX - 1).is_none());
-    }
-
-    #[test]
-    fn the_owner_is_this_process_and_alive() {
-        assert!(owner().starts_with(&format!("{}.", std::process::id())));
-        assert!(owner_alive(owner()));
-        assert!(!owner_alive("1.1"), "pid 1 did not start at tick 1");
-        assert!(!owner_alive("garbage"));
-    }
 
     #[test]
     fn leftovers_of_a_dead_owner_are_stopped_and_others_are_not() {
@@ -345,7 +263,23 @@ mod tests {
         while marks(dead.id()).is_none() && t.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(stop_leftovers(&wf, Duration::from_secs(2)), 1);
+        // An executor's own leftovers (a container) are its part: it is asked for them.
+        struct Leaves;
+        impl crate::Executor for Leaves {
+            fn execute<'a>(
+                &'a self,
+                _: crate::TaskContext<'a>,
+            ) -> crate::BoxFuture<'a, crate::TaskOutput> {
+                Box::pin(async { crate::TaskOutput::failed("unused", false) })
+            }
+            fn remove_leftovers<'a>(&'a self, workflow: &'a str) -> crate::BoxFuture<'a, usize> {
+                Box::pin(async move { usize::from(workflow.starts_with("orphans-test-")) * 2 })
+            }
+        }
+        let mut registry = Registry::empty();
+        registry.register("leaves", Leaves);
+        let stopped = smol::block_on(stop_leftovers(&wf, Duration::from_secs(2), &registry));
+        assert_eq!(stopped, 1 + 2);
         let status = dead.wait().unwrap();
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),

@@ -53,7 +53,7 @@ use crate::events::{
     last_attempts, Event, EventSink, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
 };
 use crate::executor::BoxFuture;
-use crate::orphans::process_start_time;
+use crate::proc::process_start_time;
 
 /// Every table maps bytes to bytes. redb's B-tree code is generic over key and value types,
 /// and one pair of types keeps one copy of it in the binary (about 100 KiB less than a pair

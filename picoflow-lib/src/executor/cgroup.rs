@@ -119,7 +119,7 @@ impl Cgroup {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let base = base()?;
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let owner = crate::orphans::owner();
+        let owner = crate::proc::owner();
         let dir = base.join(format!("{PREFIX}{owner}-{}-{n}", workflow_hash(workflow)));
         if let Err(e) = std::fs::create_dir(&dir) {
             tracing::warn!(cgroup = %dir.display(), "cannot create the task's cgroup: {e}");
@@ -250,7 +250,7 @@ pub(crate) fn leftovers(workflow: &str) -> Vec<PathBuf> {
             };
             let mut parts = rest.split('-');
             match (parts.next(), parts.next()) {
-                (Some(owner), Some(h)) => h == hash && !crate::orphans::owner_alive(owner),
+                (Some(owner), Some(h)) => h == hash && !crate::proc::owner_alive(owner),
                 _ => false,
             }
         })
@@ -259,11 +259,11 @@ pub(crate) fn leftovers(workflow: &str) -> Vec<PathBuf> {
 }
 
 /// Kills what is left in a leftover cgroup and removes it (within `limit`).
-pub(crate) fn remove(dir: &Path, limit: Duration) {
+pub(crate) async fn remove(dir: &Path, limit: Duration) {
     let end = Instant::now() + limit;
     while populated(dir) && Instant::now() < end {
         kill_dir(dir);
-        std::thread::sleep(Duration::from_millis(5));
+        smol::Timer::after(Duration::from_millis(5)).await;
     }
     if let Err(e) = std::fs::remove_dir(dir) {
         tracing::warn!(cgroup = %dir.display(), "cannot remove a task's cgroup: {e}");

@@ -45,7 +45,7 @@ use super::{
 };
 use crate::httpd::percent_encode;
 use crate::model::{DockerConfig, PullPolicy, Task, TaskConfig};
-use crate::orphans;
+use crate::proc;
 
 /// The engine's socket when `DOCKER_HOST` names none.
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -90,6 +90,10 @@ impl Executor for DockerExecutor {
                 _ => TaskOutput::failed("docker executor given a non-docker task", false),
             }
         })
+    }
+
+    fn remove_leftovers<'a>(&'a self, workflow: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(remove_orphans(workflow))
     }
 }
 
@@ -296,7 +300,10 @@ fn container_spec(
         .iter()
         .map(|(k, v)| format!("{k}={}", expand(v)))
         .collect();
-    env.push(format!("{}={OUTPUT_IN_CONTAINER}", crate::flow::OUTPUT_VAR));
+    env.push(format!(
+        "{}={OUTPUT_IN_CONTAINER}",
+        crate::executor::OUTPUT_VAR
+    ));
     let mut spec = json!({
         "Image": image,
         "Env": env,
@@ -305,7 +312,7 @@ fn container_spec(
             LABEL_EXECUTION: ctx.execution_id,
             LABEL_TASK: ctx.task.name,
             LABEL_ATTEMPT: ctx.attempt.to_string(),
-            LABEL_OWNER: orphans::owner(),
+            LABEL_OWNER: proc::owner(),
         },
         "AttachStdin": false,
         "AttachStdout": true,
@@ -345,23 +352,24 @@ fn socket_path(docker_host: Option<&str>) -> Result<PathBuf, Failure> {
 }
 
 /// Removes the containers of `workflow` whose owner (the PicoFlow process that started
-/// them) has died; how many. Part of the search for leftovers before a run (see `orphans`):
+/// them) has died; how many. The executor's part of the search for leftovers before a run
+/// ([`Executor::remove_leftovers`]):
 /// nothing stops a container when the process that started it dies. Quiet when no engine is
 /// reachable, as on most machines.
-pub(crate) fn remove_orphans(workflow: &str) -> usize {
+async fn remove_orphans(workflow: &str) -> usize {
     let Ok(socket) = engine_socket() else {
         return 0;
     };
     let Ok(engine) = Engine::new(&socket) else {
         return 0;
     };
-    let found = smol::block_on(async {
+    let found = async {
         let list = engine.labelled(&[(LABEL_WORKFLOW, workflow)]).await?;
         let mut removed = 0;
         for c in &list {
             let label = |k: &str| c["Labels"][k].as_str().unwrap_or_default().to_string();
             let Some(id) = c["Id"].as_str() else { continue };
-            if orphans::owner_alive(&label(LABEL_OWNER)) {
+            if proc::owner_alive(&label(LABEL_OWNER)) {
                 continue;
             }
             tracing::warn!(
@@ -375,7 +383,8 @@ pub(crate) fn remove_orphans(workflow: &str) -> usize {
             removed += 1;
         }
         Ok::<usize, Failure>(removed)
-    });
+    }
+    .await;
     found.unwrap_or_else(|f| {
         tracing::warn!(workflow, error = %f.message, "cannot look for leftover containers");
         0

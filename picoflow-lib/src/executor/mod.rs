@@ -6,8 +6,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +27,23 @@ mod subreaper;
 /// Largest capture kept per stream (stdout or stderr) of one attempt: 10 MB (EXEC-005).
 pub const CAPTURE_LIMIT: usize = 10 * 1024 * 1024;
 
-/// A boxed, sendable future, as returned by [`Executor::execute`].
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::events::BoxFuture;
+
+/// Environment variable naming the file a shell task writes its outputs to.
+pub const OUTPUT_VAR: &str = "PICOFLOW_OUTPUT";
+
+/// The file a task's attempt writes its outputs to: one per attempt, in the execution's
+/// output directory `dir` (see `flow::create_output_dir`).
+pub(crate) fn output_file(dir: &std::path::Path, task: &str, attempt: u32) -> std::path::PathBuf {
+    let mut name = String::with_capacity(task.len() + 8);
+    for b in task.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => name.push(b as char),
+            _ => name.push_str(&format!("%{b:02X}")),
+        }
+    }
+    dir.join(format!("{name}.{attempt}"))
+}
 
 /// Runs one attempt of a task of one `type`.
 ///
@@ -46,6 +59,16 @@ pub trait Executor: Send + Sync {
 
     /// Runs one attempt.
     fn execute<'a>(&'a self, ctx: TaskContext<'a>) -> BoxFuture<'a, TaskOutput>;
+
+    /// Removes what attempts of `workflow`'s tasks left behind outside any process when the
+    /// PicoFlow process running them died (a container, a remote job); how many things it
+    /// removed. The engine calls it for every registered executor before a resumed execution
+    /// or a new run after a crash, after the processes such a run left were stopped. It must
+    /// not block: it runs on the engine's thread, where the daemon's schedules wait.
+    fn remove_leftovers<'a>(&'a self, workflow: &'a str) -> BoxFuture<'a, usize> {
+        let _ = workflow;
+        Box::pin(async { 0 })
+    }
 }
 
 /// Which output stream a chunk came from.
@@ -102,7 +125,7 @@ impl TaskContext<'_> {
     /// `KEY<<DELIMITER` blocks (the shell executor names it in `$PICOFLOW_OUTPUT`). The
     /// engine reads it after the attempt.
     pub fn output_file(&self) -> std::path::PathBuf {
-        crate::flow::output_file(self.output_dir, &self.task.name, self.attempt)
+        output_file(self.output_dir, &self.task.name, self.attempt)
     }
 }
 

@@ -34,7 +34,7 @@ use super::{
     BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
 use crate::model::{ShellConfig, TaskConfig};
-use crate::orphans;
+use crate::proc;
 
 /// Time between SIGTERM and SIGKILL when a task's process group is stopped.
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -124,12 +124,12 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
         cmd.current_dir(dir);
     }
     // After the task's own `env`, so that no task can hide from the search for leftovers.
-    cmd.env(orphans::WORKFLOW_VAR, ctx.workflow)
-        .env(orphans::EXECUTION_VAR, ctx.execution_id)
-        .env(orphans::TASK_VAR, &ctx.task.name)
-        .env(orphans::ATTEMPT_VAR, ctx.attempt.to_string())
-        .env(orphans::OWNER_VAR, orphans::owner())
-        .env(crate::flow::OUTPUT_VAR, ctx.output_file());
+    cmd.env(proc::WORKFLOW_VAR, ctx.workflow)
+        .env(proc::EXECUTION_VAR, ctx.execution_id)
+        .env(proc::TASK_VAR, &ctx.task.name)
+        .env(proc::ATTEMPT_VAR, ctx.attempt.to_string())
+        .env(proc::OWNER_VAR, proc::owner())
+        .env(crate::executor::OUTPUT_VAR, ctx.output_file());
     // Dropped at the end of the attempt, which kills what is left in it.
     let cgroup = Cgroup::create(ctx.workflow);
     let reaping = match &cgroup {

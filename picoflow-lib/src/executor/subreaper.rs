@@ -67,7 +67,7 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// Parent and process group of `pid`, from its `stat`.
 fn parent_and_group(pid: u32) -> Option<(u32, u32)> {
-    let stat = crate::orphans::stat_fields(pid)?;
+    let stat = crate::proc::stat_fields(pid)?;
     let mut rest = stat.split_whitespace();
     // Fields 3, 4 and 5: state, parent, process group.
     let _state = rest.next()?;
