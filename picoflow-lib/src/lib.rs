@@ -121,6 +121,7 @@ pub use events::{
     is_interrupted, last_attempts, new_id, Event, EventSink, TaskExecution, TaskState,
     WorkflowExecution, WorkflowStatus, INTERRUPTED,
 };
+pub use executor::stop;
 pub use executor::{
     feature_for, BoxFuture, CancelToken, Canceller, Capture, Executor, NoOutput, Outcome,
     OutputSink, Registry, SharedState, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT, OUTPUT_VAR,

@@ -459,6 +459,7 @@ mod with_http {
         assert!(ran.took < Duration::from_secs(3), "took {:?}", ran.took);
         let t = &ran.report.tasks[0];
         assert_eq!(t.state, TaskState::Timeout);
+        assert_eq!(t.exit_code, Some(124));
         assert!(error(&ran).contains("timeout"), "{}", error(&ran));
     }
 
@@ -471,8 +472,9 @@ mod with_http {
         ));
         assert!(ran.took < Duration::from_secs(3), "took {:?}", ran.took);
         assert_eq!(ran.report.tasks[0].state, TaskState::Timeout);
+        assert_eq!(ran.report.tasks[0].exit_code, Some(124));
         assert!(
-            error(&ran).contains("task timed out after 1s"),
+            error(&ran).starts_with("timed out after 1s; GET http://127.0.0.1:"),
             "{}",
             error(&ran)
         );
@@ -518,7 +520,7 @@ mod with_http {
         assert!(ran.took < Duration::from_secs(3), "took {:?}", ran.took);
         assert!(!ran.report.success());
         assert_eq!(ran.report.tasks[0].attempts, 1);
-        assert!(error(&ran).contains("cancelled"), "{}", error(&ran));
+        assert!(error(&ran).contains("cancelled; GET"), "{}", error(&ran));
     }
 
     fn closed_port() -> u16 {
@@ -607,14 +609,20 @@ mod with_http {
             server.url("/")
         ));
         assert!(ran.report.success(), "{}", error(&ran));
-        let out = ran.attempts[0].stdout.as_deref().unwrap();
-        assert!(out.starts_with(&big[..CAPTURE_LIMIT]));
+        // The capture stops at the cap; the record keeps its end, with the whole size.
+        let a = &ran.attempts[0];
+        let out = a.stdout.as_deref().unwrap();
+        assert_eq!(out.len(), picoflow_lib::STORED_CAPTURE);
         assert!(
-            out[CAPTURE_LIMIT..].contains("truncated"),
+            out.ends_with("x\n[output truncated at 10 MB]\n"),
             "{}",
-            &out[CAPTURE_LIMIT..]
+            &out[out.len() - 40..]
         );
-        assert!(out.len() < CAPTURE_LIMIT + 100);
+        let whole = a.stdout_size.unwrap() as usize;
+        assert!(
+            (CAPTURE_LIMIT..CAPTURE_LIMIT + 100).contains(&whole),
+            "{whole}"
+        );
     }
 
     // ---- secrets in tracing output ---------------------------------------------------------

@@ -358,6 +358,30 @@ mod with_ssh {
             "took {took:?}"
         );
         keep.join().unwrap();
+
+        // The task's timeout bounds the connection too: a silent peer and a connection
+        // timeout of 5 s, a task timeout of 1 s.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let keep = std::thread::spawn(move || {
+            let conns: Vec<_> = silent.incoming().take(1).collect();
+            std::thread::sleep(Duration::from_secs(3));
+            drop(conns);
+        });
+        let t0 = Instant::now();
+        let yaml = workflow(&sshd.task("a", "true", "    timeout: 1\n    retry: 0\n"))
+            .replace(&format!("port: {}", sshd.port), &format!("port: {port}"));
+        let report = run(&yaml);
+        let t = &report.tasks[0];
+        assert_eq!(t.state, TaskState::Timeout, "{t:?}");
+        assert_eq!(t.exit_code, Some(124), "{t:?}");
+        assert_eq!(
+            t.error.as_deref(),
+            Some("timed out after 1s; connection abandoned before the command started")
+        );
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        keep.join().unwrap();
     }
 
     /// The processes whose command line holds `marker` (the remote side runs on this host).

@@ -41,7 +41,7 @@ use tracing::instrument::WithSubscriber as _;
 
 use super::shell::KILL_GRACE;
 use super::{
-    BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
+    stop, BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
 use crate::httpd::percent_encode;
 use crate::model::{DockerConfig, PullPolicy, Task, TaskConfig};
@@ -97,11 +97,11 @@ impl Executor for DockerExecutor {
     }
 }
 
-/// Why an attempt ended before its container did.
+/// How the attempt's steps ended: by themselves, or stopped (a timeout, a cancellation)
+/// before its container did.
 enum Stop {
     Ended(Result<(), Failure>),
-    TimedOut,
-    Cancelled,
+    Stopped(stop::Stop),
 }
 
 /// A failed step: what to tell the user, and whether another attempt may succeed.
@@ -137,22 +137,10 @@ async fn run(cfg: &DockerConfig, ctx: &TaskContext<'_>) -> TaskOutput {
     let container: Mutex<Option<String>> = Mutex::new(None);
     let stop = {
         let work = attempt(engine, cfg, ctx, &container, &mut stdout, &mut stderr);
-        let timer = async {
-            match ctx.timeout {
-                Some(t) => smol::Timer::after(t).await,
-                None => future::pending().await,
-            };
-            Stop::TimedOut
-        };
-        let cancelled = async {
-            ctx.cancel.cancelled().await;
-            Stop::Cancelled
-        };
-        future::or(
-            async { Stop::Ended(work.await) },
-            future::or(timer, cancelled),
-        )
-        .await
+        match stop::race(ctx, std::pin::pin!(work)).await {
+            Ok(ended) => Stop::Ended(ended),
+            Err(stopped) => Stop::Stopped(stopped),
+        }
     };
 
     let id = container.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -205,23 +193,12 @@ async fn run(cfg: &DockerConfig, ctx: &TaskContext<'_>) -> TaskOutput {
             };
             out.error = Some(format!("cannot learn how container {short} ended: {why}"));
         }
-        (Stop::TimedOut, _) => {
-            out.outcome = Outcome::Timeout;
-            out.exit_code = Some(124);
-            out.error = Some(format!(
-                "timed out after {}s; container {short} stopped{}",
-                ctx.timeout.map_or(0, |t| t.as_secs()),
+        (Stop::Stopped(stopped), _) => {
+            let how = format!(
+                "container {short} stopped{}",
                 if cfg.remove { " and removed" } else { "" }
-            ));
-        }
-        (Stop::Cancelled, _) => {
-            out.outcome = Outcome::Cancelled;
-            out.exit_code = Some(130);
-            out.retryable = false;
-            out.error = Some(format!(
-                "cancelled; container {short} stopped{}",
-                if cfg.remove { " and removed" } else { "" }
-            ));
+            );
+            return stopped.output(&how, out.stdout, out.stderr);
         }
     }
     out

@@ -46,7 +46,7 @@ use isahc::{AsyncBody, HttpClient, Request};
 use tracing::instrument::WithSubscriber as _;
 
 use super::{
-    BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
+    stop, BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
 use crate::model::{HttpConfig, Task, TaskConfig};
 
@@ -207,11 +207,11 @@ enum Exchange {
 }
 
 /// Why the attempt stopped before the exchange ended.
+/// How the exchange ended: answered or failed, out of its request timeout, or stopped.
 enum Stop {
     Done(Exchange),
     RequestTimeout,
-    TaskTimeout,
-    Cancelled,
+    Stopped(stop::Stop),
 }
 
 async fn run(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> TaskOutput {
@@ -258,22 +258,11 @@ async fn run(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> TaskOutput {
             smol::Timer::after(request_timeout).await;
             Stop::RequestTimeout
         };
-        let task_timer = async {
-            match ctx.timeout {
-                Some(t) => smol::Timer::after(t).await,
-                None => future::pending().await,
-            };
-            Stop::TaskTimeout
-        };
-        let cancelled = async {
-            ctx.cancel.cancelled().await;
-            Stop::Cancelled
-        };
-        future::or(
-            async { Stop::Done(exchange.await) },
-            future::or(task_timer, future::or(request_timer, cancelled)),
-        )
-        .await
+        let bounded = future::or(async { Stop::Done(exchange.await) }, request_timer);
+        match stop::race(ctx, std::pin::pin!(bounded)).await {
+            Ok(ended) => ended,
+            Err(stopped) => Stop::Stopped(stopped),
+        }
     };
 
     let mut out = TaskOutput {
@@ -315,12 +304,14 @@ async fn run(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> TaskOutput {
         }) => {
             if timeout {
                 out.outcome = Outcome::Timeout;
+                out.exit_code = Some(stop::EXIT_TIMEOUT);
             }
             out.retryable = retryable;
             out.error = Some(redactor.scrub(&format!("{} {}: {message}", cfg.method, shown_url)));
         }
         Stop::RequestTimeout => {
             out.outcome = Outcome::Timeout;
+            out.exit_code = Some(stop::EXIT_TIMEOUT);
             out.error = Some(format!(
                 "{} {}: no complete answer within the request timeout of {}s",
                 cfg.method,
@@ -328,22 +319,9 @@ async fn run(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> TaskOutput {
                 request_timeout.as_secs()
             ));
         }
-        Stop::TaskTimeout => {
-            out.outcome = Outcome::Timeout;
-            out.error = Some(format!(
-                "{} {}: task timed out after {}s; request aborted",
-                cfg.method,
-                shown_url,
-                ctx.timeout.map_or(0, |t| t.as_secs())
-            ));
-        }
-        Stop::Cancelled => {
-            out.outcome = Outcome::Cancelled;
-            out.retryable = false;
-            out.error = Some(format!(
-                "{} {}: cancelled; request aborted",
-                cfg.method, shown_url
-            ));
+        Stop::Stopped(stopped) => {
+            let how = format!("{} {}: request aborted", cfg.method, shown_url);
+            out = stopped.output(&how, out.stdout, out.stderr);
         }
     }
     if let Some(e) = &out.error {

@@ -1,8 +1,11 @@
 //! Executors: the pluggable part that runs one attempt of one task.
 //!
 //! The [`Executor`] trait is always compiled. Built-in executors live in one module each;
-//! optional ones are gated by a single `#[cfg]` on their `mod` line and one entry in
-//! [`Registry::builtin`]. Users add their own task types with [`Registry::register`].
+//! an optional one is gated by `#[cfg]` on its `mod` line and on its entry in
+//! [`Registry::builtin`] (and [`feature_for`] names its feature). Users add their own task
+//! types with [`Registry::register`]. Every executor ends an attempt early the same way
+//! ([`stop`]); an executor whose tasks leave things outside their processes removes them in
+//! [`Executor::remove_leftovers`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,6 +25,7 @@ mod shell;
 mod spawn;
 #[cfg(feature = "ssh")]
 mod ssh;
+pub mod stop;
 mod subreaper;
 
 /// Largest capture kept per stream (stdout or stderr) of one attempt: 10 MB (EXEC-005).

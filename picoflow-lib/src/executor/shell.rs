@@ -29,7 +29,7 @@ use futures_lite::{future, AsyncRead, AsyncReadExt};
 
 use super::cgroup::Cgroup;
 use super::spawn::Command;
-use super::subreaper;
+use super::{stop, subreaper};
 use super::{
     BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
@@ -58,12 +58,6 @@ impl Executor for ShellExecutor {
             }
         })
     }
-}
-
-enum End {
-    Exited(std::io::Result<std::process::ExitStatus>),
-    TimedOut,
-    Cancelled,
 }
 
 /// What of the task cannot be handed to a process because a value put in it holds a NUL
@@ -181,27 +175,9 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
         .await
     };
     let waiter = async {
-        let status = child.status();
-        let timeout = async {
-            match ctx.timeout {
-                Some(t) => {
-                    smol::Timer::after(t).await;
-                }
-                None => future::pending::<()>().await,
-            }
-            End::TimedOut
-        };
-        let cancelled = async {
-            ctx.cancel.cancelled().await;
-            End::Cancelled
-        };
-        let end = future::or(
-            async { End::Exited(status.await) },
-            future::or(timeout, cancelled),
-        )
-        .await;
-        match end {
-            End::Exited(s) => {
+        let raced = stop::race(ctx, std::pin::pin!(child.status())).await;
+        match raced {
+            Ok(status) => {
                 // Leftovers in the group (background jobs), which would keep the pipes open,
                 // were killed as the first process ended (see `Child::status`).
                 if let Some(cg) = &cgroup {
@@ -210,9 +186,9 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
                 if reaping {
                     subreaper::stop_strays(KILL_GRACE).await;
                 }
-                (End::Exited(s), None)
+                Ok(status)
             }
-            other => {
+            Err(stop) => {
                 signal_group(pgid, libc::SIGTERM);
                 if let Some(cg) = &cgroup {
                     cg.signal(libc::SIGTERM);
@@ -220,20 +196,16 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
                 if reaping {
                     subreaper::signal_descendants(pgid as u32, libc::SIGTERM);
                 }
-                let status = future::or(async { Some(child.status().await) }, async {
+                let ended = future::or(async { Some(child.status().await) }, async {
                     smol::Timer::after(KILL_GRACE).await;
                     None
                 })
                 .await;
-                let status = match status {
-                    // Ended within the grace: its group was killed as it ended.
-                    Some(s) => s,
-                    None => {
-                        // Still running, so its pid still names its group.
-                        signal_group(pgid, libc::SIGKILL);
-                        child.status().await
-                    }
-                };
+                if ended.is_none() {
+                    // Still running, so its pid still names its group.
+                    signal_group(pgid, libc::SIGKILL);
+                    let _ = child.status().await;
+                }
                 if let Some(cg) = &cgroup {
                     cg.kill(KILL_GRACE).await;
                 }
@@ -241,50 +213,40 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
                     // The first process has ended: what it left is PicoFlow's now.
                     subreaper::stop_strays(KILL_GRACE).await;
                 }
-                (other, Some(status))
+                Err(stop)
             }
         }
     };
-    let ((stdout, stderr), (end, _)) = future::zip(readers, waiter).await;
-
-    let mut out = TaskOutput {
-        outcome: Outcome::Failed,
-        exit_code: None,
+    let ((stdout, stderr), end) = future::zip(readers, waiter).await;
+    let status = match end {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            let mut out = TaskOutput::failed(format!("cannot wait for the process: {e}"), true);
+            (out.stdout, out.stderr) = (stdout, stderr);
+            return out;
+        }
+        Err(stop) => return stop.output("process group terminated", stdout, stderr),
+    };
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let error = match (status.success(), status.signal()) {
+        (true, _) => None,
+        (false, Some(sig)) => Some(format!("killed by signal {sig}")),
+        (false, None) => Some(format!("exited with code {code}")),
+    };
+    TaskOutput {
+        outcome: if status.success() {
+            Outcome::Success
+        } else {
+            Outcome::Failed
+        },
+        exit_code: Some(code),
         stdout,
         stderr,
-        error: None,
+        error,
         retryable: true,
-    };
-    match end {
-        End::Exited(Ok(status)) => {
-            let code = status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-            out.exit_code = Some(code);
-            if status.success() {
-                out.outcome = Outcome::Success;
-            } else if let Some(sig) = status.signal() {
-                out.error = Some(format!("killed by signal {sig}"));
-            } else {
-                out.error = Some(format!("exited with code {code}"));
-            }
-        }
-        End::Exited(Err(e)) => out.error = Some(format!("cannot wait for the process: {e}")),
-        End::TimedOut => {
-            out.outcome = Outcome::Timeout;
-            out.exit_code = Some(124);
-            out.error = Some(format!(
-                "timed out after {}s; process group terminated",
-                ctx.timeout.map_or(0, |t| t.as_secs())
-            ));
-        }
-        End::Cancelled => {
-            out.outcome = Outcome::Cancelled;
-            out.exit_code = Some(130);
-            out.error = Some("cancelled; process group terminated".into());
-        }
     }
-    out
 }
 
 /// Reads a pipe to its end, passing chunks on and keeping at most [`CAPTURE_LIMIT`] bytes.

@@ -9,7 +9,9 @@
 //! * **Time limits.** The crate has none of its own and a silent peer would hang a handshake
 //!   forever, so every network step (resolve, connect, handshake, authentication, channel
 //!   open) is bounded by the connection `timeout` (30 s). The task's `timeout` bounds the
-//!   remote command: the channel is closed and the attempt ends `timeout` with exit code 124.
+//!   whole attempt, connecting included: at it (or when the run is cancelled) the remote
+//!   command is stopped, the channel closed, and the attempt ends as every executor's does
+//!   (`timeout`, exit code 124; see `stop`).
 //!   A connection that fails gives exit code 255 and is retried like any failure.
 //! * **Output.** stdout and stderr are read concurrently, passed to the task log and captured
 //!   with the shell executor's 10 MB cap.
@@ -51,7 +53,7 @@ use async_ssh2_lite::{AsyncIoTcpStream, AsyncSession};
 use futures_lite::{future, AsyncReadExt};
 
 use super::{
-    BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
+    stop, BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
 use crate::expand::is_var_name;
 use crate::model::{SshConfig, TaskConfig};
@@ -60,8 +62,6 @@ type Session = AsyncSession<AsyncIoTcpStream>;
 
 /// Exit code of a connection or authentication failure (API reference).
 const EXIT_CONNECTION: i32 = 255;
-/// Exit code of a remote command stopped by the task timeout (API reference).
-const EXIT_TIMEOUT: i32 = 124;
 
 #[derive(Debug, Default)]
 pub(crate) struct SshExecutor;
@@ -112,29 +112,44 @@ impl Executor for SshExecutor {
                 return TaskOutput::failed("not an ssh task", false);
             };
             let started = Started::default();
-            let work = run(&ctx, cfg, &started);
-            let cancelled = async {
-                ctx.cancel.cancelled().await;
-                None
-            };
-            match future::or(async { Some(work.await) }, cancelled).await {
-                Some(out) => out,
-                None => {
+            let captured = Captured::default();
+            let mut work = std::pin::pin!(run(&ctx, cfg, &started, &captured));
+            match stop::race(&ctx, work.as_mut()).await {
+                Ok(out) => out,
+                Err(stopped) => {
                     let running = started.lock().unwrap_or_else(|e| e.into_inner()).take();
-                    if let Some((session, group)) = running {
-                        stop_remote(&session, group).await;
-                    }
-                    TaskOutput {
-                        outcome: Outcome::Cancelled,
-                        exit_code: None,
-                        stdout: Capture::default(),
-                        stderr: Capture::default(),
-                        error: Some("cancelled".into()),
-                        retryable: false,
-                    }
+                    let how = match running {
+                        Some((session, group)) => {
+                            stop_remote(&session, group).await;
+                            "remote command stopped"
+                        }
+                        None => "connection abandoned before the command started",
+                    };
+                    // The work's channel is closed as it is dropped, after the stop.
+                    let (stdout, stderr) = captured.take();
+                    stopped.output(how, stdout, stderr)
                 }
             }
         })
+    }
+}
+
+/// What the remote command printed so far, kept outside the work so that a stopped attempt
+/// still has it.
+#[derive(Default)]
+struct Captured(std::sync::Mutex<(Capture, Capture)>);
+
+impl Captured {
+    fn push(&self, stream: Stream, data: &[u8]) {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match stream {
+            Stream::Stdout => c.0.push(data, CAPTURE_LIMIT),
+            Stream::Stderr => c.1.push(data, CAPTURE_LIMIT),
+        }
+    }
+
+    fn take(&self) -> (Capture, Capture) {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -244,6 +259,10 @@ async fn stop_remote(session: &Session, sid: u32) {
     let stop = async {
         let mut channel = session.channel_session().await?;
         channel.exec(&script).await?;
+        // Whatever the account's rc file prints: the channel closes only once it is read, and
+        // the stop must run to its end (closing the channel early could cut it short).
+        let mut printed = Vec::new();
+        channel.read_to_end(&mut printed).await?;
         channel.wait_close().await
     };
     if let Err(e) = future::or(async { stop.await.map_err(|e| e.to_string()) }, async {
@@ -950,7 +969,12 @@ fn verify_host_key(session: &Session, t: &Target) -> Result<(), Failure> {
     }
 }
 
-async fn run(ctx: &TaskContext<'_>, cfg: &SshConfig, started: &Started) -> TaskOutput {
+async fn run(
+    ctx: &TaskContext<'_>,
+    cfg: &SshConfig,
+    started: &Started,
+    captured: &Captured,
+) -> TaskOutput {
     let target = Target {
         host: ctx.vars.expand(&cfg.host),
         port: cfg.port,
@@ -967,7 +991,7 @@ async fn run(ctx: &TaskContext<'_>, cfg: &SshConfig, started: &Started) -> TaskO
         Ok(c) => format!("{}{c}", print_group(&nonce)),
         Err(message) => return TaskOutput::failed(message, false),
     };
-    match attempt(ctx, &target, &command, &nonce, started).await {
+    match attempt(ctx, &target, &command, &nonce, started, captured).await {
         Ok(out) => out,
         Err(f) => {
             tracing::warn!(task = %ctx.task.name, target = %target.label(), error = %f.message, "ssh task could not run");
@@ -993,6 +1017,7 @@ async fn attempt(
     command: &str,
     nonce: &str,
     started: &Started,
+    captured: &Captured,
 ) -> Result<TaskOutput, Failure> {
     check_key(&t.key)?;
     let pool = ctx.shared.get_or_insert("ssh-sessions", Pool::default);
@@ -1044,8 +1069,6 @@ async fn attempt(
     )
     .await?;
 
-    let mut stdout = Capture::default();
-    let mut stderr = Capture::default();
     let mut err_stream = channel.stderr();
     let read_all = async {
         let out = async {
@@ -1060,7 +1083,7 @@ async fn attempt(
                         marker.finish(&mut data);
                         if !data.is_empty() {
                             ctx.output.output(Stream::Stdout, &data);
-                            stdout.push(&data, CAPTURE_LIMIT);
+                            captured.push(Stream::Stdout, &data);
                         }
                         break;
                     }
@@ -1071,7 +1094,7 @@ async fn attempt(
                         }
                         if !data.is_empty() {
                             ctx.output.output(Stream::Stdout, &data);
-                            stdout.push(&data, CAPTURE_LIMIT);
+                            captured.push(Stream::Stdout, &data);
                         }
                     }
                 }
@@ -1084,57 +1107,16 @@ async fn attempt(
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         ctx.output.output(Stream::Stderr, &buf[..n]);
-                        stderr.push(&buf[..n], CAPTURE_LIMIT);
+                        captured.push(Stream::Stderr, &buf[..n]);
                     }
                 }
             }
         };
         future::zip(out, err).await;
     };
-    let finished = match ctx.timeout {
-        Some(limit) => {
-            let timer = async {
-                smol::Timer::after(limit).await;
-                false
-            };
-            future::or(
-                async {
-                    read_all.await;
-                    true
-                },
-                timer,
-            )
-            .await
-        }
-        None => {
-            read_all.await;
-            true
-        }
-    };
-    let running = started.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if !finished {
-        if let Some((session, group)) = running {
-            stop_remote(&session, group).await;
-        }
-        let _ = bounded(
-            Duration::from_secs(2),
-            "closing the channel to",
-            &label,
-            channel.close(),
-        )
-        .await;
-        return Ok(TaskOutput {
-            outcome: Outcome::Timeout,
-            exit_code: Some(EXIT_TIMEOUT),
-            stdout,
-            stderr,
-            error: Some(format!(
-                "timed out after {}s on {label}",
-                ctx.timeout.unwrap_or_default().as_secs()
-            )),
-            retryable: true,
-        });
-    }
+    read_all.await;
+    // The command has ended: nothing is left to stop.
+    started.lock().unwrap_or_else(|e| e.into_inner()).take();
     let _ = bounded(
         t.limit,
         "closing the channel to",
@@ -1143,6 +1125,7 @@ async fn attempt(
     )
     .await;
     let code = channel.exit_status().unwrap_or(EXIT_CONNECTION);
+    let (stdout, stderr) = captured.take();
     Ok(TaskOutput {
         outcome: if code == 0 {
             Outcome::Success
