@@ -128,6 +128,8 @@ impl<'a> Worker<'a> {
                 Next::Commit(acks) => self.commit(acks),
                 Next::Stop => {
                     self.commit(Vec::new());
+                    // A journal holding what could not be committed stays for the next
+                    // writer to replay.
                     if self.batch.records().is_empty() {
                         self.journal.remove();
                     }
@@ -137,6 +139,8 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// Takes a record into the batch; a task's start is journaled at once, unsynced, so
+    /// that readers in other processes see the task running.
     fn add(&mut self, record: Record) -> Next {
         let added = self.batch.add(record, Instant::now());
         if let Some(line) = added.journal_unsynced {
