@@ -282,4 +282,41 @@ mod tests {
             TaskState::Success
         );
     }
+
+    /// The writer journals a task's start as soon as it takes it, before any flush or commit,
+    /// so that readers in other processes see the task running within the commit window.
+    #[test]
+    fn a_start_is_journaled_before_any_flush_or_commit() {
+        let path = temp("start");
+        let store = Store::open(&path).unwrap();
+        let sink = store.sink();
+        sink.on_event(&Event::WorkflowStarted(exec(
+            "a",
+            "e1",
+            "2026-11-20T10:00:00Z",
+        )));
+        sink.on_event(&Event::TaskStarted(task(
+            "e1",
+            "t1",
+            "x",
+            TaskState::Running,
+        )));
+        let journal = Journal::path_for(
+            &path,
+            std::process::id(),
+            process_start_time(std::process::id()).unwrap(),
+        );
+        // Well within START_COMMIT_WINDOW, after which a commit would empty the journal.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+        let mut text = String::new();
+        while std::time::Instant::now() < deadline && !text.contains("\"t1\"") {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            text = std::fs::read_to_string(&journal).unwrap_or_default();
+        }
+        assert!(
+            text.contains("\"t1\"") && text.contains("running"),
+            "{text}"
+        );
+        assert!(!text.contains("\"out\""), "the journal carries no output");
+    }
 }

@@ -213,6 +213,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_redb_error_says_what_was_done_to_which_file() {
+        let failed: std::result::Result<(), redb::StorageError> =
+            Err(redb::StorageError::Corrupted("bad page".into()));
+        let e = failed
+            .context(Path::new("/var/lib/picoflow/state.redb"), "cannot read")
+            .unwrap_err();
+        assert!(matches!(e, Error::Store { .. }));
+        let text = e.to_string();
+        assert!(
+            text.starts_with("state store: cannot read /var/lib/picoflow/state.redb: ")
+                && text.contains("bad page"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn composite_keys_sort_like_their_parts() {
         // Times sort as numbers, negative ones included, then by id.
         let times = [i64::MIN, -5, -1, 0, 1, 1_700_000_000_000_000, i64::MAX];
