@@ -161,13 +161,8 @@ pub(crate) fn status(
                     ),
                     // A condition or rule that skipped a task is said; a failure upstream
                     // is the user guide's plain "skipped".
-                    TaskState::Skipped => match t.error_message.as_deref() {
-                        Some(m)
-                            if m.starts_with("skipped: condition")
-                                || m.starts_with("skipped: run_if") =>
-                        {
-                            ("-", m.to_string())
-                        }
+                    TaskState::Skipped => match t.skip_reason() {
+                        Some(r) if r.is_by_definition() => ("-", r.message()),
                         _ => ("-", "skipped".to_string()),
                     },
                     TaskState::Pending => ("○", "pending".to_string()),

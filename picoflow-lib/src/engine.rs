@@ -34,7 +34,8 @@ use smol::lock::Semaphore;
 use crate::config::{Config, RetryConfig, TimeoutConfig};
 use crate::error::{Error, Result};
 use crate::events::{
-    new_id, Event, EventSink, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
+    new_id, Event, EventSink, SkipReason, TaskExecution, TaskState, WorkflowExecution,
+    WorkflowStatus,
 };
 use crate::executor::{
     CancelToken, NoOutput, Outcome, OutputSink, Registry, SharedState, TaskContext, TaskOutput,
@@ -647,10 +648,10 @@ impl Engine {
         for (i, skip) in plan.take_skipped() {
             let task = &run.wf.tasks[i];
             let reason = match skip {
-                Skip::Failed(c) => format!("skipped: dependency '{}' failed", run.wf.tasks[c].name),
-                Skip::Rule => format!("skipped: run_if: {} does not hold", task.run_if.as_str()),
+                Skip::Failed(c) => SkipReason::Dependency(run.wf.tasks[c].name.clone()),
+                Skip::Rule => SkipReason::Rule(task.run_if.as_str().to_string()),
             };
-            self.skip(run, &task.name, reason, &mut reports[i]);
+            self.skip(run, &task.name, reason.message(), &mut reports[i]);
         }
     }
 
@@ -670,7 +671,7 @@ impl Engine {
             return true;
         }
         let when = run.tasks[index].when.as_deref().unwrap_or_default();
-        let reason = format!("skipped: condition is false (when: {when})");
+        let reason = SkipReason::Condition(when.to_string()).message();
         let name = report.name.clone();
         self.skip(run, &name, reason, report);
         false
@@ -738,12 +739,7 @@ impl Engine {
             }
         };
         if list.is_empty() {
-            self.skip(
-                run,
-                &task.name,
-                "skipped: iterate_over has no items".into(),
-                &mut report,
-            );
+            self.skip(run, &task.name, SkipReason::NoItems.message(), &mut report);
             return Finished {
                 release_dependents: true,
                 ..Finished::failed(index, report)

@@ -248,7 +248,62 @@ pub trait EventSink: Send + Sync {
 /// not count among the execution's failed tasks, and a resumed execution runs the task again.
 pub const INTERRUPTED: &str = "interrupted:";
 
+/// Why a task did not run, as its `skipped` record says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SkipReason {
+    /// A task it depends on failed (its name).
+    Dependency(String),
+    /// Its `run_if` rule does not hold (the rule).
+    Rule(String),
+    /// Its `when` condition is false (the condition).
+    Condition(String),
+    /// Its loop has no items.
+    NoItems,
+}
+
+impl SkipReason {
+    /// The record's message; [`TaskExecution::skip_reason`] reads it back.
+    pub fn message(&self) -> String {
+        match self {
+            SkipReason::Dependency(t) => format!("skipped: dependency '{t}' failed"),
+            SkipReason::Rule(r) => format!("skipped: run_if: {r} does not hold"),
+            SkipReason::Condition(w) => format!("skipped: condition is false (when: {w})"),
+            SkipReason::NoItems => "skipped: iterate_over has no items".into(),
+        }
+    }
+
+    /// Whether the task's own definition skipped it (a condition or a rule), rather than
+    /// something that happened upstream.
+    pub fn is_by_definition(&self) -> bool {
+        matches!(self, SkipReason::Condition(_) | SkipReason::Rule(_))
+    }
+}
+
 impl TaskExecution {
+    /// Why this `skipped` record's task did not run; `None` for another state or a record
+    /// that does not say.
+    pub fn skip_reason(&self) -> Option<SkipReason> {
+        if self.status != TaskState::Skipped {
+            return None;
+        }
+        let m = self.error_message.as_deref()?.strip_prefix("skipped: ")?;
+        if let Some(rest) = m.strip_prefix("dependency '") {
+            return Some(SkipReason::Dependency(
+                rest.strip_suffix("' failed")?.to_string(),
+            ));
+        }
+        if let Some(rest) = m.strip_prefix("run_if: ") {
+            return Some(SkipReason::Rule(
+                rest.strip_suffix(" does not hold")?.to_string(),
+            ));
+        }
+        if let Some(rest) = m.strip_prefix("condition is false (when: ") {
+            return Some(SkipReason::Condition(rest.strip_suffix(')')?.to_string()));
+        }
+        (m == "iterate_over has no items").then_some(SkipReason::NoItems)
+    }
+
     /// Whether PicoFlow cut this attempt short (see [`INTERRUPTED`]).
     pub fn interrupted(&self) -> bool {
         is_interrupted(self.error_message.as_deref())
@@ -323,5 +378,39 @@ mod tests {
         ] {
             assert_eq!(TaskState::parse(s.as_str()), Some(s));
         }
+    }
+
+    #[test]
+    fn a_skip_reason_reads_back_from_its_message() {
+        let skipped = |m: String| TaskExecution {
+            id: "a".into(),
+            workflow_execution_id: "e".into(),
+            task_name: "t".into(),
+            status: TaskState::Skipped,
+            started_at: Utc::now(),
+            finished_at: None,
+            exit_code: None,
+            stdout: None,
+            stderr: None,
+            stdout_size: None,
+            stderr_size: None,
+            attempt: 1,
+            error_message: Some(m),
+            duration_seconds: None,
+            created_at: Utc::now(),
+            outputs: None,
+        };
+        for r in [
+            SkipReason::Dependency("fetch 'x'".into()),
+            SkipReason::Rule("all_done".into()),
+            SkipReason::Condition("${tasks.a.outputs.n} > 3 (or not)".into()),
+            SkipReason::NoItems,
+        ] {
+            assert_eq!(skipped(r.message()).skip_reason(), Some(r.clone()), "{r:?}");
+        }
+        assert_eq!(skipped("something else".into()).skip_reason(), None);
+        let mut failed = skipped(SkipReason::NoItems.message());
+        failed.status = TaskState::Failed;
+        assert_eq!(failed.skip_reason(), None);
     }
 }

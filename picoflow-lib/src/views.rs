@@ -1,16 +1,12 @@
 //! What the read commands show, shared by the `--format json` output of the command line and
 //! the web API (OBS-002, OBS-005), so that both give the same shapes.
 
-use std::path::Path;
-
 use chrono::{DateTime, Local, NaiveDate, Utc};
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::events::{last_attempts, TaskExecution, WorkflowExecution, WorkflowStatus};
-use crate::executor::Registry;
 use crate::store::{HistoryFilter, Store, WorkflowRecord};
-use crate::validate::load_workflow;
 
 /// Task names of the workflow file an execution came from, then its handlers', when that
 /// file can still be read and still holds the same workflow; empty otherwise.
@@ -26,9 +22,12 @@ pub fn planned_tasks(exec: &WorkflowExecution) -> Vec<String> {
 /// name) — `("on_failure", "alert")` — when that file can still be read and still holds the
 /// same workflow; both empty otherwise.
 pub fn planned(exec: &WorkflowExecution) -> (Vec<String>, Vec<(&'static str, String)>) {
+    // Parsed, not validated against this build's executors: the tasks of a type an embedding
+    // program registered (or a feature this build lacks) are listed all the same.
     exec.source
         .as_deref()
-        .and_then(|f| load_workflow(Path::new(f), &Registry::builtin()).ok())
+        .and_then(|f| std::fs::read_to_string(f).ok().map(|text| (f, text)))
+        .and_then(|(f, text)| crate::yaml::parse_workflow(&text, f).ok())
         .filter(|wf| wf.name == exec.workflow_name)
         .map(|wf| {
             let handlers = wf
@@ -250,6 +249,45 @@ mod tests {
             .map(|t| t.task_name.as_str())
             .collect();
         assert_eq!(names, ["first", "up[a]", "up[b]", "zeta", "upx"]);
+    }
+
+    #[test]
+    fn tasks_of_a_type_this_build_lacks_are_listed_with_the_handlers_apart() {
+        let dir = std::env::temp_dir().join(format!("picoflow-views-{}", crate::new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cam.yaml");
+        std::fs::write(
+            &file,
+            "name: cam\ntasks:\n  - name: snap\n    type: camera\n    config: {lens: wide}\n  - name: store\n    type: shell\n    depends_on: [snap]\n    config: {command: \"true\"}\non_failure:\n  - name: alert\n    type: shell\n    config: {command: \"true\"}\n",
+        )
+        .unwrap();
+        let t = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .to_utc();
+        let exec = WorkflowExecution {
+            id: "e1".into(),
+            workflow_name: "cam".into(),
+            started_at: t,
+            finished_at: None,
+            status: WorkflowStatus::Running,
+            duration_seconds: None,
+            total_tasks: 2,
+            successful_tasks: 0,
+            failed_tasks: 0,
+            created_at: t,
+            pid: 1,
+            source: Some(file.display().to_string()),
+            definition: None,
+        };
+        assert_eq!(
+            planned(&exec),
+            (
+                vec!["snap".to_string(), "store".into()],
+                vec![("on_failure", "alert".to_string())]
+            )
+        );
+        assert_eq!(planned_tasks(&exec), ["snap", "store", "alert"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
