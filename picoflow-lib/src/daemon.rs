@@ -33,7 +33,7 @@ use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -41,6 +41,7 @@ use futures_lite::future;
 use smol::lock::Semaphore;
 
 use crate::config::Config;
+use crate::contract::{Catalog, CatalogEntry, Trigger, Triggered, WebContext};
 use crate::engine::{Engine, EngineSettings, ResumeFrom, RunOptions};
 use crate::error::{Error, Result};
 use crate::events::new_id;
@@ -137,85 +138,15 @@ impl Loaded {
     fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.schedule.as_ref()?.next_after_delayed(t, self.offset)
     }
-}
 
-/// The daemon's loaded workflows as its web UI shows them. The daemon publishes them on start
-/// and reload and after each fire (for the next fire time); the HTTP thread reads them.
-#[derive(Clone, Default)]
-pub(crate) struct Catalog(Arc<Mutex<BTreeMap<String, CatalogEntry>>>);
-
-/// One loaded workflow in the [`Catalog`].
-#[derive(Clone)]
-#[allow(dead_code)] // read by the `web` feature only
-pub(crate) struct CatalogEntry {
-    pub(crate) wf: Arc<Workflow>,
-    pub(crate) source: PathBuf,
-    pub(crate) next: Option<DateTime<Utc>>,
-}
-
-impl Catalog {
-    fn publish(&self, loaded: &BTreeMap<String, Loaded>) {
-        let entries = loaded
-            .iter()
-            .map(|(name, l)| {
-                let entry = CatalogEntry {
-                    wf: l.wf.clone(),
-                    source: l.source.clone(),
-                    next: l.next,
-                };
-                (name.clone(), entry)
-            })
-            .collect();
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = entries;
+    /// How the web UI shows it.
+    fn entry(&self) -> CatalogEntry {
+        CatalogEntry {
+            wf: self.wf.clone(),
+            source: self.source.clone(),
+            next: self.next,
+        }
     }
-
-    /// Every loaded workflow, by name.
-    #[allow(dead_code)] // used by the `web` feature only
-    pub(crate) fn entries(&self) -> Vec<CatalogEntry> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.values().cloned().collect()
-    }
-
-    /// One loaded workflow.
-    #[allow(dead_code)] // used by the `web` feature only
-    pub(crate) fn get(&self, name: &str) -> Option<CatalogEntry> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(name).cloned()
-    }
-}
-
-/// A request to run a workflow now, sent by the web API to the daemon's main loop, which
-/// applies the overlap rule (SCHED-004) exactly as for a scheduled fire.
-pub(crate) struct Trigger {
-    pub(crate) workflow: String,
-    pub(crate) reply: smol::channel::Sender<Triggered>,
-}
-
-/// The daemon's answer to a [`Trigger`].
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Triggered {
-    /// Started; the new execution's id.
-    Started(String),
-    /// No loaded workflow has that name.
-    NotFound,
-    /// A run is going and the workflow does not set `allow_concurrent`.
-    Busy,
-}
-
-/// What the web UI and API read: the state file, the task logs, the loaded workflows, and
-/// the way to ask for a run.
-#[allow(dead_code)] // read by the `web` feature only
-pub(crate) struct WebContext {
-    pub(crate) store: Arc<Store>,
-    pub(crate) log_dir: PathBuf,
-    pub(crate) catalog: Catalog,
-    pub(crate) triggers: smol::channel::Sender<Trigger>,
-    /// The bearer token that allows triggering; `None` disables it.
-    pub(crate) token: Option<String>,
-    /// The endpoint listens on a loopback address only.
-    pub(crate) loopback: bool,
-    /// Pages and API reads need the token (or the sign-in cookie) too.
-    pub(crate) reads_need_token: bool,
 }
 
 /// Loads every workflow file named by `paths` (files or directories). Fails naming every
@@ -602,7 +533,7 @@ impl Daemon {
         let status_file = status_path(&pid_file);
 
         let catalog = Catalog::default();
-        catalog.publish(&loaded);
+        catalog.publish(loaded.values().map(Loaded::entry));
         let (trigger_tx, triggers) = smol::channel::bounded::<Trigger>(16);
         let web = WebContext {
             store: store.clone(),
@@ -758,7 +689,7 @@ impl Daemon {
                         }
                         l.next = l.next_after(now.max(next));
                     }
-                    catalog.publish(loaded);
+                    catalog.publish(loaded.values().map(Loaded::entry));
                 }
                 Wake::Trigger(t) => {
                     let answer = match loaded.get(&t.workflow) {
@@ -785,7 +716,7 @@ impl Daemon {
                 Wake::Signal(Some(StopSignal::Hangup)) => {
                     self.reload(loaded, shared);
                     write_status(status_file, started, loaded);
-                    catalog.publish(loaded);
+                    catalog.publish(loaded.values().map(Loaded::entry));
                 }
                 Wake::Signal(_) => break,
             }

@@ -71,6 +71,8 @@
 #![deny(missing_docs)]
 
 mod config;
+// What the daemon and the web UI share, below both.
+mod contract;
 mod daemon;
 mod dag;
 mod engine;
