@@ -49,6 +49,7 @@ use crate::executor::{CancelToken, Registry};
 use crate::httpd::{Server, Service};
 use crate::metrics::Metrics;
 use crate::model::{Catchup, Workflow};
+use crate::resume::{plan_run, RunIntent, RunPlan};
 use crate::schedule::{host_name, Schedule};
 use crate::signals::{Signals, StopSignal};
 use crate::store::Store;
@@ -590,27 +591,20 @@ impl Daemon {
         triggers: &smol::channel::Receiver<Trigger>,
         catalog: &Catalog,
     ) -> Result<DaemonExit> {
-        // Resume what a crash interrupted (REL-001).
+        // Resume what a crash interrupted (REL-001), as the resume policy decides for a daemon.
         for exec in recovered {
             let Some(l) = loaded.get(&exec.workflow_name) else {
                 tracing::warn!(workflow = %exec.workflow_name, execution = %exec.id,
                     "interrupted execution of a workflow this daemon does not load; left as interrupted");
                 continue;
             };
-            let tasks = shared.store.task_executions(&exec.id)?;
-            tracing::info!(workflow = %exec.workflow_name, execution = %exec.id, "resuming interrupted execution");
-            spawn_run(
-                ex,
-                shared,
-                l.wf.clone(),
-                &l.source,
-                Some(ResumeFrom {
-                    execution: exec,
-                    tasks,
-                }),
-                1,
-                None,
-            );
+            let id = exec.id.clone();
+            let RunPlan::Resume(from) = plan_run(&shared.store, &l.wf, RunIntent::Recovered(exec))?
+            else {
+                continue;
+            };
+            tracing::info!(workflow = %l.wf.name, execution = %id, "resuming interrupted execution");
+            spawn_run(ex, shared, l.wf.clone(), &l.source, Some(from), 1, None);
         }
         // Catch up on fires missed while the daemon was down.
         let now = Utc::now();
