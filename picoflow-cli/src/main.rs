@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use picoflow_lib::{
-    load_workflow, plan_run, template, workflow_files, CancelToken, Config, Dag, Engine,
+    load_workflow, open_for_run, template, workflow_files, CancelToken, Config, Dag, Engine,
     EngineSettings, Error, Registry, RunIntent, RunOptions, RunPlan, Schedule, Signals, Store,
     WorkflowStatus, TEMPLATE_NAMES,
 };
@@ -363,19 +363,6 @@ fn graph(file: &Path, format: &str) -> Result<u8, Error> {
 fn run(file: &Path, resume: bool, force: bool, config: &Config) -> Result<u8, Error> {
     let registry = Registry::builtin();
     let wf = load_workflow(file, &registry)?;
-    if resume && !config.db_path.exists() {
-        // Nothing to resume, and nothing to create for it.
-        return Err(Error::NotFound(format!(
-            "no execution of '{}' to resume (no state file {})",
-            wf.name,
-            config.db_path.display()
-        )));
-    }
-    let store = Store::open(&config.db_path)?;
-    let source = std::fs::canonicalize(file)
-        .unwrap_or_else(|_| file.to_path_buf())
-        .display()
-        .to_string();
     let intent = if resume {
         RunIntent::Resume {
             force,
@@ -384,7 +371,12 @@ fn run(file: &Path, resume: bool, force: bool, config: &Config) -> Result<u8, Er
     } else {
         RunIntent::New
     };
-    let (resume, stop_leftovers) = match plan_run(&store, &wf, intent)? {
+    let (store, plan) = open_for_run(&config.db_path, &wf, intent)?;
+    let source = std::fs::canonicalize(file)
+        .unwrap_or_else(|_| file.to_path_buf())
+        .display()
+        .to_string();
+    let (resume, stop_leftovers) = match plan {
         RunPlan::Resume(from) => {
             // Best effort, like all of `run`'s output: a closed viewer never stops a run.
             let _ = outln!("Resuming execution {} of '{}'", from.execution.id, wf.name);

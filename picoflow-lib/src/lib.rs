@@ -141,7 +141,7 @@ pub use model::{
     DEFAULT_TIMEOUT_SECS, HTTP_METHODS,
 };
 pub use prune::{prune, prune_logs, PruneReport};
-pub use resume::{plan_run, RunIntent, RunPlan};
+pub use resume::{open_for_run, plan_run, RunIntent, RunPlan};
 pub use schedule::{host_name, jitter_offset, parse_duration, Schedule};
 pub use signals::{Signals, StopSignal};
 pub use stats::{compute_stats, TaskStats, WorkflowStats};

@@ -4,8 +4,11 @@
 //! was interrupted, and only with the definition it started from unless forced; a new `run`
 //! after a crash first stops what the crashed execution left running; the daemon, at start,
 //! continues each execution that its own crash interrupted. [`plan_run`] reads the state and
-//! answers with a [`RunPlan`]; the decision itself is the pure `decide`, tested below without
+//! answers with a [`RunPlan`] ([`open_for_run`] opens the state file first, for the command
+//! line); the decision itself is the pure `decide`, tested below without
 //! a store.
+
+use std::path::Path;
 
 use crate::engine::ResumeFrom;
 use crate::error::{Error, Result};
@@ -118,6 +121,22 @@ pub fn plan_run(store: &Store, wf: &Workflow, intent: RunIntent) -> Result<RunPl
             Ok(RunPlan::Resume(ResumeFrom { execution, tasks }))
         }
     }
+}
+
+/// Opens the state file at `db_path` for a run of `wf` and plans it with [`plan_run`]. A
+/// resume with no state file is refused before anything is created: nothing to resume, and
+/// nothing to create for it.
+pub fn open_for_run(db_path: &Path, wf: &Workflow, intent: RunIntent) -> Result<(Store, RunPlan)> {
+    if matches!(intent, RunIntent::Resume { .. }) && !db_path.exists() {
+        return Err(Error::NotFound(format!(
+            "no execution of '{}' to resume (no state file {})",
+            wf.name,
+            db_path.display()
+        )));
+    }
+    let store = Store::open(db_path)?;
+    let plan = plan_run(&store, wf, intent)?;
+    Ok((store, plan))
 }
 
 #[cfg(test)]
