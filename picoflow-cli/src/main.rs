@@ -17,9 +17,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use picoflow_lib::{
-    load_workflow, template, workflow_files, CancelToken, Config, Dag, Engine, EngineSettings,
-    Error, Registry, ResumeFrom, RunOptions, Schedule, Signals, Store, WorkflowStatus,
-    TEMPLATE_NAMES,
+    load_workflow, open_for_run, template, workflow_files, CancelToken, Config, Dag, Engine,
+    EngineSettings, Error, Registry, RunIntent, RunOptions, RunPlan, Schedule, Signals, Store,
+    WorkflowStatus, TEMPLATE_NAMES,
 };
 
 use args::{Cli, Command, DaemonCommand, ExportCommand, WorkflowCommand};
@@ -363,66 +363,28 @@ fn graph(file: &Path, format: &str) -> Result<u8, Error> {
 fn run(file: &Path, resume: bool, force: bool, config: &Config) -> Result<u8, Error> {
     let registry = Registry::builtin();
     let wf = load_workflow(file, &registry)?;
-    if resume && !config.db_path.exists() {
-        // Nothing to resume, and nothing to create for it.
-        return Err(Error::NotFound(format!(
-            "no execution of '{}' to resume (no state file {})",
-            wf.name,
-            config.db_path.display()
-        )));
-    }
-    let store = Store::open(&config.db_path)?;
+    let intent = if resume {
+        RunIntent::Resume {
+            force,
+            origin: file.display().to_string(),
+        }
+    } else {
+        RunIntent::New
+    };
+    let (store, plan) = open_for_run(&config.db_path, &wf, intent)?;
     let source = std::fs::canonicalize(file)
         .unwrap_or_else(|_| file.to_path_buf())
         .display()
         .to_string();
-    let resume = if resume {
-        store.recover_interrupted()?;
-        match store.latest_execution(&wf.name)? {
-            Some(e) if e.status == WorkflowStatus::Interrupted => {
-                // The execution goes on with what the file says now: an edit since it
-                // started would run other commands, drop or add tasks, under its id.
-                let now = wf.digest();
-                if e.definition.as_ref().is_some_and(|d| *d != now) && !force {
-                    return Err(Error::Config {
-                        origin: file.display().to_string(),
-                        message: format!(
-                            "the workflow changed since execution {} started; `run --resume \
-                             --force` continues it with the new definition, `run` starts anew",
-                            e.id
-                        ),
-                    });
-                }
-                let tasks = store.task_executions(&e.id)?;
-                // Best effort, like all of `run`'s output: a closed viewer never stops a run.
-                let _ = outln!("Resuming execution {} of '{}'", e.id, wf.name);
-                Some(ResumeFrom {
-                    execution: e,
-                    tasks,
-                })
-            }
-            Some(e) => {
-                return Err(Error::NotFound(format!(
-                    "no interrupted execution of '{}' to resume (the latest, {}, is {})",
-                    wf.name, e.id, e.status
-                )))
-            }
-            None => {
-                return Err(Error::NotFound(format!(
-                    "no execution of '{}' to resume",
-                    wf.name
-                )))
-            }
+    let (resume, stop_leftovers) = match plan {
+        RunPlan::Resume(from) => {
+            // Best effort, like all of `run`'s output: a closed viewer never stops a run.
+            let _ = outln!("Resuming execution {} of '{}'", from.execution.id, wf.name);
+            (Some(from), false)
         }
-    } else {
-        None
+        RunPlan::New { stop_leftovers } => (None, stop_leftovers),
     };
     store.record_workflow(&wf.name, wf.schedule.as_deref(), Some(&source))?;
-    // A new execution after a crash: what the crashed one left running is stopped first.
-    let after_crash = resume.is_none()
-        && store
-            .latest_execution(&wf.name)?
-            .is_some_and(|e| e.status == WorkflowStatus::Interrupted);
     let display = Arc::new(display::RunDisplay::new(std::io::stdout().is_terminal()));
     let engine = Engine::new(registry)
         .with_settings(EngineSettings::from(config))
@@ -436,7 +398,7 @@ fn run(file: &Path, resume: bool, force: bool, config: &Config) -> Result<u8, Er
         cancel,
         resume,
         source: Some(source),
-        stop_leftovers: after_crash,
+        stop_leftovers,
         ..RunOptions::default()
     };
     let report = smol::block_on(async {

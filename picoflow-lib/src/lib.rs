@@ -11,9 +11,10 @@
 //!   backoff, timeouts that kill the whole process group, failure and skip rules (DAG-003 …
 //!   DAG-009). It reports every change as an [`Event`] to [`EventSink`]s.
 //! * [`Store`] keeps state and history in one redb file shared safely by several processes,
-//!   and lets an interrupted execution resume (REL-001, REL-003, REL-004). A task's process
-//!   dies with the process running the engine, and what a crashed run left behind is stopped
-//!   before the next run of its workflow starts a task ([`RunOptions::stop_leftovers`]).
+//!   and lets an interrupted execution resume (REL-001, REL-003, REL-004); [`plan_run`]
+//!   decides which one a run continues, for `run --resume` and the daemon alike. A task's
+//!   process dies with the process running the engine, and what a crashed run left behind is
+//!   stopped before the next run of its workflow starts a task ([`RunOptions::stop_leftovers`]).
 //!   Without a delegated cgroup v2 for per-task cgroups, the first shell task makes the
 //!   process a child subreaper; a child of it in another process group that the engine did not
 //!   start is then taken for a task's leftover, killed and collected when a task ends.
@@ -71,6 +72,8 @@
 #![deny(missing_docs)]
 
 mod config;
+// What the daemon and the web UI share, below both.
+mod contract;
 mod daemon;
 mod dag;
 mod engine;
@@ -97,6 +100,7 @@ mod plan;
 mod private;
 mod proc;
 mod prune;
+mod resume;
 mod schedule;
 mod signals;
 mod stats;
@@ -139,6 +143,7 @@ pub use model::{
     DEFAULT_TIMEOUT_SECS, HTTP_METHODS,
 };
 pub use prune::{prune, prune_logs, PruneReport};
+pub use resume::{open_for_run, plan_run, RunIntent, RunPlan};
 pub use schedule::{host_name, jitter_offset, parse_duration, Schedule};
 pub use signals::{Signals, StopSignal};
 pub use stats::{compute_stats, TaskStats, WorkflowStats};

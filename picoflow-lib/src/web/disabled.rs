@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::daemon::WebContext;
+use crate::contract::WebContext;
 use crate::httpd::Service;
 
 /// Nothing to serve in this build; the daemon logs that `[web] enabled` has no effect.

@@ -37,7 +37,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use smol::future;
 
-use crate::daemon::{CatalogEntry, Trigger, Triggered, WebContext};
+use crate::contract::{CatalogEntry, Trigger, Triggered, WebContext};
 use crate::error::{Error, Result};
 use crate::events::{last_attempts, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus};
 use crate::httpd::{percent_encode, Request, Response, Service};
