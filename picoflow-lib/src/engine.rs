@@ -15,9 +15,10 @@
 //! meanwhile. So a crash never re-runs a task whose dependents had started (REL-001,
 //! REL-004): after a crash, the tasks that were running run again, and so does a task whose
 //! end was being synced at that instant. A failed flush stops the run, and the run ends only
-//! when everything is durable. The engine runs entirely inside the caller's executor (it
-//! drives its tasks on a local executor of its own, and a task's process is awaited through
-//! a pidfd, so no helper thread is started).
+//! when everything is durable. The engine runs inside the caller's executor: it drives its
+//! tasks on a local executor of its own and awaits a task's process through a pidfd, so it
+//! needs no thread of its own (the one exception: a task process that does not die at once
+//! when its attempt is dropped is collected by a short-lived thread, see `spawn`).
 
 use std::borrow::Cow;
 use std::cell::RefCell;

@@ -28,13 +28,15 @@ pub enum TaskState {
     Running,
     /// Finished successfully.
     Success,
-    /// Failed with no retries left.
+    /// Failed with no retries left, or cut short by PicoFlow (its message then starts with
+    /// [`INTERRUPTED`]).
     Failed,
     /// Failed or timed out; another attempt follows.
     Retrying,
     /// Ran out of time with no retries left.
     Timeout,
-    /// Not run because a dependency failed, or the run was stopped first.
+    /// Not run: a dependency failed, its `run_if` rule or `when` condition said so, or its
+    /// loop had no items ([`SkipReason`]). A task the run never reached has no record.
     Skipped,
 }
 
@@ -91,9 +93,11 @@ pub enum WorkflowStatus {
     Running,
     /// Every task succeeded (or failed with `continue_on_failure`).
     Success,
-    /// A task failed, or the run was stopped.
+    /// A task failed (without `continue_on_failure`). A run that was stopped is
+    /// [`WorkflowStatus::Interrupted`].
     Failed,
-    /// The process running it died; `run --resume` can continue it (REL-001).
+    /// It was stopped (SIGINT, SIGTERM, a daemon's shutdown) or the process running it died;
+    /// `run --resume` can continue it (REL-001).
     Interrupted,
 }
 
