@@ -122,7 +122,7 @@ pub use dag::Dag;
 pub use engine::{Engine, EngineSettings, ResumeFrom, RunOptions, RunReport, TaskReport};
 pub use error::{BoxError, Error, Result};
 pub use events::{
-    is_interrupted, last_attempts, new_id, Event, EventSink, TaskExecution, TaskState,
+    is_interrupted, last_attempts, new_id, Event, EventSink, SkipReason, TaskExecution, TaskState,
     WorkflowExecution, WorkflowStatus, INTERRUPTED,
 };
 pub use executor::stop;
