@@ -30,6 +30,19 @@ fn options() -> OpenOptions {
     o
 }
 
+/// The error of an open that met a symbolic link (`O_NOFOLLOW`: `ELOOP`; or `EACCES` where the
+/// kernel protects links in sticky directories) says so.
+fn said(path: &Path, e: io::Error) -> io::Error {
+    let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    match link && matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EACCES)) {
+        true => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "is a symbolic link: PicoFlow does not follow links where it keeps files",
+        ),
+        false => e,
+    }
+}
+
 /// Anything but a regular file — a device such as `/dev/null`, a FIFO, a socket — is refused
 /// where PicoFlow keeps a file: it would be taken for an empty file, made `0600`, or block.
 fn regular(f: File) -> io::Result<File> {
@@ -53,7 +66,13 @@ pub(crate) fn create_new(path: &Path, mode: u32) -> io::Result<File> {
 /// Opens `path` for appending, creating it `0600` if needed; see [`ours`] for an existing
 /// file.
 pub(crate) fn open_append(path: &Path) -> io::Result<File> {
-    ours(options().append(true).create(true).open(path)?)
+    ours(
+        options()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| said(path, e))?,
+    )
 }
 
 /// Opens `path` for reading and writing, creating it `0600` if needed (never truncating);
@@ -65,7 +84,8 @@ pub(crate) fn open_rw(path: &Path) -> io::Result<File> {
             .write(true)
             .create(true)
             .truncate(false)
-            .open(path)?,
+            .open(path)
+            .map_err(|e| said(path, e))?,
     )
 }
 
@@ -119,7 +139,7 @@ pub(crate) fn same_file(f: &File, path: &Path) -> io::Result<()> {
 
 /// Opens `path`, a regular file, for reading without following a symbolic link.
 pub(crate) fn open_read(path: &Path) -> io::Result<File> {
-    regular(options().read(true).open(path)?)
+    regular(options().read(true).open(path).map_err(|e| said(path, e))?)
 }
 
 /// Writes `bytes` to `path` through a new `0600` file beside it renamed over it, so a

@@ -142,8 +142,12 @@ fn journals(path: &Path) -> Vec<(PathBuf, bool)> {
 
 /// The completed attempts in one journal. A line torn by a crash is simply not there: its
 /// task runs again.
-fn read_journal(jpath: &Path) -> Result<Vec<TaskExecution>> {
-    let text = std::fs::read(jpath).map_err(|e| Error::io(jpath, e))?;
+fn read_journal(jpath: &Path, db: &Path) -> Result<Vec<TaskExecution>> {
+    use std::io::Read as _;
+    let mut text = Vec::new();
+    trusted_journal(jpath, db)
+        .and_then(|mut f| f.read_to_end(&mut text))
+        .map_err(|e| Error::io(jpath, e))?;
     Ok(text
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
@@ -151,12 +155,36 @@ fn read_journal(jpath: &Path) -> Result<Vec<TaskExecution>> {
         .collect())
 }
 
+/// Opens a journal that PicoFlow itself wrote: a regular file (not a link, a FIFO or a
+/// device: see `private::open_read`) owned by this process's user or by the state file's
+/// owner. Anyone who may create files beside the state file (a shared directory) could
+/// otherwise plant a journal that marks tasks done and gives them outputs.
+fn trusted_journal(jpath: &Path, db: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt as _;
+    let f = crate::private::open_read(jpath).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "is a symbolic link: not read",
+        ),
+        _ => e,
+    })?;
+    let uid = f.metadata()?.uid();
+    let state_owner = std::fs::metadata(db).map(|m| m.uid()).ok();
+    if uid != crate::private::euid() && Some(uid) != state_owner {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("is owned by uid {uid}, who does not own the state file: not read"),
+        ));
+    }
+    Ok(f)
+}
+
 /// Every completion in the journals beside the state file, of live writers and dead ones
 /// (a journal that vanishes while being read has been committed meanwhile).
 pub(super) fn journaled(path: &Path) -> Vec<TaskExecution> {
     journals(path)
         .into_iter()
-        .flat_map(|(j, _)| read_journal(&j).unwrap_or_default())
+        .flat_map(|(j, _)| read_journal(&j, path).unwrap_or_default())
         .collect()
 }
 
@@ -167,7 +195,14 @@ pub(super) fn replay_journals(db: &Database, path: &Path) -> Result<()> {
         if alive {
             continue; // Its writer is alive and will commit it.
         }
-        let records = read_journal(&jpath)?;
+        let records = match read_journal(&jpath, path) {
+            Ok(r) => r,
+            Err(e) => {
+                // Not PicoFlow's (planted), or unreadable: left alone, and said.
+                tracing::warn!(error = %e, "a journal beside the state file was not replayed");
+                continue;
+            }
+        };
         if !records.is_empty() {
             replay(db, path, &records)?;
             tracing::info!(journal = %jpath.display(), records = records.len(), "replayed the journal of a process that ended");
@@ -245,6 +280,58 @@ mod tests {
         assert_eq!(tasks[0].status, TaskState::Success);
         assert_eq!(tasks[0].exit_code, Some(0));
         assert_eq!(tasks[0].stdout, None, "the journal carries no output");
+    }
+
+    /// A journal PicoFlow did not write — a FIFO, a link, another user's file planted beside
+    /// the state file in a shared directory — is neither read nor replayed (nor waited on).
+    #[test]
+    fn a_planted_journal_is_not_read() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = temp("planted");
+        {
+            let store = Store::open(&path).unwrap();
+            store.sink().on_event(&Event::WorkflowStarted(exec(
+                "a",
+                "e1",
+                "2026-11-20T10:00:00Z",
+            )));
+            store.flush_blocking().unwrap();
+        }
+        // The state file stays ours (0600): the other user's file is judged by its owner.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut forged = task("e1", "t1", "x", TaskState::Success);
+        forged.outputs = Some([("v".to_string(), "PLANTED".to_string())].into());
+        let line = journal_line(&forged);
+        let fifo = Journal::path_for(&path, 4_000_001, 1);
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+        let target = path.with_extension("target");
+        std::fs::write(&target, &line).unwrap();
+        let link = Journal::path_for(&path, 4_000_002, 1);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let mut planted = vec![fifo.clone(), link.clone()];
+        if crate::private::euid() == 0 {
+            let other = Journal::path_for(&path, 4_000_003, 1);
+            std::fs::write(&other, &line).unwrap();
+            std::os::unix::fs::chown(&other, Some(65534), Some(65534)).unwrap();
+            planted.push(other);
+        } else {
+            println!("SKIPPED: the other user's journal needs root (chown); run as root");
+        }
+        // Readers: nothing of it, at once.
+        let reader = Store::open_read(&path).unwrap().unwrap();
+        assert!(reader.task_executions("e1").unwrap().is_empty());
+        drop(reader);
+        // A writer: nothing replayed, nothing removed but what it may.
+        let store = Store::open(&path).unwrap();
+        assert!(store.task_executions("e1").unwrap().is_empty());
+        assert!(planted.iter().all(|p| std::fs::symlink_metadata(p).is_ok()));
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            line,
+            "the link's target is untouched"
+        );
     }
 
     #[test]

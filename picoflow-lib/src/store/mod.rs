@@ -201,8 +201,12 @@ impl Store {
                     return Ok(None);
                 }
             }
-            // A device or a FIFO is no state file (and a FIFO would block the open below).
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            // A device or a FIFO is no state file (and a FIFO would block the open below);
+            // a symbolic link is not followed, for reading either.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::InvalidInput
+                    || std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink()) =>
+            {
                 return Err(Error::io(&path, e))
             }
             Err(_) => {}
