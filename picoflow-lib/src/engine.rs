@@ -730,7 +730,11 @@ impl Engine {
             Ok(l) => l,
             Err(e) => {
                 self.record_unrun(run, &task.name, TaskState::Failed, e, &mut report);
-                return Finished::failed(index, report);
+                // A failure like any other: `continue_on_failure` lets the run go on.
+                return Finished {
+                    release_dependents: task.continue_on_failure,
+                    ..Finished::failed(index, report)
+                };
             }
         };
         if list.is_empty() {
@@ -1401,5 +1405,36 @@ tasks:
             assert!(!report.success());
             assert_eq!(task("after").state, TaskState::Success, "{report:?}");
         }
+    }
+
+    /// A loop with `continue_on_failure` whose items could not be built (a list of objects)
+    /// failed the run and skipped its dependents, as if the flag were not set: the task
+    /// failed before any item ran, and that path ignored it (DECISIONS.md 5).
+    #[test]
+    fn a_loop_with_continue_on_failure_whose_items_cannot_be_built_lets_the_run_go_on() {
+        let engine = Engine::new(Registry::builtin());
+        let text = r#"name: w
+tasks:
+  - name: gen
+    type: shell
+    outputs: {list: stdout}
+    config: {command: "echo '[{\"id\":1}]'"}
+  - name: each
+    type: shell
+    depends_on: [gen]
+    continue_on_failure: true
+    iterate_over: "${tasks.gen.outputs.list}"
+    config: {command: "true"}
+  - name: after
+    type: shell
+    depends_on: [each]
+    config: {command: "true"}
+"#;
+        let wf = crate::yaml::parse_workflow(text, "w.yaml").unwrap();
+        let report = smol::block_on(engine.run(&wf, RunOptions::default())).unwrap();
+        let task = |n: &str| report.tasks.iter().find(|t| t.name == n).unwrap();
+        assert_eq!(task("each").state, TaskState::Failed, "{report:?}");
+        assert_eq!(task("after").state, TaskState::Success, "{report:?}");
+        assert!(report.success(), "{report:?}");
     }
 }
