@@ -890,6 +890,8 @@ impl Engine {
         let last_attempt = first_attempt + retries;
         let mut attempt = first_attempt;
         let mut report = TaskReport::pending(&task.name);
+        // The record of the attempt before this one while it says `retrying`.
+        let mut retrying: Option<TaskExecution> = None;
         loop {
             let permits = future::or(
                 async {
@@ -911,6 +913,9 @@ impl Engine {
             .await;
             let Some(permits) = permits else {
                 report.error = Some("interrupted before starting".into());
+                if let Some(r) = retrying {
+                    self.retry_cut_short(r, &mut report);
+                }
                 return Finished::failed(index, report);
             };
             // Values of the run this attempt reads, as they are now.
@@ -996,7 +1001,7 @@ impl Engine {
                 let delay = self.settings.retry.backoff(attempt + 1);
                 record.status = TaskState::Retrying;
                 self.emit(Event::TaskFinished {
-                    record,
+                    record: record.clone(),
                     retry_in: Some(delay),
                 });
                 let slept = future::or(
@@ -1011,10 +1016,10 @@ impl Engine {
                 )
                 .await;
                 if !slept {
-                    report.state = TaskState::Failed;
-                    report.error = Some("interrupted while waiting to retry".into());
+                    self.retry_cut_short(record, &mut report);
                     return Finished::failed(index, report);
                 }
+                retrying = Some(record);
                 attempt += 1;
                 continue;
             }
@@ -1034,6 +1039,28 @@ impl Engine {
                 items: Vec::new(),
             };
         }
+    }
+
+    /// Ends a task whose next attempt will not be made because the run was stopped while it
+    /// waited (for its retry delay or a free slot): its last attempt, recorded `retrying`, is
+    /// recorded again as failed, so no record stays `retrying` after the run. The message
+    /// marks it interrupted, so a resumed execution runs the task again, as it would have.
+    fn retry_cut_short(&self, mut record: TaskExecution, report: &mut TaskReport) {
+        let why = format!(
+            "{} the run was stopped while the task waited to retry",
+            crate::events::INTERRUPTED
+        );
+        record.status = TaskState::Failed;
+        record.error_message = Some(match record.error_message.take() {
+            Some(e) => format!("{why} (after: {e})"),
+            None => why,
+        });
+        report.state = TaskState::Failed;
+        report.error = record.error_message.clone();
+        self.emit(Event::TaskFinished {
+            record,
+            retry_in: None,
+        });
     }
 
     /// The values a finished attempt publishes: what it wrote to `$PICOFLOW_OUTPUT`, then its
@@ -1436,5 +1463,51 @@ tasks:
         assert_eq!(task("each").state, TaskState::Failed, "{report:?}");
         assert_eq!(task("after").state, TaskState::Success, "{report:?}");
         assert!(report.success(), "{report:?}");
+    }
+
+    /// A run stopped while a task waited to retry left that task's last record `retrying`
+    /// for good: the store and the history said a retry was coming for a run that had
+    /// ended, while the report said the task failed.
+    #[test]
+    fn a_retry_cut_short_by_a_stop_ends_the_task_record() {
+        struct Ends(Mutex<Vec<(TaskExecution, Option<Duration>)>>);
+        impl EventSink for Ends {
+            fn on_event(&self, event: &Event) {
+                if let Event::TaskFinished { record, retry_in } = event {
+                    self.0.lock().unwrap().push((record.clone(), *retry_in));
+                }
+            }
+        }
+        let sink = Arc::new(Ends(Mutex::new(Vec::new())));
+        let engine = Engine::new(Registry::builtin()).with_sink(sink.clone());
+        let wf = crate::yaml::parse_workflow(
+            "name: w\ntasks:\n  - {name: a, type: shell, retry: 3, config: {command: \"false\"}}\n",
+            "w.yaml",
+        )
+        .unwrap();
+        let (canceller, token) = CancelToken::new();
+        let opts = RunOptions {
+            cancel: token,
+            ..RunOptions::default()
+        };
+        // The first retry waits a second; the stop comes during that wait.
+        let stop = async {
+            smol::Timer::after(Duration::from_millis(300)).await;
+            canceller.cancel();
+        };
+        let (report, ()) = smol::block_on(future::zip(engine.run(&wf, opts), stop));
+        let report = report.unwrap();
+        assert_eq!(report.execution.status, WorkflowStatus::Interrupted);
+        assert_eq!(report.tasks[0].state, TaskState::Failed, "{report:?}");
+        let ends = sink.0.lock().unwrap();
+        assert_eq!(ends.len(), 2, "{ends:?}");
+        assert_eq!(ends[0].0.status, TaskState::Retrying);
+        let (last, retry_in) = &ends[1];
+        assert_eq!(last.id, ends[0].0.id, "the same attempt, recorded again");
+        assert_eq!(last.status, TaskState::Failed);
+        assert!(retry_in.is_none());
+        let message = last.error_message.clone().unwrap_or_default();
+        assert!(message.starts_with(crate::events::INTERRUPTED), "{message}");
+        assert_eq!(report.tasks[0].error.as_deref(), Some(message.as_str()));
     }
 }
