@@ -967,6 +967,12 @@ impl Engine {
                 output_dir: &run.output_dir,
             };
             let mut out = executor.execute(ctx).await;
+            // An attempt the run's stop cut short ran to no end: it is marked as one a crash
+            // cut short is, so a resume runs the task again, `continue_on_failure` or not.
+            if out.outcome == Outcome::Cancelled {
+                let e = out.error.take().unwrap_or_else(|| "cancelled".into());
+                out.error = Some(format!("{} {e}", crate::events::INTERRUPTED));
+            }
             drop(permits);
             let log_problem = writer.as_ref().and_then(TaskLogWriter::problem);
             drop(writer);
@@ -1556,5 +1562,63 @@ tasks:
         let big = (0..2).map(|_| time(crate::flow::MAX_ITEMS)).min().unwrap();
         // Linear is about 10; the square was about 60 here (100 in the limit).
         assert!(big < small * 40, "1,000 items: {small:?}, 10,000: {big:?}");
+    }
+
+    /// A task with `continue_on_failure` that a stop cut short was kept by the resume as if
+    /// it had run to its end and failed: it never ran again, and its dependents ran without
+    /// it, while in the stopped run itself they had not been let run.
+    #[test]
+    fn a_task_a_stop_cut_short_runs_again_on_resume() {
+        struct Records(Mutex<Vec<TaskExecution>>);
+        impl EventSink for Records {
+            fn on_event(&self, event: &Event) {
+                if let Event::TaskStarted(r) | Event::TaskFinished { record: r, .. } = event {
+                    let mut records = self.0.lock().unwrap();
+                    records.retain(|x| x.id != r.id);
+                    records.push(r.clone());
+                }
+            }
+        }
+        let wf = crate::yaml::parse_workflow(
+            "name: w\ntasks:\n  - {name: a, type: shell, continue_on_failure: true, config: {command: sleep, args: [\"${D}\"]}}\n",
+            "w.yaml",
+        )
+        .unwrap();
+        let sink = Arc::new(Records(Mutex::new(Vec::new())));
+        let mut vars = Vars::isolated();
+        vars.set("D", "5");
+        let engine = Engine::new(Registry::builtin())
+            .with_sink(sink.clone())
+            .with_vars(vars);
+        let (canceller, token) = CancelToken::new();
+        let opts = RunOptions {
+            cancel: token,
+            ..RunOptions::default()
+        };
+        let stop = async {
+            smol::Timer::after(Duration::from_millis(300)).await;
+            canceller.cancel();
+        };
+        let (first, ()) = smol::block_on(future::zip(engine.run(&wf, opts), stop));
+        let first = first.unwrap();
+        assert_eq!(first.execution.status, WorkflowStatus::Interrupted);
+        let records = sink.0.lock().unwrap().clone();
+        let message = records[0].error_message.clone().unwrap_or_default();
+        assert!(message.starts_with(crate::events::INTERRUPTED), "{message}");
+
+        let mut vars = Vars::isolated();
+        vars.set("D", "0");
+        let engine = Engine::new(Registry::builtin()).with_vars(vars);
+        let opts = RunOptions {
+            resume: Some(ResumeFrom {
+                execution: first.execution,
+                tasks: records,
+            }),
+            ..RunOptions::default()
+        };
+        let again = smol::block_on(engine.run(&wf, opts)).unwrap();
+        assert!(!again.tasks[0].resumed, "{again:?}");
+        assert_eq!(again.tasks[0].state, TaskState::Success, "{again:?}");
+        assert!(again.success());
     }
 }

@@ -232,8 +232,8 @@ pub trait EventSink: Send + Sync {
     }
 }
 
-/// How the error message of an attempt cut short by a crash begins; a resumed execution
-/// runs such a task again.
+/// How the error message of an attempt cut short by a crash or by the run's stop begins; a
+/// resumed execution runs such a task again.
 pub const INTERRUPTED: &str = "interrupted:";
 /// The last attempt of each task among `attempts`, in the order the tasks first started.
 pub fn last_attempts(attempts: &[TaskExecution]) -> Vec<&TaskExecution> {
