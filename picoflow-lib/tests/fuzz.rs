@@ -18,7 +18,9 @@
 //! Besides panics it checks the engine's invariants on every run: every task ends in a final
 //! state, the records agree with what the executor said, nothing starts before what it depends
 //! on has ended or after it failed, handlers run by the execution's status, and the figures
-//! add up. `PICOFLOW_FUZZ_INPUT=<file>` runs one saved input (a crash file) instead.
+//! add up. A run that a stop interrupted is resumed from its records and checked again: what
+//! had succeeded is kept and not run again, what the stop cut short runs again.
+//! `PICOFLOW_FUZZ_INPUT=<file>` runs one saved input (a crash file) instead.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -31,9 +33,10 @@ use futures_lite::future;
 use picoflow_lib::expr::{is_reference_name, Expr};
 use picoflow_lib::{
     expand_with, parse_duration, parse_workflow, template, BoxFuture, CancelToken, Capture, Config,
-    Engine, EngineSettings, Event, EventSink, Executor, Items, Outcome, Registry, RunIf,
-    RunOptions, RunReport, Schedule, Store, Stream, TaskConfig, TaskContext, TaskOutput,
-    TaskReport, TaskState, Vars, Workflow, WorkflowStatus, CAPTURE_LIMIT, TEMPLATE_NAMES,
+    Engine, EngineSettings, Event, EventSink, Executor, Items, Outcome, Registry, ResumeFrom,
+    RunIf, RunOptions, RunReport, Schedule, Store, Stream, TaskConfig, TaskContext, TaskExecution,
+    TaskOutput, TaskReport, TaskState, Vars, Workflow, WorkflowStatus, CAPTURE_LIMIT,
+    TEMPLATE_NAMES,
 };
 
 struct Rng(u64);
@@ -897,6 +900,8 @@ struct Reach {
     when_true: u64,
     when_false: u64,
     loops_run: u64,
+    resumed_runs: u64,
+    resumed_tasks: u64,
     loops_over_outputs: u64,
     largest_loop: usize,
     loop_items: u64,
@@ -956,7 +961,7 @@ fn run_engine(text: &str, reach: &RefCell<Reach>, store: &Store, root: &Path) {
     let mut engine = Engine::new(registry)
         .with_settings(settings.clone())
         .with_sink(events.clone())
-        .with_vars(vars)
+        .with_vars(vars.clone())
         .with_run_dir(root.join("run"));
     let stored = (seed >> 36).is_multiple_of(16);
     if stored {
@@ -990,6 +995,14 @@ fn run_engine(text: &str, reach: &RefCell<Reach>, store: &Store, root: &Path) {
     let attempts = std::mem::take(&mut *fake.log.lock().unwrap());
     let cancelled = cancel_after.is_some();
     check_run(&wf, &settings, &report, &events, &attempts, cancelled);
+    if report.execution.status == WorkflowStatus::Interrupted {
+        let kept = resume(
+            &wf, &settings, vars, seed, &report, &events, &attempts, root,
+        );
+        let mut r = reach.borrow_mut();
+        r.resumed_runs += 1;
+        r.resumed_tasks += kept as u64;
+    }
     if stored {
         let recorded = store.execution(&report.execution.id).unwrap();
         assert_eq!(
@@ -1069,6 +1082,94 @@ fn run_engine(text: &str, reach: &RefCell<Reach>, store: &Store, root: &Path) {
             r.largest_loop = r.largest_loop.max(items);
         }
     }
+}
+
+/// Resumes an interrupted run from the records its events left, as `run --resume` does from
+/// the store, and checks the resumed run: what had finished is kept, not run again, and the
+/// rest runs to an end. Returns how many tasks were kept.
+#[allow(clippy::too_many_arguments)]
+fn resume(
+    wf: &Workflow,
+    settings: &EngineSettings,
+    vars: Vars,
+    seed: u64,
+    first: &RunReport,
+    events: &[Event],
+    attempts: &[Attempt],
+    root: &Path,
+) -> usize {
+    // The last version of each record, in the order they were made.
+    let mut records: Vec<TaskExecution> = Vec::new();
+    for e in events {
+        let rec = match e {
+            Event::TaskStarted(r) | Event::TaskSkipped(r) => r,
+            Event::TaskFinished { record, .. } => record,
+            _ => continue,
+        };
+        match records.iter_mut().find(|x| x.id == rec.id) {
+            Some(x) => *x = rec.clone(),
+            None => records.push(rec.clone()),
+        }
+    }
+    let fake = Fake {
+        seed: seed.rotate_left(17),
+        log: Arc::default(),
+    };
+    let mut registry = Registry::empty();
+    registry.register("shell", fake.clone());
+    registry.register("fake", fake.clone());
+    let mut settings = settings.clone();
+    settings.retry.max_backoff_seconds = 0;
+    let sink = Arc::new(Events::default());
+    let engine = Engine::new(registry)
+        .with_settings(settings.clone())
+        .with_sink(sink.clone())
+        .with_vars(vars)
+        .with_run_dir(root.join("run"));
+    let opts = RunOptions {
+        resume: Some(ResumeFrom {
+            execution: first.execution.clone(),
+            tasks: records.clone(),
+        }),
+        ..RunOptions::default()
+    };
+    let report = smol::block_on(engine.run(wf, opts))
+        .unwrap_or_else(|e| panic!("the resumed run failed: {e}"));
+    assert_eq!(report.execution.id, first.execution.id, "another execution");
+    let events = std::mem::take(&mut *sink.log.lock().unwrap());
+    let again = std::mem::take(&mut *fake.log.lock().unwrap());
+    check_run(wf, &settings, &report, &events, &again, false);
+    let last = picoflow_lib::last_attempts(&records);
+    let mut kept = 0;
+    for r in &report.tasks {
+        let ran = again.iter().any(|a| a.task == r.name);
+        if r.resumed {
+            kept += 1;
+            assert!(
+                !ran,
+                "{} was kept from the earlier run and ran again",
+                r.name
+            );
+        }
+        let Some(before) = last.iter().find(|a| a.task_name == r.name) else {
+            continue;
+        };
+        if before.status == TaskState::Success {
+            assert!(r.resumed && !ran, "{} had succeeded and ran again", r.name);
+        }
+        // An attempt the stop cut short ran to no end: it runs again.
+        let stopped = attempts.iter().any(|a| {
+            a.task == r.name && a.attempt == before.attempt && a.outcome == Outcome::Cancelled
+        });
+        if stopped {
+            assert!(
+                !r.resumed,
+                "{} was stopped while it ran and was kept as finished",
+                r.name
+            );
+        }
+    }
+    kept
 }
 
 /// The engine's invariants over one run.
@@ -1214,17 +1315,19 @@ fn check_run(
             "{name}: its last record says a retry follows, after the run"
         );
     }
+    let mut made: BTreeMap<&str, u32> = BTreeMap::new();
     for a in attempts {
-        let t = task_of(&a.task).unwrap_or_else(|| panic!("unknown task {} ran", a.task));
+        *made.entry(&a.task).or_default() += 1;
+    }
+    for (name, n) in made {
+        let t = task_of(name).unwrap_or_else(|| panic!("unknown task {name} ran"));
         let retries = t
             .retry
             .or(wf.config.retry_default)
             .unwrap_or(settings.retry.default_count);
         assert!(
-            a.attempt <= 1 + retries,
-            "{} made attempt {} with {retries} retries",
-            a.task,
-            a.attempt
+            n <= 1 + retries,
+            "{name} made {n} attempts with {retries} retries"
         );
     }
     // The report: every task, each in the state its last event gave it.
@@ -1252,7 +1355,7 @@ fn check_run(
             );
             if let Some(&s) = final_state.get(r.name.as_str()) {
                 assert_eq!(r.state, s, "{}: report and last record differ", r.name);
-            } else if r.state != TaskState::Pending {
+            } else if r.state != TaskState::Pending && !r.resumed {
                 // A loop whose items ran: its own state is not recorded, only its items'.
                 assert!(
                     t.iterate_over.is_some() && r.name == t.name,
@@ -1398,7 +1501,7 @@ fn engine_runs() {
         "engine: {} workflows generated, {} refused by the validator, {} run ({} cancelled, {} also stored), \
          {} attempts; tasks by state {:?}; runs by status {:?}; conditions true {} / false {}; \
          loops run {} ({} over outputs, the largest of {} items; {} item attempts), empty {}, refused {}; {} timeouts, {} retries, {} handlers, \
-         {} skipped by a rule or a failure",
+         {} skipped by a rule or a failure; {} interrupted runs resumed, keeping {} tasks",
         r.generated,
         r.rejected,
         r.runs,
@@ -1419,6 +1522,8 @@ fn engine_runs() {
         r.retries,
         r.handlers,
         r.skipped_rule_or_failure,
+        r.resumed_runs,
+        r.resumed_tasks,
     );
     let _ = std::fs::remove_dir_all(&root);
 }
