@@ -913,6 +913,16 @@ struct Reach {
     skipped_rule_or_failure: u64,
 }
 
+/// `run`, or a panic when it has not ended after a minute: the engine hangs (every run of
+/// the fake executor takes milliseconds).
+async fn watchdog<T>(run: impl std::future::Future<Output = T>) -> T {
+    future::or(run, async {
+        smol::Timer::after(Duration::from_secs(60)).await;
+        panic!("the run has not ended after a minute");
+    })
+    .await
+}
+
 /// The task a report or record name belongs to: a loop's item `t3[a]` to `t3`.
 fn base_name(name: &str) -> &str {
     name.split('[').next().unwrap_or(name)
@@ -982,10 +992,9 @@ fn run_engine(text: &str, reach: &RefCell<Reach>, store: &Store, root: &Path) {
                 canceller.cancel();
             }
         };
-        let (result, ()) = future::zip(engine.run(&wf, opts), cancel).await;
+        let (result, ()) = future::zip(watchdog(engine.run(&wf, opts)), cancel).await;
         result
     });
-    // (The watchdog is the test harness: a run that never ends hangs the test.)
     let report = match result {
         Ok(r) => r,
         Err(e) => panic!("the run failed: {e}"),
@@ -1133,7 +1142,7 @@ fn resume(
         }),
         ..RunOptions::default()
     };
-    let report = smol::block_on(engine.run(wf, opts))
+    let report = smol::block_on(watchdog(engine.run(wf, opts)))
         .unwrap_or_else(|e| panic!("the resumed run failed: {e}"));
     assert_eq!(report.execution.id, first.execution.id, "another execution");
     let events = std::mem::take(&mut *sink.log.lock().unwrap());
@@ -1279,6 +1288,20 @@ fn check_run(
                     "{name}: a retry delay goes with the retrying state only"
                 );
                 assert!(record.finished_at.is_some(), "{name} has no end time");
+                // What a task publishes: every output it names when it succeeded, nothing
+                // when it did not.
+                if let Some(t) = task_of(name) {
+                    let published = record.outputs.as_ref();
+                    match record.status {
+                        TaskState::Success => assert!(
+                            t.outputs
+                                .iter()
+                                .all(|(k, _)| published.is_some_and(|p| p.contains_key(k))),
+                            "{name} succeeded without the outputs it names: {published:?}"
+                        ),
+                        _ => assert!(published.is_none(), "{name} published after a failure"),
+                    }
+                }
                 if record.status == TaskState::Retrying {
                     retrying.insert(&record.id, name);
                 }
@@ -1429,6 +1452,13 @@ fn check_run(
             }
         }
     }
+    // A condition written as a constant decides alone.
+    for t in wf.tasks.iter().chain(wf.handlers.all().map(|(_, h)| h)) {
+        let ran = started_at.keys().any(|n| base_name(n) == t.name);
+        if t.when.as_deref() == Some("false") {
+            assert!(!ran, "{} ran with when: false", t.name);
+        }
+    }
     // A loop over a written list has one task per item.
     for t in &wf.tasks {
         if let Some(Items::List(list)) = &t.iterate_over {
@@ -1493,7 +1523,16 @@ fn engine_runs() {
         eprintln!("engine: {:?}", reach.into_inner());
         return;
     }
-    fuzz_with("engine", generate_workflow, |text| {
+    // Now and then a generated workflow is mutated too: names, values and numbers the
+    // generator would not write, when the validator still takes them.
+    let generate = |rng: &mut Rng| {
+        let text = generate_workflow(rng);
+        match rng.below(5) {
+            0 => mutate(rng, &[text]),
+            _ => text,
+        }
+    };
+    fuzz_with("engine", generate, |text| {
         run_engine(text, &reach, &store, &root)
     });
     let r = reach.into_inner();
