@@ -479,6 +479,9 @@ struct Attempt {
     task: String,
     attempt: u32,
     outcome: Outcome,
+    /// The values of other tasks the attempt was given: `tasks.NAME.status` or
+    /// `tasks.NAME.outputs.KEY`, and the value (`None`: not set).
+    seen: Vec<(String, Option<String>)>,
 }
 
 /// Stands in for every task type: real processes would make each run take milliseconds to
@@ -516,6 +519,25 @@ impl Fake {
                 _ => "ok".into(),
             },
             _ => "ok".into(),
+        }
+    }
+
+    /// The texts of a task in which values are expanded (a shell command line reads them
+    /// from the environment the engine prepared).
+    fn texts(task: &picoflow_lib::Task) -> Vec<String> {
+        match &task.config {
+            TaskConfig::Shell(c) => std::iter::once(&c.command)
+                .chain(c.args.iter().flatten())
+                .chain(c.env.values())
+                .cloned()
+                .collect(),
+            TaskConfig::Custom(v) => v
+                .get("command")
+                .and_then(|c| c.as_str())
+                .map(str::to_string)
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -630,10 +652,20 @@ impl Executor for Fake {
     fn execute<'a>(&'a self, ctx: TaskContext<'a>) -> BoxFuture<'a, TaskOutput> {
         Box::pin(async move {
             let out = self.attempt(&ctx).await;
+            let seen = Self::texts(ctx.task)
+                .iter()
+                .flat_map(|t| Vars::referenced(t))
+                .filter(|n| n.starts_with("tasks."))
+                .map(|n| {
+                    let v = ctx.vars.get(&n);
+                    (n, v)
+                })
+                .collect();
             self.log.lock().unwrap().push(Attempt {
                 task: ctx.task.name.clone(),
                 attempt: ctx.attempt,
                 outcome: out.outcome,
+                seen,
             });
             out
         })
@@ -895,6 +927,7 @@ struct Reach {
     cancelled_runs: u64,
     stored_runs: u64,
     attempts: u64,
+    values_given: u64,
     by_state: BTreeMap<&'static str, u64>,
     by_status: BTreeMap<&'static str, u64>,
     when_true: u64,
@@ -1035,6 +1068,7 @@ fn run_engine(text: &str, reach: &RefCell<Reach>, store: &Store, root: &Path) {
     r.cancelled_runs += u64::from(cancelled);
     r.stored_runs += u64::from(stored);
     r.attempts += attempts.len() as u64;
+    r.values_given += attempts.iter().map(|a| a.seen.len() as u64).sum::<u64>();
     *r.by_status
         .entry(report.execution.status.as_str())
         .or_default() += 1;
@@ -1221,6 +1255,7 @@ fn check_run(
     // Attempts recorded `retrying`, by id, and the last state recorded for each task.
     let mut retrying: BTreeMap<&str, &str> = BTreeMap::new();
     let mut last_state: BTreeMap<&str, TaskState> = BTreeMap::new();
+    let mut last_outputs: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
     for (at, e) in events.iter().enumerate() {
         match e {
             Event::TaskStarted(rec) => {
@@ -1306,6 +1341,7 @@ fn check_run(
                     retrying.insert(&record.id, name);
                 }
                 last_state.insert(name, record.status);
+                last_outputs.insert(name, record.outputs.clone().unwrap_or_default());
                 if record.status != TaskState::Retrying {
                     assert!(
                         record.status.is_final(),
@@ -1452,6 +1488,32 @@ fn check_run(
             }
         }
     }
+    // What an attempt was given of another task is what that task ended with.
+    for a in attempts {
+        for (name, value) in &a.seen {
+            let Some(rest) = name.strip_prefix("tasks.") else {
+                continue;
+            };
+            let (other, field) = match rest.split_once(".outputs.") {
+                Some((o, k)) => (o, Some(k)),
+                None => (rest.trim_end_matches(".status"), None),
+            };
+            let Some(t) = wf.task(other).filter(|t| t.iterate_over.is_none()) else {
+                continue;
+            };
+            let Some(r) = report.tasks.iter().find(|r| r.name == t.name) else {
+                continue;
+            };
+            if r.resumed {
+                continue;
+            }
+            let expected = match field {
+                None => Some(r.state.as_str().to_string()),
+                Some(k) => last_outputs.get(other).and_then(|o| o.get(k).cloned()),
+            };
+            assert_eq!(value, &expected, "{} was given {name} = {value:?}", a.task);
+        }
+    }
     // A condition written as a constant decides alone.
     for t in wf.tasks.iter().chain(wf.handlers.all().map(|(_, h)| h)) {
         let ran = started_at.keys().any(|n| base_name(n) == t.name);
@@ -1538,7 +1600,7 @@ fn engine_runs() {
     let r = reach.into_inner();
     eprintln!(
         "engine: {} workflows generated, {} refused by the validator, {} run ({} cancelled, {} also stored), \
-         {} attempts; tasks by state {:?}; runs by status {:?}; conditions true {} / false {}; \
+         {} attempts (given {} values of other tasks); tasks by state {:?}; runs by status {:?}; conditions true {} / false {}; \
          loops run {} ({} over outputs, the largest of {} items; {} item attempts), empty {}, refused {}; {} timeouts, {} retries, {} handlers, \
          {} skipped by a rule or a failure; {} interrupted runs resumed, keeping {} tasks",
         r.generated,
@@ -1547,6 +1609,7 @@ fn engine_runs() {
         r.cancelled_runs,
         r.stored_runs,
         r.attempts,
+        r.values_given,
         r.by_state,
         r.by_status,
         r.when_true,
