@@ -1480,33 +1480,35 @@ tasks:
     /// ended, while the report said the task failed.
     #[test]
     fn a_retry_cut_short_by_a_stop_ends_the_task_record() {
-        struct Ends(Mutex<Vec<(TaskExecution, Option<Duration>)>>);
+        /// Keeps the ends of attempts; stops the run when the first retry is announced, so
+        /// the stop comes while the task waits for it (a second).
+        struct Ends(
+            Mutex<Vec<(TaskExecution, Option<Duration>)>>,
+            crate::Canceller,
+        );
         impl EventSink for Ends {
             fn on_event(&self, event: &Event) {
                 if let Event::TaskFinished { record, retry_in } = event {
                     self.0.lock().unwrap().push((record.clone(), *retry_in));
+                    if retry_in.is_some() {
+                        self.1.cancel();
+                    }
                 }
             }
         }
-        let sink = Arc::new(Ends(Mutex::new(Vec::new())));
+        let (canceller, token) = CancelToken::new();
+        let sink = Arc::new(Ends(Mutex::new(Vec::new()), canceller));
         let engine = Engine::new(Registry::builtin()).with_sink(sink.clone());
         let wf = crate::yaml::parse_workflow(
             "name: w\ntasks:\n  - {name: a, type: shell, retry: 3, config: {command: \"false\"}}\n",
             "w.yaml",
         )
         .unwrap();
-        let (canceller, token) = CancelToken::new();
         let opts = RunOptions {
             cancel: token,
             ..RunOptions::default()
         };
-        // The first retry waits a second; the stop comes during that wait.
-        let stop = async {
-            smol::Timer::after(Duration::from_millis(300)).await;
-            canceller.cancel();
-        };
-        let (report, ()) = smol::block_on(future::zip(engine.run(&wf, opts), stop));
-        let report = report.unwrap();
+        let report = smol::block_on(engine.run(&wf, opts)).unwrap();
         assert_eq!(report.execution.status, WorkflowStatus::Interrupted);
         assert_eq!(report.tasks[0].state, TaskState::Failed, "{report:?}");
         let ends = sink.0.lock().unwrap();
@@ -1569,13 +1571,17 @@ tasks:
     /// it, while in the stopped run itself they had not been let run.
     #[test]
     fn a_task_a_stop_cut_short_runs_again_on_resume() {
-        struct Records(Mutex<Vec<TaskExecution>>);
+        /// Keeps the last version of each record; stops the run when its task starts.
+        struct Records(Mutex<Vec<TaskExecution>>, crate::Canceller);
         impl EventSink for Records {
             fn on_event(&self, event: &Event) {
                 if let Event::TaskStarted(r) | Event::TaskFinished { record: r, .. } = event {
                     let mut records = self.0.lock().unwrap();
                     records.retain(|x| x.id != r.id);
                     records.push(r.clone());
+                }
+                if let Event::TaskStarted(_) = event {
+                    self.1.cancel();
                 }
             }
         }
@@ -1584,23 +1590,18 @@ tasks:
             "w.yaml",
         )
         .unwrap();
-        let sink = Arc::new(Records(Mutex::new(Vec::new())));
+        let (canceller, token) = CancelToken::new();
+        let sink = Arc::new(Records(Mutex::new(Vec::new()), canceller));
         let mut vars = Vars::isolated();
         vars.set("D", "5");
         let engine = Engine::new(Registry::builtin())
             .with_sink(sink.clone())
             .with_vars(vars);
-        let (canceller, token) = CancelToken::new();
         let opts = RunOptions {
             cancel: token,
             ..RunOptions::default()
         };
-        let stop = async {
-            smol::Timer::after(Duration::from_millis(300)).await;
-            canceller.cancel();
-        };
-        let (first, ()) = smol::block_on(future::zip(engine.run(&wf, opts), stop));
-        let first = first.unwrap();
+        let first = smol::block_on(engine.run(&wf, opts)).unwrap();
         assert_eq!(first.execution.status, WorkflowStatus::Interrupted);
         let records = sink.0.lock().unwrap().clone();
         let message = records[0].error_message.clone().unwrap_or_default();
