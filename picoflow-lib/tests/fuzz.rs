@@ -1143,15 +1143,19 @@ fn resume(
 ) -> usize {
     // The last version of each record, in the order they were made.
     let mut records: Vec<TaskExecution> = Vec::new();
+    let mut at: BTreeMap<&str, usize> = BTreeMap::new();
     for e in events {
         let rec = match e {
             Event::TaskStarted(r) | Event::TaskSkipped(r) => r,
             Event::TaskFinished { record, .. } => record,
             _ => continue,
         };
-        match records.iter_mut().find(|x| x.id == rec.id) {
-            Some(x) => *x = rec.clone(),
-            None => records.push(rec.clone()),
+        match at.get(rec.id.as_str()) {
+            Some(&k) => records[k] = rec.clone(),
+            None => {
+                at.insert(&rec.id, records.len());
+                records.push(rec.clone());
+            }
         }
     }
     let fake = Fake {
@@ -1182,10 +1186,19 @@ fn resume(
     let events = std::mem::take(&mut *sink.log.lock().unwrap());
     let again = std::mem::take(&mut *fake.log.lock().unwrap());
     check_run(wf, &settings, &report, &events, &again, false);
-    let last = picoflow_lib::last_attempts(&records);
+    let last: BTreeMap<&str, &TaskExecution> = picoflow_lib::last_attempts(&records)
+        .into_iter()
+        .map(|a| (a.task_name.as_str(), a))
+        .collect();
+    let ran_again: std::collections::BTreeSet<&str> =
+        again.iter().map(|a| a.task.as_str()).collect();
+    let outcomes: BTreeMap<(&str, u32), Outcome> = attempts
+        .iter()
+        .map(|a| ((a.task.as_str(), a.attempt), a.outcome))
+        .collect();
     let mut kept = 0;
     for r in &report.tasks {
-        let ran = again.iter().any(|a| a.task == r.name);
+        let ran = ran_again.contains(r.name.as_str());
         if r.resumed {
             kept += 1;
             assert!(
@@ -1194,16 +1207,14 @@ fn resume(
                 r.name
             );
         }
-        let Some(before) = last.iter().find(|a| a.task_name == r.name) else {
+        let Some(before) = last.get(r.name.as_str()) else {
             continue;
         };
         if before.status == TaskState::Success {
             assert!(r.resumed && !ran, "{} had succeeded and ran again", r.name);
         }
         // An attempt the stop cut short ran to no end: it runs again.
-        let stopped = attempts.iter().any(|a| {
-            a.task == r.name && a.attempt == before.attempt && a.outcome == Outcome::Cancelled
-        });
+        let stopped = outcomes.get(&(r.name.as_str(), before.attempt)) == Some(&Outcome::Cancelled);
         if stopped {
             assert!(
                 !r.resumed,
@@ -1489,6 +1500,8 @@ fn check_run(
         }
     }
     // What an attempt was given of another task is what that task ended with.
+    let reports: BTreeMap<&str, &TaskReport> =
+        report.tasks.iter().map(|r| (r.name.as_str(), r)).collect();
     for a in attempts {
         for (name, value) in &a.seen {
             let Some(rest) = name.strip_prefix("tasks.") else {
@@ -1501,7 +1514,7 @@ fn check_run(
             let Some(t) = wf.task(other).filter(|t| t.iterate_over.is_none()) else {
                 continue;
             };
-            let Some(r) = report.tasks.iter().find(|r| r.name == t.name) else {
+            let Some(r) = reports.get(t.name.as_str()) else {
                 continue;
             };
             if r.resumed {
