@@ -40,7 +40,7 @@ step "tests (no default features)"
 cargo test -p picoflow-lib --no-default-features
 cargo test -p picoflow-cli --no-default-features --test validate --test run
 
-step "fuzzing: workflow, schedule, duration, configuration and condition parsers (20 s each)"
+step "fuzzing: workflow, schedule, duration, configuration and condition parsers, generated workflows through the engine (20 s each)"
 PICOFLOW_FUZZ_SECONDS=20 cargo test -p picoflow-lib --test fuzz -- --nocapture
 
 step "documentation examples and crate docs"

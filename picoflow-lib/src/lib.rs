@@ -137,10 +137,10 @@ pub use flow::{MAX_ITEMS, OUTPUT_LIMIT};
 pub use logs::{execution_log_dir, task_log_path};
 pub use metrics::{Metrics, MetricsServer};
 pub use model::{
-    is_valid_name, Catchup, DockerConfig, HttpConfig, PullPolicy, ShellConfig, SshConfig, Task,
-    TaskConfig, Workflow, WorkflowConfig, DEFAULT_DOCKER_NETWORK, DEFAULT_HTTP_TIMEOUT_SECS,
-    DEFAULT_MAX_PARALLEL, DEFAULT_RETRY, DEFAULT_SSH_PORT, DEFAULT_SSH_TIMEOUT_SECS,
-    DEFAULT_TIMEOUT_SECS, HTTP_METHODS,
+    is_valid_name, Catchup, DockerConfig, HttpConfig, Items, PullPolicy, RunIf, ShellConfig,
+    SshConfig, Task, TaskConfig, Workflow, WorkflowConfig, DEFAULT_DOCKER_NETWORK,
+    DEFAULT_HTTP_TIMEOUT_SECS, DEFAULT_MAX_PARALLEL, DEFAULT_RETRY, DEFAULT_SSH_PORT,
+    DEFAULT_SSH_TIMEOUT_SECS, DEFAULT_TIMEOUT_SECS, HTTP_METHODS,
 };
 pub use prune::{prune, prune_logs, PruneReport};
 pub use resume::{open_for_run, plan_run, RunIntent, RunPlan};

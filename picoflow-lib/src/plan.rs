@@ -104,9 +104,15 @@ impl Plan {
             covered: 0,
             flushing: false,
         };
-        for i in 0..n {
-            if plan.slots[i] == Slot::Waiting && plan.remaining[i] == 0 {
-                plan.decide(i);
+        // What can be decided at once; on a resume that includes skips, whose dependents
+        // must hear of them. (None of these depends on another: each has no dependency left.)
+        let decidable: Vec<usize> = (0..n)
+            .filter(|&i| plan.slots[i] == Slot::Waiting && plan.remaining[i] == 0)
+            .collect();
+        for i in decidable {
+            if let Some(skip) = plan.decide(i) {
+                let cause = plan.cause[i];
+                plan.resolved(i, skip == Skip::Rule, cause);
             }
         }
         plan
@@ -253,6 +259,25 @@ mod tests {
         if let Some(upto) = p.flush_due() {
             p.durable(upto);
         }
+    }
+
+    /// On a resume, a task whose dependencies had all finished and whose rule did not hold
+    /// was skipped, but its own dependents were never told: they waited for it forever, and
+    /// the run ended with them still pending.
+    #[test]
+    fn a_task_skipped_by_its_rule_on_a_resume_releases_its_dependents() {
+        // 0 succeeded in the earlier run; 1 runs only if 0 failed; 2 needs 1.
+        let rules = [RunIf::AllSuccess, RunIf::AnyFailed, RunIf::AllSuccess];
+        let mut p = Plan::new(
+            &[vec![], vec![0], vec![1]],
+            &rules,
+            &[true, false, false],
+            4,
+        );
+        assert_eq!(p.take_skipped(), vec![(1, Skip::Rule)]);
+        assert_eq!(start_all(&mut p), vec![2]);
+        p.finish(2, true);
+        assert!(p.settled(false));
     }
 
     #[test]
