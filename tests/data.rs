@@ -550,6 +550,11 @@ tasks:
     type: shell
     run_if: any_failed
     config: {command: "true"}
+  - name: f
+    type: shell
+    depends_on: [a]
+    iterate_over: ["${tasks.a.outputs.x}", two]
+    config: {command: "echo ${item}"}
 "#,
     );
     let out = run(picoflow(dir.path()).arg("validate").arg(&wf));
@@ -566,6 +571,13 @@ tasks:
     );
     assert!(
         err.contains("line 18: task 'e': run_if: any_failed needs depends_on"),
+        "{err}"
+    );
+    // A reference in a written list is not expanded: said, not run as a literal item.
+    assert!(
+        err.contains(
+            "line 22: task 'f': iterate_over: the item '${tasks.a.outputs.x}' holds a reference"
+        ),
         "{err}"
     );
 }

@@ -186,7 +186,8 @@ pub struct TaskExecution {
     pub stdout: Option<String>,
     /// Captured standard error, cut as `stdout` is.
     pub stderr: Option<String>,
-    /// The size in bytes of the whole standard output when `stdout` holds only its end.
+    /// The size in bytes of the whole capture (at most 10 MB and the truncation marker) when
+    /// `stdout` holds only its end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout_size: Option<u64>,
     /// The size in bytes of the whole standard error when `stderr` holds only its end.

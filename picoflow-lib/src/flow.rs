@@ -602,6 +602,14 @@ pub(crate) fn check(wf: &Workflow, ancestors: &dyn Fn(usize, usize) -> bool) -> 
                 ));
             }
         }
+        // A written list's items are taken as written: a reference in one is no list.
+        if let Some(Items::List(items)) = &task.iterate_over {
+            if let Some(r) = items.iter().find(|i| !Vars::referenced(i).is_empty()) {
+                problems.push(format!(
+                    "{at}: iterate_over: the item '{r}' holds a reference, which a written list does not expand; write iterate_over: \"{r}\" to loop over the items of a value"
+                ));
+            }
+        }
     }
     // Task names are checked with the graph; a handler's must differ from every other name.
     let mut names: HashMap<&str, &Task> = wf.tasks.iter().map(|t| (t.name.as_str(), t)).collect();
