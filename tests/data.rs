@@ -576,7 +576,7 @@ tasks:
     // A reference in a written list is not expanded: said, not run as a literal item.
     assert!(
         err.contains(
-            "line 22: task 'f': iterate_over: the item '${tasks.a.outputs.x}' holds a reference"
+            "line 22: task 'f': iterate_over: the item '${tasks.a.outputs.x}' holds a value of the run"
         ),
         "{err}"
     );

@@ -602,11 +602,13 @@ pub(crate) fn check(wf: &Workflow, ancestors: &dyn Fn(usize, usize) -> bool) -> 
                 ));
             }
         }
-        // A written list's items are taken as written: a reference in one is no list.
+        // A written list's items are taken as written (`${HOME}` in one is text): a value of
+        // the run in one, which cannot be known when the file is written, is a mistake.
         if let Some(Items::List(items)) = &task.iterate_over {
-            if let Some(r) = items.iter().find(|i| !Vars::referenced(i).is_empty()) {
+            let run_value = |i: &&String| Vars::referenced(i).iter().any(|n| is_run_value(n));
+            if let Some(r) = items.iter().find(run_value) {
                 problems.push(format!(
-                    "{at}: iterate_over: the item '{r}' holds a reference, which a written list does not expand; write iterate_over: \"{r}\" to loop over the items of a value"
+                    "{at}: iterate_over: the item '{r}' holds a value of the run, which a written list does not expand; write iterate_over: \"{r}\" to loop over the items of a value"
                 ));
             }
         }
