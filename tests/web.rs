@@ -226,12 +226,12 @@ fn api_lists_triggers_filters_and_follows_logs() {
     let files = write_workflows(&dir);
     dir.write("token", &format!("{TOKEN}\n"));
     let d = Daemon::start(dir.path(), "token_file = \"token\"", &files);
-    // One listener serves both /metrics and the web UI.
-    let log = d.log();
-    assert!(
-        log.contains("serving HTTP") && log.contains("services=2"),
-        "{log}"
-    );
+    // One listener serves both /metrics and the web UI (it says so once it listens: the line
+    // may follow the first connection by a moment, under qemu-user by more).
+    wait_for(Duration::from_secs(10), "the listener's log line", || {
+        let log = d.log();
+        log.contains("serving HTTP") && log.contains("services=2")
+    });
 
     // The workflows, with what the UI adds to `workflow list --format json`.
     let list = d.json("/api/v1/workflows");
