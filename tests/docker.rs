@@ -614,3 +614,131 @@ fn a_new_run_after_a_crash_removes_the_orphaned_container() {
     );
     assert_eq!(engine.containers(label), Vec::<String>::new());
 }
+
+/// Looking for a crashed run's containers never holds up the daemon's schedule. A container
+/// engine that takes connections and never answers stands in for a hung Docker: the daemon
+/// resumes an execution a SIGKILL interrupted, and the search for that execution's leftover
+/// containers waits on the engine (up to its 60 s call limit) while another workflow keeps
+/// firing every second.
+#[test]
+fn a_schedule_fires_on_time_while_a_cleanup_waits_on_a_silent_engine() {
+    use std::os::unix::net::UnixListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let out = run(picoflow(Path::new(".")).arg("--version"));
+    assert!(
+        stdout(&out).contains("+docker"),
+        "this test needs the docker feature (run the suite with default features)"
+    );
+    let dir = TempDir::new("docker-silent-engine");
+    let d = dir.path();
+    // The stop below waits this long for the run still looking for containers.
+    dir.write(
+        "picoflow.toml",
+        "[daemon]\nshutdown_timeout_seconds = 2\n\n[metrics]\nenabled = false\n",
+    );
+    dir.write(
+        "stuck.yaml",
+        "name: stuck\nschedule: \"0 0 1 1 *\"\ntasks:\n  - name: hold\n    type: shell\n    config:\n      command: \"touch started; sleep 30\"\n",
+    );
+    dir.write(
+        "tick.yaml",
+        "name: tick\nschedule: \"* * * * * *\"\ntasks:\n  - name: t\n    type: shell\n    config:\n      command: \"date +%s >> ticks.txt\"\n",
+    );
+
+    // An execution of `stuck` interrupted by SIGKILL while its task runs.
+    let child = picoflow(d)
+        .args(["run", "stuck.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(30), "the task to start", || {
+        d.join("started").exists()
+    });
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+    }
+    finish(child, "the killed run");
+
+    // The engine: every connection is taken and held, nothing is ever read or written.
+    let socket = d.join("engine.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let taken = Arc::new(AtomicUsize::new(0));
+    let counter = taken.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+
+    let daemon = picoflow(d)
+        .args([
+            "--log-format",
+            "pretty",
+            "daemon",
+            "start",
+            "stuck.yaml",
+            "tick.yaml",
+        ])
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(d.join("daemon.log")).unwrap_or_default();
+    // The reachability check, then the container listing, which stays unanswered.
+    wait_for(
+        Duration::from_secs(20),
+        "the cleanup to ask the engine",
+        || taken.load(Ordering::SeqCst) >= 2,
+    );
+    let asked = Instant::now();
+    let ticks = |d: &Path| {
+        std::fs::read_to_string(d.join("ticks.txt"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let before = ticks(d);
+    wait_for(
+        Duration::from_secs(15),
+        "the other workflow to fire three times while the cleanup waits",
+        || ticks(d) >= before + 3,
+    );
+    // Still within the engine's call limit: the cleanup has not given up yet, and the resumed
+    // execution has not started its task again.
+    assert!(asked.elapsed() < Duration::from_secs(50));
+    assert!(
+        !log().contains("cannot look for leftover containers"),
+        "{}",
+        log()
+    );
+    let status = status_json(d, "stuck");
+    assert_eq!(status["execution"]["status"], "interrupted", "{status}");
+
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(daemon.id() as i32, libc::SIGTERM);
+    }
+    let stopping = Instant::now();
+    let out = finish(daemon, "the daemon");
+    // The shutdown timeout (2 s) ends the search; the engine's own limit (60 s) is not awaited.
+    assert!(stopping.elapsed() < Duration::from_secs(30), "{}", log());
+    // The run still waiting on the engine is stopped when the shutdown timeout ends, and
+    // recorded as interrupted (exit 9: tasks were stopped).
+    assert_eq!(out.status.code(), Some(9), "{}", log());
+    assert!(!log().contains("panicked"), "{}", log());
+    let status = status_json(d, "stuck");
+    assert_eq!(status["execution"]["status"], "interrupted", "{status}");
+    // Stopped before its task started again: the one attempt is the interrupted one.
+    assert_eq!(
+        status["tasks"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+}

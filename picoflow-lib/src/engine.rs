@@ -363,8 +363,14 @@ impl Engine {
         let dag = validate_workflow(wf, &wf.name, &self.registry)?;
         // What a crashed earlier run of this workflow left running must not run beside the
         // tasks started now (REL-001): a resumed task would otherwise meet its own survivor.
+        // A stop (a daemon's shutdown timeout) ends the search: an engine that does not
+        // answer must not hold the run, which then ends without starting a task.
         if opts.resume.is_some() || opts.stop_leftovers {
-            crate::orphans::stop_leftovers(&wf.name, crate::orphans::GRACE, &self.registry).await;
+            let search = async {
+                crate::orphans::stop_leftovers(&wf.name, crate::orphans::GRACE, &self.registry)
+                    .await;
+            };
+            smol::future::or(search, opts.cancel.cancelled()).await;
         }
         let ex = smol::LocalExecutor::new();
         ex.run(self.run_inner(&ex, wf, &dag, opts)).await
