@@ -682,6 +682,22 @@ fn status_history_and_logs_show_loops_by_their_items_and_handlers_apart() {
     );
     let out = run(picoflow(dir.path()).arg("run").arg(&wf));
     assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    // `run` names handlers as handlers, in its lines and in its summary.
+    let text = stdout(&out);
+    assert!(
+        text.contains("Handler 'sad' (on_failure) started\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Handler 'bye' (on_exit) completed successfully"),
+        "{text}"
+    );
+    assert!(text.contains("Task 'boom' failed"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains(" sad ") && l.ends_with("[on_failure handler]: exited with code 1")),
+        "{text}"
+    );
 
     let out = run(picoflow(dir.path()).args(["status", "--workflow", "l"]));
     let text = stdout(&out);

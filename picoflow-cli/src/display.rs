@@ -12,6 +12,9 @@ use picoflow_lib::{
 
 pub(crate) struct RunDisplay {
     live: bool,
+    /// The workflow's handlers by name, with the list each is in (`on_failure` …): they are
+    /// shown as handlers and not counted among the workflow's tasks.
+    handlers: BTreeMap<String, &'static str>,
     state: Mutex<LiveState>,
 }
 
@@ -38,10 +41,20 @@ pub(crate) fn human_duration(secs: f64) -> String {
 }
 
 impl RunDisplay {
-    pub(crate) fn new(live: bool) -> Self {
+    /// `handlers`: each handler's name and the list it is in.
+    pub(crate) fn new(live: bool, handlers: BTreeMap<String, &'static str>) -> Self {
         RunDisplay {
             live,
+            handlers,
             state: Mutex::new(LiveState::default()),
+        }
+    }
+
+    /// How a line names task `name`: `Task 'x'`, or `Handler 'x' (on_failure)`.
+    fn who(&self, name: &str) -> String {
+        match self.handlers.get(name) {
+            Some(kind) => format!("Handler '{name}' ({kind})"),
+            None => format!("Task '{name}'"),
         }
     }
 
@@ -116,6 +129,9 @@ impl RunDisplay {
             if t.resumed {
                 line.push_str(" [finished before resume]");
             }
+            if let Some(kind) = self.handlers.get(&t.name) {
+                line.push_str(&format!(" [{kind} handler]"));
+            }
             if matches!(
                 t.state,
                 TaskState::Failed | TaskState::Timeout | TaskState::Skipped
@@ -171,10 +187,11 @@ impl EventSink for RunDisplay {
             }
             Event::TaskStarted(t) => {
                 st.running.insert(t.task_name.clone(), Instant::now());
+                let who = self.who(&t.task_name);
                 let text = if t.attempt > 1 {
-                    format!("Task '{}' started (attempt {})", t.task_name, t.attempt)
+                    format!("{who} started (attempt {})", t.attempt)
                 } else {
-                    format!("Task '{}' started", t.task_name)
+                    format!("{who} started")
                 };
                 self.line(&st, &text);
             }
@@ -183,44 +200,44 @@ impl EventSink for RunDisplay {
                 retry_in,
             } => {
                 st.running.remove(&t.task_name);
+                let who = self.who(&t.task_name);
                 let code = t
                     .exit_code
                     .map_or_else(|| "none".to_string(), |c| c.to_string());
                 let err = t.error_message.as_deref().unwrap_or("failed");
+                // A handler's end counts neither as done nor as failed: the live line counts
+                // the workflow's tasks.
+                let counted = !self.handlers.contains_key(&t.task_name);
                 let text = match (t.status, retry_in) {
                     (_, Some(d)) => format!(
-                        "Task '{}' failed (exit code: {code}): {err}; retrying in {}s",
-                        t.task_name,
+                        "{who} failed (exit code: {code}): {err}; retrying in {}s",
                         d.as_secs_f64()
                     ),
                     (TaskState::Success, None) => {
-                        st.done += 1;
-                        format!(
-                            "Task '{}' completed successfully (exit code: {code})",
-                            t.task_name
-                        )
+                        st.done += usize::from(counted);
+                        format!("{who} completed successfully (exit code: {code})")
                     }
                     (TaskState::Timeout, None) => {
-                        st.done += 1;
-                        st.failed += 1;
-                        format!("Task '{}' timed out: {err}", t.task_name)
+                        st.done += usize::from(counted);
+                        st.failed += usize::from(counted);
+                        format!("{who} timed out: {err}")
                     }
                     (_, None) if t.interrupted() => {
-                        st.done += 1;
-                        format!("Task '{}' {err}", t.task_name)
+                        st.done += usize::from(counted);
+                        format!("{who} {err}")
                     }
                     (_, None) => {
-                        st.done += 1;
-                        st.failed += 1;
-                        format!("Task '{}' failed (exit code: {code}): {err}", t.task_name)
+                        st.done += usize::from(counted);
+                        st.failed += usize::from(counted);
+                        format!("{who} failed (exit code: {code}): {err}")
                     }
                 };
                 self.line(&st, &text);
             }
             Event::TaskSkipped(t) => {
-                st.done += 1;
+                st.done += usize::from(!self.handlers.contains_key(&t.task_name));
                 let why = t.error_message.as_deref().unwrap_or("skipped");
-                self.line(&st, &format!("Task '{}' {why}", t.task_name));
+                self.line(&st, &format!("{} {why}", self.who(&t.task_name)));
             }
             Event::WorkflowFinished(_) => {}
             _ => {}

@@ -385,7 +385,13 @@ fn run(file: &Path, resume: bool, force: bool, config: &Config) -> Result<u8, Er
         RunPlan::New { stop_leftovers } => (None, stop_leftovers),
     };
     store.record_workflow(&wf.name, wf.schedule.as_deref(), Some(&source))?;
-    let display = Arc::new(display::RunDisplay::new(std::io::stdout().is_terminal()));
+    let display = Arc::new(display::RunDisplay::new(
+        std::io::stdout().is_terminal(),
+        wf.handlers
+            .all()
+            .map(|(kind, t)| (t.name.clone(), kind))
+            .collect(),
+    ));
     let engine = Engine::new(registry)
         .with_settings(EngineSettings::from(config))
         .with_log_dir(config.logs.dir.clone())
