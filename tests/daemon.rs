@@ -299,7 +299,7 @@ fn a_fire_is_skipped_while_the_previous_run_goes_on_unless_allowed() {
 #[test]
 fn shutdown_timeout_terminates_running_tasks_and_records_them() {
     let dir = TempDir::new("daemon-timeout");
-    dir.write("picoflow.toml", "[daemon]\nshutdown_timeout_seconds = 1\n");
+    dir.write("picoflow.toml", "[daemon]\nshutdown_timeout_seconds = 3\n");
     dir.write(
         "long.yaml",
         &shell_wf("long", "* * * * * *", "", "echo started >> s.txt; sleep 60"),
@@ -310,9 +310,20 @@ fn shutdown_timeout_terminates_running_tasks_and_records_them() {
     });
     let t = Instant::now();
     d.signal(libc::SIGINT);
+    // While it waits for the run, `daemon status` says it is stopping, with no next fire.
+    let mut said = String::new();
+    wait_for(
+        Duration::from_secs(3),
+        "daemon status to say Stopping",
+        || {
+            said = stdout(&run(picoflow(dir.path()).args(["daemon", "status"])));
+            said.contains("Daemon Status: Stopping (since ")
+        },
+    );
+    assert!(!said.contains("Next scheduled run"), "{said}");
     assert_eq!(d.wait(Duration::from_secs(10)), Some(9));
     assert!(
-        t.elapsed() < Duration::from_secs(6),
+        t.elapsed() < Duration::from_secs(8),
         "took {:?}",
         t.elapsed()
     );

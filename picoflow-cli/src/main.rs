@@ -487,7 +487,14 @@ fn daemon_status(config: &Config) -> Result<u8, Error> {
         (uptime % 86_400) / 3600,
         (uptime % 3600) / 60,
     );
-    outln!("Daemon Status: Running")?;
+    match st.stopping_since {
+        // Starting no run: the next fire is not shown.
+        Some(at) => outln!(
+            "Daemon Status: Stopping (since {}; waiting for its running workflows)",
+            picoflow_lib::views::local_time(at)
+        )?,
+        None => outln!("Daemon Status: Running")?,
+    }
     outln!("PID: {}", st.pid)?;
     if d > 0 {
         outln!("Uptime: {d}d {h}h {m}m")?;
@@ -510,7 +517,7 @@ fn daemon_status(config: &Config) -> Result<u8, Error> {
             None => outln!("  - {} (on demand)", w.name)?,
         }
     }
-    if let Some((name, at)) = st.next_run() {
+    if let Some((name, at)) = st.next_run().filter(|_| st.stopping_since.is_none()) {
         outln!(
             "Next scheduled run: {name} at {}",
             picoflow_lib::views::local_time(at)

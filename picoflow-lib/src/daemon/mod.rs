@@ -89,6 +89,9 @@ pub struct DaemonStatus {
     pub pid: u32,
     /// When the daemon started.
     pub started_at: DateTime<Utc>,
+    /// When it began to stop (a SIGTERM or SIGINT): it starts no run and waits for the
+    /// running ones, up to `[daemon] shutdown_timeout_seconds`. `None` while it runs.
+    pub stopping_since: Option<DateTime<Utc>>,
     /// Loaded workflows: name, schedule, time zone and next fire.
     pub workflows: Vec<ScheduledWorkflow>,
     /// Resident memory of the daemon process, in bytes.
@@ -190,7 +193,7 @@ impl Daemon {
             reads_need_token: self.config.web.require_token_for_reads,
         };
         let http = HttpThread::start(&self.config, &metrics, web)?;
-        status.write(&loaded).await;
+        status.write(&loaded, None).await;
         tracing::info!(
             pid = std::process::id(),
             workflows = loaded.len(),

@@ -94,9 +94,14 @@ impl StatusFile {
         }
     }
 
-    /// Replaces the file with the status of a daemon that loaded `loaded`. A failure is
-    /// logged: the daemon goes on without it.
-    pub(super) async fn write(&self, loaded: &BTreeMap<String, Loaded>) {
+    /// Replaces the file with the status of a daemon that loaded `loaded` and, from the
+    /// instant `stopping`, is stopping (starting no run, waiting for the ones going). A
+    /// failure is logged: the daemon goes on without it.
+    pub(super) async fn write(
+        &self,
+        loaded: &BTreeMap<String, Loaded>,
+        stopping: Option<DateTime<Utc>>,
+    ) {
         let workflows: Vec<serde_json::Value> = loaded
             .values()
             .map(|l| {
@@ -113,6 +118,7 @@ impl StatusFile {
             "pid": std::process::id(),
             "started_at": self.started.to_rfc3339(),
             "workflows": workflows,
+            "stopping_since": stopping.map(|t| t.to_rfc3339()),
         });
         let path = self.path.clone();
         let written = offload("status", move || {
@@ -247,9 +253,14 @@ pub fn daemon_status(config: &Config) -> Result<Option<DaemonStatus>> {
                 .collect()
         })
         .unwrap_or_default();
+    let stopping_since = doc["stopping_since"]
+        .as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|d| d.with_timezone(&Utc));
     Ok(Some(DaemonStatus {
         pid,
         started_at,
+        stopping_since,
         workflows,
         memory_bytes: rss_bytes(pid),
     }))

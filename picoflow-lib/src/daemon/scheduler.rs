@@ -327,7 +327,7 @@ impl Scheduler<'_> {
                 .set_workflows(self.loaded.values().map(|l| &*l.wf));
             tracing::info!(workflows = self.loaded.len(), "reloaded");
         }
-        self.status.write(&self.loaded).await;
+        self.status.write(&self.loaded, None).await;
         self.publish();
     }
 
@@ -374,6 +374,7 @@ impl Scheduler<'_> {
             running = runs.total(),
             "stopping: no new runs; waiting for running ones"
         );
+        self.status.write(&self.loaded, Some(Utc::now())).await;
         let grace = Duration::from_secs(self.config.daemon.shutdown_timeout_seconds);
         let deadline = Instant::now() + grace;
         let mut terminated = false;
