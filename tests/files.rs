@@ -271,6 +271,32 @@ fn a_run_directory_prepared_by_another_user_is_refused() {
     assert_eq!(mode(&victim), "0600");
 }
 
+/// A run directory PicoFlow would refuse (here a symbolic link) refuses `run` and `daemon
+/// start` with exit code 5 before anything is made: no state file, no PID file.
+#[test]
+fn a_refused_run_directory_leaves_no_state_file() {
+    let dir = TempDir::new("files-refused-run-dir");
+    let wf = dir.write("secret.yaml", &secret_wf("secret", ""));
+    std::fs::create_dir(dir.path().join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(
+        dir.path().join("elsewhere"),
+        dir.path().join("picoflow.redb.run"),
+    )
+    .unwrap();
+    for args in [&["run"][..], &["daemon", "start"][..]] {
+        let out = run(picoflow(dir.path()).args(args).arg(&wf));
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("picoflow.redb.run: is a symbolic link, not a directory"),
+            "{}",
+            stderr(&out)
+        );
+        for made in ["picoflow.redb", "picoflow.redb.pid"] {
+            assert!(!dir.path().join(made).exists(), "{args:?} made {made}");
+        }
+    }
+}
+
 /// The output directories a crash leaves in `<state file>.run/` (where tasks' published values,
 /// secrets among them, sat) are removed by `prune`; a running execution keeps its own.
 #[test]

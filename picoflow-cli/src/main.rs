@@ -371,6 +371,8 @@ fn run(file: &Path, resume: bool, force: bool, config: &Config) -> Result<u8, Er
     } else {
         RunIntent::New
     };
+    // A run directory the engine would refuse is refused before the state file is made.
+    picoflow_lib::check_run_dir(&config.run_dir())?;
     let (store, plan) = open_for_run(&config.db_path, &wf, intent)?;
     let source = std::fs::canonicalize(file)
         .unwrap_or_else(|_| file.to_path_buf())

@@ -38,6 +38,18 @@ pub(crate) fn is_run_value(name: &str) -> bool {
         || matches!(name, "failed_tasks" | "item" | "item_index")
 }
 
+/// Checks, before anything is recorded, the run directory an engine will use (see
+/// [`create_output_dir`]): one that exists must be a directory of the effective user with
+/// mode 0700, not a symbolic link. One that does not exist yet is fine (the first execution
+/// creates it); nothing is created here. `picoflow run` and the daemon call it before they
+/// open the state file, so that a run they would refuse leaves no state file behind.
+pub fn check_run_dir(run_dir: &Path) -> crate::Result<()> {
+    match crate::private::check_dir(run_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.map_err(|e| crate::Error::io(run_dir, e)),
+    }
+}
+
 /// Creates the private directory (0700) of an execution's output files.
 ///
 /// With a run directory (`run_dir`; the CLI and the daemon use `<state file>.run`), it is

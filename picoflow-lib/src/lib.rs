@@ -133,7 +133,7 @@ pub use executor::{
 };
 pub use expand::{expand_with, Vars};
 pub use export::{export_sqlite, ExportReport};
-pub use flow::{MAX_ITEMS, OUTPUT_LIMIT};
+pub use flow::{check_run_dir, MAX_ITEMS, OUTPUT_LIMIT};
 pub use logs::{execution_log_dir, task_log_path};
 pub use metrics::{Metrics, MetricsServer};
 pub use model::{

@@ -166,6 +166,7 @@ impl Daemon {
     pub async fn run(self) -> Result<DaemonExit> {
         let files = load::load_all(&self.paths, &self.registry)?;
         let web_token = self.web_token()?;
+        crate::flow::check_run_dir(&self.config.run_dir())?;
         let pid_file = self.config.pid_file();
         let _lock = PidLock::acquire(&pid_file)?;
         let signals = Signals::new()?;
