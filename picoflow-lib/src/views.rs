@@ -5,7 +5,7 @@ use chrono::{DateTime, Local, NaiveDate, Utc};
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::events::{last_attempts, TaskExecution, WorkflowExecution, WorkflowStatus};
+use crate::events::{last_attempts, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus};
 use crate::store::{HistoryFilter, Store, WorkflowRecord};
 
 /// Task names of the workflow file an execution came from, then its handlers', when that
@@ -48,6 +48,17 @@ pub fn captured_output(attempt: &TaskExecution) -> String {
         text.push_str(s);
     }
     text
+}
+
+/// The state an attempt is shown in: its recorded one, except `interrupted` for an attempt
+/// PicoFlow cut short (recorded `failed` with an `interrupted: …` message) and for one left
+/// `running` by a process that died (`running_execution` false).
+pub fn shown_state(attempt: &TaskExecution, running_execution: bool) -> &'static str {
+    match attempt.status {
+        TaskState::Running if !running_execution => "interrupted",
+        _ if attempt.interrupted() => "interrupted",
+        s => s.as_str(),
+    }
 }
 
 /// Whether the attempt named `attempt` is of the workflow's task `task`: the task itself, or
@@ -210,7 +221,6 @@ pub fn parse_status(status: &str, origin: &str) -> Result<WorkflowStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::TaskState;
 
     fn attempt(name: &str, attempt: u32, secs: i64) -> TaskExecution {
         let t = DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap();
@@ -232,6 +242,25 @@ mod tests {
             created_at: t,
             outputs: None,
         }
+    }
+
+    #[test]
+    fn attempts_cut_short_are_shown_interrupted() {
+        let mut a = attempt("t", 1, 0);
+        assert_eq!(shown_state(&a, false), "success");
+        a.status = TaskState::Failed;
+        a.error_message = Some("exited with code 1".into());
+        assert_eq!(shown_state(&a, false), "failed");
+        a.error_message = Some(format!(
+            "{} the run was stopped (cancelled)",
+            crate::events::INTERRUPTED
+        ));
+        assert_eq!(shown_state(&a, true), "interrupted");
+        // Left running by a process that died; still running while its execution runs.
+        a.status = TaskState::Running;
+        a.error_message = None;
+        assert_eq!(shown_state(&a, false), "interrupted");
+        assert_eq!(shown_state(&a, true), "running");
     }
 
     #[test]

@@ -39,7 +39,7 @@ use smol::future;
 
 use crate::contract::{CatalogEntry, Trigger, Triggered, WebContext};
 use crate::error::{Error, Result};
-use crate::events::{last_attempts, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus};
+use crate::events::{last_attempts, TaskExecution, WorkflowExecution, WorkflowStatus};
 use crate::httpd::{percent_encode, Request, Response, Service};
 use crate::logs::{execution_log_dir, task_log_path};
 use crate::model::Workflow;
@@ -771,7 +771,7 @@ fn task_states(
     let last = last_attempts(attempts);
     let rank = |s: &str| match s {
         "running" | "retrying" => 5,
-        "failed" | "timeout" => 4,
+        "failed" | "timeout" | "interrupted" => 4,
         "pending" => 3,
         "skipped" => 2,
         _ => 1,
@@ -783,11 +783,7 @@ fn task_states(
             if !views::is_attempt_of(&t.task_name, &task.name) {
                 continue;
             }
-            let s = match t.status {
-                // A record left running by a dead process is not running any more.
-                TaskState::Running if exec.status != WorkflowStatus::Running => "failed",
-                s => s.as_str(),
-            };
+            let s = views::shown_state(t, exec.status == WorkflowStatus::Running);
             if state.is_none_or(|old| rank(s) > rank(old)) {
                 state = Some(s);
             }
@@ -896,6 +892,7 @@ fn levels(wf: &Workflow) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::TaskState;
 
     fn wf(tasks: &[(&str, &[&str])]) -> Workflow {
         let mut text = String::from("name: w\ntasks:\n");

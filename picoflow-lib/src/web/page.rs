@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::{levels, task_index, LogChunk, WorkflowView};
 use crate::events::{TaskExecution, TaskState, WorkflowExecution, WorkflowStatus};
 use crate::httpd::{percent_encode as enc, Response};
-use crate::views::{is_attempt_of, local_time as local};
+use crate::views::{self, is_attempt_of, local_time as local};
 
 /// Scripts and styles only from this server; no inline code, no frames, no form posts.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
@@ -345,10 +345,7 @@ pub(super) fn execution(
     let mut shown: Vec<&str> = Vec::new();
     for t in last {
         shown.push(&t.task_name);
-        let state = match t.status {
-            TaskState::Running if !running => "interrupted",
-            s => s.as_str(),
-        };
+        let state = views::shown_state(t, running);
         let _ = write!(
             b,
             "<tr data-task=\"{n}\" data-state=\"{state}\"><td>{n}</td><td>{}</td><td>{}</td>\
@@ -422,7 +419,7 @@ fn gantt(e: &WorkflowExecution, attempts: &[TaskExecution], now: DateTime<Utc>) 
             label = esc(&label),
             name = esc(&a.task_name),
             n = a.attempt,
-            st = a.status.as_str(),
+            st = views::shown_state(a, e.status == WorkflowStatus::Running),
             h = ROW_H - 6.0,
             from = human(start),
             len = human(length),
