@@ -103,10 +103,20 @@ impl Error {
     }
 }
 
+/// An I/O error as a user reads it: the system's words without std's ` (os error N)` tail
+/// (`Permission denied`, not `Permission denied (os error 13)`).
+fn plain_io(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match (e.raw_os_error(), text.rfind(" (os error ")) {
+        (Some(_), Some(i)) => text[..i].to_string(),
+        _ => text,
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Io { path, source } => write!(f, "{}: {}", path.display(), source),
+            Error::Io { path, source } => write!(f, "{}: {}", path.display(), plain_io(source)),
             Error::Parse {
                 file,
                 line,
@@ -192,5 +202,16 @@ mod tests {
             path: vec!["a".into(), "b".into(), "a".into()],
         };
         assert!(cycle.to_string().contains("a -> b -> a"));
+    }
+
+    #[test]
+    fn io_errors_read_without_the_os_error_number() {
+        let e = Error::io(
+            "/x/state.redb",
+            std::io::Error::from_raw_os_error(libc::EACCES),
+        );
+        assert_eq!(e.to_string(), "/x/state.redb: Permission denied");
+        let custom = std::io::Error::other("is a symbolic link");
+        assert_eq!(Error::io("a", custom).to_string(), "a: is a symbolic link");
     }
 }
