@@ -87,16 +87,19 @@ pub(crate) fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// Waits for `child` (its piped streams read as they come) for at most two minutes.
+/// Waits for `child` (its piped streams read as they come) for at most two minutes. One that
+/// takes longer is killed and fails the test with what it printed so far.
 pub(crate) fn finish(mut child: Child, what: &str) -> Output {
-    fn drain(r: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    fn drain(r: Option<impl Read + Send + 'static>) -> std::sync::mpsc::Receiver<Vec<u8>> {
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             if let Some(mut r) = r {
-                r.read_to_end(&mut buf).unwrap();
+                let _ = r.read_to_end(&mut buf);
             }
-            buf
-        })
+            let _ = tx.send(buf);
+        });
+        rx
     }
     let out = drain(child.stdout.take());
     let err = drain(child.stderr.take());
@@ -108,14 +111,24 @@ pub(crate) fn finish(mut child: Child, what: &str) -> Output {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what} did not finish within {COMMAND_LIMIT:?}");
+            // What it printed, unless a process it left holds the pipes open.
+            let so_far = |rx: std::sync::mpsc::Receiver<Vec<u8>>| {
+                rx.recv_timeout(Duration::from_secs(2))
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_else(|_| "(still open)".into())
+            };
+            panic!(
+                "{what} did not finish within {COMMAND_LIMIT:?}\n--- stdout\n{}\n--- stderr\n{}",
+                so_far(out),
+                so_far(err)
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     };
     Output {
         status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
+        stdout: out.recv().unwrap_or_default(),
+        stderr: err.recv().unwrap_or_default(),
     }
 }
 
