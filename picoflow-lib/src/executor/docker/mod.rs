@@ -44,8 +44,9 @@ use super::{
     stop, BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
 use crate::httpd::percent_encode;
-use crate::model::{DockerConfig, PullPolicy, Task, TaskConfig};
+use crate::model::{Task, TaskConfig};
 use crate::proc;
+use crate::settings::docker::{check_volume, DockerConfig, PullPolicy};
 
 /// The engine's socket when `DOCKER_HOST` names none.
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -248,7 +249,7 @@ fn container_spec(
     let mut binds = Vec::with_capacity(cfg.volumes.len());
     for v in &cfg.volumes {
         let v = expand(v);
-        if let Err(why) = crate::yaml::check_volume(&v) {
+        if let Err(why) = check_volume(&v) {
             return Err(Failure::new(format!("config.volumes: '{v}' {why}"), false));
         }
         binds.push(v);

@@ -48,7 +48,8 @@ use tracing::instrument::WithSubscriber as _;
 use super::{
     stop, BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
-use crate::model::{HttpConfig, Task, TaskConfig};
+use crate::model::{Task, TaskConfig};
+use crate::settings::http::{is_http_url, HttpConfig};
 
 /// What replaces a secret in anything PicoFlow shows.
 const REDACTED: &str = "[REDACTED]";
@@ -141,7 +142,7 @@ fn prepare(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> Result<Prepared, String> 
     }
     // Messages below may quote the URL or a header's name, never a value.
     let fail = |what: String| redactor.scrub(&what);
-    if !crate::model::is_http_url(&url) {
+    if !is_http_url(&url) {
         return Err(fail(format!(
             "url '{shown_url}' (from '{}') must be an http:// or https:// URL",
             cfg.url

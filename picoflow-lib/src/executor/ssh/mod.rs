@@ -56,7 +56,8 @@ use super::{
     stop, BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
 use crate::expand::is_var_name;
-use crate::model::{SshConfig, TaskConfig};
+use crate::model::TaskConfig;
+use crate::settings::ssh::SshConfig;
 
 type Session = AsyncSession<AsyncIoTcpStream>;
 

@@ -33,8 +33,9 @@ use super::{stop, subreaper};
 use super::{
     BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
-use crate::model::{ShellConfig, TaskConfig};
+use crate::model::TaskConfig;
 use crate::proc;
+use crate::settings::shell::ShellConfig;
 
 /// Time between SIGTERM and SIGKILL when a task's process group is stopped.
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(2);
