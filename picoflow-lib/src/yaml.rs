@@ -102,47 +102,8 @@ pub(crate) fn parse_workflow(text: &str, origin: &str) -> Result<Workflow> {
         }
     })?;
     let mut problems = Vec::new();
-
-    if !is_valid_name(&raw.name) {
-        problems.push(format!(
-            "name: '{}' must be 1-64 characters of letters, digits, '-' and '_' (no spaces)",
-            raw.name
-        ));
-    }
-    if let Some(d) = &raw.description {
-        if d.chars().count() > 256 {
-            problems.push(format!(
-                "description: {} characters, at most 256 allowed",
-                d.chars().count()
-            ));
-        }
-    }
-    if raw.tasks.is_empty() {
-        problems.push("tasks: at least one task is required".to_string());
-    }
-    let config = match raw.config {
-        None => WorkflowConfig::default(),
-        Some(c) => WorkflowConfig {
-            max_parallel: range(&mut problems, "config.max_parallel", c.max_parallel, 1, 256)
-                .map(|v| v as u32),
-            retry_default: range(
-                &mut problems,
-                "config.retry_default",
-                c.retry_default,
-                0,
-                100,
-            )
-            .map(|v| v as u32),
-            timeout_default: range(
-                &mut problems,
-                "config.timeout_default",
-                c.timeout_default,
-                0,
-                86_400,
-            )
-            .map(|v| v as u64),
-        },
-    };
+    check_header(&raw, &mut problems);
+    let config = workflow_config(raw.config, &mut problems);
     let catchup = match raw.catchup.as_deref() {
         None | Some("none") => Catchup::None,
         Some("latest") => Catchup::Latest,
@@ -208,8 +169,55 @@ pub(crate) fn parse_workflow(text: &str, origin: &str) -> Result<Workflow> {
     })
 }
 
+/// The workflow's own fields: its name, its description's length, and that it has tasks.
+fn check_header(raw: &RawWorkflow, problems: &mut Vec<String>) {
+    if !is_valid_name(&raw.name) {
+        problems.push(format!(
+            "name: '{}' must be 1-64 characters of letters, digits, '-' and '_' (no spaces)",
+            raw.name
+        ));
+    }
+    if let Some(d) = &raw.description {
+        if d.chars().count() > 256 {
+            problems.push(format!(
+                "description: {} characters, at most 256 allowed",
+                d.chars().count()
+            ));
+        }
+    }
+    if raw.tasks.is_empty() {
+        problems.push("tasks: at least one task is required".to_string());
+    }
+}
+
+/// The `config:` block, each value in its range.
+fn workflow_config(raw: Option<RawConfig>, problems: &mut Vec<String>) -> WorkflowConfig {
+    let Some(c) = raw else {
+        return WorkflowConfig::default();
+    };
+    WorkflowConfig {
+        max_parallel: range(problems, "config.max_parallel", c.max_parallel, 1, 256)
+            .map(|v| v as u32),
+        retry_default: range(problems, "config.retry_default", c.retry_default, 0, 100)
+            .map(|v| v as u32),
+        timeout_default: range(
+            problems,
+            "config.timeout_default",
+            c.timeout_default,
+            0,
+            86_400,
+        )
+        .map(|v| v as u64),
+    }
+}
+
 /// Converts one task (of `tasks:` or of a handler list) found at line `at`.
-fn task(rt: RawTask, at: Option<usize>, origin: &str, problems: &mut Vec<String>) -> Result<Task> {
+fn task(
+    mut rt: RawTask,
+    at: Option<usize>,
+    origin: &str,
+    problems: &mut Vec<String>,
+) -> Result<Task> {
     let where_ = match at {
         Some(l) => format!("line {l}: task '{}'", rt.name),
         None => format!("task '{}'", rt.name),
@@ -236,7 +244,7 @@ fn task(rt: RawTask, at: Option<usize>, origin: &str, problems: &mut Vec<String>
             )),
         }
     }
-    let when = match rt.when {
+    let when = match rt.when.take() {
         None => None,
         Some(v) => match scalar_text(&v) {
             Some(t) => Some(t),
@@ -248,7 +256,32 @@ fn task(rt: RawTask, at: Option<usize>, origin: &str, problems: &mut Vec<String>
             }
         },
     };
-    let mut depends_on = rt.depends_on;
+    let (depends_on, run_if) = triggers(&mut rt, &where_, problems);
+    let iterate_over = rt
+        .iterate_over
+        .take()
+        .and_then(|v| iterate_over(v, &where_, problems));
+    let config = task_config(&rt.kind, rt.config, origin, at, &rt.name, &where_, problems)?;
+    Ok(Task {
+        name: rt.name,
+        kind: rt.kind,
+        depends_on,
+        config,
+        retry: retry.map(|v| v as u32),
+        timeout: timeout.map(|v| v as u64),
+        continue_on_failure: rt.continue_on_failure,
+        outputs,
+        when,
+        run_if,
+        iterate_over,
+        line: at,
+    })
+}
+
+/// The task's dependencies and trigger rule: `depends_on` and `run_if`, or their shorthands
+/// `on_success: [a]` / `on_failure: [a]`.
+fn triggers(rt: &mut RawTask, where_: &str, problems: &mut Vec<String>) -> (Vec<String>, RunIf) {
+    let mut depends_on = std::mem::take(&mut rt.depends_on);
     let mut run_if = match rt.run_if.as_deref() {
         None => RunIf::AllSuccess,
         Some(r) => RunIf::parse(r).unwrap_or_else(|| {
@@ -258,7 +291,6 @@ fn task(rt: RawTask, at: Option<usize>, origin: &str, problems: &mut Vec<String>
             RunIf::AllSuccess
         }),
     };
-    // `on_success: [a]` / `on_failure: [a]` are shorthands for `depends_on` with a rule.
     match (rt.on_success.is_empty(), rt.on_failure.is_empty()) {
         (true, true) => {}
         (false, false) => problems.push(format!(
@@ -276,9 +308,13 @@ fn task(rt: RawTask, at: Option<usize>, origin: &str, problems: &mut Vec<String>
             run_if = RunIf::AnyFailed;
         }
     }
-    let iterate_over = match rt.iterate_over {
-        None => None,
-        Some(yaml::Value::Sequence(items)) => {
+    (depends_on, run_if)
+}
+
+/// The items of a loop task: a written list, or a reference to a value of the run.
+fn iterate_over(v: yaml::Value, where_: &str, problems: &mut Vec<String>) -> Option<Items> {
+    match v {
+        yaml::Value::Sequence(items) => {
             let mut list = Vec::with_capacity(items.len());
             for item in &items {
                 match scalar_text(item) {
@@ -290,29 +326,14 @@ fn task(rt: RawTask, at: Option<usize>, origin: &str, problems: &mut Vec<String>
             }
             Some(Items::List(list))
         }
-        Some(yaml::Value::String(r)) => Some(Items::From(r)),
-        Some(_) => {
+        yaml::Value::String(r) => Some(Items::From(r)),
+        _ => {
             problems.push(format!(
                 "{where_}: iterate_over: expected a list of items or a reference such as \"${{tasks.list.outputs.files}}\""
             ));
             None
         }
-    };
-    let config = task_config(&rt.kind, rt.config, origin, at, &rt.name, &where_, problems)?;
-    Ok(Task {
-        name: rt.name,
-        kind: rt.kind,
-        depends_on,
-        config,
-        retry: retry.map(|v| v as u32),
-        timeout: timeout.map(|v| v as u64),
-        continue_on_failure: rt.continue_on_failure,
-        outputs,
-        when,
-        run_if,
-        iterate_over,
-        line: at,
-    })
+    }
 }
 
 /// The fields of a task itself, beside its `config`.
