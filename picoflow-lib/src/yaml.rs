@@ -1,13 +1,15 @@
-//! The one module that reads workflow YAML.
+//! The module that reads workflow YAML.
 //!
 //! The parser is serde_norway, a fork of the deprecated serde_yaml with its own libyaml port
 //! (measured against the other forks and the pure-Rust saphyr crates on a 5000-task file:
 //! as fast as the fastest, the same size, and the same messages; `features.md` has the
-//! figures). Everything that touches it is here, so moving again is the `use` line below plus
+//! figures). Everything that touches it is here and in `settings` (the task types' settings,
+//! read from its values), so moving again is the `use` line below, the one in `settings` and
 //! the Cargo dependency. The text is first
 //! deserialized into strict "raw" structures (unknown fields are errors that name the field,
 //! with line and column), then converted into the [`Workflow`] model, collecting every
-//! range and format problem with the line of the task it belongs to.
+//! range and format problem with the line of the task it belongs to. A task's `config:` is
+//! read by its type's settings (`executor/<type>/settings.rs`), looked up in `task_config`.
 
 use std::time::Duration;
 
