@@ -102,6 +102,8 @@ mod proc;
 mod prune;
 mod resume;
 mod schedule;
+// Each task type's settings, below the model (their files are in the executors' folders).
+mod settings;
 mod signals;
 mod stats;
 mod store;
@@ -145,6 +147,7 @@ pub use model::{
 pub use prune::{prune, prune_logs, PruneReport};
 pub use resume::{open_for_run, plan_run, RunIntent, RunPlan};
 pub use schedule::{host_name, jitter_offset, parse_duration, Schedule};
+pub use settings::task_config_keys;
 pub use signals::{Signals, StopSignal};
 pub use stats::{compute_stats, TaskStats, WorkflowStats};
 pub use store::{HistoryFilter, PruneCounts, Store, WorkflowRecord};
@@ -152,7 +155,6 @@ pub use templates::{template, TEMPLATE_NAMES};
 pub use validate::{
     load_workflow, parse_workflow, shell_warnings, validate_workflow, workflow_files,
 };
-pub use yaml::task_config_keys;
 
 /// The optional parts compiled into this build, as `(feature, enabled)` pairs.
 pub fn features() -> [(&'static str, bool); 6] {

@@ -4,9 +4,12 @@
 //! the defaults (`max_parallel` 4, `retry_default` 3, `timeout_default` 300 s) and the
 //! `workdir` / `working_dir` alias.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
+
+pub use crate::settings::docker::{DockerConfig, PullPolicy, DEFAULT_DOCKER_NETWORK};
+pub use crate::settings::http::{HttpConfig, DEFAULT_HTTP_TIMEOUT_SECS, HTTP_METHODS};
+pub use crate::settings::shell::ShellConfig;
+pub use crate::settings::ssh::{SshConfig, DEFAULT_SSH_PORT, DEFAULT_SSH_TIMEOUT_SECS};
 
 /// Built-in default for `config.max_parallel` (API reference, `DECISIONS.md` 1).
 pub const DEFAULT_MAX_PARALLEL: u32 = 4;
@@ -14,12 +17,6 @@ pub const DEFAULT_MAX_PARALLEL: u32 = 4;
 pub const DEFAULT_RETRY: u32 = 3;
 /// Built-in default for `config.timeout_default`, in seconds.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
-/// Default SSH port.
-pub const DEFAULT_SSH_PORT: u16 = 22;
-/// Default SSH connection timeout, in seconds.
-pub const DEFAULT_SSH_TIMEOUT_SECS: u64 = 30;
-/// Default HTTP request timeout (connect + read), in seconds.
-pub const DEFAULT_HTTP_TIMEOUT_SECS: u64 = 30;
 
 /// A parsed workflow: a named DAG of tasks with an optional schedule.
 #[derive(Debug, Clone, PartialEq)]
@@ -225,7 +222,8 @@ impl Task {
     }
 }
 
-/// Executor-specific task configuration.
+/// Executor-specific task configuration. Each built-in type's settings live with its executor
+/// (`executor/<type>/settings.rs`), which reads and checks them.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum TaskConfig {
@@ -240,105 +238,6 @@ pub enum TaskConfig {
     /// Any other type: the raw `config` object for a custom executor.
     Custom(serde_json::Value),
 }
-
-/// `type: shell` configuration (EXEC-001).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ShellConfig {
-    /// Program path or name, or a whole command line when `args` is absent.
-    pub command: String,
-    /// Arguments; when present the command is executed directly, never through a shell.
-    pub args: Option<Vec<String>>,
-    /// Working directory (`workdir`, alias `working_dir`).
-    pub workdir: Option<PathBuf>,
-    /// Variables added to the inherited environment.
-    pub env: BTreeMap<String, String>,
-}
-
-impl ShellConfig {
-    /// Whether this command runs as `/bin/sh -c "<command>"` (`DECISIONS.md` 3): no `args`
-    /// and whitespace in the command.
-    pub fn uses_shell(&self) -> bool {
-        self.args.is_none() && self.command.trim().contains(char::is_whitespace)
-    }
-}
-
-/// `type: ssh` configuration (EXEC-002, SEC-001).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SshConfig {
-    /// Remote host name or address.
-    pub host: String,
-    /// Remote port (default 22).
-    pub port: u16,
-    /// Remote user.
-    pub user: String,
-    /// Command run by the remote shell.
-    pub command: String,
-    /// Private key; default `~/.ssh/id_rsa`, then `~/.ssh/id_ed25519`.
-    pub key_path: Option<PathBuf>,
-    /// Connection timeout in seconds (1-3600, default 30).
-    pub timeout: u64,
-    /// `known_hosts` file; default `~/.ssh/known_hosts`.
-    pub known_hosts: Option<PathBuf>,
-}
-
-/// `type: http` configuration (EXEC-003).
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpConfig {
-    /// Full `http://` or `https://` URL.
-    pub url: String,
-    /// Upper-case method: GET, POST, PUT, DELETE, PATCH, HEAD or OPTIONS.
-    pub method: String,
-    /// Request headers, in file order; values get `${VAR}` expansion.
-    pub headers: Vec<(String, String)>,
-    /// JSON body built from the YAML object.
-    pub body: Option<serde_json::Value>,
-    /// Request timeout (connect + read) in seconds (1-3600, default 30).
-    pub timeout: u64,
-    /// Accepted status codes; any 2xx when absent.
-    pub expected_status: Option<Vec<u16>>,
-}
-
-/// `type: docker` configuration (EXEC-006).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DockerConfig {
-    /// Image reference, e.g. `alpine:3.20` or `registry.local/backup@sha256:…`.
-    pub image: String,
-    /// Command and arguments, run without a shell; the image's own command when absent.
-    pub command: Option<Vec<String>>,
-    /// Variables set in the container (the image's others stay).
-    pub env: BTreeMap<String, String>,
-    /// Working directory inside the container (`workdir`, alias `working_dir`).
-    pub workdir: Option<String>,
-    /// Bind mounts, `host:container` or `host:container:ro`.
-    pub volumes: Vec<String>,
-    /// Network mode: `none` (the default), `bridge`, `host` or a network's name.
-    pub network: String,
-    /// `user` or `user:group` (names or numbers) the command runs as.
-    pub user: Option<String>,
-    /// When the image is fetched from its registry.
-    pub pull: PullPolicy,
-    /// Whether the container is removed once the attempt is over (default true).
-    pub remove: bool,
-}
-
-/// The network a container gets when its task names none: none at all.
-pub const DEFAULT_DOCKER_NETWORK: &str = "none";
-
-/// `pull` of a docker task.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum PullPolicy {
-    /// Use the image on the host; a missing image fails the task (the default: a device
-    /// runs what was put on it, and does not depend on a registry).
-    #[default]
-    Never,
-    /// Pull the image when the host does not have it.
-    Missing,
-    /// Pull before every attempt.
-    Always,
-}
-
-/// The HTTP methods the HTTP executor accepts.
-pub const HTTP_METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
 
 impl Workflow {
     /// The delay the daemon adds to every fire of this workflow on the host `host`: the
@@ -364,33 +263,9 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Whether `url` is an `http://` or `https://` URL with something after the scheme.
-pub(crate) fn is_http_url(url: &str) -> bool {
-    let lower = url.to_ascii_lowercase();
-    ["http://", "https://"]
-        .iter()
-        .any(|scheme| lower.starts_with(scheme) && url.len() > scheme.len())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shell_rule_of_decisions_3() {
-        let mut c = ShellConfig {
-            command: "echo abc | tr a x".into(),
-            ..Default::default()
-        };
-        assert!(c.uses_shell());
-        c.args = Some(vec![]);
-        assert!(!c.uses_shell());
-        let plain = ShellConfig {
-            command: "/bin/true".into(),
-            ..Default::default()
-        };
-        assert!(!plain.uses_shell());
-    }
 
     #[test]
     fn names() {

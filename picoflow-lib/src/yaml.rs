@@ -1,16 +1,16 @@
-//! The one module that reads workflow YAML.
+//! The module that reads workflow YAML.
 //!
 //! The parser is serde_norway, a fork of the deprecated serde_yaml with its own libyaml port
 //! (measured against the other forks and the pure-Rust saphyr crates on a 5000-task file:
 //! as fast as the fastest, the same size, and the same messages; `features.md` has the
-//! figures). Everything that touches it is here, so moving again is the `use` line below plus
+//! figures). Everything that touches it is here and in `settings` (the task types' settings,
+//! read from its values), so moving again is the `use` line below, the one in `settings` and
 //! the Cargo dependency. The text is first
 //! deserialized into strict "raw" structures (unknown fields are errors that name the field,
 //! with line and column), then converted into the [`Workflow`] model, collecting every
-//! range and format problem with the line of the task it belongs to.
+//! range and format problem with the line of the task it belongs to. A task's `config:` is
+//! read by its type's settings (`executor/<type>/settings.rs`), looked up in `task_config`.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -18,10 +18,9 @@ use serde_norway as yaml;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    is_valid_name, Catchup, DockerConfig, Handlers, HttpConfig, Items, PullPolicy, RunIf,
-    ShellConfig, SshConfig, Task, TaskConfig, Workflow, WorkflowConfig, DEFAULT_DOCKER_NETWORK,
-    DEFAULT_HTTP_TIMEOUT_SECS, DEFAULT_SSH_PORT, DEFAULT_SSH_TIMEOUT_SECS, HTTP_METHODS,
+    is_valid_name, Catchup, Handlers, Items, RunIf, Task, TaskConfig, Workflow, WorkflowConfig,
 };
+use crate::settings::{self, range, scalar_text, seconds, Problems};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,83 +89,6 @@ struct RawTask {
     iterate_over: Option<yaml::Value>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawShell {
-    command: String,
-    #[serde(default)]
-    args: Option<Vec<String>>,
-    #[serde(default, alias = "working_dir")]
-    workdir: Option<String>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSsh {
-    host: String,
-    #[serde(default)]
-    port: Option<i64>,
-    user: String,
-    command: String,
-    #[serde(default)]
-    key_path: Option<String>,
-    #[serde(default, deserialize_with = "seconds")]
-    timeout: Option<i64>,
-    #[serde(default)]
-    known_hosts: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    url: String,
-    method: String,
-    #[serde(default)]
-    headers: yaml::Mapping,
-    #[serde(default)]
-    body: Option<yaml::Value>,
-    #[serde(default, deserialize_with = "seconds")]
-    timeout: Option<i64>,
-    #[serde(default)]
-    expected_status: Option<Vec<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDocker {
-    image: String,
-    #[serde(default)]
-    command: Option<Vec<String>>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    #[serde(default, alias = "working_dir")]
-    workdir: Option<String>,
-    #[serde(default)]
-    volumes: Vec<String>,
-    #[serde(default)]
-    network: Option<String>,
-    #[serde(default)]
-    user: Option<String>,
-    #[serde(default)]
-    pull: Option<String>,
-    #[serde(default)]
-    remove: Option<bool>,
-}
-
-/// The keys each task type accepts under `config:` (`working_dir` beside `workdir`), by
-/// type name; any other key is refused. The README's table of them is compared with this
-/// list by a test.
-pub fn task_config_keys() -> [(&'static str, &'static [&'static str]); 4] {
-    [
-        ("shell", crate::fields::of::<RawShell>()),
-        ("ssh", crate::fields::of::<RawSsh>()),
-        ("http", crate::fields::of::<RawHttp>()),
-        ("docker", crate::fields::of::<RawDocker>()),
-    ]
-}
-
 /// Parses workflow YAML into the model, checking every field's format and range.
 ///
 /// `origin` names the file in messages. Dependencies, cycles, schedules and executor
@@ -182,47 +104,8 @@ pub(crate) fn parse_workflow(text: &str, origin: &str) -> Result<Workflow> {
         }
     })?;
     let mut problems = Vec::new();
-
-    if !is_valid_name(&raw.name) {
-        problems.push(format!(
-            "name: '{}' must be 1-64 characters of letters, digits, '-' and '_' (no spaces)",
-            raw.name
-        ));
-    }
-    if let Some(d) = &raw.description {
-        if d.chars().count() > 256 {
-            problems.push(format!(
-                "description: {} characters, at most 256 allowed",
-                d.chars().count()
-            ));
-        }
-    }
-    if raw.tasks.is_empty() {
-        problems.push("tasks: at least one task is required".to_string());
-    }
-    let config = match raw.config {
-        None => WorkflowConfig::default(),
-        Some(c) => WorkflowConfig {
-            max_parallel: range(&mut problems, "config.max_parallel", c.max_parallel, 1, 256)
-                .map(|v| v as u32),
-            retry_default: range(
-                &mut problems,
-                "config.retry_default",
-                c.retry_default,
-                0,
-                100,
-            )
-            .map(|v| v as u32),
-            timeout_default: range(
-                &mut problems,
-                "config.timeout_default",
-                c.timeout_default,
-                0,
-                86_400,
-            )
-            .map(|v| v as u64),
-        },
-    };
+    check_header(&raw, &mut problems);
+    let config = workflow_config(raw.config, &mut problems);
     let catchup = match raw.catchup.as_deref() {
         None | Some("none") => Catchup::None,
         Some("latest") => Catchup::Latest,
@@ -288,8 +171,55 @@ pub(crate) fn parse_workflow(text: &str, origin: &str) -> Result<Workflow> {
     })
 }
 
+/// The workflow's own fields: its name, its description's length, and that it has tasks.
+fn check_header(raw: &RawWorkflow, problems: &mut Vec<String>) {
+    if !is_valid_name(&raw.name) {
+        problems.push(format!(
+            "name: '{}' must be 1-64 characters of letters, digits, '-' and '_' (no spaces)",
+            raw.name
+        ));
+    }
+    if let Some(d) = &raw.description {
+        if d.chars().count() > 256 {
+            problems.push(format!(
+                "description: {} characters, at most 256 allowed",
+                d.chars().count()
+            ));
+        }
+    }
+    if raw.tasks.is_empty() {
+        problems.push("tasks: at least one task is required".to_string());
+    }
+}
+
+/// The `config:` block, each value in its range.
+fn workflow_config(raw: Option<RawConfig>, problems: &mut Vec<String>) -> WorkflowConfig {
+    let Some(c) = raw else {
+        return WorkflowConfig::default();
+    };
+    WorkflowConfig {
+        max_parallel: range(problems, "config.max_parallel", c.max_parallel, 1, 256)
+            .map(|v| v as u32),
+        retry_default: range(problems, "config.retry_default", c.retry_default, 0, 100)
+            .map(|v| v as u32),
+        timeout_default: range(
+            problems,
+            "config.timeout_default",
+            c.timeout_default,
+            0,
+            86_400,
+        )
+        .map(|v| v as u64),
+    }
+}
+
 /// Converts one task (of `tasks:` or of a handler list) found at line `at`.
-fn task(rt: RawTask, at: Option<usize>, origin: &str, problems: &mut Vec<String>) -> Result<Task> {
+fn task(
+    mut rt: RawTask,
+    at: Option<usize>,
+    origin: &str,
+    problems: &mut Vec<String>,
+) -> Result<Task> {
     let where_ = match at {
         Some(l) => format!("line {l}: task '{}'", rt.name),
         None => format!("task '{}'", rt.name),
@@ -316,7 +246,7 @@ fn task(rt: RawTask, at: Option<usize>, origin: &str, problems: &mut Vec<String>
             )),
         }
     }
-    let when = match rt.when {
+    let when = match rt.when.take() {
         None => None,
         Some(v) => match scalar_text(&v) {
             Some(t) => Some(t),
@@ -328,7 +258,32 @@ fn task(rt: RawTask, at: Option<usize>, origin: &str, problems: &mut Vec<String>
             }
         },
     };
-    let mut depends_on = rt.depends_on;
+    let (depends_on, run_if) = triggers(&mut rt, &where_, problems);
+    let iterate_over = rt
+        .iterate_over
+        .take()
+        .and_then(|v| iterate_over(v, &where_, problems));
+    let config = task_config(&rt.kind, rt.config, origin, at, &rt.name, &where_, problems)?;
+    Ok(Task {
+        name: rt.name,
+        kind: rt.kind,
+        depends_on,
+        config,
+        retry: retry.map(|v| v as u32),
+        timeout: timeout.map(|v| v as u64),
+        continue_on_failure: rt.continue_on_failure,
+        outputs,
+        when,
+        run_if,
+        iterate_over,
+        line: at,
+    })
+}
+
+/// The task's dependencies and trigger rule: `depends_on` and `run_if`, or their shorthands
+/// `on_success: [a]` / `on_failure: [a]`.
+fn triggers(rt: &mut RawTask, where_: &str, problems: &mut Vec<String>) -> (Vec<String>, RunIf) {
+    let mut depends_on = std::mem::take(&mut rt.depends_on);
     let mut run_if = match rt.run_if.as_deref() {
         None => RunIf::AllSuccess,
         Some(r) => RunIf::parse(r).unwrap_or_else(|| {
@@ -338,7 +293,6 @@ fn task(rt: RawTask, at: Option<usize>, origin: &str, problems: &mut Vec<String>
             RunIf::AllSuccess
         }),
     };
-    // `on_success: [a]` / `on_failure: [a]` are shorthands for `depends_on` with a rule.
     match (rt.on_success.is_empty(), rt.on_failure.is_empty()) {
         (true, true) => {}
         (false, false) => problems.push(format!(
@@ -356,9 +310,13 @@ fn task(rt: RawTask, at: Option<usize>, origin: &str, problems: &mut Vec<String>
             run_if = RunIf::AnyFailed;
         }
     }
-    let iterate_over = match rt.iterate_over {
-        None => None,
-        Some(yaml::Value::Sequence(items)) => {
+    (depends_on, run_if)
+}
+
+/// The items of a loop task: a written list, or a reference to a value of the run.
+fn iterate_over(v: yaml::Value, where_: &str, problems: &mut Vec<String>) -> Option<Items> {
+    match v {
+        yaml::Value::Sequence(items) => {
             let mut list = Vec::with_capacity(items.len());
             for item in &items {
                 match scalar_text(item) {
@@ -370,29 +328,14 @@ fn task(rt: RawTask, at: Option<usize>, origin: &str, problems: &mut Vec<String>
             }
             Some(Items::List(list))
         }
-        Some(yaml::Value::String(r)) => Some(Items::From(r)),
-        Some(_) => {
+        yaml::Value::String(r) => Some(Items::From(r)),
+        _ => {
             problems.push(format!(
                 "{where_}: iterate_over: expected a list of items or a reference such as \"${{tasks.list.outputs.files}}\""
             ));
             None
         }
-    };
-    let config = task_config(&rt.kind, rt.config, origin, at, &rt.name, &where_, problems)?;
-    Ok(Task {
-        name: rt.name,
-        kind: rt.kind,
-        depends_on,
-        config,
-        retry: retry.map(|v| v as u32),
-        timeout: timeout.map(|v| v as u64),
-        continue_on_failure: rt.continue_on_failure,
-        outputs,
-        when,
-        run_if,
-        iterate_over,
-        line: at,
-    })
+    }
 }
 
 /// The fields of a task itself, beside its `config`.
@@ -411,6 +354,10 @@ const TASK_FIELDS: &[&str] = &[
     "iterate_over",
 ];
 
+/// Reads a task's `config:` by its type: a built-in type's settings check themselves (see
+/// `settings`); any other type keeps the object as JSON for its executor's
+/// [`check`](crate::Executor::check). A value of the wrong shape stops the parse with the
+/// task's line; other problems are added to `problems`.
 fn task_config(
     kind: &str,
     value: yaml::Value,
@@ -437,212 +384,21 @@ fn task_config(
             message: format!("task '{task}': config: {text}{hint}"),
         }
     };
-    Ok(match kind {
-        "shell" => {
-            let r: RawShell = yaml::from_value(value).map_err(field_error)?;
-            if r.command.trim().is_empty() {
-                problems.push(format!("{where_}: config.command must not be empty"));
-            }
-            TaskConfig::Shell(ShellConfig {
-                command: r.command,
-                args: r.args,
-                workdir: r.workdir.map(PathBuf::from),
-                env: r.env,
-            })
-        }
-        "ssh" => {
-            let r: RawSsh = yaml::from_value(value).map_err(field_error)?;
-            for (field, v) in [
-                ("host", &r.host),
-                ("user", &r.user),
-                ("command", &r.command),
-            ] {
-                if v.trim().is_empty() {
-                    problems.push(format!("{where_}: config.{field} must not be empty"));
-                }
-            }
-            let port = range(
-                problems,
-                &format!("{where_}: config.port"),
-                r.port,
-                1,
-                65_535,
-            );
-            let timeout = range(
-                problems,
-                &format!("{where_}: config.timeout"),
-                r.timeout,
-                1,
-                3600,
-            );
-            TaskConfig::Ssh(SshConfig {
-                host: r.host,
-                port: port.map(|p| p as u16).unwrap_or(DEFAULT_SSH_PORT),
-                user: r.user,
-                command: r.command,
-                key_path: r.key_path.map(PathBuf::from),
-                timeout: timeout
-                    .map(|t| t as u64)
-                    .unwrap_or(DEFAULT_SSH_TIMEOUT_SECS),
-                known_hosts: r.known_hosts.map(PathBuf::from),
-            })
-        }
-        "http" => {
-            let r: RawHttp = yaml::from_value(value).map_err(field_error)?;
-            let method = r.method.to_ascii_uppercase();
-            if !HTTP_METHODS.contains(&method.as_str()) {
-                problems.push(format!(
-                    "{where_}: config.method '{}' is not one of {}",
-                    r.method,
-                    HTTP_METHODS.join(", ")
-                ));
-            }
-            // A URL built from `${VAR}` is checked once expanded, when the task runs.
-            if !r.url.contains("${") && !crate::model::is_http_url(&r.url) {
-                problems.push(format!(
-                    "{where_}: config.url '{}' must be an http:// or https:// URL",
-                    r.url
-                ));
-            }
-            let timeout = range(
-                problems,
-                &format!("{where_}: config.timeout"),
-                r.timeout,
-                1,
-                3600,
-            );
-            let expected_status = r.expected_status.map(|codes| {
-                codes
-                    .into_iter()
-                    .filter_map(|c| {
-                        if (100..=599).contains(&c) {
-                            Some(c as u16)
-                        } else {
-                            problems.push(format!(
-                                "{where_}: config.expected_status: {c} is not an HTTP status (100-599)"
-                            ));
-                            None
-                        }
-                    })
-                    .collect()
-            });
-            let mut headers = Vec::with_capacity(r.headers.len());
-            for (k, v) in r.headers {
-                match (scalar_text(&k), scalar_text(&v)) {
-                    (Some(k), Some(v)) => headers.push((k, v)),
-                    _ => problems.push(format!(
-                        "{where_}: config.headers: names and values must be strings"
-                    )),
-                }
-            }
-            let body = match r.body {
-                None => None,
-                Some(b) => match serde_json::to_value(&b) {
-                    Ok(j) => Some(j),
-                    Err(e) => {
-                        problems.push(format!("{where_}: config.body cannot be sent as JSON: {e}"));
-                        None
-                    }
-                },
-            };
-            TaskConfig::Http(HttpConfig {
-                url: r.url,
-                method,
-                headers,
-                body,
-                timeout: timeout
-                    .map(|t| t as u64)
-                    .unwrap_or(DEFAULT_HTTP_TIMEOUT_SECS),
-                expected_status,
-            })
-        }
-        "docker" => {
-            let r: RawDocker = yaml::from_value(value).map_err(field_error)?;
-            if r.image.trim().is_empty() || r.image.contains(char::is_whitespace) {
-                problems.push(format!(
-                    "{where_}: config.image '{}' must be an image reference without spaces",
-                    r.image
-                ));
-            }
-            if r.command.as_ref().is_some_and(Vec::is_empty) {
-                problems.push(format!(
-                    "{where_}: config.command must list the program and its arguments"
-                ));
-            }
-            for v in &r.volumes {
-                if let Err(why) = check_volume(v) {
-                    problems.push(format!("{where_}: config.volumes: '{v}' {why}"));
-                }
-            }
-            let network = r
-                .network
-                .unwrap_or_else(|| DEFAULT_DOCKER_NETWORK.to_string());
-            if network.trim().is_empty() {
-                problems.push(format!("{where_}: config.network must not be empty"));
-            }
-            let pull = match r.pull.as_deref() {
-                None | Some("never") => PullPolicy::Never,
-                Some("missing") => PullPolicy::Missing,
-                Some("always") => PullPolicy::Always,
-                Some(other) => {
-                    problems.push(format!(
-                        "{where_}: config.pull '{other}' is not one of never, missing, always"
-                    ));
-                    PullPolicy::Never
-                }
-            };
-            TaskConfig::Docker(DockerConfig {
-                image: r.image,
-                command: r.command,
-                env: r.env,
-                workdir: r.workdir,
-                volumes: r.volumes,
-                network,
-                user: r.user,
-                pull,
-                remove: r.remove.unwrap_or(true),
-            })
-        }
-        _ => match serde_json::to_value(&value) {
+    let mut at = Problems::new(where_, problems);
+    let config = match kind {
+        "shell" => settings::shell::parse(value, &mut at).map(TaskConfig::Shell),
+        "ssh" => settings::ssh::parse(value, &mut at).map(TaskConfig::Ssh),
+        "http" => settings::http::parse(value, &mut at).map(TaskConfig::Http),
+        "docker" => settings::docker::parse(value, &mut at).map(TaskConfig::Docker),
+        _ => Ok(match serde_json::to_value(&value) {
             Ok(j) => TaskConfig::Custom(j),
             Err(e) => {
-                problems.push(format!("{where_}: config cannot be represented: {e}"));
+                at.add(format_args!("config cannot be represented: {e}"));
                 TaskConfig::Custom(serde_json::Value::Null)
             }
-        },
-    })
-}
-
-/// Checks a bind mount, `host:container[:ro|rw]`: both paths absolute (the host side may
-/// also name a volume). A part built from `${VAR}` is checked when the task runs.
-pub(crate) fn check_volume(v: &str) -> std::result::Result<(), &'static str> {
-    let parts: Vec<&str> = v.split(':').collect();
-    let (host, container) = match parts.as_slice() {
-        [h, c] | [h, c, "ro" | "rw"] => (*h, *c),
-        [_, _, _] => return Err("ends in a mode other than ro or rw"),
-        _ => return Err("must be host:container or host:container:ro"),
+        }),
     };
-    let is_volume_name = |s: &str| {
-        s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-    };
-    if !host.contains("${") && !host.starts_with('/') && !is_volume_name(host) {
-        return Err("needs an absolute host path or a volume name before ':'");
-    }
-    if !container.contains("${") && !container.starts_with('/') {
-        return Err("needs an absolute path in the container after ':'");
-    }
-    Ok(())
-}
-
-fn scalar_text(v: &yaml::Value) -> Option<String> {
-    match v {
-        yaml::Value::String(s) => Some(s.clone()),
-        yaml::Value::Number(n) => Some(n.to_string()),
-        yaml::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
+    config.map_err(field_error)
 }
 
 fn jitter_value(v: &yaml::Value) -> std::result::Result<Duration, String> {
@@ -653,22 +409,6 @@ fn jitter_value(v: &yaml::Value) -> std::result::Result<Duration, String> {
             .ok_or_else(|| format!("{n} is not a whole number of seconds")),
         yaml::Value::String(s) => crate::schedule::parse_duration(s),
         _ => Err("expected a duration such as 30s, 5m or 1h".to_string()),
-    }
-}
-
-fn range(
-    problems: &mut Vec<String>,
-    field: &str,
-    value: Option<i64>,
-    min: i64,
-    max: i64,
-) -> Option<i64> {
-    let v = value?;
-    if (min..=max).contains(&v) {
-        Some(v)
-    } else {
-        problems.push(format!("{field}: {v} is out of range {min}-{max}"));
-        None
     }
 }
 
@@ -736,33 +476,6 @@ fn plain(msg: &str) -> String {
         out = out.replace(rust, words);
     }
     out
-}
-
-/// A duration in whole seconds: a number (`90`) or a duration as `jitter` takes it (`1m30s`,
-/// `2h`, `45s`), so that every duration of a workflow file has one syntax.
-fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<i64>, D::Error> {
-    struct Seconds;
-    impl serde::de::Visitor<'_> for Seconds {
-        type Value = Option<i64>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a number of seconds or a duration such as 90, 30s, 5m or 1h30m")
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Self::Value, E> {
-            Ok(Some(v))
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Self::Value, E> {
-            Ok(Some(i64::try_from(v).unwrap_or(i64::MAX)))
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
-            crate::schedule::parse_duration(v)
-                .map(|d| Some(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
-                .map_err(E::custom)
-        }
-        fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
-            Ok(None)
-        }
-    }
-    d.deserialize_any(Seconds)
 }
 
 /// The `(line, column)` of an " at line X column Y" in `msg`.
@@ -875,21 +588,6 @@ mod tests {
             // A name not found falls back to the item's first line.
             assert_eq!(lines.line_of(1, "zz"), Some(6));
             assert_eq!(lines.line_of(3, "d"), None);
-        }
-    }
-
-    #[test]
-    fn task_config_keys_are_the_parsers() {
-        let keys = task_config_keys();
-        let shell = keys.iter().find(|(t, _)| *t == "shell").unwrap().1;
-        assert!(
-            shell.contains(&"working_dir") && shell.contains(&"workdir"),
-            "{shell:?}"
-        );
-        let ssh = keys.iter().find(|(t, _)| *t == "ssh").unwrap().1;
-        assert!(ssh.contains(&"known_hosts"), "{ssh:?}");
-        for (kind, fields) in keys {
-            assert!(!fields.is_empty(), "{kind}");
         }
     }
 

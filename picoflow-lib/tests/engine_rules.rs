@@ -276,3 +276,46 @@ fn a_false_condition_skips_the_task_and_releases_its_dependents() {
     assert_eq!(state(&r, "maybe"), TaskState::Skipped);
     assert_eq!((s.attempts("maybe"), s.attempts("next")), (0, 1));
 }
+
+/// A custom type gets what the built-in types get: its settings are checked when the workflow
+/// is loaded, through [`Executor::check`], every problem at once and each naming its task,
+/// handlers included; a workflow built in code is checked the same way.
+#[test]
+fn a_custom_types_settings_are_checked_at_load_with_the_task_named() {
+    let mut registry = Registry::empty();
+    registry.register("script", Player(Arc::new(Script::default())));
+    let yaml = "name: rules\ntasks:\n".to_string()
+        + &task("good", "ok", "")
+        + "  - name: bad\n    type: script\n    config: {results: ok}\n"
+        + "on_exit:\n  - name: cleanup\n    type: script\n    config: {}\n";
+    match parse_workflow(&yaml, "rules.yaml", &registry) {
+        Err(picoflow_lib::Error::Invalid { file, problems }) => {
+            assert_eq!(file, "rules.yaml");
+            assert_eq!(
+                problems,
+                [
+                    "task 'bad': config.results: a list of ok, fail, fatal or hang",
+                    "task 'cleanup': config.results: a list of ok, fail, fatal or hang",
+                ]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let good = parse_workflow(
+        &format!("name: rules\ntasks:\n{}", task("good", "ok", "")),
+        "rules.yaml",
+        &registry,
+    )
+    .unwrap();
+    let mut built = good.clone();
+    built.tasks[0].config = TaskConfig::Custom(serde_json::json!({"results": 3}));
+    let err = picoflow_lib::validate_workflow(&built, "in code", &registry).unwrap_err();
+    assert_eq!(
+        err.to_string()
+            .matches("task 'good': config.results")
+            .count(),
+        1,
+        "{err}"
+    );
+}

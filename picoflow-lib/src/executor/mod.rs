@@ -1,8 +1,11 @@
 //! Executors: the pluggable part that runs one attempt of one task.
 //!
-//! The [`Executor`] trait is always compiled. Built-in executors live in one module each;
-//! an optional one is gated by `#[cfg]` on its `mod` line and on its entry in
-//! [`Registry::builtin`] (and [`feature_for`] names its feature). Users add their own task
+//! The [`Executor`] trait is always compiled. Built-in executors live in one folder each,
+//! `<type>/`: its running code (`mod.rs` and the files it declares), gated for an optional one
+//! by `#[cfg]` on its `mod` line and on its entry in [`Registry::builtin`] (and
+//! [`feature_for`] names its feature), and its settings (`settings.rs`: what `config:` holds,
+//! how it is read and checked), compiled in every build and declared by the crate's `settings`
+//! module, below the model that holds them. Users add their own task
 //! types with [`Registry::register`]. Every executor ends an attempt early the same way
 //! ([`stop`]); an executor whose tasks leave things outside their processes removes them in
 //! [`Executor::remove_leftovers`].

@@ -23,18 +23,20 @@
 //!   [`CAPTURE_LIMIT`] each; nothing is buffered beyond that.
 
 use std::os::unix::process::ExitStatusExt as _;
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use futures_lite::{future, AsyncRead, AsyncReadExt};
 
 use super::cgroup::Cgroup;
-use super::spawn::Command;
+use super::spawn::{Child, Command};
 use super::{stop, subreaper};
 use super::{
     BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
-use crate::model::{ShellConfig, TaskConfig};
+use crate::model::TaskConfig;
 use crate::proc;
+use crate::settings::shell::ShellConfig;
 
 /// Time between SIGTERM and SIGKILL when a task's process group is stopped.
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -96,6 +98,54 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
     if let Some(problem) = nul_problem(cfg, ctx) {
         return TaskOutput::failed(problem, false);
     }
+    let (mut cmd, workdir) = command(cfg, ctx);
+    // Dropped at the end of the attempt, which kills what is left in it.
+    let cgroup = Cgroup::create(ctx.workflow);
+    let reaping = match &cgroup {
+        Some(cg) => {
+            cmd.cgroup(cg.procs_fd());
+            false
+        }
+        None => subreaper::enable(),
+    };
+    if reaping {
+        cmd.subreaper();
+    }
+
+    // In its own process group, killed if this thread dies, stdin from /dev/null.
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return not_started(cfg, workdir.as_deref(), &e),
+    };
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let readers = async {
+        future::zip(
+            read_capped(stdout, Stream::Stdout, ctx),
+            read_capped(stderr, Stream::Stderr, ctx),
+        )
+        .await
+    };
+    let group = Group {
+        cgroup: cgroup.as_ref(),
+        reaping,
+    };
+    let waiter = wait_or_stop(ctx, &mut child, group);
+    let ((stdout, stderr), end) = future::zip(readers, waiter).await;
+    match end {
+        Ok(Ok(status)) => finished(status, stdout, stderr),
+        Ok(Err(e)) => {
+            let mut out = TaskOutput::failed(format!("cannot wait for the process: {e}"), true);
+            (out.stdout, out.stderr) = (stdout, stderr);
+            out
+        }
+        Err(stop) => stop.output("process group terminated", stdout, stderr),
+    }
+}
+
+/// The process to start for `cfg`, with `${VAR}` expanded where it is, and its working
+/// directory (expanded) if it has one.
+fn command(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> (Command, Option<String>) {
     let mut cmd = if cfg.uses_shell() {
         let mut c = Command::new("/bin/sh");
         c.arg("-c").arg(&cfg.command);
@@ -124,109 +174,96 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
         .env(proc::ATTEMPT_VAR, ctx.attempt.to_string())
         .env(proc::OWNER_VAR, proc::owner())
         .env(crate::executor::OUTPUT_VAR, ctx.output_file());
-    // Dropped at the end of the attempt, which kills what is left in it.
-    let cgroup = Cgroup::create(ctx.workflow);
-    let reaping = match &cgroup {
-        Some(cg) => {
-            cmd.cgroup(cg.procs_fd());
-            false
-        }
-        None => subreaper::enable(),
-    };
-    if reaping {
-        cmd.subreaper();
-    }
+    (cmd, workdir)
+}
 
-    // In its own process group, killed if this thread dies, stdin from /dev/null.
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let what = if cfg.uses_shell() {
-                "/bin/sh"
-            } else {
-                cfg.command.trim()
-            };
-            // The child cannot say whether its chdir or its exec failed: a working directory
-            // that cannot be entered is the likelier cause when there is one.
-            let unusable = workdir.as_ref().and_then(|d| match std::fs::metadata(d) {
-                Err(err) => Some(format!("workdir '{d}': {err}")),
-                Ok(m) if !m.is_dir() => Some(format!("workdir '{d}': not a directory")),
-                Ok(_) => None,
-            });
-            let message = unusable.unwrap_or_else(|| format!("cannot start '{what}': {e}"));
-            let mut out = TaskOutput::failed(message, true);
-            out.exit_code = Some(if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            });
-            return out;
-        }
+/// The attempt when its process could not be started (`e`): exit code 127 for a program
+/// not found, else 126, as a shell gives.
+fn not_started(cfg: &ShellConfig, workdir: Option<&str>, e: &std::io::Error) -> TaskOutput {
+    let what = if cfg.uses_shell() {
+        "/bin/sh"
+    } else {
+        cfg.command.trim()
     };
+    // The child cannot say whether its chdir or its exec failed: a working directory
+    // that cannot be entered is the likelier cause when there is one.
+    let unusable = workdir.and_then(|d| match std::fs::metadata(d) {
+        Err(err) => Some(format!("workdir '{d}': {err}")),
+        Ok(m) if !m.is_dir() => Some(format!("workdir '{d}': not a directory")),
+        Ok(_) => None,
+    });
+    let message = unusable.unwrap_or_else(|| format!("cannot start '{what}': {e}"));
+    let mut out = TaskOutput::failed(message, true);
+    out.exit_code = Some(if e.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    });
+    out
+}
+
+/// Where a task's processes besides its process group are found: its cgroup, or by
+/// parentage when PicoFlow is their subreaper.
+#[derive(Clone, Copy)]
+struct Group<'a> {
+    cgroup: Option<&'a Cgroup>,
+    reaping: bool,
+}
+
+/// Waits for the task's first process to end, or stops the task at its timeout or when the
+/// run is cancelled. Either way, what the task left running is stopped too.
+async fn wait_or_stop(
+    ctx: &TaskContext<'_>,
+    child: &mut Child,
+    group: Group<'_>,
+) -> Result<std::io::Result<ExitStatus>, stop::Stop> {
     let pgid = child.id() as i32;
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
+    let raced = stop::race(ctx, std::pin::pin!(child.status())).await;
+    match raced {
+        Ok(status) => {
+            // Leftovers in the group (background jobs), which would keep the pipes open,
+            // were killed as the first process ended (see `Child::status`).
+            stop_leftovers(group).await;
+            Ok(status)
+        }
+        Err(stop) => {
+            signal_group(pgid, libc::SIGTERM);
+            if let Some(cg) = group.cgroup {
+                cg.signal(libc::SIGTERM);
+            }
+            if group.reaping {
+                subreaper::signal_descendants(pgid as u32, libc::SIGTERM);
+            }
+            let ended = future::or(async { Some(child.status().await) }, async {
+                smol::Timer::after(KILL_GRACE).await;
+                None
+            })
+            .await;
+            if ended.is_none() {
+                // Still running, so its pid still names its group.
+                signal_group(pgid, libc::SIGKILL);
+                let _ = child.status().await;
+            }
+            // The first process has ended: what it left is PicoFlow's now.
+            stop_leftovers(group).await;
+            Err(stop)
+        }
+    }
+}
 
-    let readers = async {
-        future::zip(
-            read_capped(stdout, Stream::Stdout, ctx),
-            read_capped(stderr, Stream::Stderr, ctx),
-        )
-        .await
-    };
-    let waiter = async {
-        let raced = stop::race(ctx, std::pin::pin!(child.status())).await;
-        match raced {
-            Ok(status) => {
-                // Leftovers in the group (background jobs), which would keep the pipes open,
-                // were killed as the first process ended (see `Child::status`).
-                if let Some(cg) = &cgroup {
-                    cg.kill(KILL_GRACE).await;
-                }
-                if reaping {
-                    subreaper::stop_strays(KILL_GRACE).await;
-                }
-                Ok(status)
-            }
-            Err(stop) => {
-                signal_group(pgid, libc::SIGTERM);
-                if let Some(cg) = &cgroup {
-                    cg.signal(libc::SIGTERM);
-                }
-                if reaping {
-                    subreaper::signal_descendants(pgid as u32, libc::SIGTERM);
-                }
-                let ended = future::or(async { Some(child.status().await) }, async {
-                    smol::Timer::after(KILL_GRACE).await;
-                    None
-                })
-                .await;
-                if ended.is_none() {
-                    // Still running, so its pid still names its group.
-                    signal_group(pgid, libc::SIGKILL);
-                    let _ = child.status().await;
-                }
-                if let Some(cg) = &cgroup {
-                    cg.kill(KILL_GRACE).await;
-                }
-                if reaping {
-                    // The first process has ended: what it left is PicoFlow's now.
-                    subreaper::stop_strays(KILL_GRACE).await;
-                }
-                Err(stop)
-            }
-        }
-    };
-    let ((stdout, stderr), end) = future::zip(readers, waiter).await;
-    let status = match end {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => {
-            let mut out = TaskOutput::failed(format!("cannot wait for the process: {e}"), true);
-            (out.stdout, out.stderr) = (stdout, stderr);
-            return out;
-        }
-        Err(stop) => return stop.output("process group terminated", stdout, stderr),
-    };
+/// Stops what is left of a task whose first process has ended: its cgroup, or the strays
+/// PicoFlow inherited as their subreaper.
+async fn stop_leftovers(group: Group<'_>) {
+    if let Some(cg) = group.cgroup {
+        cg.kill(KILL_GRACE).await;
+    }
+    if group.reaping {
+        subreaper::stop_strays(KILL_GRACE).await;
+    }
+}
+
+/// The attempt of a process that ended with `status`.
+fn finished(status: ExitStatus, stdout: Capture, stderr: Capture) -> TaskOutput {
     let code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));

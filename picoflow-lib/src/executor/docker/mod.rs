@@ -44,8 +44,9 @@ use super::{
     stop, BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
 use crate::httpd::percent_encode;
-use crate::model::{DockerConfig, PullPolicy, Task, TaskConfig};
+use crate::model::{Task, TaskConfig};
 use crate::proc;
+use crate::settings::docker::{check_volume, DockerConfig, PullPolicy};
 
 /// The engine's socket when `DOCKER_HOST` names none.
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -152,25 +153,10 @@ async fn run(cfg: &DockerConfig, ctx: &TaskContext<'_>) -> TaskOutput {
         error: None,
         retryable: true,
     };
-    // The container's end: after its output ended, or once it has been stopped.
-    let mut status = None;
-    if let Some(id) = &id {
-        // Stopped unless it ended by itself: a timeout, a cancellation, or a step that failed
-        // after the container was created (its output cut off, say).
-        if !matches!(stop, Stop::Ended(Ok(()))) {
-            if let Err(f) = engine.stop(id).await {
-                tracing::warn!(task = %ctx.task.name, error = %f.message, "cannot stop the container");
-            }
-        }
-        if !matches!(stop, Stop::Ended(Err(_))) {
-            status = Some(engine.exit_code(id).await);
-        }
-        if cfg.remove {
-            if let Err(f) = engine.remove(id).await {
-                tracing::warn!(task = %ctx.task.name, container = %id, error = %f.message, "cannot remove the container");
-            }
-        }
-    }
+    let status = match &id {
+        Some(id) => end_container(engine, cfg, ctx, id, &stop).await,
+        None => None,
+    };
     let short = id.as_deref().map_or("", short_id);
     match (stop, status) {
         (Stop::Ended(Err(f)), _) => {
@@ -202,6 +188,36 @@ async fn run(cfg: &DockerConfig, ctx: &TaskContext<'_>) -> TaskOutput {
         }
     }
     out
+}
+
+/// Step 5 and the end of the container `id` after the attempt's steps ended as `stop` says:
+/// stopped unless it ended by itself (a timeout, a cancellation, or a step that failed after
+/// the container was created, its output cut off, say), then removed unless `remove: false`.
+/// How it ended, asked after its output ended or once it was stopped; `None` when a step
+/// failed.
+async fn end_container(
+    engine: &Engine,
+    cfg: &DockerConfig,
+    ctx: &TaskContext<'_>,
+    id: &str,
+    stop: &Stop,
+) -> Option<Result<i32, Failure>> {
+    if !matches!(stop, Stop::Ended(Ok(()))) {
+        if let Err(f) = engine.stop(id).await {
+            tracing::warn!(task = %ctx.task.name, error = %f.message, "cannot stop the container");
+        }
+    }
+    let status = if matches!(stop, Stop::Ended(Err(_))) {
+        None
+    } else {
+        Some(engine.exit_code(id).await)
+    };
+    if cfg.remove {
+        if let Err(f) = engine.remove(id).await {
+            tracing::warn!(task = %ctx.task.name, container = %id, error = %f.message, "cannot remove the container");
+        }
+    }
+    status
 }
 
 /// Steps 1 to 4 of an attempt; the container's id goes into `container` as soon as it exists.
@@ -248,7 +264,7 @@ fn container_spec(
     let mut binds = Vec::with_capacity(cfg.volumes.len());
     for v in &cfg.volumes {
         let v = expand(v);
-        if let Err(why) = crate::yaml::check_volume(&v) {
+        if let Err(why) = check_volume(&v) {
             return Err(Failure::new(format!("config.volumes: '{v}' {why}"), false));
         }
         binds.push(v);

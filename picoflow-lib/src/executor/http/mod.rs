@@ -48,7 +48,8 @@ use tracing::instrument::WithSubscriber as _;
 use super::{
     stop, BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
-use crate::model::{HttpConfig, Task, TaskConfig};
+use crate::model::{Task, TaskConfig};
+use crate::settings::http::{is_http_url, HttpConfig};
 
 /// What replaces a secret in anything PicoFlow shows.
 const REDACTED: &str = "[REDACTED]";
@@ -141,7 +142,7 @@ fn prepare(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> Result<Prepared, String> 
     }
     // Messages below may quote the URL or a header's name, never a value.
     let fail = |what: String| redactor.scrub(&what);
-    if !crate::model::is_http_url(&url) {
+    if !is_http_url(&url) {
         return Err(fail(format!(
             "url '{shown_url}' (from '{}') must be an http:// or https:// URL",
             cfg.url
@@ -206,7 +207,6 @@ enum Exchange {
     },
 }
 
-/// Why the attempt stopped before the exchange ended.
 /// How the exchange ended: answered or failed, out of its request timeout, or stopped.
 enum Stop {
     Done(Exchange),
@@ -250,12 +250,11 @@ async fn run(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> TaskOutput {
 
     let mut body = Capture::default();
     let mut status_line = Capture::default();
-    let request_timeout = Duration::from_secs(cfg.timeout.max(1));
     let stop = {
         let exchange = exchange(http, request, ctx, &mut status_line, &mut body)
             .with_subscriber(client.quiet.clone());
         let request_timer = async {
-            smol::Timer::after(request_timeout).await;
+            smol::Timer::after(request_timeout(cfg)).await;
             Stop::RequestTimeout
         };
         let bounded = future::or(async { Stop::Done(exchange.await) }, request_timer);
@@ -265,7 +264,7 @@ async fn run(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> TaskOutput {
         }
     };
 
-    let mut out = TaskOutput {
+    let out = TaskOutput {
         outcome: Outcome::Failed,
         exit_code: Some(EXIT_FAILED),
         stdout: body,
@@ -273,6 +272,24 @@ async fn run(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> TaskOutput {
         error: None,
         retryable: true,
     };
+    let out = judge(cfg, ctx, stop, &shown_url, &redactor, out);
+    if let Some(e) = &out.error {
+        tracing::debug!(task = %ctx.task.name, error = %e, retryable = out.retryable, "http attempt failed");
+    }
+    out
+}
+
+/// The attempt's result from how its exchange ended; `out` holds the captures, and is a
+/// failure until found otherwise. Messages show the URL as it may be shown, and an error
+/// from the transfer is scrubbed of the request's secrets.
+fn judge(
+    cfg: &HttpConfig,
+    ctx: &TaskContext<'_>,
+    stop: Stop,
+    shown_url: &str,
+    redactor: &Redactor,
+    mut out: TaskOutput,
+) -> TaskOutput {
     match stop {
         Stop::Done(Exchange::Answered(status)) => {
             let accepted = is_accepted(status.as_u16(), cfg.expected_status.as_deref());
@@ -316,7 +333,7 @@ async fn run(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> TaskOutput {
                 "{} {}: no complete answer within the request timeout of {}s",
                 cfg.method,
                 shown_url,
-                request_timeout.as_secs()
+                request_timeout(cfg).as_secs()
             ));
         }
         Stop::Stopped(stopped) => {
@@ -324,10 +341,12 @@ async fn run(cfg: &HttpConfig, ctx: &TaskContext<'_>) -> TaskOutput {
             out = stopped.output(&how, out.stdout, out.stderr);
         }
     }
-    if let Some(e) = &out.error {
-        tracing::debug!(task = %ctx.task.name, error = %e, retryable = out.retryable, "http attempt failed");
-    }
     out
+}
+
+/// The limit of the whole exchange, connecting and reading the body included.
+fn request_timeout(cfg: &HttpConfig) -> Duration {
+    Duration::from_secs(cfg.timeout.max(1))
 }
 
 /// `json` with `${VAR}` expanded in its strings (keys and values).
