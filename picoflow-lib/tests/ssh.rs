@@ -550,6 +550,40 @@ mod with_ssh {
         assert_eq!(logins, 1, "three tasks, one session:\n{}", sshd.log());
     }
 
+    /// A shared session that broke (here the server side of the connection is killed between
+    /// two tasks) is replaced, and the task's timeout stops its command through the new
+    /// session: the remote command does not live on.
+    #[test]
+    fn a_timeout_after_a_reconnect_stops_the_remote_command() {
+        let sshd = Sshd::start("reconnect");
+        let cut = format!(
+            "  - name: cut\n    type: shell\n    depends_on: [one]\n    config:\n      command: \"pkill -KILL -P {}\"\n",
+            sshd.child.id()
+        );
+        let yaml = workflow(&format!(
+            "{}{cut}{}",
+            sshd.task("one", "echo 1", ""),
+            sshd.task(
+                "nap",
+                "sleep 30.75; echo done",
+                "    depends_on: [cut]\n    timeout: 2\n"
+            ),
+        ));
+        let report = run(&yaml);
+        let state = |n: &str| report.tasks.iter().find(|t| t.name == n).unwrap().state;
+        assert_eq!(state("one"), TaskState::Success, "{:?}", report.tasks);
+        assert_eq!(state("cut"), TaskState::Success, "{:?}", report.tasks);
+        assert_eq!(state("nap"), TaskState::Timeout, "{:?}", report.tasks);
+        let logins = sshd.log().matches("Accepted publickey").count();
+        assert_eq!(
+            logins,
+            2,
+            "the broken session was replaced:\n{}",
+            sshd.log()
+        );
+        assert_gone("sleep 30.75");
+    }
+
     /// A value that would run `touch` on the remote host if it were pasted into shell text,
     /// in any quoting: command substitution, backquotes, `;`, both quotes, a newline.
     fn hostile(dir: &Path) -> String {

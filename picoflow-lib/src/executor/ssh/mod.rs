@@ -139,11 +139,7 @@ async fn run(
         Err(f) => {
             tracing::warn!(task = %ctx.task.name, target = %target.label(), error = %f.message, "ssh task could not run");
             TaskOutput {
-                outcome: if f.timeout {
-                    Outcome::Timeout
-                } else {
-                    Outcome::Failed
-                },
+                outcome: Outcome::Failed,
                 exit_code: Some(f.exit_code),
                 stdout: Capture::default(),
                 stderr: Capture::default(),

@@ -31,7 +31,6 @@ pub(super) struct Failure {
     pub(super) message: String,
     pub(super) exit_code: i32,
     pub(super) retryable: bool,
-    pub(super) timeout: bool,
 }
 
 impl Failure {
@@ -40,7 +39,6 @@ impl Failure {
             message,
             exit_code: EXIT_CONNECTION,
             retryable: true,
-            timeout: false,
         }
     }
 
@@ -49,7 +47,6 @@ impl Failure {
             message,
             exit_code: EXIT_CONNECTION,
             retryable: false,
-            timeout: false,
         }
     }
 }
@@ -113,7 +110,6 @@ pub(super) async fn bounded<T>(
             message: format!("{what} {target} timed out after {}s", limit.as_secs()),
             exit_code: EXIT_CONNECTION,
             retryable: true,
-            timeout: false,
         }),
     }
 }
@@ -180,7 +176,7 @@ pub(super) async fn open_channel(
             }
         }
     };
-    let channel = match bounded(
+    match bounded(
         t.limit,
         "opening a channel to",
         &label,
@@ -188,17 +184,18 @@ pub(super) async fn open_channel(
     )
     .await
     {
-        Ok(c) => c,
+        Ok(c) => Ok((session, c)),
+        // The new session is the one the command runs on, so the one a stop goes through.
         Err(_) if !fresh => {
             let mut guard = slot.lock().await;
             let s = connect(t).await?;
             *guard = Some(s.clone());
             drop(guard);
-            bounded(t.limit, "opening a channel to", &label, s.channel_session()).await?
+            let c = bounded(t.limit, "opening a channel to", &label, s.channel_session()).await?;
+            Ok((s, c))
         }
-        Err(f) => return Err(f),
-    };
-    Ok((session, channel))
+        Err(f) => Err(f),
+    }
 }
 
 /// Opens and authenticates a new session, every step bounded.
