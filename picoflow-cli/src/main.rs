@@ -67,8 +67,13 @@ fn fail(e: &Error) -> ExitCode {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         // A cause the message already quotes (`file: No such file or directory`) is not
-        // repeated.
+        // repeated; the system's words are shown without std's ` (os error N)`, as the
+        // library shows them.
         let text = s.to_string();
+        let text = match text.rfind(" (os error ") {
+            Some(i) if text.ends_with(')') => text[..i].to_string(),
+            _ => text,
+        };
         if !msg.contains(&text) {
             msg.push_str(&format!("\n  caused by: {text}"));
         }
