@@ -692,28 +692,10 @@ impl Engine {
         reason: String,
         report: &mut TaskReport,
     ) {
-        let now = Utc::now();
         report.state = state;
         report.error = Some(reason.clone());
         run.values.borrow_mut().publish(name, state, None);
-        let record = TaskExecution {
-            id: new_id(),
-            workflow_execution_id: run.execution_id.clone(),
-            task_name: name.to_string(),
-            status: state,
-            started_at: now,
-            finished_at: Some(now),
-            exit_code: None,
-            stdout: None,
-            stderr: None,
-            stdout_size: None,
-            stderr_size: None,
-            attempt: 1,
-            error_message: Some(reason),
-            duration_seconds: Some(0.0),
-            created_at: now,
-            outputs: None,
-        };
+        let record = TaskExecution::unrun(&run.execution_id, name, state, reason, Utc::now());
         self.emit(match state {
             TaskState::Skipped => Event::TaskSkipped(record),
             _ => Event::TaskFinished {
@@ -928,26 +910,9 @@ impl Engine {
                 true => None,
                 false => Some(run.values.borrow().vars_for(&self.vars, refs, item)),
             };
-            let started = Utc::now();
             let clock = Instant::now();
-            let mut record = TaskExecution {
-                id: new_id(),
-                workflow_execution_id: run.execution_id.clone(),
-                task_name: task.name.clone(),
-                status: TaskState::Running,
-                started_at: started,
-                finished_at: None,
-                exit_code: None,
-                stdout: None,
-                stderr: None,
-                stdout_size: None,
-                stderr_size: None,
-                attempt,
-                error_message: None,
-                duration_seconds: None,
-                created_at: started,
-                outputs: None,
-            };
+            let mut record =
+                TaskExecution::started(&run.execution_id, &task.name, attempt, Utc::now());
             self.emit(Event::TaskStarted(record.clone()));
             let writer = run.log_dir.as_deref().map(|d| {
                 let header = (attempt > 1).then(|| format!("--- attempt {attempt} ---\n"));
