@@ -322,7 +322,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use crate::engine::{Engine, RunOptions};
+    use crate::engine::{Engine, EngineSettings, RunOptions};
     use crate::events::{Event, EventSink, TaskExecution, TaskState, WorkflowStatus};
     use crate::executor::{CancelToken, Registry};
     /// A run stopped while a task waited to retry left that task's last record `retrying`
@@ -371,5 +371,28 @@ mod tests {
         let message = last.error_message.clone().unwrap_or_default();
         assert!(message.starts_with(crate::events::INTERRUPTED), "{message}");
         assert_eq!(report.tasks[0].error.as_deref(), Some(message.as_str()));
+    }
+
+    /// The log of a task that is retried holds each attempt's output, in order, the later
+    /// ones after their separator, though the file thread writes it.
+    #[test]
+    fn every_attempt_is_logged_in_order() {
+        let dir = std::env::temp_dir().join(format!("pf-attempts-{}", crate::events::new_id()));
+        let mut settings = EngineSettings::default();
+        settings.retry.max_backoff_seconds = 0;
+        let engine = Engine::new(Registry::builtin())
+            .with_settings(settings)
+            .with_log_dir(&dir);
+        let wf = crate::yaml::parse_workflow(
+            "name: w\ntasks:\n  - {name: a, type: shell, retry: 1, config: {command: \"for i in 1 2 3; do echo $PICOFLOW_ATTEMPT.$i; done; exit 1\"}}\n",
+            "w.yaml",
+        )
+        .unwrap();
+        let report = smol::block_on(engine.run(&wf, RunOptions::default())).unwrap();
+        assert_eq!(report.tasks[0].attempts, 2, "{report:?}");
+        let run_dir = std::fs::read_dir(dir.join("w")).unwrap().next().unwrap();
+        let log = std::fs::read_to_string(run_dir.unwrap().path().join("a.log")).unwrap();
+        assert_eq!(log, "1.1\n1.2\n1.3\n--- attempt 2 ---\n2.1\n2.2\n2.3\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
