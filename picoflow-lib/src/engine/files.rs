@@ -2,8 +2,9 @@
 //! writes, reading and removing an attempt's output file, removing the output directory at
 //! the end), so the engine's thread never waits on the disk.
 //!
-//! One thread per execution, started by the first job and ending with the execution (when
-//! the handle is dropped and the jobs queued are done), serving its queue in order. Why not
+//! One thread per execution, started with it and ending with it (when the handle is dropped
+//! and the jobs queued are done), serving its queue in order; every execution has file work
+//! (at least its output directory's removal), so the thread is not started lazily. Why not
 //! the `blocking` crate's pool (`smol::unblock`): its threads are shared with whatever else
 //! uses it and are started and stopped behind the engine's back; here an execution owns
 //! exactly one, jobs of one execution keep their order (a task's log lines stay in order
@@ -20,7 +21,7 @@
 //! did before the thread existed, and the problem is logged.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Work for the file thread.
 pub(super) type Job = Box<dyn FnOnce() + Send>;
@@ -30,8 +31,8 @@ pub(super) type Job = Box<dyn FnOnce() + Send>;
 #[derive(Debug)]
 pub(super) struct Files {
     capacity: usize,
-    /// The queue, once the first job started the thread; `None` inside when it could not.
-    queue: OnceLock<Option<Arc<Queue>>>,
+    /// The thread's queue; `None` when the thread could not start.
+    queue: Option<Arc<Queue>>,
 }
 
 /// The jobs waiting for the thread.
@@ -82,18 +83,17 @@ impl Queue {
 }
 
 impl Files {
-    /// A handle for an execution running at most `parallel` attempts at once; the thread
-    /// starts with the first job.
+    /// Starts the thread of an execution running at most `parallel` attempts at once.
     pub(super) fn new(parallel: usize) -> Files {
         Files {
             capacity: 4 * parallel + 1,
-            queue: OnceLock::new(),
+            queue: start(),
         }
     }
 
     /// Queues `job` behind every job queued before it.
     pub(super) fn queue(&self, job: Job) {
-        let Some(queue) = self.queue.get_or_init(|| self.start()) else {
+        let Some(queue) = &self.queue else {
             return job();
         };
         let mut state = queue.lock();
@@ -125,32 +125,33 @@ impl Files {
         let mut result = result.lock().unwrap_or_else(|e| e.into_inner());
         result.take()
     }
+}
 
-    fn start(&self) -> Option<Arc<Queue>> {
-        let queue = Arc::new(Queue {
-            state: Mutex::new(State {
-                jobs: VecDeque::new(),
-                open: true,
-            }),
-            changed: Condvar::new(),
-        });
-        let served = queue.clone();
-        let started = std::thread::Builder::new()
-            .name("picoflow-files".into())
-            .spawn(move || served.serve());
-        match started {
-            Ok(_) => Some(queue),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the execution's file thread; its file work is done on the engine's thread");
-                None
-            }
+/// Starts a file thread; `None` (logged) when it cannot.
+fn start() -> Option<Arc<Queue>> {
+    let queue = Arc::new(Queue {
+        state: Mutex::new(State {
+            jobs: VecDeque::new(),
+            open: true,
+        }),
+        changed: Condvar::new(),
+    });
+    let served = queue.clone();
+    let started = std::thread::Builder::new()
+        .name("picoflow-files".into())
+        .spawn(move || served.serve());
+    match started {
+        Ok(_) => Some(queue),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the execution's file thread; its file work is done on the engine's thread");
+            None
         }
     }
 }
 
 impl Drop for Files {
     fn drop(&mut self) {
-        if let Some(Some(queue)) = self.queue.get() {
+        if let Some(queue) = &self.queue {
             queue.lock().open = false;
             queue.changed.notify_all();
         }
@@ -184,7 +185,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(50));
             tx.send(std::thread::current().id()).unwrap();
         }));
-        let queue = files.queue.get().unwrap().clone().unwrap();
+        let queue = files.queue.clone().unwrap();
         drop(files);
         rx.recv().unwrap();
         // The thread holds the queue while it runs; once it has returned, only this is left.
@@ -196,10 +197,8 @@ mod tests {
     }
 
     #[test]
-    fn the_first_job_starts_the_thread() {
+    fn the_thread_is_named() {
         let files = Files::new(1);
-        // Nothing runs before the first job.
-        assert!(files.queue.get().is_none());
         let thread = smol::block_on(files.run(std::thread::current)).unwrap();
         assert_eq!(thread.name(), Some("picoflow-files"));
     }
