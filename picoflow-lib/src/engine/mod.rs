@@ -16,11 +16,11 @@
 //! REL-004): after a crash, the tasks that were running run again, and so does a task whose
 //! end was being synced at that instant. A failed flush stops the run, and the run ends only
 //! when everything is durable. The engine runs inside the caller's executor: it drives its
-//! tasks on a local executor of its own and awaits a task's process through a pidfd. Its
-//! file work (task logs, output files) is done on one thread per execution, so the engine's
-//! thread never waits on the disk (see `files.rs`); the only other thread is the short-lived
-//! one that collects a task process that does not die at once when its attempt is dropped
-//! (see `spawn`).
+//! tasks on a local executor of its own and awaits a task's process through a pidfd. Task
+//! log writes, output files and the output directory's removal are done on one thread per
+//! execution (see `files.rs`), so they never hold up the engine's thread; the only other
+//! thread the engine starts is the short-lived one that collects a task process that does
+//! not die at once when its attempt is dropped (see `spawn`).
 //!
 //! # Files
 //!
@@ -281,6 +281,8 @@ impl Engine {
         ex.run(self.run_inner(&ex, wf, &dag, opts)).await
     }
 
+    /// The execution itself, its tasks driven on `ex`: from its opening through the
+    /// scheduling loop to its closing.
     async fn run_inner<'a>(
         &'a self,
         ex: &smol::LocalExecutor<'a>,
