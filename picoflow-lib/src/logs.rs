@@ -80,10 +80,15 @@ impl LogFile {
         self.append(bytes);
     }
 
-    /// Closes the file; returns why the log is incomplete, if it is: the file and the error.
+    /// Why the log is incomplete, if it is: the file and the error.
+    pub(crate) fn problem(&self) -> Option<String> {
+        self.failed.clone()
+    }
+
+    /// Closes the file; returns why the log is incomplete, if it is (see [`LogFile::problem`]).
     pub(crate) fn close(&mut self) -> Option<String> {
         self.file = None;
-        self.failed.clone()
+        self.problem()
     }
 
     fn append(&mut self, bytes: &[u8]) {

@@ -19,7 +19,7 @@ use crate::executor::{NoOutput, Outcome, OutputSink, TaskContext, TaskOutput};
 use crate::logs::{task_log_path, LogFile};
 use crate::model::Task;
 
-use super::log_sink::LogSink;
+use super::log_sink::{Closing, LogEnd, LogSink};
 use super::outputs;
 use super::report::{Finished, TaskReport};
 use super::retry::{next_step, End, Ended, RetryPolicy, Step};
@@ -258,8 +258,13 @@ impl Engine {
     }
 }
 
-/// The file work at an attempt's end, on the execution's file thread: closes its task log
-/// (`sink`), saying why it is incomplete if it is, and reads its output file.
+/// The file work at an attempt's end: ends its task log (`sink`), saying why it is
+/// incomplete if it is, and reads and removes its output file. Both are done on the
+/// execution's file thread, and the engine waits for that thread only when it must (for
+/// log writes still under way, for an output file): most attempts write no output file,
+/// and a trip to that thread and back would be most of the engine's own cost of a task. Whether the output file exists is asked here, with one
+/// name lookup in the directory the engine made for the execution, whose entries the kernel
+/// normally holds in its cache; what waits on the disk (reading, removing) is the thread's.
 async fn end_files(
     run: &Run<'_>,
     task: &Task,
@@ -267,10 +272,19 @@ async fn end_files(
     sink: Option<LogSink<'_>>,
 ) -> (Option<String>, Option<Vec<u8>>) {
     let file = crate::executor::output_file(&run.output_dir, &task.name, attempt);
-    let log = sink.map(LogSink::closing);
+    let log = sink.map(LogSink::end).unwrap_or(LogEnd::Done(None));
+    let written = std::fs::symlink_metadata(&file).is_ok();
+    let closing = match log {
+        LogEnd::Done(problem) if !written => return (problem, None),
+        LogEnd::Done(problem) => Err(problem),
+        LogEnd::Wait(closing) => Ok(closing),
+    };
     let work = move || {
-        let problem = log.and_then(|l| l.close());
-        (problem, outputs::read_output_file(&file))
+        let problem = closing.map_or_else(|p| p, Closing::close);
+        (
+            problem,
+            written.then(|| outputs::read_output_file(&file)).flatten(),
+        )
     };
     run.files.run(work).await.unwrap_or_default()
 }

@@ -6,7 +6,10 @@
 //! The bytes not yet written wait in the sink: at most the two capped streams of one attempt
 //! (what its executor's capture holds in memory anyway), whatever the disk's speed. While
 //! some wait, one job of the sink is queued on the file thread; it writes until none are
-//! left, so a chatty task costs one job per burst of output, not one per chunk.
+//! left, so a chatty task costs one job per burst of output, not one per chunk. At the
+//! attempt's end the engine waits for the file thread only while writes are under way;
+//! otherwise it queues the file's closing and goes on (the execution's end waits for every
+//! job).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -24,7 +27,7 @@ pub(super) struct LogSink<'f> {
 
 /// What the sink and its jobs on the file thread share.
 #[derive(Debug)]
-pub(super) struct Shared {
+struct Shared {
     pending: Mutex<Pending>,
     file: Mutex<LogFile>,
 }
@@ -55,20 +58,54 @@ impl<'f> LogSink<'f> {
         }
     }
 
-    /// What the attempt's end runs on the file thread once the executor is done with the
-    /// sink: queued behind the sink's last writes, it closes the file and says why the log
-    /// is incomplete, if it is.
-    pub(super) fn closing(self) -> Arc<Shared> {
-        self.shared
+    /// Ends the log once the executor is done with the sink. When its writes are done
+    /// already — the usual case, a task's process outliving its last write's trip to the
+    /// disk — the file is closed on the file thread without waiting for it, and why the log
+    /// is incomplete, if it is, is known at once. Otherwise the end waits for the writes.
+    pub(super) fn end(self) -> LogEnd {
+        {
+            let p = lock(&self.shared.pending);
+            if p.taken == [0, 0] {
+                // Given nothing: no file was made.
+                return LogEnd::Done(None);
+            }
+            if p.queued {
+                return LogEnd::Wait(Closing(self.shared.clone()));
+            }
+        }
+        // No job writes: the file is free.
+        let problem = lock(&self.shared.file).problem();
+        let shared = self.shared;
+        self.files.queue(Box::new(move || {
+            lock(&shared.file).close();
+        }));
+        LogEnd::Done(problem)
+    }
+}
+
+/// How a task log ends (see [`LogSink::end`]).
+#[derive(Debug)]
+pub(super) enum LogEnd {
+    /// Ended; why the log is incomplete, if it is.
+    Done(Option<String>),
+    /// Its writes are still under way: [`Closing::close`] runs on the file thread behind
+    /// them.
+    Wait(Closing),
+}
+
+/// A task log whose end waits for its writes.
+#[derive(Debug)]
+pub(super) struct Closing(Arc<Shared>);
+
+impl Closing {
+    /// Closes the log and says why it is incomplete, if it is; on the file thread, after the
+    /// log's writes.
+    pub(super) fn close(self) -> Option<String> {
+        lock(&self.0.file).close()
     }
 }
 
 impl Shared {
-    /// Closes the log (see [`LogSink::closing`]); on the file thread.
-    pub(super) fn close(&self) -> Option<String> {
-        lock(&self.file).close()
-    }
-
     /// Writes what is pending until nothing is; on the file thread.
     fn drain(&self) {
         loop {
@@ -133,8 +170,14 @@ mod tests {
         for (stream, chunk) in chunks {
             sink.output(*stream, chunk);
         }
-        let closing = sink.closing();
-        smol::block_on(files.run(move || closing.close())).unwrap()
+        match sink.end() {
+            LogEnd::Done(problem) => {
+                // The file is closed by a job of its own: wait for it as the run's end does.
+                smol::block_on(files.run(|| ())).unwrap();
+                problem
+            }
+            LogEnd::Wait(closing) => smol::block_on(files.run(move || closing.close())).unwrap(),
+        }
     }
 
     #[test]
@@ -190,6 +233,30 @@ mod tests {
         let problem = write(&task_log_path(&blocker, "t"), &[(Stream::Stdout, b"hi\n")]);
         let p = problem.expect("a problem");
         assert!(p.contains("t.log") && p.contains("not written"), "{p}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_log_whose_writes_are_done_ends_without_waiting() {
+        let dir = temp_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let blocker = dir.join("exec");
+        std::fs::write(&blocker, "").unwrap();
+        let files = Files::new(1);
+        let good = task_log_path(&dir.join("w/run"), "t");
+        let bad = task_log_path(&blocker, "t");
+        for (path, fails) in [(good.clone(), false), (bad, true)] {
+            let sink = LogSink::new(&files, LogFile::new(path, None));
+            sink.output(Stream::Stdout, b"hi\n");
+            // Jobs run in order: once this one has, the sink's write has too.
+            smol::block_on(files.run(|| ())).unwrap();
+            match sink.end() {
+                LogEnd::Done(problem) => assert_eq!(problem.is_some(), fails, "{problem:?}"),
+                LogEnd::Wait(_) => panic!("the writes were done"),
+            }
+        }
+        smol::block_on(files.run(|| ())).unwrap();
+        assert_eq!(std::fs::read_to_string(&good).unwrap(), "hi\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
