@@ -286,6 +286,52 @@ impl SkipReason {
 }
 
 impl TaskExecution {
+    /// The record of attempt `attempt` of task `task_name` in execution `execution_id`,
+    /// starting at `at`: `running`, with nothing known yet of its end.
+    pub(crate) fn started(
+        execution_id: &str,
+        task_name: &str,
+        attempt: u32,
+        at: DateTime<Utc>,
+    ) -> TaskExecution {
+        TaskExecution {
+            id: new_id(),
+            workflow_execution_id: execution_id.to_string(),
+            task_name: task_name.to_string(),
+            status: TaskState::Running,
+            started_at: at,
+            finished_at: None,
+            exit_code: None,
+            stdout: None,
+            stderr: None,
+            stdout_size: None,
+            stderr_size: None,
+            attempt,
+            error_message: None,
+            duration_seconds: None,
+            created_at: at,
+            outputs: None,
+        }
+    }
+
+    /// The record of a task that ended in `state` at `at` without running (skipped, or
+    /// failed before any attempt), `reason` saying why: its one attempt took no time.
+    pub(crate) fn unrun(
+        execution_id: &str,
+        task_name: &str,
+        state: TaskState,
+        reason: String,
+        at: DateTime<Utc>,
+    ) -> TaskExecution {
+        TaskExecution {
+            status: state,
+            finished_at: Some(at),
+            error_message: Some(reason),
+            duration_seconds: Some(0.0),
+            ..TaskExecution::started(execution_id, task_name, 1, at)
+        }
+    }
+
     /// Why this `skipped` record's task did not run; `None` for another state or a record
     /// that does not say.
     pub fn skip_reason(&self) -> Option<SkipReason> {
@@ -387,24 +433,7 @@ mod tests {
 
     #[test]
     fn a_skip_reason_reads_back_from_its_message() {
-        let skipped = |m: String| TaskExecution {
-            id: "a".into(),
-            workflow_execution_id: "e".into(),
-            task_name: "t".into(),
-            status: TaskState::Skipped,
-            started_at: Utc::now(),
-            finished_at: None,
-            exit_code: None,
-            stdout: None,
-            stderr: None,
-            stdout_size: None,
-            stderr_size: None,
-            attempt: 1,
-            error_message: Some(m),
-            duration_seconds: None,
-            created_at: Utc::now(),
-            outputs: None,
-        };
+        let skipped = |m: String| TaskExecution::unrun("e", "t", TaskState::Skipped, m, Utc::now());
         for r in [
             SkipReason::Dependency("fetch 'x'".into()),
             SkipReason::Rule("all_done".into()),

@@ -2,17 +2,15 @@
 //!
 //! SD cards wear out, so nothing is written that carries nothing: a task's file is created
 //! when its first output byte arrives, and a quiet task has no file at all. Output is
-//! written as it arrives (so `picoflow logs --follow` can stream a running task) and capped
-//! like the stored capture.
+//! written as it arrives (so `picoflow logs --follow` can stream a running task), capped like
+//! the stored capture by the engine's log sink (`engine/log_sink.rs`), which hands it to a
+//! [`LogFile`] on a thread of its execution.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-
-use crate::executor::{OutputSink, Stream, CAPTURE_LIMIT};
 
 /// Directory holding the task logs of one execution.
 pub fn execution_log_dir(
@@ -39,78 +37,74 @@ pub fn task_log_path(execution_dir: &Path, task: &str) -> PathBuf {
     execution_dir.join(format!("{name}.log"))
 }
 
-/// Writes one attempt's output to its task log file, creating it lazily.
+/// One attempt's task log file, created when its first bytes are written. Its writes block:
+/// the engine calls it from its execution's file thread (see `engine/log_sink.rs`, which
+/// also caps what it is given).
 #[derive(Debug)]
-pub(crate) struct TaskLogWriter {
+pub(crate) struct LogFile {
     path: PathBuf,
     header: Option<String>,
-    state: Mutex<WriterState>,
-}
-
-#[derive(Debug, Default)]
-struct WriterState {
     file: Option<File>,
     /// The first error met creating or writing the file (REL-003: reported on the task,
     /// never silently lost); nothing more is written after it.
     failed: Option<String>,
-    written: [usize; 2],
-    marked: [bool; 2],
 }
 
-impl TaskLogWriter {
-    /// `header` is written once before the first byte (e.g. an attempt separator).
+impl LogFile {
+    /// `header` is written once before the first byte (e.g. an attempt separator). Nothing
+    /// is created yet.
     pub(crate) fn new(path: PathBuf, header: Option<String>) -> Self {
-        TaskLogWriter {
+        LogFile {
             path,
             header,
-            state: Mutex::new(WriterState::default()),
+            file: None,
+            failed: None,
         }
+    }
+
+    /// Appends `bytes`, creating the file (and writing the header) first if need be; does
+    /// nothing once writing failed.
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        if self.file.is_none() && self.failed.is_none() {
+            // Task output may carry secrets: directories 0700, files 0600 (see `private`).
+            match open_log(&self.path) {
+                Ok(f) => {
+                    self.file = Some(f);
+                    if let Some(h) = self.header.take() {
+                        self.append(h.as_bytes());
+                    }
+                }
+                Err(e) => self.fail(&e),
+            }
+        }
+        self.append(bytes);
     }
 
     /// Why the log is incomplete, if it is: the file and the error.
     pub(crate) fn problem(&self) -> Option<String> {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.failed.clone()
+        self.failed.clone()
     }
 
-    fn fail(&self, st: &mut WriterState, e: &std::io::Error) {
-        tracing::warn!(path = %self.path.display(), error = %e, "cannot write task log");
-        st.failed = Some(format!("task log {} not written: {e}", self.path.display()));
-        st.file = None;
+    /// Closes the file; returns why the log is incomplete, if it is (see [`LogFile::problem`]).
+    pub(crate) fn close(&mut self) -> Option<String> {
+        self.file = None;
+        self.problem()
     }
 
-    fn write(&self, st: &mut WriterState, bytes: &[u8]) {
-        let result = match st.file.as_mut() {
+    fn append(&mut self, bytes: &[u8]) {
+        let result = match self.file.as_mut() {
             Some(f) => f.write_all(bytes),
             None => return,
         };
         if let Err(e) = result {
-            self.fail(st, &e);
+            self.fail(&e);
         }
     }
 
-    fn open(&self, st: &mut WriterState) -> Option<()> {
-        if st.file.is_some() {
-            return Some(());
-        }
-        if st.failed.is_some() {
-            return None;
-        }
-        // Task output may carry secrets: directories 0700, files 0600 (see `private`).
-        let opened = open_log(&self.path);
-        match opened {
-            Ok(f) => {
-                st.file = Some(f);
-                if let Some(h) = &self.header {
-                    self.write(st, h.as_bytes());
-                }
-                st.file.as_ref().map(|_| ())
-            }
-            Err(e) => {
-                self.fail(st, &e);
-                None
-            }
-        }
+    fn fail(&mut self, e: &std::io::Error) {
+        tracing::warn!(path = %self.path.display(), error = %e, "cannot write task log");
+        self.failed = Some(format!("task log {} not written: {e}", self.path.display()));
+        self.file = None;
     }
 }
 
@@ -133,33 +127,6 @@ fn open_log(path: &Path) -> std::io::Result<File> {
     crate::private::open_append(path)
 }
 
-impl OutputSink for TaskLogWriter {
-    fn output(&self, stream: Stream, chunk: &[u8]) {
-        if chunk.is_empty() {
-            return;
-        }
-        let idx = match stream {
-            Stream::Stdout => 0,
-            Stream::Stderr => 1,
-        };
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let room = CAPTURE_LIMIT.saturating_sub(st.written[idx]);
-        if room == 0 {
-            if !st.marked[idx] {
-                st.marked[idx] = true;
-                self.write(&mut st, b"\n[output truncated at 10 MB]\n");
-            }
-            return;
-        }
-        if self.open(&mut st).is_none() {
-            return;
-        }
-        let n = chunk.len().min(room);
-        st.written[idx] += n;
-        self.write(&mut st, &chunk[..n]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,15 +142,18 @@ mod tests {
     }
 
     #[test]
-    fn quiet_tasks_leave_no_file() {
+    fn the_file_is_made_by_the_first_write_after_its_header() {
         let dir = std::env::temp_dir().join(format!("pf-logs-{}", crate::events::new_id()));
         let path = task_log_path(&dir.join("w/run"), "t");
-        let w = TaskLogWriter::new(path.clone(), None);
-        w.output(Stream::Stdout, b"");
+        let mut f = LogFile::new(path.clone(), Some("--- attempt 2 ---\n".into()));
         assert!(!path.exists());
-        w.output(Stream::Stdout, b"hi\n");
-        w.output(Stream::Stderr, b"err\n");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "hi\nerr\n");
+        f.write(b"hi\n");
+        f.write(b"err\n");
+        assert_eq!(f.close(), None);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "--- attempt 2 ---\nhi\nerr\n"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -194,10 +164,10 @@ mod tests {
         // A regular file where the execution's directory should be.
         let blocker = dir.join("exec");
         std::fs::write(&blocker, "").unwrap();
-        let w = TaskLogWriter::new(task_log_path(&blocker, "t"), None);
-        assert_eq!(w.problem(), None);
-        w.output(Stream::Stdout, b"hi\n");
-        let p = w.problem().expect("a problem");
+        let mut f = LogFile::new(task_log_path(&blocker, "t"), None);
+        f.write(b"hi\n");
+        f.write(b"more\n");
+        let p = f.close().expect("a problem");
         assert!(p.contains("t.log") && p.contains("not written"), "{p}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
