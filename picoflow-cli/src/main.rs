@@ -70,11 +70,8 @@ fn fail(e: &Error) -> ExitCode {
         // repeated; the system's words are shown without std's ` (os error N)`, as the
         // library shows them.
         let text = s.to_string();
-        let text = match text.rfind(" (os error ") {
-            Some(i) if text.ends_with(')') => text[..i].to_string(),
-            _ => text,
-        };
-        if !msg.contains(&text) {
+        let text = picoflow_lib::without_os_error(&text);
+        if !msg.contains(text) {
             msg.push_str(&format!("\n  caused by: {text}"));
         }
         source = s.source();

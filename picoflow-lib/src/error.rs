@@ -103,12 +103,12 @@ impl Error {
     }
 }
 
-/// An I/O error as a user reads it: the system's words without std's ` (os error N)` tail
-/// (`Permission denied`, not `Permission denied (os error 13)`).
-fn plain_io(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match (e.raw_os_error(), text.rfind(" (os error ")) {
-        (Some(_), Some(i)) => text[..i].to_string(),
+/// An error's text as a user reads it: the system's words without std's ` (os error N)`
+/// tail (`Permission denied`, not `Permission denied (os error 13)`). The library's own
+/// messages use it, and so does a program showing an error's causes.
+pub fn without_os_error(text: &str) -> &str {
+    match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => &text[..i],
         _ => text,
     }
 }
@@ -116,7 +116,12 @@ fn plain_io(e: &std::io::Error) -> String {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Io { path, source } => write!(f, "{}: {}", path.display(), plain_io(source)),
+            Error::Io { path, source } => write!(
+                f,
+                "{}: {}",
+                path.display(),
+                without_os_error(&source.to_string())
+            ),
             Error::Parse {
                 file,
                 line,

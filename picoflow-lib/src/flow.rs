@@ -41,8 +41,9 @@ pub(crate) fn is_run_value(name: &str) -> bool {
 /// Checks, before anything is recorded, the run directory an engine will use (see
 /// [`Engine::with_run_dir`](crate::Engine::with_run_dir)): one that exists must be a
 /// directory of the effective user with mode 0700, not a symbolic link. One that does not
-/// exist yet is fine (the first execution creates it); nothing is created here. `picoflow run` and the daemon call it before they
-/// open the state file, so that a run they would refuse leaves no state file behind.
+/// exist yet is fine (the first execution creates it); nothing is created here.
+/// `picoflow run` and the daemon call it before they open the state file, so that a run they
+/// would refuse leaves no state file behind.
 pub fn check_run_dir(run_dir: &Path) -> crate::Result<()> {
     match crate::private::check_dir(run_dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -122,7 +122,7 @@ pub use config::{
 pub use daemon::{daemon_status, stop_daemon, Daemon, DaemonExit, DaemonStatus, ScheduledWorkflow};
 pub use dag::Dag;
 pub use engine::{Engine, EngineSettings, ResumeFrom, RunOptions, RunReport, TaskReport};
-pub use error::{BoxError, Error, Result};
+pub use error::{without_os_error, BoxError, Error, Result};
 pub use events::{
     is_interrupted, last_attempts, new_id, Event, EventSink, SkipReason, TaskExecution, TaskState,
     WorkflowExecution, WorkflowStatus, INTERRUPTED,
