@@ -6,7 +6,8 @@ usage: benches/run.py [--runs N] [--out benches/RESULTS.md]
 
 Builds the release binaries itself (core = --no-default-features, and all features), generates
 the workflows and the equivalent Makefiles in a temporary directory, alternates picoflow and
-make runs, and prints a Markdown table of medians and ratios (also written to --out).
+make runs, and prints a Markdown table of medians and ratios (also written to --out, whose
+sections after the table, such as the Fleet section of benches/fleet.sh, are kept).
 Needs: cargo, make, hyperfine (validate timings), GNU time (peak RSS), python3.
 """
 import argparse
@@ -292,6 +293,15 @@ def main():
     text = "\n".join(lines) + "\n"
     print()
     print(text)
+    # Sections other scripts measure (`## Fleet`: benches/fleet.sh) stay.
+    try:
+        with open(args.out) as f:
+            old = f.read()
+        kept = old.find("\n## ")
+        if kept >= 0:
+            text += old[kept:]
+    except FileNotFoundError:
+        pass
     with open(args.out, "w") as f:
         f.write(text)
     shutil.rmtree(work, ignore_errors=True)

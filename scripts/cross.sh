@@ -9,7 +9,7 @@
 #
 # Variants (default: minimal full):
 #   minimal --no-default-features: shell tasks only, the smallest binary
-#   full    every default feature (ssh, http, metrics, sqlite, web), linked to the device's libssl3
+#   full    every default feature (ssh, http, docker, metrics, sqlite, web, fleet), linked to the device's libssl3
 #   static  minimal, linked statically against glibc (crt-static): no glibc version floor
 #   smallest minimal with the standard library rebuilt for size (size-budget/smallest.sh)
 #

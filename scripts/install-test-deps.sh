@@ -4,7 +4,8 @@
 # for libssh2/libcurl, the openssl command for a TLS server, Podman (with runc) and a static
 # busybox for the container engine and test image of the docker executor, headless Chromium
 # for the web UI, hyperfine, make and GNU time for the benchmarks, and debootstrap for the
-# check that these install steps work on a new machine (scripts/fresh-install-check.sh).
+# check that these install steps work on a new machine (scripts/fresh-install-check.sh), and
+# nats-server (with JetStream) for the fleet.
 # Safe to run again, from any state of a Debian 12 machine.
 set -eu
 
@@ -30,6 +31,7 @@ command -v runc >/dev/null 2>&1 || need="$need runc"
 [ -x /usr/lib/podman/netavark ] || command -v netavark >/dev/null 2>&1 || need="$need netavark"
 installed busybox-static || need="$need busybox-static"
 command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
+command -v nats-server >/dev/null 2>&1 || need="$need nats-server"
 
 if [ -n "$need" ]; then
     echo "installing:$need"
@@ -49,7 +51,7 @@ if [ -n "$need" ]; then
     $SUDO apt-get install -y -qq --no-install-recommends $need
 fi
 
-for tool in /usr/sbin/sshd ssh-keygen sqlite3 promtool hyperfine make /usr/bin/time chromium openssl podman runc /bin/busybox debootstrap; do
+for tool in /usr/sbin/sshd ssh-keygen sqlite3 promtool hyperfine make /usr/bin/time chromium openssl podman runc /bin/busybox debootstrap nats-server; do
     command -v "$tool" >/dev/null 2>&1 || { echo "missing after install: $tool" >&2; exit 1; }
 done
-echo "test tools present: sshd, ssh-keygen, sqlite3, promtool, hyperfine, make, time, chromium, openssl, podman, runc, busybox, debootstrap"
+echo "test tools present: sshd, ssh-keygen, sqlite3, promtool, hyperfine, make, time, chromium, openssl, podman, runc, busybox, debootstrap, nats-server"

@@ -58,7 +58,7 @@ if [ "${1:-}" = "--target" ]; then
     exit $status
 fi
 
-combos="minimal ssh http docker metrics sqlite web full"
+combos="minimal ssh http docker metrics sqlite web fleet full"
 [ "${1:-}" = "--static" ] && combos="$combos static"
 bin="$CARGO_TARGET_DIR/release/picoflow"
 printf '%-16s %12s %12s %9s\n' combination bytes budget margin

@@ -1,8 +1,8 @@
 //! `type: http` over TLS through the `picoflow` binary, against `openssl s_server` on
-//! 127.0.0.1 with a certificate made for the test: the server's certificate is verified
-//! against the trust store named by `SSL_CERT_FILE`, a certificate the store does not vouch
-//! for fails the task, and TLS works although the binary leaves OpenSSL uninitialised until
-//! the first TLS connection (see `picoflow-cli/src/tls.rs`).
+//! 127.0.0.1 with a certificate made for the test by a test CA (`common::Certificates`): the
+//! server's certificate is verified against the trust store named by `SSL_CERT_FILE`, a
+//! certificate the store does not vouch for fails the task, and TLS works although the binary
+//! leaves OpenSSL uninitialised until the first TLS connection (see `picoflow-cli/src/tls.rs`).
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, picoflow, run, stdout, wait_for, TempDir};
+use common::{free_port, picoflow, run, stdout, wait_for, Certificates, TempDir};
 
 /// `openssl s_server -www` on 127.0.0.1: answers `GET /` with `200 ok` over TLS.
 struct TlsServer {
@@ -21,35 +21,15 @@ struct TlsServer {
 
 impl TlsServer {
     fn start(dir: &Path) -> TlsServer {
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        let made = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("the openssl command (scripts/install-test-deps.sh installs it)");
-        assert!(made.success(), "openssl req failed");
+        let certs = Certificates::new(dir, "server");
         let port = free_port();
         let child = Command::new("openssl")
             .args(["s_server", "-www", "-quiet", "-accept"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("-cert")
-            .arg(&cert)
+            .arg(&certs.cert)
             .arg("-key")
-            .arg(&key)
+            .arg(&certs.key)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -92,9 +72,9 @@ fn https_verifies_the_server_against_the_trust_store() {
     let server = TlsServer::start(dir.path());
     let wf = workflow(&dir, server.port);
 
-    // Trusted: the store is the server's own certificate.
+    // Trusted: the store is the CA that signed the server's certificate.
     let out = run(picoflow(dir.path())
-        .env("SSL_CERT_FILE", dir.path().join("cert.pem"))
+        .env("SSL_CERT_FILE", dir.path().join("server-ca.pem"))
         .arg("run")
         .arg(&wf));
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));

@@ -7,10 +7,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, picoflow, run, stdout, wait_for, TempDir};
+use common::{chromium, free_port, picoflow, run, stdout, wait_for, TempDir};
 use serde_json::Value;
 
 const TOKEN: &str = "t0ken-with-enough-entropy-4f1c";
@@ -479,29 +479,6 @@ fn a_missing_token_file_stops_the_daemon_with_its_name() {
         String::from_utf8_lossy(&out.stderr).contains("missing.token"),
         "{out:?}"
     );
-}
-
-/// Headless Chromium as installed by `scripts/install-test-deps.sh`.
-fn chromium(args: &[&str], profile: &Path) -> String {
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1200,800",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .expect("chromium is installed by scripts/install-test-deps.sh");
-    assert!(out.status.success(), "chromium {args:?} failed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `(task, state)` of every DAG node in a rendered page.

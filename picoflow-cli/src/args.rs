@@ -59,6 +59,8 @@ pub(crate) enum Command {
     Daemon(DaemonArgs),
     Prune(PruneArgs),
     Export(ExportArgs),
+    #[cfg(feature = "fleet")]
+    Fleet(crate::fleet::FleetArgs),
 }
 
 /// Check a workflow file (or every *.yaml in a directory): syntax, fields, dependencies,

@@ -13,8 +13,9 @@ use picoflow_lib::{
 pub(crate) struct RunDisplay {
     live: bool,
     /// The workflow's handlers by name, with the list each is in (`on_failure` …): they are
-    /// shown as handlers and not counted among the workflow's tasks.
-    handlers: BTreeMap<String, &'static str>,
+    /// shown as handlers and not counted among the workflow's tasks. A workflow has a few,
+    /// looked up by [`RunDisplay::handler`].
+    handlers: Vec<(String, &'static str)>,
     state: Mutex<LiveState>,
 }
 
@@ -42,7 +43,7 @@ pub(crate) fn human_duration(secs: f64) -> String {
 
 impl RunDisplay {
     /// `handlers`: each handler's name and the list it is in.
-    pub(crate) fn new(live: bool, handlers: BTreeMap<String, &'static str>) -> Self {
+    pub(crate) fn new(live: bool, handlers: Vec<(String, &'static str)>) -> Self {
         RunDisplay {
             live,
             handlers,
@@ -50,9 +51,16 @@ impl RunDisplay {
         }
     }
 
+    /// The list handler `name` is in; `None` for a task of the workflow. A name given twice
+    /// is in the last list that gives it.
+    fn handler(&self, name: &str) -> Option<&'static str> {
+        let found = self.handlers.iter().rev().find(|(n, _)| n == name);
+        found.map(|&(_, kind)| kind)
+    }
+
     /// How a line names task `name`: `Task 'x'`, or `Handler 'x' (on_failure)`.
     fn who(&self, name: &str) -> String {
-        match self.handlers.get(name) {
+        match self.handler(name) {
             Some(kind) => format!("Handler '{name}' ({kind})"),
             None => format!("Task '{name}'"),
         }
@@ -129,7 +137,7 @@ impl RunDisplay {
             if t.resumed {
                 line.push_str(" [finished before resume]");
             }
-            if let Some(kind) = self.handlers.get(&t.name) {
+            if let Some(kind) = self.handler(&t.name) {
                 line.push_str(&format!(" [{kind} handler]"));
             }
             if matches!(
@@ -207,7 +215,7 @@ impl EventSink for RunDisplay {
                 let err = t.error_message.as_deref().unwrap_or("failed");
                 // A handler's end counts neither as done nor as failed: the live line counts
                 // the workflow's tasks.
-                let counted = !self.handlers.contains_key(&t.task_name);
+                let counted = self.handler(&t.task_name).is_none();
                 let text = match (t.status, retry_in) {
                     (_, Some(d)) => format!(
                         "{who} failed (exit code: {code}): {err}; retrying in {}s",
@@ -235,7 +243,7 @@ impl EventSink for RunDisplay {
                 self.line(&st, &text);
             }
             Event::TaskSkipped(t) => {
-                st.done += usize::from(!self.handlers.contains_key(&t.task_name));
+                st.done += usize::from(self.handler(&t.task_name).is_none());
                 let why = t.error_message.as_deref().unwrap_or("skipped");
                 self.line(&st, &format!("{} {why}", self.who(&t.task_name)));
             }

@@ -6,6 +6,8 @@
 mod args;
 mod display;
 mod exit;
+#[cfg(feature = "fleet")]
+mod fleet;
 mod out;
 mod report;
 #[cfg(any(feature = "http", feature = "docker"))]
@@ -130,6 +132,9 @@ fn init_logging(config: &Config, rust_log: Option<String>) {
             Targets::new()
                 .with_default(level)
                 .with_target("isahc", LevelFilter::ERROR)
+                // The NATS client logs every reconnect attempt, a refused one at ERROR; the
+                // fleet's own lines say what changed, once.
+                .with_target("async_nats", LevelFilter::OFF)
         });
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if config.log_format == "pretty" {
@@ -189,6 +194,8 @@ fn dispatch(command: Command, config: &Config) -> Result<u8, Error> {
             DaemonCommand::Stop(s) => daemon_stop(config, s.timeout),
             DaemonCommand::Status(_) => daemon_status(config),
         },
+        #[cfg(feature = "fleet")]
+        Command::Fleet(a) => fleet::dispatch(a.command, config),
         Command::Export(a) => match a.command {
             ExportCommand::Sqlite(e) => {
                 export_sqlite(config, &e.file, e.workflow.as_deref(), e.since.as_deref())
@@ -529,6 +536,30 @@ fn daemon_status(config: &Config) -> Result<u8, Error> {
     }
     if let Some(b) = st.memory_bytes {
         outln!("Memory usage: {:.1} MB", b as f64 / 1_000_000.0)?;
+    }
+    #[cfg(feature = "fleet")]
+    if let Some(f) = &st.fleet {
+        let since = picoflow_lib::views::local_time(f.since);
+        match (f.connected, &f.error) {
+            (true, _) => outln!(
+                "Fleet: connected as {} to {} (since {since})",
+                f.node,
+                f.servers
+            )?,
+            (false, Some(e)) => outln!(
+                "Fleet: not connected as {} to {} (since {since}; {e}); working alone, retrying",
+                f.node,
+                f.servers
+            )?,
+            (false, None) => outln!(
+                "Fleet: not connected as {} to {} (since {since}); working alone, retrying",
+                f.node,
+                f.servers
+            )?,
+        }
+        if f.unsent > 0 {
+            outln!("Fleet: {} executions' records not yet sent", f.unsent)?;
+        }
     }
     Ok(exit::SUCCESS)
 }

@@ -34,7 +34,7 @@ fn capitalized(s: WorkflowStatus) -> String {
         .unwrap_or_default()
 }
 
-fn check_format(format: &str) -> Result<bool, Error> {
+pub(crate) fn check_format(format: &str) -> Result<bool, Error> {
     match format {
         "table" => Ok(false),
         "json" => Ok(true),

@@ -14,6 +14,13 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+// `[fleet]` is read in every build; its settings live in the fleet's folder, declared here
+// because the configuration holds them while the fleet's running code uses the configuration's
+// neighbours (the store, the executors): this keeps the settings below them.
+#[path = "fleet/settings.rs"]
+pub(crate) mod fleet_settings;
+pub use fleet_settings::{FleetConfig, Urls as FleetUrls};
+
 /// Default state file, in the working directory (`DECISIONS.md` 9).
 pub const DEFAULT_DB_PATH: &str = "picoflow.redb";
 
@@ -45,6 +52,8 @@ pub struct Config {
     pub logs: LogsConfig,
     /// `[daemon]`.
     pub daemon: DaemonConfig,
+    /// `[fleet]`: membership of a fleet over NATS JetStream (the `fleet` feature).
+    pub fleet: FleetConfig,
     /// The file these settings came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -221,6 +230,7 @@ pub fn config_keys() -> Vec<String> {
             "execution" => crate::fields::of::<ExecutionConfig>(),
             "logs" => crate::fields::of::<LogsConfig>(),
             "daemon" => crate::fields::of::<DaemonConfig>(),
+            "fleet" => crate::fields::of::<FleetConfig>(),
             _ => return None,
         })
     };
@@ -246,6 +256,7 @@ impl Default for Config {
             execution: ExecutionConfig::default(),
             logs: LogsConfig::default(),
             daemon: DaemonConfig::default(),
+            fleet: FleetConfig::default(),
             source: None,
         }
     }
@@ -411,7 +422,8 @@ impl Config {
     }
 
     /// Applies `PICOFLOW_DB_PATH`, `PICOFLOW_LOG_LEVEL`, `PICOFLOW_LOG_FORMAT`,
-    /// `PICOFLOW_METRICS_PORT`, `PICOFLOW_WEB_PORT` and `PICOFLOW_WEB_TOKEN` from `env`.
+    /// `PICOFLOW_METRICS_PORT`, `PICOFLOW_WEB_PORT`, `PICOFLOW_WEB_TOKEN`,
+    /// `PICOFLOW_FLEET_URL` and `PICOFLOW_NODE` from `env`.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = env("PICOFLOW_DB_PATH").filter(|v| !v.is_empty()) {
             self.db_path = PathBuf::from(v);
@@ -440,6 +452,7 @@ impl Config {
         if let Some(v) = env("PICOFLOW_WEB_TOKEN").filter(|v| !v.is_empty()) {
             self.web.token = Some(v);
         }
+        self.fleet.apply_env(&env);
         self.check("environment")
     }
 
@@ -487,7 +500,7 @@ impl Config {
                 self.timeout.default_seconds
             ));
         }
-        Ok(())
+        self.fleet.check(origin)
     }
 
     /// PID file of a daemon using this state file: `[daemon] pid_file`, or `<db_path>.pid`.
@@ -497,6 +510,14 @@ impl Config {
             s.push(".pid");
             PathBuf::from(s)
         })
+    }
+
+    /// The directory of the workflows a daemon applied from its fleet: `<db_path>.fleet`,
+    /// beside the state file.
+    pub fn fleet_dir(&self) -> PathBuf {
+        let mut s = self.db_path.clone().into_os_string();
+        s.push(".fleet");
+        PathBuf::from(s)
     }
 
     /// The private directory (0700) of running executions' files (the values tasks write to

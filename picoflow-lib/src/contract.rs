@@ -1,6 +1,7 @@
 //! What the daemon and its web UI share: the loaded workflows as the UI shows them
 //! ([`Catalog`]), the request to run one now ([`Trigger`]) and its answer ([`Triggered`]), and
-//! everything the UI reads ([`WebContext`]).
+//! everything the UI reads ([`WebContext`]); and the daemon's link to its fleet as `daemon
+//! status` shows it ([`LinkStatus`]), written by the fleet's thread.
 //!
 //! A leaf below both: the daemon fills these in and the web module reads them, so neither
 //! imports the other's internals. Compiled in every build (a build without `web` still hands
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::model::Workflow;
 use crate::store::Store;
@@ -59,6 +61,8 @@ impl Catalog {
 pub(crate) struct Trigger {
     pub(crate) workflow: String,
     pub(crate) reply: smol::channel::Sender<Triggered>,
+    /// Who asks, as the daemon's log says it: `the web API`, `the fleet`.
+    pub(crate) by: &'static str,
 }
 
 /// The daemon's answer to a [`Trigger`].
@@ -86,4 +90,32 @@ pub(crate) struct WebContext {
     pub(crate) loopback: bool,
     /// Pages and API reads need the token (or the sign-in cookie) too.
     pub(crate) reads_need_token: bool,
+    /// The fleet's view, when the daemon belongs to a fleet.
+    pub(crate) fleet: Option<Arc<dyn FleetSource>>,
+}
+
+/// What the web UI shows of the fleet, read by the daemon's fleet thread: `{"nodes": [node
+/// records with "alive"], "latest": [the latest execution report per node and workflow]}`.
+/// JSON, so that the web module needs none of the fleet's types.
+pub(crate) trait FleetSource: Send + Sync {
+    /// The fleet now, or why it cannot be read (the server is unreachable).
+    #[cfg_attr(not(feature = "web"), allow(dead_code))] // read by the `web` feature only
+    fn snapshot(&self) -> std::result::Result<serde_json::Value, String>;
+}
+
+/// A daemon's link to its fleet, as `daemon status` and the metrics show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkStatus {
+    /// This node's name.
+    pub node: String,
+    /// The servers, without credentials.
+    pub servers: String,
+    /// Connected now.
+    pub connected: bool,
+    /// Since when it is connected, or not.
+    pub since: DateTime<Utc>,
+    /// The last error the server or the client reported, if any.
+    pub error: Option<String>,
+    /// Executions whose latest records the fleet has not yet received.
+    pub unsent: usize,
 }

@@ -234,16 +234,17 @@ impl Worker {
     /// system refuses one.
     fn start() -> Option<Worker> {
         let (jobs, queue) = smol::channel::bounded::<Job>(MAX_CONNECTIONS);
-        let thread = std::thread::Builder::new()
-            .name("picoflow-http-worker".into())
-            .spawn(move || {
+        let thread = crate::threads::spawn(
+            "picoflow-http-worker".into(),
+            Box::new(move || {
                 while let Ok((service, request, reply)) = queue.recv_blocking() {
                     // A connection closed while it waited needs no answer.
                     if !reply.is_closed() {
                         let _ = reply.try_send(service.handle(&request));
                     }
                 }
-            });
+            }),
+        );
         match thread {
             Ok(t) => Some(Worker {
                 jobs,

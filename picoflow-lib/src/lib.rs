@@ -87,6 +87,8 @@ mod expand;
 mod export;
 pub mod expr;
 mod fields;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 mod flow;
 mod httpd;
 mod logs;
@@ -108,6 +110,7 @@ mod signals;
 mod stats;
 mod store;
 mod templates;
+mod threads;
 mod validate;
 pub mod views;
 #[cfg_attr(feature = "web", path = "web/enabled.rs")]
@@ -116,9 +119,10 @@ mod web;
 mod yaml;
 
 pub use config::{
-    config_keys, Config, DaemonConfig, ExecutionConfig, LogsConfig, MetricsConfig, RetryConfig,
-    TimeoutConfig, WebConfig, DEFAULT_DB_PATH,
+    config_keys, Config, DaemonConfig, ExecutionConfig, FleetConfig, FleetUrls, LogsConfig,
+    MetricsConfig, RetryConfig, TimeoutConfig, WebConfig, DEFAULT_DB_PATH,
 };
+pub use contract::LinkStatus;
 pub use daemon::{daemon_status, stop_daemon, Daemon, DaemonExit, DaemonStatus, ScheduledWorkflow};
 pub use dag::Dag;
 pub use engine::{Engine, EngineSettings, ResumeFrom, RunOptions, RunReport, TaskReport};
@@ -157,7 +161,7 @@ pub use validate::{
 };
 
 /// The optional parts compiled into this build, as `(feature, enabled)` pairs.
-pub fn features() -> [(&'static str, bool); 6] {
+pub fn features() -> [(&'static str, bool); 7] {
     [
         ("ssh", cfg!(feature = "ssh")),
         ("http", cfg!(feature = "http")),
@@ -165,5 +169,6 @@ pub fn features() -> [(&'static str, bool); 6] {
         ("metrics", cfg!(feature = "metrics")),
         ("sqlite", cfg!(feature = "sqlite")),
         ("web", cfg!(feature = "web")),
+        ("fleet", cfg!(feature = "fleet")),
     ]
 }

@@ -236,3 +236,115 @@ impl Drop for HttpServer {
         let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
     }
 }
+
+/// Headless Chromium as installed by `scripts/install-test-deps.sh`.
+pub(crate) fn chromium(args: &[&str], profile: &Path) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1200,800",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium is installed by scripts/install-test-deps.sh");
+    assert!(out.status.success(), "chromium {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A test CA and a server certificate it signs, for 127.0.0.1 and localhost, made with the
+/// `openssl` command (P-256 keys, valid for a day) in a directory of the test's.
+pub(crate) struct Certificates {
+    /// The CA's certificate (PEM): the trust store of a client.
+    pub(crate) ca: PathBuf,
+    /// The server's certificate (PEM), signed by the CA.
+    pub(crate) cert: PathBuf,
+    /// The server's private key (PEM).
+    pub(crate) key: PathBuf,
+}
+
+impl Certificates {
+    /// Makes them in `dir` under names starting with `tag` (two sets may share a directory).
+    pub(crate) fn new(dir: &Path, tag: &str) -> Certificates {
+        let f = |name: &str| dir.join(format!("{tag}-{name}"));
+        let (ca, ca_key) = (f("ca.pem"), f("ca-key.pem"));
+        let (cert, key, csr, ext) = (f("cert.pem"), f("key.pem"), f("req.csr"), f("ext.cnf"));
+        let p256 = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        // The CA: self-signed, `CA:TRUE` (the `v3_ca` extensions of the default config).
+        openssl(
+            Command::new("openssl")
+                .args(["req", "-x509"])
+                .args(p256)
+                .args([
+                    "-days",
+                    "1",
+                    "-subj",
+                    &format!("/CN=PicoFlow test CA {tag}"),
+                ])
+                .arg("-keyout")
+                .arg(&ca_key)
+                .arg("-out")
+                .arg(&ca),
+        );
+        // The server's key and request, then its certificate signed by the CA: an end entity
+        // (`CA:FALSE`) for server authentication, named by IP address and host name.
+        openssl(
+            Command::new("openssl")
+                .args(["req", "-new"])
+                .args(p256)
+                .args(["-subj", "/CN=127.0.0.1"])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&csr),
+        );
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            Command::new("openssl")
+                .args(["x509", "-req", "-days", "1", "-CAcreateserial"])
+                .arg("-in")
+                .arg(&csr)
+                .arg("-CA")
+                .arg(&ca)
+                .arg("-CAkey")
+                .arg(&ca_key)
+                .arg("-extfile")
+                .arg(&ext)
+                .arg("-out")
+                .arg(&cert),
+        );
+        Certificates { ca, cert, key }
+    }
+}
+
+/// Runs an `openssl` command that must succeed.
+fn openssl(cmd: &mut Command) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .expect("the openssl command (scripts/install-test-deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

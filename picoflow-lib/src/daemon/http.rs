@@ -83,14 +83,15 @@ impl HttpThread {
             return Ok(None);
         }
         let (stop, stopped) = smol::channel::bounded::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("picoflow-http".into())
-            .spawn(move || {
+        let thread = crate::threads::spawn(
+            "picoflow-http".into(),
+            Box::new(move || {
                 smol::block_on(net.run(async {
                     let _ = stopped.recv().await;
                 }));
                 drop(servers);
-            });
+            }),
+        );
         match thread {
             Ok(t) => Ok(Some(HttpThread {
                 stop,

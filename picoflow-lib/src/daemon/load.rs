@@ -116,6 +116,40 @@ pub(super) fn load_all(paths: &[PathBuf], registry: &Registry) -> Result<Vec<(Pa
     }
 }
 
+/// Adds the workflows applied from the fleet (the files of `dir`, when the daemon has a
+/// fleet) to `files`, the local ones. Local files win: an applied workflow whose name a local
+/// file uses is left out, as is one that no longer validates (both logged; the daemon goes on
+/// with the rest). Nothing without the `fleet` feature.
+pub(super) fn add_fleet_files(
+    files: &mut Vec<(PathBuf, Result<Workflow>)>,
+    dir: Option<&Path>,
+    registry: &Registry,
+) {
+    #[cfg(feature = "fleet")]
+    if let Some(dir) = dir {
+        crate::fleet::add_applied(files, dir, registry);
+    }
+    #[cfg(not(feature = "fleet"))]
+    let _ = (files, dir, registry);
+}
+
+/// [`load_all`]'s files with the fleet's applied workflows added as [`add_fleet_files`]
+/// decides.
+pub(super) fn with_fleet_files(
+    files: Vec<(PathBuf, Workflow)>,
+    dir: Option<&Path>,
+    registry: &Registry,
+) -> Vec<(PathBuf, Workflow)> {
+    if dir.is_none() {
+        return files;
+    }
+    let mut read = files.into_iter().map(|(p, wf)| (p, Ok(wf))).collect();
+    add_fleet_files(&mut read, dir, registry);
+    read.into_iter()
+        .filter_map(|(p, wf)| wf.ok().map(|wf| (p, wf)))
+        .collect()
+}
+
 /// The message for one workflow name in two files.
 fn clash(name: &str, one: &Path, other: &Path) -> String {
     format!(

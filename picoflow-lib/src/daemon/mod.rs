@@ -41,10 +41,12 @@
 //! * `offload.rs` — a short-lived thread for work that waits on the disk (pruning, the status
 //!   file, reading the workflow files again).
 //! * `http.rs` — the thread that serves `/metrics`, `/health` and the web UI.
+//! * `fleet.rs` — the daemon's membership of a fleet, when `[fleet] url` is set.
 //!
 //! What the web UI reads from the daemon is in `contract`; which interrupted execution is
 //! resumed is decided in `resume`, for the daemon and `run --resume` alike.
 
+mod fleet;
 mod http;
 mod load;
 mod offload;
@@ -58,13 +60,14 @@ use chrono::{DateTime, Utc};
 use smol::lock::Semaphore;
 
 use crate::config::Config;
-use crate::contract::{Catalog, Trigger, WebContext};
+use crate::contract::{Catalog, LinkStatus, Trigger, WebContext};
 use crate::engine::{Engine, EngineSettings};
 use crate::error::Result;
 use crate::executor::{CancelToken, Registry};
 use crate::metrics::Metrics;
 use crate::signals::Signals;
 use crate::store::Store;
+use fleet::{Join, Membership};
 use http::HttpThread;
 use load::Loaded;
 use pid::{PidLock, StatusFile};
@@ -96,6 +99,8 @@ pub struct DaemonStatus {
     pub workflows: Vec<ScheduledWorkflow>,
     /// Resident memory of the daemon process, in bytes.
     pub memory_bytes: Option<u64>,
+    /// Its link to the fleet, when it belongs to one.
+    pub fleet: Option<LinkStatus>,
 }
 
 /// One workflow loaded by a daemon.
@@ -164,35 +169,44 @@ impl Daemon {
 
     /// Runs the daemon until SIGTERM or SIGINT. Call it inside `smol::block_on`.
     pub async fn run(self) -> Result<DaemonExit> {
+        let fleet_dir = self.fleet_dir()?;
         let files = load::load_all(&self.paths, &self.registry)?;
+        let files = load::with_fleet_files(files, fleet_dir.as_deref(), &self.registry);
         let web_token = self.web_token()?;
         crate::flow::check_run_dir(&self.config.run_dir())?;
         let pid_file = self.config.pid_file();
         let _lock = PidLock::acquire(&pid_file)?;
         let signals = Signals::new()?;
-        let status = StatusFile::new(&pid_file, Utc::now());
+        let started = Utc::now();
+        let status = StatusFile::new(&pid_file, started);
         let store = Arc::new(Store::open(&self.config.db_path)?);
+        let metrics = Metrics::for_daemon(fleet_dir.is_some());
+        let catalog = Catalog::default();
+        let (trigger_tx, triggers) = smol::channel::bounded::<Trigger>(16);
+        let (reload_tx, fleet_changes) = smol::channel::bounded::<()>(1);
+        let fleet = Membership::start(
+            fleet_dir.as_ref(),
+            Join {
+                daemon: &self,
+                store: &store,
+                catalog: &catalog,
+                triggers: &trigger_tx,
+                reload: reload_tx,
+                pid_file: &pid_file,
+                started,
+                metrics: &metrics,
+            },
+        )?;
         let recovered = store.recover_interrupted()?;
-
-        let metrics = Metrics::new();
+        let engine = self.engine(&store, &metrics, fleet.sink());
         let (canceller, cancel) = CancelToken::new();
         let (done_tx, done) = smol::channel::unbounded::<()>();
-        let runs = Runs::new(self.engine(&store, &metrics), cancel, done_tx);
+        let runs = Runs::new(engine, cancel, done_tx);
         let loaded = load::start(files, &store)?;
         metrics.set_workflows(loaded.values().map(|l| &*l.wf));
 
-        let catalog = Catalog::default();
         catalog.publish(loaded.values().map(Loaded::entry));
-        let (trigger_tx, triggers) = smol::channel::bounded::<Trigger>(16);
-        let web = WebContext {
-            store: store.clone(),
-            log_dir: self.config.logs.dir.clone(),
-            catalog: catalog.clone(),
-            triggers: trigger_tx,
-            token: web_token,
-            loopback: crate::httpd::is_loopback(&self.config.web.bind),
-            reads_need_token: self.config.web.require_token_for_reads,
-        };
+        let web = self.web_context(&store, &catalog, trigger_tx, web_token, fleet.source());
         let http = HttpThread::start(&self.config, &metrics, web)?;
         status.write(&loaded, None).await;
         tracing::info!(
@@ -212,35 +226,90 @@ impl Daemon {
             config: self.config,
             metrics,
             paths: self.paths,
+            fleet_dir,
             registry: self.registry,
             signals,
             status: &status,
             canceller,
             done,
             triggers,
+            fleet_changes,
             catalog,
             last_prune: None,
             pruning: None,
         };
         let result = ex.run(scheduler.run(recovered)).await;
+        fleet.stop();
         drop(http);
         status.remove();
         tracing::info!("daemon stopped");
         result
     }
 
+    /// The directory of the workflows applied from the fleet (`<state file>.fleet`), when
+    /// this daemon belongs to one; a fleet asked for by a build without the feature is a
+    /// configuration error.
+    fn fleet_dir(&self) -> Result<Option<PathBuf>> {
+        if !self.config.fleet.enabled() {
+            return Ok(None);
+        }
+        if !cfg!(feature = "fleet") {
+            return Err(crate::error::Error::Config {
+                origin: self
+                    .config
+                    .source
+                    .as_ref()
+                    .map_or_else(|| "environment".into(), |p| p.display().to_string()),
+                message: "fleet.url is set but this PicoFlow is built without the 'fleet' \
+                          feature"
+                    .into(),
+            });
+        }
+        Ok(Some(self.config.fleet_dir()))
+    }
+
+    /// What the web UI reads.
+    fn web_context(
+        &self,
+        store: &Arc<Store>,
+        catalog: &Catalog,
+        triggers: smol::channel::Sender<Trigger>,
+        token: Option<String>,
+        fleet: Option<Arc<dyn crate::contract::FleetSource>>,
+    ) -> WebContext {
+        WebContext {
+            store: store.clone(),
+            log_dir: self.config.logs.dir.clone(),
+            catalog: catalog.clone(),
+            triggers,
+            token,
+            loopback: crate::httpd::is_loopback(&self.config.web.bind),
+            reads_need_token: self.config.web.require_token_for_reads,
+            fleet,
+        }
+    }
+
     /// The engine of the daemon's runs: its tasks share one `max_parallel` bound, and every
-    /// event goes to the state file and the metrics.
-    fn engine(&self, store: &Store, metrics: &Metrics) -> Engine {
+    /// event goes to the state file, the metrics and, in a fleet, the fleet thread.
+    fn engine(
+        &self,
+        store: &Store,
+        metrics: &Metrics,
+        fleet: Option<Arc<dyn crate::events::EventSink>>,
+    ) -> Engine {
         let limiter = Arc::new(Semaphore::new(
             self.config.execution.max_parallel.max(1) as usize
         ));
-        Engine::new(self.registry.clone())
+        let engine = Engine::new(self.registry.clone())
             .with_settings(EngineSettings::from(&self.config))
             .with_sink(store.sink())
             .with_sink(Arc::new(metrics.clone()))
             .with_log_dir(self.config.logs.dir.clone())
             .with_run_dir(self.config.run_dir())
-            .with_limiter(limiter)
+            .with_limiter(limiter);
+        match fleet {
+            Some(sink) => engine.with_sink(sink),
+            None => engine,
+        }
     }
 }

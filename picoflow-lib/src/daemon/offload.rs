@@ -21,13 +21,20 @@ pub(super) fn offload<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Offloaded<T> {
     let (tx, rx) = smol::channel::bounded(1);
-    let started = std::thread::Builder::new()
-        .name(format!("picoflow-{what}"))
-        .spawn(move || {
+    start(
+        what,
+        Box::new(move || {
             let _ = tx.try_send(work());
-        });
-    if let Err(e) = started {
+        }),
+    );
+    Offloaded(rx)
+}
+
+/// Starts `job` on a thread named `picoflow-{what}`, or logs why it cannot: the part of
+/// [`offload`] that is the same whatever the work returns, in the binary once.
+#[inline(never)]
+fn start(what: &str, job: Box<dyn FnOnce() + Send>) {
+    if let Err(e) = crate::threads::spawn(format!("picoflow-{what}"), job) {
         tracing::error!(work = what, error = %e, "cannot start a thread; the work is not done");
     }
-    Offloaded(rx)
 }

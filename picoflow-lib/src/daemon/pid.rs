@@ -263,6 +263,10 @@ pub fn daemon_status(config: &Config) -> Result<Option<DaemonStatus>> {
         stopping_since,
         workflows,
         memory_bytes: rss_bytes(pid),
+        #[cfg(feature = "fleet")]
+        fleet: crate::fleet::read_status(&pid_file),
+        #[cfg(not(feature = "fleet"))]
+        fleet: None,
     }))
 }
 

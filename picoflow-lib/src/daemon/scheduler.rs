@@ -130,8 +130,10 @@ enum Wake {
     Signal(Option<StopSignal>),
     /// A run ended.
     RunDone,
-    /// The web API asks for a run.
+    /// The web API or the fleet asks for a run.
     Trigger(Trigger),
+    /// The workflows applied from the fleet changed.
+    FleetChanged,
 }
 
 /// The daemon's loop and everything it works on. Built by [`super::Daemon::run`] once the
@@ -146,6 +148,8 @@ pub(super) struct Scheduler<'a> {
     pub(super) metrics: Metrics,
     /// The workflow files and directories, read again on SIGHUP.
     pub(super) paths: Vec<PathBuf>,
+    /// The directory of the workflows applied from the fleet, when the daemon has one.
+    pub(super) fleet_dir: Option<PathBuf>,
     pub(super) registry: Registry,
     pub(super) signals: Signals,
     pub(super) status: &'a StatusFile,
@@ -154,6 +158,8 @@ pub(super) struct Scheduler<'a> {
     /// The ends [`Runs`] announces.
     pub(super) done: smol::channel::Receiver<()>,
     pub(super) triggers: smol::channel::Receiver<Trigger>,
+    /// Told when the fleet's applied workflows changed.
+    pub(super) fleet_changes: smol::channel::Receiver<()>,
     pub(super) catalog: Catalog,
     /// When the last prune started.
     pub(super) last_prune: Option<Instant>,
@@ -173,7 +179,14 @@ impl Scheduler<'_> {
                 Wake::Timer => self.on_timer(),
                 Wake::Trigger(t) => self.on_trigger(t),
                 Wake::RunDone => self.prune(),
-                Wake::Signal(Some(StopSignal::Hangup)) => self.on_hangup().await,
+                Wake::Signal(Some(StopSignal::Hangup)) => {
+                    tracing::info!("SIGHUP: reloading workflow files");
+                    self.reload().await
+                }
+                Wake::FleetChanged => {
+                    tracing::info!("fleet: applied workflows changed; reloading workflow files");
+                    self.reload().await
+                }
                 Wake::Signal(_) => break,
             }
         }
@@ -236,13 +249,22 @@ impl Scheduler<'_> {
             None => smol::Timer::never(),
         };
         let (signals, done, triggers) = (&mut self.signals, &self.done, &self.triggers);
+        let fleet = &self.fleet_changes;
         future::or(
             future::or(
+                future::or(
+                    async {
+                        timer.await;
+                        Wake::Timer
+                    },
+                    async { Wake::Signal(signals.next().await) },
+                ),
                 async {
-                    timer.await;
-                    Wake::Timer
+                    match fleet.recv().await {
+                        Ok(()) => Wake::FleetChanged,
+                        Err(_) => future::pending().await,
+                    }
                 },
-                async { Wake::Signal(signals.next().await) },
             ),
             future::or(
                 async {
@@ -290,7 +312,7 @@ impl Scheduler<'_> {
             Some(l) if self.runs.is_busy(&l.wf) => Triggered::Busy,
             Some(l) => {
                 let id = new_id();
-                tracing::info!(workflow = %l.wf.name, execution = %id, "run requested over the web API");
+                tracing::info!(workflow = %l.wf.name, execution = %id, by = t.by, "run requested");
                 self.runs
                     .spawn(self.ex, l.wf.clone(), &l.source, None, 1, Some(id.clone()));
                 Triggered::Started(id)
@@ -299,12 +321,16 @@ impl Scheduler<'_> {
         let _ = t.reply.try_send(answer);
     }
 
-    /// SIGHUP: reads the workflow files again, off this thread, and swaps them in as
-    /// [`load::reload`] decides.
-    async fn on_hangup(&mut self) {
-        tracing::info!("SIGHUP: reloading workflow files");
+    /// SIGHUP, or a change of the fleet's applied workflows: reads the workflow files again,
+    /// off this thread, and swaps them in as [`load::reload`] decides.
+    async fn reload(&mut self) {
         let (paths, registry) = (self.paths.clone(), self.registry.clone());
-        let read = offload("reload", move || load::read_all(&paths, &registry));
+        let fleet_dir = self.fleet_dir.clone();
+        let read = offload("reload", move || {
+            let mut read = load::read_all(&paths, &registry);
+            load::add_fleet_files(&mut read, fleet_dir.as_deref(), &registry);
+            read
+        });
         let Some(read) = read.wait().await else {
             tracing::error!("reload failed; keeping the previous workflows");
             return;

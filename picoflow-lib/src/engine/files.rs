@@ -137,9 +137,7 @@ fn start() -> Option<Arc<Queue>> {
         changed: Condvar::new(),
     });
     let served = queue.clone();
-    let started = std::thread::Builder::new()
-        .name("picoflow-files".into())
-        .spawn(move || served.serve());
+    let started = crate::threads::spawn("picoflow-files".into(), Box::new(move || served.serve()));
     match started {
         Ok(_) => Some(queue),
         Err(e) => {

@@ -94,12 +94,11 @@ impl Engine {
     ) -> smol::Task<ItemEnd> {
         let earlier = run.earlier.get(name);
         if let Some(a) = earlier.filter(|a| finished_before(a, &run.tasks[index])) {
-            let r = TaskReport::resumed(a);
-            return lex.spawn(async move { (r, true, a.outputs.clone()) });
+            return ended(lex, (TaskReport::resumed(a), true, a.outputs.clone()));
         }
         let mut r = TaskReport::pending(name);
         if !self.condition_holds(run, index, Some(item), &mut r) {
-            return lex.spawn(async move { (r, true, None) });
+            return ended(lex, (r, true, None));
         }
         let slot = match &run.slots {
             None => None,
@@ -111,7 +110,7 @@ impl Engine {
                 .await;
                 if got.is_none() {
                     r.error = Some("interrupted before starting".into());
-                    return lex.spawn(async move { (r, false, None) });
+                    return ended(lex, (r, false, None));
                 }
                 got
             }
@@ -131,6 +130,12 @@ impl Engine {
             (f.report, f.release_dependents, f.outputs)
         })
     }
+}
+
+/// A task on `lex` for an item that ended without running as `end` says: one type of task
+/// for every such item, so one copy of the executor's task code.
+fn ended<'r>(lex: &LocalExecutor<'r>, end: ItemEnd) -> smol::Task<ItemEnd> {
+    lex.spawn(future::ready(end))
 }
 
 /// The end of loop `index`, whose items ended as `ends`: it succeeds when every item does,

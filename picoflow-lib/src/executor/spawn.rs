@@ -396,9 +396,12 @@ impl Drop for Child {
         if !matches!(wait_pid(self.pid, libc::WNOHANG), Ok(Some(_))) {
             let pid = self.pid;
             // Not gone yet (e.g. in uninterruptible sleep): collect it off this thread.
-            let _ = std::thread::Builder::new()
-                .name("picoflow-reap".into())
-                .spawn(move || wait_pid(pid, 0));
+            let _ = crate::threads::spawn(
+                "picoflow-reap".into(),
+                Box::new(move || {
+                    let _ = wait_pid(pid, 0);
+                }),
+            );
         }
     }
 }

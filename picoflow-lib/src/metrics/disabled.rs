@@ -38,6 +38,14 @@ impl Metrics {
     #[inline]
     pub fn set_workflows<'w>(&self, _workflows: impl IntoIterator<Item = &'w Workflow>) {}
 
+    /// [`Metrics::new`]: nothing is collected.
+    pub fn for_daemon(_fleet: bool) -> Metrics {
+        Metrics
+    }
+
+    /// Does nothing.
+    pub fn set_fleet(&self, _connected: bool, _unsent: usize) {}
+
     /// Always empty in this build.
     #[inline]
     pub fn render(&self) -> String {

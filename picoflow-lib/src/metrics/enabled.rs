@@ -96,6 +96,10 @@ struct Inner {
     task_retries: Family<TaskLabels, Counter>,
     uptime: Gauge<f64, AtomicU64>,
     memory: Gauge,
+    /// 1 while connected to the fleet's servers (registered for a daemon in a fleet).
+    fleet_connected: Gauge,
+    /// Executions whose records the fleet has not yet received.
+    fleet_unsent: Gauge,
     started: Instant,
     workflows_loaded: AtomicUsize,
     state: Mutex<State>,
@@ -110,6 +114,25 @@ struct State {
     last_results: BTreeMap<String, WorkflowStatus>,
 }
 
+/// The fleet's gauges, registered (shown) only for a daemon in a fleet.
+fn fleet_gauges(registry: &mut Registry, fleet: bool) -> (Gauge, Gauge) {
+    let connected = Gauge::default();
+    let unsent = Gauge::default();
+    if fleet {
+        registry.register(
+            "fleet_connected",
+            "1 while connected to the fleet's NATS servers",
+            connected.clone(),
+        );
+        registry.register(
+            "fleet_unsent_executions",
+            "Executions whose latest records the fleet has not yet received",
+            unsent.clone(),
+        );
+    }
+    (connected, unsent)
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -119,6 +142,16 @@ impl Default for Metrics {
 impl Metrics {
     /// Fresh counters; the uptime clock starts now.
     pub fn new() -> Metrics {
+        Metrics::build(false)
+    }
+
+    /// A daemon's metrics: [`Metrics::new`], with the fleet's gauges
+    /// (`picoflow_fleet_connected`, `picoflow_fleet_unsent_executions`) when it is in a fleet.
+    pub fn for_daemon(fleet: bool) -> Metrics {
+        Metrics::build(fleet)
+    }
+
+    fn build(fleet: bool) -> Metrics {
         let mut registry = Registry::with_prefix("picoflow");
         let workflow_executions = Family::<WorkflowStatusLabels, Counter>::default();
         let workflow_duration: Histograms<WorkflowLabels> =
@@ -179,6 +212,7 @@ impl Metrics {
             Unit::Bytes,
             memory.clone(),
         );
+        let (fleet_connected, fleet_unsent) = fleet_gauges(&mut registry, fleet);
         info.get_or_create(&VersionLabels {
             version: env!("CARGO_PKG_VERSION").to_string(),
         })
@@ -195,6 +229,8 @@ impl Metrics {
                 task_retries,
                 uptime,
                 memory,
+                fleet_connected,
+                fleet_unsent,
                 started: Instant::now(),
                 workflows_loaded: AtomicUsize::new(0),
                 state: Mutex::new(State::default()),
@@ -243,6 +279,12 @@ impl Metrics {
             }
         }
         inner.workflows_loaded.store(n, Ordering::Relaxed);
+    }
+
+    /// The fleet link's state: connected or not, executions not yet sent.
+    pub fn set_fleet(&self, connected: bool, unsent: usize) {
+        self.inner.fleet_connected.set(i64::from(connected));
+        self.inner.fleet_unsent.set(unsent as i64);
     }
 
     /// Every metric in the Prometheus text exposition format, version 0.0.4 (OBS-003).

@@ -234,6 +234,8 @@ fn replay(db: &Database, path: &Path, records: &[TaskExecution]) -> Result<()> {
                 .context(path, WHAT)?;
         }
     }
+    let ids = records.iter().map(|r| r.workflow_execution_id.as_str());
+    super::outbox::mark(&txn, ids).context(path, WHAT)?;
     txn.commit().context(path, WHAT)?;
     Ok(())
 }

@@ -38,9 +38,13 @@ impl Store {
             let mut execs = txn.open_table(EXECUTIONS).context(&self.path, WRITE)?;
             let stale = self.forget_ended(&txn, &execs)?;
             let mut tasks = txn.open_table(TASKS).context(&self.path, WRITE)?;
+            let mut ids = Vec::new();
             for (id, s) in stale {
                 self.interrupt(&mut execs, &mut tasks, &id, s)?;
+                ids.push(id);
             }
+            drop((execs, tasks));
+            super::outbox::mark(&txn, ids.iter().map(String::as_str)).context(&self.path, WRITE)?;
         }
         txn.commit().context(&self.path, "cannot commit to")?;
         let mut out = Vec::new();

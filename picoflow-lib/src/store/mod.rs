@@ -45,12 +45,27 @@
 //! - `batch.rs`: when to commit and what to journal — a pure policy, given the time rather
 //!   than reading a clock, tested without redb or files;
 //! - `writer.rs`: the writer thread that follows that policy, and the engine's event sink;
+//! - `queue.rs`: the writer thread's queue;
 //! - `journal.rs`: the journal file, reading every journal, and replaying a dead process's;
 //! - `read.rs`: queries and history, merged with the journals;
-//! - `maintenance.rs`: crash recovery ([`Store::recover_interrupted`]) and [`Store::prune`].
+//! - `maintenance.rs`: crash recovery ([`Store::recover_interrupted`]) and [`Store::prune`];
+//! - `outbox.rs`: the executions changed since the fleet last heard of them.
 mod batch;
 mod journal;
 mod maintenance;
+#[cfg(feature = "fleet")]
+mod outbox;
+/// Without the `fleet` feature there is no outbox: nothing is marked.
+#[cfg(not(feature = "fleet"))]
+mod outbox {
+    pub(super) fn mark<'a>(
+        _txn: &redb::WriteTransaction,
+        _ids: impl IntoIterator<Item = &'a str>,
+    ) -> std::result::Result<(), redb::Error> {
+        Ok(())
+    }
+}
+mod queue;
 mod read;
 mod schema;
 mod writer;
@@ -150,7 +165,12 @@ impl Store {
     /// Opens (or creates) the state file for reading and writing, repairing it if a writer
     /// died, and starts the writer thread.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
-        let path = path.as_ref().to_path_buf();
+        Store::open_path(path.as_ref())
+    }
+
+    /// [`Store::open`] for a path of any type, in the binary once.
+    fn open_path(path: &Path) -> Result<Store> {
+        let path = path.to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::private::create_dirs_for(dir, "the state file")
                 .map_err(|e| Error::io(dir, e))?;
@@ -187,7 +207,12 @@ impl Store {
     /// Opens the state file for reading only. `Ok(None)` when it does not exist yet (nothing
     /// has run). A file left unclean by a killed writer is repaired first.
     pub fn open_read(path: impl AsRef<Path>) -> Result<Option<Store>> {
-        let path = path.as_ref().to_path_buf();
+        Store::open_read_path(path.as_ref())
+    }
+
+    /// [`Store::open_read`] for a path of any type, in the binary once.
+    fn open_read_path(path: &Path) -> Result<Option<Store>> {
+        let path = path.to_path_buf();
         if !path.exists() {
             return Ok(None);
         }

@@ -153,8 +153,14 @@ pub(super) trait Context<T> {
 
 impl<T, E: Into<redb::Error>> Context<T> for std::result::Result<T, E> {
     fn context(self, path: &Path, what: &str) -> Result<T> {
-        self.map_err(|e| Error::store(format!("{what} {}", path.display()), e.into()))
+        self.map_err(|e| store_error(path, what, e.into()))
     }
+}
+
+/// The error [`Context::context`] makes, built by one function for every result type.
+#[inline(never)]
+fn store_error(path: &Path, what: &str, e: redb::Error) -> Error {
+    Error::store(format!("{what} {}", path.display()), e)
 }
 
 /// Creates every table, so that readers find them.

@@ -2,7 +2,6 @@
 //! that decides when to commit, journals completions when the engine flushes, commits to
 //! redb, and acknowledges waiters. [`StoreSink`] is the engine's side of the queue.
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,6 +14,7 @@ use crate::proc::process_start_time;
 
 use super::batch::{Attempt, Batch, Record};
 use super::journal::{journal_line, Journal};
+use super::queue::{self, RecvTimeoutError};
 use super::schema::{
     encode, encode_task, key, micros, Stored, BY_TIME, BY_WORKFLOW, EXECUTIONS, RUNNING, TASKS,
     WORKFLOWS,
@@ -40,7 +40,7 @@ pub(super) type Failure = Arc<Mutex<Option<String>>>;
 
 /// A store's handle on its writer thread.
 pub(super) struct Writer {
-    pub(super) tx: Mutex<mpsc::Sender<Msg>>,
+    pub(super) tx: Mutex<queue::Sender<Msg>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// The first commit that failed, once one has (REL-003): no task starts after it.
     pub(super) failure: Failure,
@@ -49,14 +49,15 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the writer thread of the state file `path`, open as `db`.
     pub(super) fn start(db: Arc<Database>, path: &Path) -> Result<Writer> {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = queue::channel();
         let thread_path = path.to_path_buf();
         let failure = Failure::default();
         let thread_failure = failure.clone();
-        let thread = std::thread::Builder::new()
-            .name("picoflow-store".into())
-            .spawn(move || Worker::new(&db, &thread_path, &thread_failure).run(&rx))
-            .map_err(|e| Error::io(path, e))?;
+        let thread = crate::threads::spawn(
+            "picoflow-store".into(),
+            Box::new(move || Worker::new(&db, &thread_path, &thread_failure).run(&rx)),
+        )
+        .map_err(|e| Error::io(path, e))?;
         Ok(Writer {
             tx: Mutex::new(tx),
             thread: Some(thread),
@@ -110,12 +111,9 @@ impl<'a> Worker<'a> {
 
     /// Handles messages until the store closes (or every sender is gone), committing when the
     /// batch's deadline passes with no message.
-    fn run(mut self, rx: &mpsc::Receiver<Msg>) {
+    fn run(mut self, rx: &queue::Receiver<Msg>) {
         loop {
-            let msg = match self.batch.deadline() {
-                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
+            let msg = rx.recv(self.batch.deadline());
             let next = match msg {
                 Ok(Msg::Record(r)) => self.add(r),
                 Ok(Msg::Flush(ack)) => self.flush(ack),
@@ -248,6 +246,14 @@ fn commit(
             }
         }
     }
+    super::outbox::mark(
+        &txn,
+        records.iter().filter_map(|r| match r {
+            Record::Workflow(_) => None,
+            Record::Execution(e) => Some(e.id.as_str()),
+            Record::Task(a) => Some(a.execution.as_str()),
+        }),
+    )?;
     txn.commit()?;
     Ok(())
 }
@@ -256,7 +262,7 @@ fn commit(
 pub(super) struct StoreSink {
     pub(super) path: PathBuf,
     /// `None` when the store was opened read-only.
-    pub(super) tx: Option<Mutex<mpsc::Sender<Msg>>>,
+    pub(super) tx: Option<Mutex<queue::Sender<Msg>>>,
     pub(super) failure: Failure,
 }
 

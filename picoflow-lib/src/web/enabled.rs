@@ -100,6 +100,8 @@ enum Problem {
     NotFound(String),
     /// 500: reading the state failed.
     Internal(Error),
+    /// 503, with why: the fleet's server cannot be read.
+    Unavailable(String),
 }
 
 impl From<Error> for Problem {
@@ -119,12 +121,13 @@ impl Problem {
             Problem::BadRequest(_) => 400,
             Problem::NotFound(_) => 404,
             Problem::Internal(_) => 500,
+            Problem::Unavailable(_) => 503,
         }
     }
 
     fn message(&self) -> String {
         match self {
-            Problem::BadRequest(m) | Problem::NotFound(m) => m.clone(),
+            Problem::BadRequest(m) | Problem::NotFound(m) | Problem::Unavailable(m) => m.clone(),
             Problem::Internal(e) => {
                 tracing::error!(error = %e, "web: cannot read the state");
                 "cannot read the state file; see the daemon's log".to_string()
@@ -157,9 +160,11 @@ impl Service for Web {
         let seg: Vec<&str> = r.segments.iter().map(String::as_str).collect();
         let api = seg.first() == Some(&"api");
         let route = match seg.as_slice() {
-            [""] | ["workflows", _] | ["executions", _] | ["executions", _, "tasks", _, "log"] => {
-                Route::Page
-            }
+            [""]
+            | ["fleet"]
+            | ["workflows", _]
+            | ["executions", _]
+            | ["executions", _, "tasks", _, "log"] => Route::Page,
             ["static", "picoflow.js"] | ["static", "picoflow.css"] => Route::Static,
             ["login"] => Route::Login,
             ["api", "v1", "workflows", _, "run"] => Route::Post,
@@ -206,6 +211,7 @@ impl Service for Web {
             (Route::Api, ["api", "v1", rest @ ..]) => self.api(r, rest),
             (Route::Api, _) => Err(Problem::NotFound("no such API; see /api/v1/".into())),
             (_, [""]) => self.workflows_page(),
+            (_, ["fleet"]) => self.fleet_page(),
             (_, ["workflows", name]) => self.workflow_page(name),
             (_, ["executions", id]) => self.execution_page(id),
             (_, ["executions", id, _, task, _]) => self.log_page(id, task),
@@ -336,6 +342,7 @@ impl Web {
                     "GET /api/v1/executions?workflow=&status=&since=&limit=",
                     "GET /api/v1/executions/{id}",
                     "GET /api/v1/executions/{id}/tasks/{task}/log?offset=",
+                    "GET /api/v1/fleet",
                 ],
             })),
             ["workflows"] => {
@@ -364,6 +371,7 @@ impl Web {
                 history_answer(self.history(r, Some(name))?)
             }
             ["executions"] => history_answer(self.history(r, None)?),
+            ["fleet"] => api_json(&self.fleet_snapshot()?),
             ["executions", id] => {
                 let mut v = self.execution(id)?;
                 let cuts = cut_captures(&mut v.attempts);
@@ -485,6 +493,7 @@ impl Web {
         let request = Trigger {
             workflow: name.to_string(),
             reply,
+            by: "the web API",
         };
         if self.cx.triggers.try_send(request).is_err() {
             return api_error(503, "the daemon is stopping or busy; try again");
@@ -566,7 +575,26 @@ impl Web {
     }
 
     fn workflows_page(&self) -> Answer {
-        Ok(page::workflows(&self.workflows()?, Utc::now()))
+        Ok(page::workflows(
+            &self.workflows()?,
+            Utc::now(),
+            self.cx.fleet.is_some(),
+        ))
+    }
+
+    /// The fleet as the daemon's fleet thread reads it; 404 without a fleet, 503 when its
+    /// server cannot be read.
+    fn fleet_snapshot(&self) -> std::result::Result<Value, Problem> {
+        let Some(fleet) = &self.cx.fleet else {
+            return Err(Problem::NotFound(
+                "this daemon belongs to no fleet ([fleet] url)".into(),
+            ));
+        };
+        fleet.snapshot().map_err(Problem::Unavailable)
+    }
+
+    fn fleet_page(&self) -> Answer {
+        Ok(page::fleet(&self.fleet_snapshot()?))
     }
 
     fn workflow_page(&self, name: &str) -> Answer {

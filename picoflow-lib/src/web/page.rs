@@ -109,9 +109,12 @@ pub(super) fn login(status: u16, next: &str, problem: Option<&str>) -> Response 
     r
 }
 
-/// `/`: every loaded workflow.
-pub(super) fn workflows(list: &[WorkflowView], now: DateTime<Utc>) -> Response {
+/// `/`: every loaded workflow; a link to the fleet page when the daemon has a fleet.
+pub(super) fn workflows(list: &[WorkflowView], now: DateTime<Utc>, fleet: bool) -> Response {
     let mut b = String::from("<h1>Workflows</h1>");
+    if fleet {
+        b.push_str("<p><a id=\"fleet-link\" href=\"/fleet\">Fleet: every node</a></p>");
+    }
     if list.is_empty() {
         b.push_str("<p>No workflows loaded.</p>");
         return layout("Workflows", false, &b);
@@ -166,6 +169,109 @@ pub(super) fn workflows(list: &[WorkflowView], now: DateTime<Utc>) -> Response {
     }
     b.push_str("</tbody></table>");
     layout("Workflows", live, &b)
+}
+
+/// `/fleet`: the nodes with their health, then the latest execution of each workflow on
+/// each node, from the snapshot the fleet thread read (see `contract::FleetSource`).
+pub(super) fn fleet(snapshot: &serde_json::Value) -> Response {
+    let none = Vec::new();
+    let nodes = snapshot["nodes"].as_array().unwrap_or(&none);
+    let latest = snapshot["latest"].as_array().unwrap_or(&none);
+    let mut b = String::from("<h1>Fleet</h1><h2>Nodes</h2>");
+    if nodes.is_empty() {
+        b.push_str("<p>No node has reported.</p>");
+    } else {
+        fleet_nodes(&mut b, nodes);
+    }
+    b.push_str("<h2>Latest results</h2>");
+    if latest.is_empty() {
+        b.push_str("<p>No execution reported.</p>");
+        return layout("Fleet", false, &b);
+    }
+    let live = fleet_latest(&mut b, latest);
+    layout("Fleet", live, &b)
+}
+
+/// A JSON string, escaped; `-` when absent.
+fn text(v: &serde_json::Value) -> String {
+    esc(v.as_str().unwrap_or("-"))
+}
+
+/// An RFC 3339 time of a record in local time; `-` when absent.
+fn when(v: &serde_json::Value) -> String {
+    v.as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map_or("-".into(), |t| local(t.with_timezone(&Utc)))
+}
+
+/// The nodes' table of the fleet page.
+fn fleet_nodes(b: &mut String, nodes: &[serde_json::Value]) {
+    let mb = |v: &serde_json::Value| {
+        v.as_u64()
+            .map_or("-".into(), |b| format!("{} MB", b / 1_000_000))
+    };
+    b.push_str(
+        "<table id=\"nodes\"><thead><tr><th>Node</th><th>State</th><th>Labels</th>\
+         <th>Version</th><th>Arch</th><th>Load</th><th>Memory free</th><th>Disk free</th>\
+         <th>CPU</th><th>Running</th><th>Last heard</th></tr></thead><tbody>",
+    );
+    for n in nodes {
+        let alive = n["alive"].as_bool().unwrap_or(false);
+        let labels: Vec<String> = n["labels"]
+            .as_array()
+            .map(|l| l.iter().map(text).collect())
+            .unwrap_or_default();
+        let _ = write!(
+            b,
+            "<tr data-node=\"{node}\"><td>{node}</td><td>{state}</td><td>{labels}</td>\
+             <td>{version}</td><td>{arch}</td><td>{load}</td><td>{mem}</td><td>{disk}</td>\
+             <td>{temp}</td><td>{running}</td><td>{heard}</td></tr>",
+            node = text(&n["node"]),
+            state = badge(if alive { "up" } else { "silent" }),
+            labels = labels.join(", "),
+            version = text(&n["version"]),
+            arch = text(&n["arch"]),
+            load = n["load1"]
+                .as_f64()
+                .map_or("-".into(), |l| format!("{l:.2}")),
+            mem = mb(&n["memory_available_bytes"]),
+            disk = mb(&n["disk_free_bytes"]),
+            temp = n["cpu_temperature_celsius"]
+                .as_f64()
+                .map_or("-".into(), |t| format!("{t:.0} °C")),
+            running = n["running"].as_u64().unwrap_or(0),
+            heard = when(&n["heartbeat"]),
+        );
+    }
+    b.push_str("</tbody></table>");
+}
+
+/// The latest results' table of the fleet page; whether one of them is still running.
+fn fleet_latest(b: &mut String, latest: &[serde_json::Value]) -> bool {
+    b.push_str(
+        "<table id=\"latest\"><thead><tr><th>Node</th><th>Workflow</th><th>Status</th>\
+         <th>Started</th><th>Duration</th><th>Tasks</th></tr></thead><tbody>",
+    );
+    let mut live = false;
+    for r in latest {
+        let e = &r["execution"];
+        let status = e["status"].as_str().unwrap_or("-");
+        live |= status == "running";
+        let _ = write!(
+            b,
+            "<tr data-node=\"{node}\" data-workflow=\"{wf}\"><td>{node}</td><td>{wf}</td>\
+             <td>{st}</td><td>{started}</td><td>{dur}</td><td>{ok}/{total}</td></tr>",
+            node = text(&r["node"]),
+            wf = text(&e["workflow_name"]),
+            st = badge(status),
+            started = when(&e["started_at"]),
+            dur = e["duration_seconds"].as_f64().map_or("-".into(), human),
+            ok = e["successful_tasks"].as_u64().unwrap_or(0),
+            total = e["total_tasks"].as_u64().unwrap_or(0),
+        );
+    }
+    b.push_str("</tbody></table>");
+    live
 }
 
 /// `/workflows/NAME`: the DAG coloured by the latest execution, and the history.
