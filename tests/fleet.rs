@@ -54,6 +54,8 @@ struct Nats {
     name: String,
     dir: PathBuf,
     extra: Vec<String>,
+    /// Started with `-js` (all but one test's).
+    jetstream: bool,
 }
 
 impl Nats {
@@ -68,6 +70,24 @@ impl Nats {
             name: name.to_string(),
             dir,
             extra: extra.to_vec(),
+            jetstream: true,
+        };
+        n.spawn();
+        n
+    }
+
+    /// A single server on `port` without JetStream.
+    fn without_jetstream(root: &Path, port: u16) -> Nats {
+        let dir = root.join("plain");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut n = Nats {
+            child: None,
+            port,
+            monitor: free_port(),
+            name: "plain".into(),
+            dir,
+            extra: Vec::new(),
+            jetstream: false,
         };
         n.spawn();
         n
@@ -84,9 +104,11 @@ impl Nats {
         let child = Command::new(nats_server_bin())
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-m", &self.monitor.to_string(), "-n", &self.name])
-            .arg("-js")
-            .arg("-sd")
-            .arg(self.dir.join("store"))
+            .args(if self.jetstream {
+                vec!["-js".into(), "-sd".into(), self.dir.join("store")]
+            } else {
+                Vec::new()
+            })
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -902,6 +924,62 @@ fn five_nodes_apply_run_and_report() {
             .count(),
         7
     );
+
+    // Arguments that are not names are refused before anything is asked (exit 4); a target
+    // no node has is said at once (exit 5), not waited for.
+    for args in [
+        &["history", "--node", ">"][..],
+        &["status", "--workflow", "*"],
+        &["run", "a.b"],
+        &["run", "hello", "--on", ">"],
+        &["remove", "x.*"],
+    ] {
+        let out = op.fleet(args);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("is not a"), "{}", stderr(&out));
+    }
+    let asked = Instant::now();
+    let out = op.fleet(&["run", "hello", "--on", "nosuch", "--answer-timeout", "60"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("no node of the fleet is 'nosuch'"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("refused"), "{}", stderr(&out));
+    assert!(asked.elapsed() < Duration::from_secs(30));
+
+    // History with --limit reads the stream's tail: 600 more executions of a node, the
+    // newest shown first, with or without a status filter.
+    let mut template = op.history(Some("cam-1"), Some("hello"))[0].clone();
+    template["node"] = "bulk-node".into();
+    template["execution"]["workflow_name"] = "bulk".into();
+    for i in 0..600 {
+        let mut r = template.clone();
+        r["execution"]["id"] = format!("bulk-{i:03}").into();
+        r["execution"]["started_at"] = format!("2030-01-01T{:02}:{:02}:00Z", i / 60, i % 60).into();
+        r["execution"]["status"] = if i % 2 == 0 { "success" } else { "failed" }.into();
+        raw.publish(
+            &format!("{PREFIX}.exec.bulk-node.bulk"),
+            r.to_string().as_bytes(),
+        );
+    }
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["history"];
+        all.extend(args);
+        op.json(&all)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["execution"]["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&["--limit", "3"]), ["bulk-599", "bulk-598", "bulk-597"]);
+    assert_eq!(
+        ids(&["--workflow", "bulk", "--status", "success", "--limit", "2"]),
+        ["bulk-598", "bulk-596"]
+    );
+    assert_eq!(ids(&["--node", "bulk-node", "--limit", "1000"]).len(), 600);
 }
 
 /// 2. Refusals: an invalid file is refused before anything is published; a node whose local
@@ -1047,6 +1125,31 @@ fn refused_workflows_are_reported_and_nothing_stops() {
     wait_for(Duration::from_secs(20), "the removal", || {
         !nodes[1].applied_file("clash").exists() && !nodes[2].applied_file("clash").exists()
     });
+    let out = op.fleet(&["remove", "clash"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("workflow 'clash' is not published"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A local file that takes an applied workflow's name later wins too, and the report
+    // says so (within a heartbeat of the reload).
+    nodes[2]
+        .dir
+        .write("tick.yaml", &shell_wf("after", None, "echo local"));
+    nodes[2].signal(libc::SIGHUP);
+    wait_for(
+        Duration::from_secs(30),
+        "the later local file's refusal",
+        || {
+            op.applied("after")
+                .get("r-3")
+                .is_some_and(|a| a.0 == "refused" && a.2.contains("local files win"))
+        },
+    );
+    assert!(!nodes[2].applied_file("after").exists());
+    assert!(nodes[1].applied_file("after").is_file());
 }
 
 /// A server that restarts (killed, storage kept) changes nothing on the nodes: they
@@ -1096,6 +1199,49 @@ fn a_server_restart_leaves_applied_workflows_alone() {
     );
     let out = op.fleet(&["run", "kept", "--on", "steady", "--wait", "--timeout", "30"]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
+
+/// 3b. A server without JetStream: the daemon connects, says in its status and once in its
+///     log that the server does not run JetStream, and runs its schedule alone.
+#[test]
+fn a_server_without_jetstream_is_named_as_the_problem() {
+    if !fleet_built() {
+        return;
+    }
+    let root = TempDir::new("fleet-nojs");
+    let server = Nats::without_jetstream(root.path(), free_port());
+    let node = Node::start(
+        "plain",
+        &server.url(),
+        &[],
+        "",
+        &[("tick.yaml", shell_wf("tick", Some("*/1 * * * * *"), "true"))],
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the problem in daemon status",
+        || {
+            node.status().contains(&format!(
+                "Fleet: connected as plain to {} (since",
+                server.url()
+            )) && node
+                .status()
+                .contains("but the server does not run JetStream (start it with -js")
+        },
+    );
+    wait_for(Duration::from_secs(15), "local runs", || {
+        node.history("tick").len() >= 2
+    });
+    let log = node.log();
+    assert_eq!(log.matches("does not run JetStream").count(), 1, "{log}");
+    let op = Operator::new(&server.url(), "");
+    let out = op.fleet(&["nodes"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not run JetStream (start it with -js"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// 3a. A node whose server is down at start runs its schedule alone; once the server is up it
@@ -2082,6 +2228,8 @@ fn the_documented_permissions_work_and_confine_each_device() {
         "$JS.API.STREAM.DELETE.KV_picoflow-workflows",
         "$JS.API.STREAM.PURGE.picoflow-results",
         "$JS.API.STREAM.CREATE.picoflow-other",
+        "_INBOX.pi-08.answer",
+        "_INBOX.somebody",
     ] {
         let err = raw.error_of(&format!("PUB {subject} 2\r\n{{}}"));
         let expected = format!("Permissions Violation for Publish to \"{subject}\"");
@@ -2094,6 +2242,9 @@ fn the_documented_permissions_work_and_confine_each_device() {
         "picoflow.run.pi-08",
         "picoflow.exec.>",
         "$KV.picoflow-nodes.>",
+        "_INBOX.>",
+        "_INBOX.pi-08.>",
+        "_INBOX.*.*",
     ]
     .iter()
     .enumerate()
@@ -2105,11 +2256,12 @@ fn the_documented_permissions_work_and_confine_each_device() {
             "{subject}: {err:?}"
         );
     }
-    // Its own run requests it may hear.
+    // Its own run requests and replies it may hear.
     for (i, subject) in [
         "picoflow.run.pi-07",
         "picoflow.run.camera",
         "picoflow.run.all",
+        "_INBOX.pi-07.>",
     ]
     .iter()
     .enumerate()
@@ -2124,6 +2276,66 @@ fn the_documented_permissions_work_and_confine_each_device() {
             .is_some_and(|e| e.contains("Permissions Violation for Subscription")),
         "{err:?}"
     );
+    // Under its own subjects and keys pi-07 writes records that name pi-08 (and a node that
+    // does not exist): the server takes them, every view refuses them.
+    let real = op
+        .history(Some("pi-07"), Some("both"))
+        .into_iter()
+        .next()
+        .expect("a record of pi-07");
+    let mut forged = real.clone();
+    forged["node"] = "pi-08".into();
+    forged["execution"]["id"] = "forged-execution".into();
+    forged["execution"]["status"] = "failed".into();
+    let mut node_record = op
+        .json(&["nodes"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "pi-07")
+        .unwrap()
+        .clone();
+    node_record["node"] = "pi-99".into();
+    node_record.as_object_mut().unwrap().remove("alive");
+    let report = serde_json::json!({"v": 1, "node": "pi-08", "workflow": "both", "target": "all",
+        "revision": rev_both, "status": "refused", "error": "forged", "at": "2026-01-01T00:00:00Z"});
+    for (subject, body) in [
+        ("picoflow.exec.pi-07.both", forged.to_string()),
+        ("$KV.picoflow-nodes.pi-07", node_record.to_string()),
+        ("$KV.picoflow-applied.pi-07.forged", report.to_string()),
+    ] {
+        let err = raw.error_of(&format!("PUB {subject} {}\r\n{body}", body.len()));
+        assert_eq!(err, None, "{subject}");
+    }
+    let all = op.history(None, None);
+    assert!(
+        all.iter()
+            .all(|r| r["execution"]["id"] != "forged-execution"),
+        "{all:?}"
+    );
+    let listed = op.json(&["nodes"]);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["node"] != "pi-99"),
+        "{listed}"
+    );
+    assert_eq!(
+        op.applied("both").get("pi-08").map(|a| a.0.as_str()),
+        Some("applied")
+    );
+    // The operator's commands said why they left them out.
+    let out = op.fleet(&["history"]);
+    assert!(
+        stderr(&out).contains("names node 'pi-08' and workflow 'both', not those of its subject"),
+        "{}",
+        stderr(&out)
+    );
+    // A heartbeat puts pi-07's own record back.
+    op.wait_for_nodes(&["pi-07", "pi-08"]);
+
     // Nothing was changed: the workflows, reports and inventory stand, and the fleet works.
     let b = op.applied("both");
     assert_eq!(b.len(), 2, "{b:?}");

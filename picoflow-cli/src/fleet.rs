@@ -54,6 +54,7 @@ pub(crate) struct ApplyArgs {
 }
 
 /// Stop publishing a workflow (to one target, or to every target): the nodes remove it.
+/// Exit 5 when it is not published (to that target).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "remove")]
 pub(crate) struct RemoveArgs {
@@ -77,8 +78,9 @@ pub(crate) struct WorkflowsArgs {
 
 /// Start a workflow now on every node of a target (the overlap rule of a scheduled fire
 /// applies on each). Exit 0 when every node started it (and, with --wait, it succeeded
-/// everywhere), 3 when a node refused (busy, no such workflow) or a run failed, 8 when a node
-/// did not answer within --answer-timeout or a run did not end within --timeout.
+/// everywhere), 3 when a node refused (busy, no such workflow) or a run failed, 5 when no
+/// connected node has the target, 8 when a node did not answer within --answer-timeout or a
+/// run did not end within --timeout.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "run")]
 pub(crate) struct FleetRunArgs {
@@ -156,7 +158,7 @@ pub(crate) use enabled::dispatch;
 mod enabled {
     use std::time::Duration;
 
-    use picoflow_lib::fleet::{ExecutionReport, FleetClient, RunResult};
+    use picoflow_lib::fleet::{ExecutionReport, Executions, FleetClient, RunResult};
     use picoflow_lib::{views, Config, Error, Registry, WorkflowStatus};
     use serde_json::json;
 
@@ -216,12 +218,11 @@ mod enabled {
             FleetCommand::Remove(a) => {
                 let n = fleet.remove(&a.name, a.to.as_deref())?;
                 if n == 0 {
-                    outln!(
-                        "'{}' is not published{}",
+                    return Err(Error::NotFound(format!(
+                        "workflow '{}' is not published{}",
                         a.name,
                         a.to.map(|t| format!(" to {t}")).unwrap_or_default()
-                    )?;
-                    return Ok(exit::GENERAL);
+                    )));
                 }
                 outln!(
                     "Removed '{}' ({n} publication{})",
@@ -233,16 +234,23 @@ mod enabled {
             FleetCommand::Workflows(_) => workflows(&fleet, json_out),
             FleetCommand::Run(a) => run(&fleet, &a),
             FleetCommand::Status(a) => {
-                let reports =
-                    fleet.executions(a.node.as_deref(), a.workflow.as_deref(), None, true)?;
+                let reports = fleet.executions(&Executions {
+                    node: a.node.as_deref(),
+                    workflow: a.workflow.as_deref(),
+                    latest_only: true,
+                    ..Default::default()
+                })?;
                 executions(&reports, json_out, usize::MAX)
             }
             FleetCommand::History(a) => {
-                let mut reports =
-                    fleet.executions(a.node.as_deref(), a.workflow.as_deref(), since, false)?;
-                if let Some(s) = status {
-                    reports.retain(|r| r.execution.status == s);
-                }
+                let mut reports = fleet.executions(&Executions {
+                    node: a.node.as_deref(),
+                    workflow: a.workflow.as_deref(),
+                    status,
+                    since,
+                    latest_only: false,
+                    limit: Some(a.limit),
+                })?;
                 reports.reverse();
                 executions(&reports, json_out, a.limit)
             }

@@ -540,22 +540,16 @@ fn daemon_status(config: &Config) -> Result<u8, Error> {
     #[cfg(feature = "fleet")]
     if let Some(f) = &st.fleet {
         let since = picoflow_lib::views::local_time(f.since);
-        match (f.connected, &f.error) {
-            (true, _) => outln!(
-                "Fleet: connected as {} to {} (since {since})",
-                f.node,
-                f.servers
-            )?,
-            (false, Some(e)) => outln!(
-                "Fleet: not connected as {} to {} (since {since}; {e}); working alone, retrying",
-                f.node,
-                f.servers
-            )?,
-            (false, None) => outln!(
-                "Fleet: not connected as {} to {} (since {since}); working alone, retrying",
-                f.node,
-                f.servers
-            )?,
+        let link = format!("as {} to {} (since {since}", f.node, f.servers);
+        match (f.connected, &f.problem, &f.error) {
+            (true, None, _) => outln!("Fleet: connected {link})")?,
+            (true, Some(p), _) => {
+                outln!("Fleet: connected {link}), but {p}; working alone, retrying")?
+            }
+            (false, _, Some(e)) => {
+                outln!("Fleet: not connected {link}; {e}); working alone, retrying")?
+            }
+            (false, _, None) => outln!("Fleet: not connected {link}); working alone, retrying")?,
         }
         if f.unsent > 0 {
             outln!("Fleet: {} executions' records not yet sent", f.unsent)?;

@@ -118,4 +118,8 @@ pub struct LinkStatus {
     pub error: Option<String>,
     /// Executions whose latest records the fleet has not yet received.
     pub unsent: usize,
+    /// What keeps a connected daemon from using the fleet (a server without JetStream, the
+    /// fleet's buckets missing and not its to create); `None` when nothing does.
+    #[serde(default)]
+    pub problem: Option<String>,
 }

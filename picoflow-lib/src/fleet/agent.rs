@@ -17,7 +17,7 @@ use futures_lite::{future, StreamExt};
 use super::bucket::Bucket;
 use super::inventory;
 use super::link::{self, SharedLink};
-use super::names::{Identity, Names};
+use super::names::{split_key, Identity, Names};
 use super::query;
 use super::records::{self, Applied, ExecutionReport, NodeRecord, RunAnswer, RunRequest, VERSION};
 use super::rollout::{self, Origin};
@@ -68,7 +68,11 @@ impl Agent {
     pub(crate) fn start(parts: Parts) -> Result<Agent> {
         let rt = link::runtime()?;
         let node = parts.config.node_name();
-        let opts = rt.block_on(link::options(&parts.config, &format!("picoflow {node}")))?;
+        let opts = rt.block_on(link::options(
+            &parts.config,
+            &format!("picoflow {node}"),
+            Some(&node),
+        ))?;
         let link = SharedLink::new(
             &node,
             link::shown_servers(&parts.config),
@@ -241,8 +245,9 @@ async fn run(
         Ok(c) => c,
         Err(e) => {
             link.on_connect_error(&e);
-            let name = format!("picoflow {}", parts.config.node_name());
-            let retrying = match link::options(&parts.config, &name).await {
+            let node = parts.config.node_name();
+            let name = format!("picoflow {node}");
+            let retrying = match link::options(&parts.config, &name, Some(&node)).await {
                 Ok(opts) => with_events(opts.retry_on_initial_connect())
                     .connect(urls)
                     .await
@@ -263,7 +268,7 @@ async fn run(
     let names = Names::new(&parts.config.prefix);
     // Until the server answers, `daemon status` and the metrics still count what waits.
     let b = future::or(
-        ensure_retrying(&js, &names, parts.config.replicas, &up),
+        ensure_retrying(&js, &names, &parts.config, &up, &link),
         count_unsent(&parts, &link, &nudged),
     )
     .await;
@@ -295,24 +300,41 @@ pub(crate) struct Buckets {
     pub(crate) applied: Bucket,
 }
 
-/// Creates what is missing of the fleet's buckets and results stream.
+/// Creates what is missing of the fleet's buckets and results stream, with `cfg`'s copies
+/// and the stream's limits. The `operator` (who may) also sets the limits of a stream that
+/// has others.
 pub(crate) async fn ensure(
     js: &Context,
     names: &Names,
-    replicas: usize,
+    cfg: &FleetConfig,
+    operator: bool,
 ) -> std::result::Result<Buckets, async_nats::Error> {
+    let replicas = cfg.replicas;
     let nodes = Bucket::open(js, &names.nodes_bucket(), replicas).await?;
     let workflows = Bucket::open(js, &names.workflows_bucket(), replicas).await?;
     let applied = Bucket::open(js, &names.applied_bucket(), replicas).await?;
-    js.get_or_create_stream(stream::Config {
-        name: names.results_stream(),
-        subjects: vec![names.results_subjects()],
-        duplicate_window: Duration::from_secs(3600),
-        max_age: Duration::from_secs(90 * 24 * 3600),
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await?;
+    let max_age = Duration::from_secs(cfg.results_max_days * 24 * 3600);
+    let max_bytes = i64::try_from(cfg.results_max_mb * 1024 * 1024).unwrap_or(i64::MAX);
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: names.results_stream(),
+            subjects: vec![names.results_subjects()],
+            duplicate_window: Duration::from_secs(3600),
+            max_age,
+            max_bytes,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await?;
+    let have = &stream.cached_info().config;
+    if operator && (have.max_age != max_age || have.max_bytes != max_bytes) {
+        js.update_stream(stream::Config {
+            max_age,
+            max_bytes,
+            ..have.clone()
+        })
+        .await?;
+    }
     Ok(Buckets {
         nodes,
         workflows,
@@ -321,21 +343,44 @@ pub(crate) async fn ensure(
 }
 
 /// [`ensure`], retried with a growing pause until the server answers (at once when the
-/// client connects).
+/// client connects). A connected server that cannot give them is a problem shown in `daemon
+/// status` and logged once.
 async fn ensure_retrying(
     js: &Context,
     names: &Names,
-    replicas: usize,
+    cfg: &FleetConfig,
     up: &smol::channel::Receiver<()>,
+    link: &SharedLink,
 ) -> Buckets {
     let mut pause = Duration::from_millis(500);
     loop {
-        match ensure(js, names, replicas).await {
-            Ok(b) => return b,
-            Err(e) => tracing::debug!(error = %e, "fleet: buckets not ready; retrying"),
+        match ensure(js, names, cfg, false).await {
+            Ok(b) => {
+                link.set_problem(None);
+                return b;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "fleet: buckets not ready; retrying");
+                if connected(&js.client()) {
+                    link.set_problem(Some(unusable(&e.to_string())));
+                }
+            }
         }
         pause_or_up(pause, up).await;
         pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// What a connected device tells of a server that cannot give it the fleet's buckets and
+/// stream (`error`, the client's words).
+fn unusable(error: &str) -> String {
+    if link::jetstream_missing(error) {
+        link::NO_JETSTREAM.into()
+    } else {
+        format!(
+            "the fleet's buckets and stream cannot be opened ({error}); a device may not create \
+             them: run 'picoflow fleet nodes' once as the operator"
+        )
     }
 }
 
@@ -466,9 +511,27 @@ async fn follow(
     if watch.caught_up {
         reconcile(parts, id, applied, state).await;
     }
-    while let Some(entry) = watch.next().await {
-        let entry = entry?;
-        if entry.deleted {
+    loop {
+        // Every heartbeat without a change, the local files are looked at again: one that
+        // took a published workflow's name since is reported.
+        let next = future::or(async { Some(watch.next().await) }, async {
+            tokio::time::sleep(parts.config.heartbeat()).await;
+            None
+        })
+        .await;
+        let entry = match next {
+            Some(Some(entry)) => entry?,
+            Some(None) => return Ok(()),
+            None if watch.caught_up => {
+                reconcile(parts, id, applied, state).await;
+                continue;
+            }
+            None => continue,
+        };
+        // Only what addresses this node is kept: a node holds a few workflows, whatever the
+        // number published to the rest of the fleet.
+        let mine = split_key(&entry.key).is_some_and(|(t, _)| id.closeness(t).is_some());
+        if entry.deleted || !mine {
             state.entries.remove(&entry.key);
         } else {
             state
@@ -479,7 +542,6 @@ async fn follow(
             reconcile(parts, id, applied, state).await;
         }
     }
-    Ok(())
 }
 
 /// Makes the fleet directory match the desired workflows for this node, then reports.
@@ -494,6 +556,17 @@ async fn reconcile(parts: &Parts, id: &Identity, applied: &Bucket, state: &mut R
     let mut changed = false;
     let mut reports = Vec::new();
     for (name, origin) in &wanted {
+        let local = parts.catalog.get(name);
+        if let Some(local) = local.filter(|e| e.source.parent() != Some(parts.dir.as_path())) {
+            // A local file took the name: it wins, and what was applied under it goes.
+            let why = rollout::local_wins(&local.source);
+            if have.contains_key(name) {
+                rollout::remove(&parts.dir, name);
+                changed = true;
+            }
+            reports.push((name.clone(), origin.clone(), "refused", Some(why)));
+            continue;
+        }
         if have.get(name) == Some(origin) {
             reports.push((name.clone(), origin.clone(), "applied", None));
             continue;

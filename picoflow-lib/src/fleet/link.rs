@@ -23,8 +23,14 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// The client's options: credentials and TLS from `cfg`, named `name`. A credentials file
-/// that cannot be read is a configuration error naming it.
-pub(crate) async fn options(cfg: &FleetConfig, name: &str) -> Result<ConnectOptions> {
+/// that cannot be read is a configuration error naming it. A daemon's client (`node`) takes
+/// its replies on inboxes of its own, `_INBOX.NODE.…`, so that a device's NATS user needs
+/// (and is given) only those; the operator's commands keep the client's default.
+pub(crate) async fn options(
+    cfg: &FleetConfig,
+    name: &str,
+    node: Option<&str>,
+) -> Result<ConnectOptions> {
     let mut o = if let Some(path) = &cfg.creds_file {
         ConnectOptions::with_credentials_file(path.clone())
             .await
@@ -68,9 +74,26 @@ pub(crate) async fn options(cfg: &FleetConfig, name: &str) -> Result<ConnectOpti
         }
         o = o.add_root_certificates(ca.clone()).require_tls(true);
     }
+    if let Some(node) = node {
+        o = o.custom_inbox_prefix(inbox_prefix(node));
+    }
     Ok(o.name(name)
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(5))))
+}
+
+/// What is said of a server that does not run JetStream.
+pub(crate) const NO_JETSTREAM: &str =
+    "the server does not run JetStream (start it with -js, or jetstream {} in its configuration)";
+
+/// Whether the client's error `e` says that the server does not run JetStream.
+pub(crate) fn jetstream_missing(e: &str) -> bool {
+    e.contains("jetstream unavailable") || e.contains("no responders")
+}
+
+/// The prefix of a daemon's reply inboxes.
+pub(crate) fn inbox_prefix(node: &str) -> String {
+    format!("_INBOX.{node}")
 }
 
 /// The servers of `cfg` as shown to people (no user or password).
@@ -108,6 +131,7 @@ impl SharedLink {
                 since: Utc::now(),
                 error: None,
                 unsent: 0,
+                problem: None,
             })),
             file: status_path(pid_file),
             metrics,
@@ -200,6 +224,24 @@ impl SharedLink {
             tracing::warn!(servers = %s.servers, error = %e,
                 "fleet: cannot connect; local schedules go on, retrying");
             s.error = Some(e);
+        }
+        self.save();
+    }
+
+    /// Records what keeps a connected client from the fleet's buckets and stream (`None`:
+    /// nothing now): a server without JetStream, a device that may not create them. Logged
+    /// once per reason, shown by `daemon status`.
+    pub(crate) fn set_problem(&self, problem: Option<String>) {
+        {
+            let mut s = self.inner.lock().expect("fleet link");
+            if s.problem == problem {
+                return;
+            }
+            if let Some(p) = &problem {
+                tracing::warn!(servers = %s.servers, problem = %p,
+                    "fleet: connected, but the fleet cannot be used; local schedules go on, retrying");
+            }
+            s.problem = problem;
         }
         self.save();
     }

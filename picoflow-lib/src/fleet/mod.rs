@@ -36,5 +36,5 @@ mod records;
 mod rollout;
 
 pub use ops::*;
-pub use query::NodeView;
+pub use query::{Executions, NodeView};
 pub use records::{Applied, ExecutionReport, NodeRecord, RunAnswer};

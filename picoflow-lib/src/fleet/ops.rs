@@ -13,7 +13,7 @@ use futures_lite::{future, StreamExt};
 use super::agent::{ensure, Buckets};
 use super::link;
 use super::names::{desired_key, split_key, Names};
-use super::query::{self, net, NodeView};
+use super::query::{self, net, Executions, NodeView};
 use super::records::{
     self, Applied, Desired, ExecutionReport, NodeRecord, RunAnswer, RunRequest, VERSION,
 };
@@ -87,7 +87,7 @@ impl FleetClient {
         let rt = link::runtime()?;
         let names = Names::new(&cfg.prefix);
         let (client, js, buckets) = rt.block_on(async {
-            let opts = link::options(cfg, "picoflow fleet").await?;
+            let opts = link::options(cfg, "picoflow fleet", None).await?;
             let client = opts.connect(cfg.url.0.clone()).await.map_err(|e| {
                 Error::Network(
                     format!(
@@ -98,7 +98,18 @@ impl FleetClient {
                 )
             })?;
             let js = jetstream::new(client.clone());
-            let buckets = ensure(&js, &names, cfg.replicas).await.map_err(net)?;
+            let buckets = ensure(&js, &names, cfg, true).await.map_err(|e| {
+                let e = e.to_string();
+                if link::jetstream_missing(&e) {
+                    net(format!(
+                        "{}: {}",
+                        link::shown_servers(cfg),
+                        link::NO_JETSTREAM
+                    ))
+                } else {
+                    net(e)
+                }
+            })?;
             Ok::<_, Error>((client, js, buckets))
         })?;
         Ok(FleetClient {
@@ -170,6 +181,7 @@ impl FleetClient {
         if let Some(t) = target {
             check_target(t)?;
         }
+        check_name("workflow", name)?;
         self.rt.block_on(async {
             let mut n = 0;
             for d in self.desired_async().await? {
@@ -192,7 +204,17 @@ impl FleetClient {
             let desired = self.desired_async().await?;
             let mut applied = Vec::new();
             for e in self.buckets.applied.entries().await.map_err(net)? {
-                match records::decode::<Applied>(&e.value) {
+                let report = records::decode::<Applied>(&e.value).and_then(|a| {
+                    if e.key == format!("{}.{}", a.node, a.workflow) {
+                        Ok(a)
+                    } else {
+                        Err(format!(
+                            "the report names node '{}' and workflow '{}', not those of its key",
+                            a.node, a.workflow
+                        ))
+                    }
+                });
+                match report {
                     Ok(a) => applied.push(a),
                     Err(err) => tracing::warn!(key = %e.key, error = %err, "fleet: report refused"),
                 }
@@ -235,6 +257,7 @@ impl FleetClient {
         mut progress: impl FnMut(&RunResult),
     ) -> Result<Vec<RunResult>> {
         check_target(target)?;
+        check_name("workflow", workflow)?;
         let mut out: BTreeMap<String, RunResult> = self
             .nodes()?
             .into_iter()
@@ -284,11 +307,27 @@ impl FleetClient {
                 })
                 .await;
                 let Some(msg) = msg else { break };
+                if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                    // The server says no client listens on the target's subject now.
+                    if out.is_empty() {
+                        return Err(Error::NotFound(format!(
+                            "no node of the fleet is '{target}' (no connected node has that \
+                             name or label)"
+                        )));
+                    }
+                    break;
+                }
                 match records::decode::<RunAnswer>(&msg.payload) {
                     Ok(a) => {
                         let r = out
                             .entry(a.node.clone())
                             .or_insert_with(|| RunResult::new(&a.node));
+                        if r.answer.is_some() {
+                            // Each node answers once: a second answer in its name comes
+                            // from another client (README, "Permissions").
+                            tracing::warn!(node = %a.node, "fleet: a second answer in the name of one node; the first is kept");
+                            continue;
+                        }
                         r.answer = Some(a);
                         if show(r) {
                             progress(r);
@@ -343,9 +382,15 @@ impl FleetClient {
             })
             .await;
             let reports = match msg {
-                Some(Ok(msg)) => records::decode::<ExecutionReport>(&msg.payload)
-                    .into_iter()
-                    .collect(),
+                Some(Ok(msg)) => {
+                    match query::report_on(&self.names, msg.subject.as_str(), &msg.payload) {
+                        Ok(r) => vec![r],
+                        Err(e) => {
+                            tracing::warn!(subject = %msg.subject, error = %e, "fleet: record refused");
+                            Vec::new()
+                        }
+                    }
+                }
                 _ => latest.read(&self.js, &self.names).await.unwrap_or_default(),
             };
             for rep in reports {
@@ -354,22 +399,15 @@ impl FleetClient {
         }
     }
 
-    /// The latest record of every execution the stream holds for `node` and `workflow`
-    /// (`None`: any), oldest first; only the last record per node and workflow with
-    /// `latest_only`, and only executions started at or after `since`.
-    pub fn executions(
-        &self,
-        node: Option<&str>,
-        workflow: Option<&str>,
-        since: Option<DateTime<Utc>>,
-        latest_only: bool,
-    ) -> Result<Vec<ExecutionReport>> {
-        let q = query::Executions {
-            node,
-            workflow,
-            since,
-            latest_only,
-        };
+    /// The latest record of every execution of the results stream that `q` asks for, oldest
+    /// first. A node or workflow that is not a name (`*`, `>`) is refused (exit code 4).
+    pub fn executions(&self, q: &Executions<'_>) -> Result<Vec<ExecutionReport>> {
+        if let Some(n) = q.node {
+            check_name("node", n)?;
+        }
+        if let Some(w) = q.workflow {
+            check_name("workflow", w)?;
+        }
         self.rt.block_on(q.read(&self.js, &self.names))
     }
 }
@@ -414,6 +452,19 @@ fn check_target(target: &str) -> Result<()> {
             message: format!(
                 "'{target}' is not a target: all, a label or a node name (letters, digits, '-', '_')"
             ),
+        })
+    }
+}
+
+/// A node or workflow name given on the command line must be one (a subject token, never a
+/// wildcard such as `*` or `>`).
+fn check_name(what: &str, name: &str) -> Result<()> {
+    if crate::model::is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(Error::Config {
+            origin: "command line".into(),
+            message: format!("'{name}' is not a {what} name (letters, digits, '-', '_')"),
         })
     }
 }

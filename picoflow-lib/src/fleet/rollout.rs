@@ -111,10 +111,7 @@ pub(crate) fn apply(
         ));
     }
     if let Some(local) = catalog.get(name).filter(|e| e.source.parent() != Some(dir)) {
-        return Err(format!(
-            "a local workflow file ({}) has this name; local files win",
-            local.source.display()
-        ));
+        return Err(local_wins(&local.source));
     }
     crate::private::create_dirs_for(dir, "the fleet's workflows").map_err(|e| e.to_string())?;
     let text = format!(
@@ -122,6 +119,14 @@ pub(crate) fn apply(
         origin.target, origin.revision, d.yaml
     );
     crate::private::replace(&file_of(dir, name), text.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// Why a published workflow is refused where the local file `local` has its name.
+pub(crate) fn local_wins(local: &Path) -> String {
+    format!(
+        "a local workflow file ({}) has this name; local files win",
+        local.display()
+    )
 }
 
 /// The deepest nesting of flow collections (`[`, `{`) and the deepest indentation a

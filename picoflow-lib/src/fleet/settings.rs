@@ -48,6 +48,11 @@ pub struct FleetConfig {
     /// Copies the server keeps of each bucket and stream when a node creates them: 1 on a
     /// single server, 3 on a 3-server cluster.
     pub replicas: usize,
+    /// Days the results stream keeps an execution record, when a node creates it (or the
+    /// operator's `picoflow fleet` command finds it different).
+    pub results_max_days: u64,
+    /// Megabytes the results stream may hold; the oldest records go first beyond it.
+    pub results_max_mb: u64,
 }
 
 /// One server URL or several, separated by commas (`"nats://a:4222, nats://b:4222"`).
@@ -109,6 +114,8 @@ impl std::fmt::Debug for FleetConfig {
             .field("tls_ca_file", &self.tls_ca_file)
             .field("heartbeat_seconds", &self.heartbeat_seconds)
             .field("replicas", &self.replicas)
+            .field("results_max_days", &self.results_max_days)
+            .field("results_max_mb", &self.results_max_mb)
             .finish()
     }
 }
@@ -130,6 +137,8 @@ impl Default for FleetConfig {
             tls_ca_file: None,
             heartbeat_seconds: 10,
             replicas: 1,
+            results_max_days: 90,
+            results_max_mb: 1024,
         }
     }
 }
@@ -260,6 +269,18 @@ impl FleetConfig {
             return bad(format!(
                 "fleet.replicas: {} is out of range 1-5",
                 self.replicas
+            ));
+        }
+        if !(1..=3650).contains(&self.results_max_days) {
+            return bad(format!(
+                "fleet.results_max_days: {} is out of range 1-3650",
+                self.results_max_days
+            ));
+        }
+        if !(1..=1_048_576).contains(&self.results_max_mb) {
+            return bad(format!(
+                "fleet.results_max_mb: {} is out of range 1-1048576",
+                self.results_max_mb
             ));
         }
         Ok(())
