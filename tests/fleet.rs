@@ -980,6 +980,80 @@ fn five_nodes_apply_run_and_report() {
         ["bulk-598", "bulk-596"]
     );
     assert_eq!(ids(&["--node", "bulk-node", "--limit", "1000"]).len(), 600);
+
+    // A retired node (its last record a day old, a report of its own) is forgotten; a node
+    // still heard from, or one the fleet never had, is not.
+    let mut retired = op
+        .json(&["nodes"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "gar-3")
+        .unwrap()
+        .clone();
+    retired.as_object_mut().unwrap().remove("alive");
+    retired["node"] = "retired".into();
+    retired["heartbeat"] = (chrono::Utc::now() - chrono::Duration::days(1))
+        .to_rfc3339()
+        .into();
+    raw.publish(
+        &format!("$KV.{PREFIX}-nodes.retired"),
+        retired.to_string().as_bytes(),
+    );
+    let report = serde_json::json!({"v": 1, "node": "retired", "workflow": "hello",
+        "target": "all", "revision": rev_hello, "status": "applied", "error": null,
+        "at": "2026-01-01T00:00:00Z"});
+    raw.publish(
+        &format!("$KV.{PREFIX}-applied.retired.hello"),
+        report.to_string().as_bytes(),
+    );
+    let silent = stdout(&op.fleet(&["nodes"]));
+    assert!(
+        silent
+            .lines()
+            .any(|l| l.starts_with("retired") && l.contains("silent")),
+        "{silent}"
+    );
+    assert!(op.applied("hello").contains_key("retired"));
+    let out = op.fleet(&["forget", "cam-1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("still heard from"),
+        "{}",
+        stderr(&out)
+    );
+    let out = op.fleet(&["forget", "never-was"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stdout(&out));
+    let out = op.fleet(&["forget", "retired"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Forgot node 'retired' (its inventory record and 1 report"),
+        "{}",
+        stdout(&out)
+    );
+    let listed = op.json(&["nodes"]);
+    assert_eq!(listed.as_array().unwrap().len(), 5, "{listed}");
+    assert!(!op.applied("hello").contains_key("retired"));
+    assert_eq!(op.applied("hello").len(), 5);
+
+    // The results stream's limits: 90 days and 1 GiB when made; an operator whose
+    // configuration says otherwise sets them.
+    let limits = |raw: &mut RawNats| {
+        let info: Value = serde_json::from_slice(
+            &raw.request(&format!("$JS.API.STREAM.INFO.{PREFIX}-results"), b""),
+        )
+        .unwrap();
+        (
+            info["config"]["max_age"].as_u64().unwrap(),
+            info["config"]["max_bytes"].as_i64().unwrap(),
+        )
+    };
+    const DAY_NS: u64 = 24 * 3600 * 1_000_000_000;
+    assert_eq!(limits(&mut raw), (90 * DAY_NS, 1 << 30));
+    let strict = Operator::new(&server.url(), "results_max_days = 7\nresults_max_mb = 64\n");
+    let out = strict.fleet(&["nodes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(limits(&mut raw), (7 * DAY_NS, 64 << 20));
 }
 
 /// 2. Refusals: an invalid file is refused before anything is published; a node whose local

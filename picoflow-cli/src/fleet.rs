@@ -20,6 +20,7 @@ pub(crate) struct FleetArgs {
 #[argh(subcommand)]
 pub(crate) enum FleetCommand {
     Nodes(NodesArgs),
+    Forget(ForgetArgs),
     Apply(ApplyArgs),
     Remove(RemoveArgs),
     Workflows(WorkflowsArgs),
@@ -36,6 +37,18 @@ pub(crate) struct NodesArgs {
     /// output format: table or json (default table)
     #[argh(option, default = "String::from(\"table\")")]
     pub(crate) format: String,
+}
+
+/// Forget a node that no longer reports (a retired device): its inventory record and its
+/// reports of applied workflows go; its execution records stay in the results stream until
+/// the stream's limits remove them. Exit 5 when the fleet has no such node, 1 when the node
+/// is still heard from (its daemon would report again: stop it first).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "forget")]
+pub(crate) struct ForgetArgs {
+    /// node name
+    #[argh(positional)]
+    pub(crate) node: String,
 }
 
 /// Validate workflow files here (exit 2, nothing published, when one is invalid) and publish
@@ -228,6 +241,16 @@ mod enabled {
                     "Removed '{}' ({n} publication{})",
                     a.name,
                     if n == 1 { "" } else { "s" }
+                )?;
+                Ok(exit::SUCCESS)
+            }
+            FleetCommand::Forget(a) => {
+                let reports = fleet.forget(&a.node)?;
+                outln!(
+                    "Forgot node '{}' (its inventory record and {reports} report{} of applied \
+                     workflows); its execution records stay in the results stream",
+                    shown(&a.node),
+                    if reports == 1 { "" } else { "s" }
                 )?;
                 Ok(exit::SUCCESS)
             }

@@ -128,6 +128,42 @@ impl FleetClient {
             .block_on(query::nodes(&self.buckets.nodes, self.heartbeat))
     }
 
+    /// Forgets `node`, which no longer reports: deletes its inventory record and its reports
+    /// of applied workflows (how many). Its execution records stay in the results stream. A
+    /// node the fleet does not list is not found; one still heard from is refused, since its
+    /// next heartbeat would list it again.
+    pub fn forget(&self, node: &str) -> Result<usize> {
+        check_name("node", node)?;
+        let listed = self.nodes()?;
+        match listed.iter().find(|n| n.record.node == node) {
+            None => {
+                return Err(Error::NotFound(format!(
+                    "node '{node}' is not in the fleet's inventory"
+                )))
+            }
+            Some(n) if n.alive => {
+                return Err(Error::Other(format!(
+                    "node '{node}' is still heard from (last at {}): stop its daemon, or remove \
+                     its [fleet] url, first",
+                    crate::views::local_time(n.record.heartbeat)
+                )))
+            }
+            Some(_) => {}
+        }
+        self.rt.block_on(async {
+            let mut reports = 0;
+            let own = format!("{node}.");
+            for e in self.buckets.applied.entries().await.map_err(net)? {
+                if e.key.starts_with(&own) {
+                    self.buckets.applied.delete(&e.key).await.map_err(net)?;
+                    reports += 1;
+                }
+            }
+            self.buckets.nodes.delete(node).await.map_err(net)?;
+            Ok(reports)
+        })
+    }
+
     /// Validates the workflow files (every one, before anything is published: the usual
     /// located errors, exit code 2) and publishes them for `target`. Returns each
     /// workflow's name and revision.
