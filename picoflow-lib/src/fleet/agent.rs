@@ -554,7 +554,7 @@ async fn reconcile(parts: &Parts, id: &Identity, applied: &Bucket, state: &mut R
     let wanted = rollout::choose(id, &revisions);
     let have = rollout::applied_in(&parts.dir);
     let mut changed = false;
-    let mut reports = Vec::new();
+    let mut reports: Vec<Report> = Vec::new();
     for (name, origin) in &wanted {
         let local = parts.catalog.get(name);
         if let Some(local) = local.filter(|e| e.source.parent() != Some(parts.dir.as_path())) {
@@ -609,6 +609,14 @@ async fn reconcile(parts: &Parts, id: &Identity, applied: &Bucket, state: &mut R
     if changed {
         let _ = parts.reload.send(()).await;
     }
+    report(id, applied, state, reports).await;
+}
+
+/// What a node did with one desired workflow: its name, the publication, the status and why.
+type Report = (String, Origin, &'static str, Option<String>);
+
+/// Puts each report that differs from the last one sent for its workflow.
+async fn report(id: &Identity, applied: &Bucket, state: &mut Rollout, reports: Vec<Report>) {
     for (name, origin, status, error) in reports {
         let seen = (origin.clone(), status);
         if state.reported.get(&name) == Some(&seen) {

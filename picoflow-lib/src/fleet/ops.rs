@@ -330,48 +330,16 @@ impl FleetClient {
                 .publish_with_reply(subject, inbox, body)
                 .await
                 .map_err(net)?;
-            // With `wait`, a started run is shown when it ends.
-            let show = |r: &RunResult| {
-                wait.is_none() || r.answer.as_ref().is_some_and(|a| a.execution.is_none())
-            };
             let deadline = Instant::now() + answer_for;
-            while out.values().any(|r| r.answer.is_none()) || out.is_empty() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let msg = future::or(async { answers.next().await }, async {
-                    tokio::time::sleep(left).await;
-                    None
-                })
-                .await;
-                let Some(msg) = msg else { break };
-                if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                    // The server says no client listens on the target's subject now.
-                    if out.is_empty() {
-                        return Err(Error::NotFound(format!(
-                            "no node of the fleet is '{target}' (no connected node has that \
-                             name or label)"
-                        )));
-                    }
-                    break;
-                }
-                match records::decode::<RunAnswer>(&msg.payload) {
-                    Ok(a) => {
-                        let r = out
-                            .entry(a.node.clone())
-                            .or_insert_with(|| RunResult::new(&a.node));
-                        if r.answer.is_some() {
-                            // Each node answers once: a second answer in its name comes
-                            // from another client (README, "Permissions").
-                            tracing::warn!(node = %a.node, "fleet: a second answer in the name of one node; the first is kept");
-                            continue;
-                        }
-                        r.answer = Some(a);
-                        if show(r) {
-                            progress(r);
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "fleet: answer refused"),
-                }
-            }
+            gather(
+                &mut answers,
+                &mut out,
+                target,
+                deadline,
+                wait.is_some(),
+                &mut progress,
+            )
+            .await?;
             if let Some(wait) = wait {
                 self.follow(workflow, results, &mut out, wait, &mut progress)
                     .await;
@@ -446,6 +414,59 @@ impl FleetClient {
         }
         self.rt.block_on(q.read(&self.js, &self.names))
     }
+}
+
+/// Takes the nodes' answers to a run request for `target` from `answers` into `out` until
+/// every node expected has answered or `deadline`; a node's first answer counts. A started run
+/// is shown through `progress` at once unless the caller `waits` for its end.
+async fn gather(
+    answers: &mut async_nats::Subscriber,
+    out: &mut BTreeMap<String, RunResult>,
+    target: &str,
+    deadline: Instant,
+    waits: bool,
+    progress: &mut impl FnMut(&RunResult),
+) -> Result<()> {
+    let show = |r: &RunResult| !waits || r.answer.as_ref().is_some_and(|a| a.execution.is_none());
+    while out.values().any(|r| r.answer.is_none()) || out.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = future::or(async { answers.next().await }, async {
+            tokio::time::sleep(left).await;
+            None
+        })
+        .await;
+        let Some(msg) = msg else { break };
+        if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            // The server says no client listens on the target's subject now.
+            if out.is_empty() {
+                return Err(Error::NotFound(format!(
+                    "no node of the fleet is '{target}' (no connected node has that name or \
+                     label)"
+                )));
+            }
+            break;
+        }
+        match records::decode::<RunAnswer>(&msg.payload) {
+            Ok(a) => {
+                let r = out
+                    .entry(a.node.clone())
+                    .or_insert_with(|| RunResult::new(&a.node));
+                if r.answer.is_some() {
+                    // Each node answers once: a second answer in its name comes from another
+                    // client (README, "Permissions").
+                    tracing::warn!(node = %a.node,
+                        "fleet: a second answer in the name of one node; the first is kept");
+                    continue;
+                }
+                r.answer = Some(a);
+                if show(r) {
+                    progress(r);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "fleet: answer refused"),
+        }
+    }
+    Ok(())
 }
 
 /// Takes in `rep` when it is the record of an execution a node started for this run; a final

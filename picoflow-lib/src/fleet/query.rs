@@ -183,3 +183,41 @@ impl Executions<'_> {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::WorkflowExecution;
+
+    fn report(node: &str, workflow: &str) -> Vec<u8> {
+        let now = Utc::now();
+        let execution = WorkflowExecution {
+            id: "e1".into(),
+            workflow_name: workflow.into(),
+            started_at: now,
+            finished_at: None,
+            status: WorkflowStatus::Running,
+            duration_seconds: None,
+            total_tasks: 1,
+            successful_tasks: 0,
+            failed_tasks: 0,
+            created_at: now,
+            pid: 1,
+            source: None,
+            definition: None,
+        };
+        records::encode(&ExecutionReport::new(node, execution, Vec::new()))
+    }
+
+    #[test]
+    fn a_record_must_name_the_node_and_workflow_of_its_subject() {
+        let names = Names::new("pf");
+        let ok = report_on(&names, "pf.exec.pi-1.backup", &report("pi-1", "backup")).unwrap();
+        assert_eq!(ok.node, "pi-1");
+        let e = report_on(&names, "pf.exec.pi-1.backup", &report("pi-2", "backup")).unwrap_err();
+        assert!(e.contains("names node 'pi-2'"), "{e}");
+        let e = report_on(&names, "pf.exec.pi-1.backup", &report("pi-1", "other")).unwrap_err();
+        assert!(e.contains("workflow 'other'"), "{e}");
+        assert!(report_on(&names, "pf.exec.pi-1.backup", b"{").is_err());
+    }
+}

@@ -259,29 +259,16 @@ impl FleetConfig {
                     .into(),
             );
         }
-        if !(10..=3600).contains(&self.heartbeat_seconds) {
-            return bad(format!(
-                "fleet.heartbeat_seconds: {} is out of range 10-3600",
-                self.heartbeat_seconds
-            ));
-        }
-        if !(1..=5).contains(&self.replicas) {
-            return bad(format!(
-                "fleet.replicas: {} is out of range 1-5",
-                self.replicas
-            ));
-        }
-        if !(1..=3650).contains(&self.results_max_days) {
-            return bad(format!(
-                "fleet.results_max_days: {} is out of range 1-3650",
-                self.results_max_days
-            ));
-        }
-        if !(1..=1_048_576).contains(&self.results_max_mb) {
-            return bad(format!(
-                "fleet.results_max_mb: {} is out of range 1-1048576",
-                self.results_max_mb
-            ));
+        let ranges = [
+            ("heartbeat_seconds", self.heartbeat_seconds, 10, 3600),
+            ("replicas", self.replicas as u64, 1, 5),
+            ("results_max_days", self.results_max_days, 1, 3650),
+            ("results_max_mb", self.results_max_mb, 1, 1_048_576),
+        ];
+        for (key, value, low, high) in ranges {
+            if !(low..=high).contains(&value) {
+                return bad(format!("fleet.{key}: {value} is out of range {low}-{high}"));
+            }
         }
         Ok(())
     }
@@ -317,6 +304,32 @@ mod tests {
         assert!(e.contains("fleet.labels: 'a b'"), "{e}");
         let e = parse("url = \"http://x\"").unwrap_err().to_string();
         assert!(e.contains("nats://host:port"), "{e}");
+    }
+
+    #[test]
+    fn numbers_in_their_ranges() {
+        let c = parse("").unwrap();
+        assert_eq!((c.heartbeat_seconds, c.replicas), (10, 1));
+        assert_eq!((c.results_max_days, c.results_max_mb), (90, 1024));
+        for (text, said) in [
+            (
+                "heartbeat_seconds = 5",
+                "fleet.heartbeat_seconds: 5 is out of range 10-3600",
+            ),
+            ("replicas = 6", "fleet.replicas: 6 is out of range 1-5"),
+            (
+                "results_max_days = 0",
+                "fleet.results_max_days: 0 is out of range 1-3650",
+            ),
+            (
+                "results_max_mb = 0",
+                "fleet.results_max_mb: 0 is out of range 1-1048576",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(said), "{text}: {e}");
+        }
+        assert_eq!(parse("results_max_mb = 64").unwrap().results_max_mb, 64);
     }
 
     #[test]
