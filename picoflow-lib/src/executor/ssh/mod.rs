@@ -49,6 +49,9 @@ mod group;
 mod script;
 mod session;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use async_ssh2_lite::{AsyncChannel, AsyncIoTcpStream, AsyncSession};
 use futures_lite::{future, AsyncReadExt};
 
@@ -82,11 +85,36 @@ impl Executor for SshExecutor {
             match stop::race(&ctx, work.as_mut()).await {
                 Ok(out) => out,
                 Err(stopped) => {
-                    let running = started.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    let mut running = take(&started.running);
+                    if running.is_none() && started.sent.load(Ordering::SeqCst) {
+                        // The command was sent and may run before its marker line has come
+                        // back (a stop right at its start): read on for it, a moment at
+                        // most, so that it is stopped rather than left running.
+                        let marker = async {
+                            loop {
+                                if let Some(r) = take(&started.running) {
+                                    return Some(r);
+                                }
+                                smol::Timer::after(Duration::from_millis(20)).await;
+                            }
+                        };
+                        let ended = async {
+                            work.as_mut().await;
+                            None
+                        };
+                        let gave_up = async {
+                            smol::Timer::after(MARKER_WAIT).await;
+                            None
+                        };
+                        running = future::or(future::or(marker, ended), gave_up).await;
+                    }
                     let how = match running {
                         Some((session, group)) => {
                             stop_remote(&session, group).await;
                             "remote command stopped"
+                        }
+                        None if started.sent.load(Ordering::SeqCst) => {
+                            "channel closed before the remote command made itself known"
                         }
                         None => "connection abandoned before the command started",
                     };
@@ -118,9 +146,22 @@ impl Captured {
     }
 }
 
-/// A remote command that has started: its session and its session id (the process id of
-/// its shell), so that it can be stopped when its task times out or is cancelled.
-type Started = std::sync::Mutex<Option<(Session, u32)>>;
+/// A remote command that has started: whether it was sent, and once its marker line was
+/// read its session and its session id (the process id of its shell), so that it can be
+/// stopped when its task times out or is cancelled.
+#[derive(Default)]
+struct Started {
+    sent: AtomicBool,
+    running: std::sync::Mutex<Option<(Session, u32)>>,
+}
+
+/// How long a stop that comes between sending the command and reading its marker line reads
+/// on for that line.
+const MARKER_WAIT: Duration = Duration::from_secs(5);
+
+fn take(running: &std::sync::Mutex<Option<(Session, u32)>>) -> Option<(Session, u32)> {
+    running.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
 
 async fn run(
     ctx: &TaskContext<'_>,
@@ -161,6 +202,7 @@ async fn attempt(
 ) -> Result<TaskOutput, Failure> {
     let (session, mut channel) = open_channel(ctx, t).await?;
     let label = t.label();
+    started.sent.store(true, Ordering::SeqCst);
     bounded(
         t.limit,
         "starting the command on",
@@ -173,13 +215,14 @@ async fn attempt(
         &mut channel,
         nonce,
         |sid| {
-            *started.lock().unwrap_or_else(|e| e.into_inner()) = Some((session.clone(), sid));
+            *started.running.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((session.clone(), sid));
         },
         captured,
     )
     .await;
     // The command has ended: nothing is left to stop.
-    started.lock().unwrap_or_else(|e| e.into_inner()).take();
+    take(&started.running);
     let _ = bounded(
         t.limit,
         "closing the channel to",
