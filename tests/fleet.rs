@@ -1318,6 +1318,44 @@ fn a_server_without_jetstream_is_named_as_the_problem() {
     );
 }
 
+/// 3c. A device of a fleet starts without a workflow file of its own and runs what the fleet
+///     gives it; a daemon in no fleet still needs one (exit 4).
+#[test]
+fn a_device_may_start_with_only_what_the_fleet_gives_it() {
+    if !fleet_built() {
+        return;
+    }
+    let root = TempDir::new("fleet-bare");
+    let server = Nats::start(root.path(), "s", free_port(), &[]);
+    let op = Operator::new(&server.url(), "");
+    let node = Node::start("bare", &server.url(), &[], "", &[]);
+    op.wait_for_nodes(&["bare"]);
+    assert!(
+        node.status().contains("Workflows: 0 loaded"),
+        "{}",
+        node.status()
+    );
+    let hello = op.write("hello.yaml", &shell_wf("hello", None, "echo hi"));
+    let out = op.fleet(&["apply", hello.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    wait_for(
+        Duration::from_secs(20),
+        "a run of the applied workflow",
+        || {
+            let out = op.fleet(&["run", "hello", "--wait", "--timeout", "20"]);
+            out.status.code() == Some(0) && stdout(&out).contains("1 node: 1 succeeded")
+        },
+    );
+    let alone = TempDir::new("fleet-nofiles");
+    let out = run(picoflow(alone.path()).args(["daemon", "start"]));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("give one or more workflow files or directories"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// 3a. A node whose server is down at start runs its schedule alone; once the server is up it
 ///     connects and sends every execution's records once.
 #[test]

@@ -243,7 +243,8 @@ pub(crate) enum DaemonCommand {
     Status(DaemonStatusArgs),
 }
 
-/// Start the daemon in the foreground with one or more workflow files or directories.
+/// Start the daemon in the foreground with one or more workflow files or directories (none
+/// on a device of a fleet that runs only what the fleet gives it).
 /// Exit 0 after a graceful stop, 9 when running tasks had to be terminated at shutdown. When it
 /// cannot start, the code says why (see `picoflow --help`): 1 another daemon runs on this
 /// state file, 2 an invalid workflow (or several files that cannot be loaded), 4 bad

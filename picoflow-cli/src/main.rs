@@ -462,10 +462,13 @@ fn prune(config: &Config, days: Option<u32>) -> Result<u8, Error> {
 }
 
 fn daemon_start(config: &Config, paths: Vec<PathBuf>, web: bool) -> Result<u8, Error> {
-    if paths.is_empty() {
+    // A device of a fleet may run only what its fleet gives it.
+    if paths.is_empty() && !config.fleet.enabled() {
         return Err(Error::Config {
             origin: "daemon start".into(),
-            message: "give one or more workflow files or directories".into(),
+            message: "give one or more workflow files or directories (a daemon in a fleet \
+                      may start without: [fleet] url)"
+                .into(),
         });
     }
     let mut config = config.clone();
