@@ -981,61 +981,6 @@ fn five_nodes_apply_run_and_report() {
     );
     assert_eq!(ids(&["--node", "bulk-node", "--limit", "1000"]).len(), 600);
 
-    // A retired node (its last record a day old, a report of its own) is forgotten; a node
-    // still heard from, or one the fleet never had, is not.
-    let mut retired = op
-        .json(&["nodes"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node"] == "gar-3")
-        .unwrap()
-        .clone();
-    retired.as_object_mut().unwrap().remove("alive");
-    retired["node"] = "retired".into();
-    retired["heartbeat"] = (chrono::Utc::now() - chrono::Duration::days(1))
-        .to_rfc3339()
-        .into();
-    raw.publish(
-        &format!("$KV.{PREFIX}-nodes.retired"),
-        retired.to_string().as_bytes(),
-    );
-    let report = serde_json::json!({"v": 1, "node": "retired", "workflow": "hello",
-        "target": "all", "revision": rev_hello, "status": "applied", "error": null,
-        "at": "2026-01-01T00:00:00Z"});
-    raw.publish(
-        &format!("$KV.{PREFIX}-applied.retired.hello"),
-        report.to_string().as_bytes(),
-    );
-    let silent = stdout(&op.fleet(&["nodes"]));
-    assert!(
-        silent
-            .lines()
-            .any(|l| l.starts_with("retired") && l.contains("silent")),
-        "{silent}"
-    );
-    assert!(op.applied("hello").contains_key("retired"));
-    let out = op.fleet(&["forget", "cam-1"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    assert!(
-        stderr(&out).contains("still heard from"),
-        "{}",
-        stderr(&out)
-    );
-    let out = op.fleet(&["forget", "never-was"]);
-    assert_eq!(out.status.code(), Some(5), "{}", stdout(&out));
-    let out = op.fleet(&["forget", "retired"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("Forgot node 'retired' (its inventory record and 1 report"),
-        "{}",
-        stdout(&out)
-    );
-    let listed = op.json(&["nodes"]);
-    assert_eq!(listed.as_array().unwrap().len(), 5, "{listed}");
-    assert!(!op.applied("hello").contains_key("retired"));
-    assert_eq!(op.applied("hello").len(), 5);
-
     // The results stream's limits: 90 days and 1 GiB when made; an operator whose
     // configuration says otherwise sets them.
     let limits = |raw: &mut RawNats| {
@@ -1054,6 +999,74 @@ fn five_nodes_apply_run_and_report() {
     let out = strict.fleet(&["nodes"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(limits(&mut raw), (7 * DAY_NS, 64 << 20));
+}
+
+/// A retired node is forgotten once silent; whether a node is silent is the server's clock's
+/// word, not the time a record claims (a device whose clock says 2099 is silent all the same
+/// three heartbeats after its last record); a node still heard from, or one the fleet never
+/// had, is not forgotten.
+#[test]
+fn a_retired_node_is_forgotten_by_the_servers_clock() {
+    if !fleet_built() {
+        return;
+    }
+    let root = TempDir::new("fleet-forget");
+    let server = Nats::start(root.path(), "s", free_port(), &[]);
+    let op = Operator::new(&server.url(), "");
+    let out = op.fleet(&["nodes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let record = serde_json::json!({
+        "v": 1, "node": "retired", "labels": ["garage"], "version": "1.0.0",
+        "features": ["fleet"], "arch": "aarch64", "uptime_seconds": 10,
+        "daemon_started_at": "2099-01-01T00:00:00Z", "load1": 0.1,
+        "memory_available_bytes": 1000, "disk_free_bytes": 1000,
+        "cpu_temperature_celsius": null, "running": 0, "workflows": {},
+        "heartbeat": "2099-01-01T00:00:00Z",
+    });
+    let report = serde_json::json!({"v": 1, "node": "retired", "workflow": "hello",
+        "target": "all", "revision": 1, "status": "applied", "error": null,
+        "at": "2099-01-01T00:00:00Z"});
+    let mut raw = RawNats::connect(&server.url(), None);
+    raw.publish(
+        &format!("$KV.{PREFIX}-nodes.retired"),
+        record.to_string().as_bytes(),
+    );
+    raw.publish(
+        &format!("$KV.{PREFIX}-applied.retired.hello"),
+        report.to_string().as_bytes(),
+    );
+    // Just heard from: listed up, at the server's time, and not to be forgotten yet.
+    let listed = op.json(&["nodes"]);
+    assert_eq!(listed[0]["alive"], true, "{listed}");
+    assert!(
+        !listed[0]["heartbeat"].as_str().unwrap().starts_with("2099"),
+        "{listed}"
+    );
+    let out = op.fleet(&["forget", "retired"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("still heard from"),
+        "{}",
+        stderr(&out)
+    );
+    let out = op.fleet(&["forget", "never-was"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stdout(&out));
+    // Three heartbeats (10 s each) later it is silent, whatever its record says.
+    wait_for(Duration::from_secs(60), "the node to be silent", || {
+        stdout(&op.fleet(&["nodes"]))
+            .lines()
+            .any(|l| l.starts_with("retired") && l.contains("silent"))
+    });
+    assert!(op.applied("hello").contains_key("retired"));
+    let out = op.fleet(&["forget", "retired"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Forgot node 'retired' (its inventory record and 1 report"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(op.json(&["nodes"]), serde_json::json!([]));
+    assert!(op.applied("hello").is_empty());
 }
 
 /// 2. Refusals: an invalid file is refused before anything is published; a node whose local
@@ -2342,6 +2355,7 @@ fn the_documented_permissions_work_and_confine_each_device() {
         "$JS.API.STREAM.CREATE.picoflow-other",
         "_INBOX.pi-08.answer",
         "_INBOX.somebody",
+        "picoflow.answer.pi-08.r1",
     ] {
         let err = raw.error_of(&format!("PUB {subject} 2\r\n{{}}"));
         let expected = format!("Permissions Violation for Publish to \"{subject}\"");

@@ -662,10 +662,25 @@ async fn answer_runs(parts: &Parts, id: &Identity, client: &Client, names: &Name
         return;
     };
     while let Some(msg) = all.next().await {
-        let Some(reply) = msg.reply.clone() else {
+        // A consumer a device made on the workflows' stream can deliver that stream's
+        // messages here (NATS permissions cannot bound where a consumer delivers): they keep
+        // their own subjects, and only run requests are taken.
+        if !msg.subject.starts_with(&names.run_subject("")) {
+            tracing::debug!(subject = %msg.subject, "fleet: not a run request; ignored");
             continue;
-        };
-        let req: RunRequest = match records::decode(&msg.payload) {
+        }
+        let req: RunRequest = match records::decode(&msg.payload).and_then(|r: RunRequest| {
+            if !crate::model::is_valid_name(&r.id) {
+                Err(format!("'{}' is not a request id", r.id.escape_debug()))
+            } else if !crate::model::is_valid_name(&r.workflow) {
+                Err(format!(
+                    "'{}' is not a workflow name",
+                    r.workflow.escape_debug()
+                ))
+            } else {
+                Ok(r)
+            }
+        }) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(subject = %msg.subject, error = %e, "fleet: run request refused");
@@ -685,7 +700,8 @@ async fn answer_runs(parts: &Parts, id: &Identity, client: &Client, names: &Name
             answer: answer.into(),
             execution,
         };
-        let _ = client.publish(reply, records::encode(&a).into()).await;
+        let subject = names.answer_subject(&id.node, &req.id);
+        let _ = client.publish(subject, records::encode(&a).into()).await;
     }
 }
 

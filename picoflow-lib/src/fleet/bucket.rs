@@ -21,6 +21,8 @@ pub(crate) struct Entry {
     pub(crate) revision: u64,
     /// The key was deleted (the value is empty).
     pub(crate) deleted: bool,
+    /// When the server stored this value (its own clock, not the writer's).
+    pub(crate) stored: chrono::DateTime<chrono::Utc>,
 }
 
 /// A key-value bucket.
@@ -125,6 +127,16 @@ impl Bucket {
             value: m.payload.to_vec(),
             revision: m.info().map_or(0, |i| i.stream_sequence),
             deleted: is_deletion(m.headers.as_ref()),
+            stored: m
+                .info()
+                .ok()
+                .and_then(|i| {
+                    chrono::DateTime::from_timestamp(
+                        i.published.unix_timestamp(),
+                        i.published.nanosecond(),
+                    )
+                })
+                .unwrap_or_default(),
         }
     }
 

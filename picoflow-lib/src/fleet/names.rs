@@ -8,6 +8,7 @@
 //! | what each node applied (key-value) | bucket `P-applied`, key `NODE.WORKFLOW` |
 //! | execution records (stream `P-results`) | subject `P.exec.NODE.WORKFLOW` |
 //! | run requests (core NATS) | subject `P.run.TARGET` |
+//! | answers to run requests (core NATS) | subject `P.answer.NODE.REQUEST` |
 //!
 //! A target is `all`, a label or a node name: a node takes what is addressed to `all`, to its
 //! name and to each of its labels.
@@ -59,6 +60,23 @@ impl Names {
             node.unwrap_or("*"),
             workflow.unwrap_or("*")
         )
+    }
+
+    /// Where `node` answers the run request `id`: under its own name, so that the server's
+    /// permissions vouch for who answered.
+    pub(crate) fn answer_subject(&self, node: &str, id: &str) -> String {
+        format!("{}.answer.{node}.{id}", self.prefix)
+    }
+
+    /// Every node's answer to the run request `id`.
+    pub(crate) fn answers_filter(&self, id: &str) -> String {
+        format!("{}.answer.*.{id}", self.prefix)
+    }
+
+    /// The node of an answer's subject; `None` for a subject of another shape.
+    pub(crate) fn answer_node<'s>(&self, subject: &'s str) -> Option<&'s str> {
+        let rest = subject.strip_prefix(&format!("{}.answer.", self.prefix))?;
+        rest.split_once('.').map(|(node, _)| node)
     }
 
     /// Where a run request for `target` goes.
@@ -136,6 +154,10 @@ mod tests {
         assert_eq!(n.results_subject("pi-1", "backup"), "pf.exec.pi-1.backup");
         assert_eq!(n.results_filter(None, Some("backup")), "pf.exec.*.backup");
         assert_eq!(n.run_subject("camera"), "pf.run.camera");
+        assert_eq!(n.answer_subject("pi-1", "r1"), "pf.answer.pi-1.r1");
+        assert_eq!(n.answers_filter("r1"), "pf.answer.*.r1");
+        assert_eq!(n.answer_node("pf.answer.pi-1.r1"), Some("pi-1"));
+        assert_eq!(n.answer_node("pf.exec.pi-1.r1"), None);
         assert_eq!(
             split_key(&desired_key("all", "backup")),
             Some(("all", "backup"))

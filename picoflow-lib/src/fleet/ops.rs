@@ -318,12 +318,21 @@ impl FleetClient {
                 .messages()
                 .await
                 .map_err(net)?;
-            let inbox = self.client.new_inbox();
-            let mut answers = self.client.subscribe(inbox.clone()).await.map_err(net)?;
+            // Nodes answer on subjects of their own names; the request's reply inbox only
+            // hears the server's word that nobody listens to the target.
             let req = RunRequest {
                 v: VERSION,
+                id: crate::events::new_id().replace('-', ""),
                 workflow: workflow.to_string(),
             };
+            let inbox = self.client.new_inbox();
+            let none = self.client.subscribe(inbox.clone()).await.map_err(net)?;
+            let answers = self
+                .client
+                .subscribe(self.names.answers_filter(&req.id))
+                .await
+                .map_err(net)?;
+            let mut answers = none.or(answers);
             let body = records::encode(&req).into();
             let subject = self.names.run_subject(target);
             self.client
@@ -333,6 +342,7 @@ impl FleetClient {
             let deadline = Instant::now() + answer_for;
             gather(
                 &mut answers,
+                &self.names,
                 &mut out,
                 target,
                 deadline,
@@ -420,7 +430,8 @@ impl FleetClient {
 /// every node expected has answered or `deadline`; a node's first answer counts. A started run
 /// is shown through `progress` at once unless the caller `waits` for its end.
 async fn gather(
-    answers: &mut async_nats::Subscriber,
+    answers: &mut (impl futures_lite::Stream<Item = async_nats::Message> + Unpin),
+    names: &Names,
     out: &mut BTreeMap<String, RunResult>,
     target: &str,
     deadline: Instant,
@@ -446,7 +457,20 @@ async fn gather(
             }
             break;
         }
-        match records::decode::<RunAnswer>(&msg.payload) {
+        let Some(from) = names.answer_node(msg.subject.as_str()) else {
+            continue;
+        };
+        let answer = records::decode::<RunAnswer>(&msg.payload).and_then(|a| {
+            if a.node == from {
+                Ok(a)
+            } else {
+                Err(format!(
+                    "the answer names node '{}' but came on node '{from}''s subject",
+                    a.node
+                ))
+            }
+        });
+        match answer {
             Ok(a) => {
                 let r = out
                     .entry(a.node.clone())

@@ -28,14 +28,17 @@ pub(crate) fn net(e: impl std::fmt::Display) -> Error {
     Error::Network(e.to_string().into())
 }
 
-/// Every node that ever reported, by name; a node is alive when heard from within three
-/// `heartbeat`s. A record that cannot be read is logged and left out.
+/// Every node that ever reported, by name, its `heartbeat` the instant the server stored its
+/// record; a node is alive when heard from within three `heartbeat`s. A record that cannot be read is logged and left out.
 pub(crate) async fn nodes(bucket: &Bucket, heartbeat: Duration) -> Result<Vec<NodeView>> {
     let stale = chrono::Duration::from_std(heartbeat * 3).unwrap_or_default();
     let mut out = Vec::new();
     for e in bucket.entries().await.map_err(net)? {
         match records::decode::<NodeRecord>(&e.value).and_then(|r| keyed(r, &e.key)) {
-            Ok(record) => {
+            Ok(mut record) => {
+                // The server's clock says when the node was heard from: a device's own clock
+                // may be wrong (a Pi without a real-time clock) or lie.
+                record.heartbeat = e.stored;
                 let alive = Utc::now() - record.heartbeat < stale;
                 out.push(NodeView { record, alive });
             }

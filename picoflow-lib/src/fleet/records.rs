@@ -47,7 +47,7 @@ pub struct NodeRecord {
     pub running: usize,
     /// Workflows it runs: name → revision applied from the fleet (`None`: a local file).
     pub workflows: BTreeMap<String, Option<u64>>,
-    /// When this record was made.
+    /// When this record was made; as read back from the fleet, when the server stored it.
     pub heartbeat: DateTime<Utc>,
 }
 
@@ -87,6 +87,8 @@ pub struct Applied {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct RunRequest {
     pub(crate) v: u32,
+    /// The request's id: each node answers on `P.answer.NODE.ID`.
+    pub(crate) id: String,
     pub(crate) workflow: String,
 }
 
@@ -207,12 +209,12 @@ mod tests {
     fn bad_input_is_refused_with_a_reason() {
         let e = decode::<RunRequest>(b"{not json").unwrap_err();
         assert!(e.starts_with("malformed record"), "{e}");
-        let e = decode::<RunRequest>(br#"{"v": 7, "workflow": "x"}"#).unwrap_err();
+        let e = decode::<RunRequest>(br#"{"v": 7, "id": "r", "workflow": "x"}"#).unwrap_err();
         assert!(e.contains("version 7"), "{e}");
         let big = vec![b' '; MAX_MESSAGE + 1];
         let e = decode::<RunRequest>(&big).unwrap_err();
         assert!(e.contains("over the"), "{e}");
-        let ok = decode::<RunRequest>(br#"{"v": 1, "workflow": "x"}"#).unwrap();
+        let ok = decode::<RunRequest>(br#"{"v": 1, "id": "r", "workflow": "x"}"#).unwrap();
         assert_eq!(ok.workflow, "x");
     }
 }
