@@ -152,7 +152,7 @@ pub(crate) struct HistoryArgs {
     /// at most N executions (default 10)
     #[argh(option, default = "10")]
     pub(crate) limit: usize,
-    /// only executions started on or after this date (YYYY-MM-DD)
+    /// only executions started on or after this date (YYYY-MM-DD) or this long ago (7d, 24h)
     #[argh(option)]
     pub(crate) since: Option<String>,
     /// output format: table or json (default table)
@@ -314,7 +314,7 @@ pub(crate) struct ExportSqliteArgs {
     /// only this workflow
     #[argh(option)]
     pub(crate) workflow: Option<String>,
-    /// only executions started on or after this date (YYYY-MM-DD)
+    /// only executions started on or after this date (YYYY-MM-DD) or this long ago (7d, 24h)
     #[argh(option)]
     pub(crate) since: Option<String>,
 }

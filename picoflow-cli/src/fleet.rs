@@ -142,7 +142,7 @@ pub(crate) struct FleetHistoryArgs {
     /// only this status: success, failed, running, interrupted
     #[argh(option)]
     pub(crate) status: Option<String>,
-    /// only executions started since this date (YYYY-MM-DD) or duration (e.g. 7d)
+    /// only executions started on or after this date (YYYY-MM-DD) or this long ago (7d, 24h)
     #[argh(option)]
     pub(crate) since: Option<String>,
     /// at most this many (default 50)

@@ -193,15 +193,27 @@ pub fn local_time(t: DateTime<Utc>) -> String {
         .to_string()
 }
 
-/// Parses a `--since` (or `since=`) date: `YYYY-MM-DD` as local midnight, or an RFC 3339
-/// instant; `origin` names the option in the error.
+/// Parses a `--since` (or `since=`) date: `YYYY-MM-DD` as local midnight, an RFC 3339
+/// instant, or a duration back from now with its unit (`7d`, `24h`, `1h30m`); `origin` names
+/// the option in the error.
 pub fn parse_since(since: &str, origin: &str) -> Result<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(since) {
         return Ok(t.with_timezone(&Utc));
     }
+    let back = since.ends_with(|c: char| c.is_ascii_alphabetic());
+    if let Some(d) = back
+        .then(|| crate::schedule::parse_duration(since).ok())
+        .flatten()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+    {
+        return Ok(Utc::now() - d);
+    }
     let date = NaiveDate::parse_from_str(since, "%Y-%m-%d").map_err(|_| Error::Config {
         origin: origin.into(),
-        message: format!("'{since}' is not a date in the form YYYY-MM-DD"),
+        message: format!(
+            "'{since}' is not a date (YYYY-MM-DD), an RFC 3339 time or a duration back from now \
+             (7d, 24h, 1h30m)"
+        ),
     })?;
     let midnight = date.and_hms_opt(0, 0, 0).unwrap_or_default();
     Ok(midnight
@@ -326,6 +338,12 @@ mod tests {
         assert!(parse_since("2026-01-02", "since").is_ok());
         let e = parse_since("yesterday", "--since").unwrap_err().to_string();
         assert!(e.contains("--since") && e.contains("yesterday"), "{e}");
+        for (text, back) in [("7d", 7 * 86_400), ("24h", 86_400), ("1h30m", 5_400)] {
+            let ago = (Utc::now() - parse_since(text, "--since").unwrap()).num_seconds();
+            assert!((back - 1..back + 60).contains(&ago), "{text}: {ago}");
+        }
+        assert!(parse_since("7", "--since").is_err());
+        assert!(parse_since("7w", "--since").is_err());
         assert_eq!(
             parse_status("FAILED", "status").unwrap(),
             WorkflowStatus::Failed
