@@ -999,6 +999,43 @@ fn five_nodes_apply_run_and_report() {
     let out = strict.fleet(&["nodes"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(limits(&mut raw), (7 * DAY_NS, 64 << 20));
+
+    // One name published to a label and to a node: `fleet workflows` lists every node under
+    // it with the publication it took; withdrawn, once, with every node's removal.
+    let out = op.fleet(&["apply", snap.to_str().unwrap(), "--to", "cam-1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rev_cam_1 = revision(&out, "snap");
+    wait_for(Duration::from_secs(20), "cam-1 to take its own", || {
+        op.applied("snap").get("cam-1").map(|a| a.1) == Some(rev_cam_1)
+    });
+    let shown = stdout(&op.fleet(&["workflows"]));
+    assert!(
+        shown.contains(&format!(
+            "cam-1                applied revision {rev_cam_1} via cam-1"
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "cam-2                applied revision {rev_snap} via camera"
+        )),
+        "{shown}"
+    );
+    let out = op.fleet(&["remove", "snap"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("(2 publications)"),
+        "{}",
+        stdout(&out)
+    );
+    wait_for(Duration::from_secs(20), "the removals", || {
+        let a = op.applied("snap");
+        a.len() == 2 && a.values().all(|a| a.0 == "removed")
+    });
+    let shown = stdout(&op.fleet(&["workflows"]));
+    assert_eq!(shown.matches("snap (not published)").count(), 1, "{shown}");
+    assert!(shown.contains("cam-1                removed"), "{shown}");
+    assert!(shown.contains("cam-2                removed"), "{shown}");
 }
 
 /// A retired node is forgotten once silent; whether a node is silent is the server's clock's

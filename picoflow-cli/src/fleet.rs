@@ -349,50 +349,54 @@ mod enabled {
             outln!("No workflows are published.")?;
             return Ok(exit::SUCCESS);
         }
-        for d in &desired {
-            outln!(
-                "{} → {} (revision {}, {} published {})",
-                d.workflow,
-                d.target,
-                d.revision,
-                shown(&d.file),
-                views::local_time(d.published_at)
-            )?;
-            for a in applied
-                .iter()
-                .filter(|a| a.workflow == d.workflow && a.target == d.target)
-            {
-                let current = if a.revision == d.revision {
-                    ""
-                } else {
-                    " (older)"
-                };
-                match &a.error {
-                    Some(e) => outln!(
-                        "    {:<20} {} revision {}{current}: {}",
-                        shown(&a.node),
-                        shown(&a.status),
-                        a.revision,
-                        shown(e)
-                    )?,
-                    None => outln!(
-                        "    {:<20} {} revision {}{current}",
-                        shown(&a.node),
-                        shown(&a.status),
-                        a.revision
-                    )?,
-                }
-            }
-        }
-        for a in applied
+        let mut names: Vec<&str> = desired
             .iter()
-            .filter(|a| a.status == "removed" && !desired.iter().any(|d| d.workflow == a.workflow))
-        {
-            outln!(
-                "{} (not published)\n    {:<20} removed",
-                shown(&a.workflow),
-                shown(&a.node)
-            )?;
+            .map(|d| d.workflow.as_str())
+            .chain(applied.iter().map(|a| a.workflow.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            let pubs: Vec<_> = desired.iter().filter(|d| d.workflow == name).collect();
+            if pubs.is_empty() {
+                outln!("{} (not published)", shown(name))?;
+            }
+            for d in &pubs {
+                let when = d
+                    .published_at
+                    .map(|t| format!(" published {}", views::local_time(t)))
+                    .unwrap_or_default();
+                outln!(
+                    "{} → {} (revision {}, {}{when})",
+                    d.workflow,
+                    d.target,
+                    d.revision,
+                    shown(&d.file)
+                )?;
+            }
+            // Every node's report, under its workflow whichever publication it took.
+            for a in applied.iter().filter(|a| a.workflow == name) {
+                let publication = pubs.iter().find(|d| d.target == a.target);
+                let mut line = format!(
+                    "    {:<20} {} revision {}",
+                    shown(&a.node),
+                    shown(&a.status),
+                    a.revision
+                );
+                match publication {
+                    Some(d) if d.revision != a.revision => line.push_str(" (older)"),
+                    Some(_) => {}
+                    None if a.status != "removed" => line.push_str(" (withdrawn)"),
+                    None => {}
+                }
+                if pubs.len() > 1 {
+                    line.push_str(&format!(" via {}", shown(&a.target)));
+                }
+                if let Some(e) = &a.error {
+                    line.push_str(&format!(": {}", shown(e)));
+                }
+                outln!("{line}")?;
+            }
         }
         Ok(exit::SUCCESS)
     }

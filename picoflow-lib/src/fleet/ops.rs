@@ -49,8 +49,8 @@ pub struct DesiredView {
     pub revision: u64,
     /// The file it was published from.
     pub file: String,
-    /// When.
-    pub published_at: DateTime<Utc>,
+    /// When (`None`: the record cannot be read, `file` says why).
+    pub published_at: Option<DateTime<Utc>>,
 }
 
 /// What `fleet run` gathered from one node.
@@ -266,8 +266,8 @@ impl FleetClient {
                 continue;
             };
             let (file, published_at) = match records::decode::<Desired>(&e.value) {
-                Ok(d) => (d.file, d.published_at),
-                Err(err) => (format!("(unreadable: {err})"), Utc::now()),
+                Ok(d) => (d.file, Some(d.published_at)),
+                Err(err) => (format!("(unreadable: {err})"), None),
             };
             out.push(DesiredView {
                 workflow: name.to_string(),
