@@ -954,10 +954,11 @@ fn five_nodes_apply_run_and_report() {
     let mut template = op.history(Some("cam-1"), Some("hello"))[0].clone();
     template["node"] = "bulk-node".into();
     template["execution"]["workflow_name"] = "bulk".into();
+    template["tasks"] = serde_json::json!([]);
     for i in 0..600 {
         let mut r = template.clone();
         r["execution"]["id"] = format!("bulk-{i:03}").into();
-        r["execution"]["started_at"] = format!("2030-01-01T{:02}:{:02}:00Z", i / 60, i % 60).into();
+        r["execution"]["started_at"] = format!("2026-01-01T{:02}:{:02}:00Z", i / 60, i % 60).into();
         r["execution"]["status"] = if i % 2 == 0 { "success" } else { "failed" }.into();
         raw.publish(
             &format!("{PREFIX}.exec.bulk-node.bulk"),

@@ -34,7 +34,10 @@ pub(crate) async fn nodes(bucket: &Bucket, heartbeat: Duration) -> Result<Vec<No
     let stale = chrono::Duration::from_std(heartbeat * 3).unwrap_or_default();
     let mut out = Vec::new();
     for e in bucket.entries().await.map_err(net)? {
-        match records::decode::<NodeRecord>(&e.value).and_then(|r| keyed(r, &e.key)) {
+        let record = records::decode::<NodeRecord>(&e.value)
+            .and_then(|r| keyed(r, &e.key))
+            .and_then(NodeRecord::check);
+        match record {
             Ok(mut record) => {
                 // The server's clock says when the node was heard from: a device's own clock
                 // may be wrong (a Pi without a real-time clock) or lie.
@@ -72,7 +75,7 @@ pub(crate) fn report_on(
 ) -> std::result::Result<ExecutionReport, String> {
     let r = records::decode::<ExecutionReport>(payload)?;
     if subject == names.results_subject(&r.node, &r.execution.workflow_name) {
-        Ok(r)
+        r.check()
     } else {
         Err(format!(
             "the record names node '{}' and workflow '{}', not those of its subject",

@@ -154,6 +154,82 @@ impl ExecutionReport {
     }
 }
 
+/// An id as PicoFlow makes them (a UUID's text), 1-64 letters, digits and `-`.
+fn is_id(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// A name that may hold any text (a loop item's: `task[web-1.lan]`), 1-1024 characters, none
+/// of them a control character.
+fn is_text(s: &str) -> bool {
+    (1..=1024).contains(&s.len()) && !s.chars().any(char::is_control)
+}
+
+/// A duration a record may hold: a number of seconds, not negative, under ten years.
+fn is_seconds(d: Option<f64>) -> bool {
+    d.is_none_or(|d| d.is_finite() && (0.0..3.2e8).contains(&d))
+}
+
+/// An instant no later than a day from now (a record from the future would sort first for
+/// ever).
+fn is_past(t: DateTime<Utc>) -> bool {
+    t < Utc::now() + chrono::Duration::days(1)
+}
+
+impl ExecutionReport {
+    /// Refuses a record whose fields no PicoFlow would write: ids and names that are not ones,
+    /// negative or endless durations, task counts beyond any workflow, start times in the
+    /// future. (What it says of its own node is its node's word; the tables must stay whole.)
+    pub(crate) fn check(self) -> Result<ExecutionReport, String> {
+        let e = &self.execution;
+        let counts = [e.total_tasks, e.successful_tasks, e.failed_tasks];
+        let problem = if !is_id(&e.id) {
+            "the execution id is not one"
+        } else if !crate::model::is_valid_name(&e.workflow_name) {
+            "the workflow name is not one"
+        } else if !is_seconds(e.duration_seconds) {
+            "the duration is negative or endless"
+        } else if counts.iter().any(|n| *n > 100_000) {
+            "the task counts are beyond any workflow"
+        } else if !is_past(e.started_at) {
+            "the execution starts more than a day from now"
+        } else if self.tasks.len() > 100_000
+            || self.tasks.iter().any(|t| {
+                !is_id(&t.id)
+                    || t.workflow_execution_id != e.id
+                    || !is_text(&t.task_name)
+                    || !is_seconds(t.duration_seconds)
+            })
+        {
+            "a task attempt's id, name, execution or duration is not one"
+        } else {
+            return Ok(self);
+        };
+        Err(format!("{problem}: record refused"))
+    }
+}
+
+impl NodeRecord {
+    /// Refuses a record whose labels, workflow names or other words are not ones: the
+    /// tables show them.
+    pub(crate) fn check(self) -> Result<NodeRecord, String> {
+        let word = |s: &String| s.len() <= 64 && is_text(s);
+        if !self.labels.iter().all(|l| super::settings::is_node_name(l)) {
+            Err("a label is not a name: record refused".into())
+        } else if !self
+            .workflows
+            .keys()
+            .all(|w| crate::model::is_valid_name(w))
+        {
+            Err("a workflow name is not one: record refused".into())
+        } else if !(word(&self.version) && word(&self.arch) && self.features.iter().all(word)) {
+            Err("its version, architecture or features are not words: record refused".into())
+        } else {
+            Ok(self)
+        }
+    }
+}
+
 /// Encodes a record.
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("fleet records serialize")
@@ -204,6 +280,65 @@ versioned!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{TaskState, WorkflowStatus};
+
+    fn report() -> ExecutionReport {
+        let now = Utc::now();
+        let task = TaskExecution {
+            id: "t-1".into(),
+            workflow_execution_id: "e-1".into(),
+            task_name: "copy[web-1.lan]".into(),
+            status: TaskState::Success,
+            started_at: now,
+            finished_at: Some(now),
+            exit_code: Some(0),
+            stdout: None,
+            stderr: None,
+            stdout_size: None,
+            stderr_size: None,
+            attempt: 1,
+            error_message: None,
+            duration_seconds: Some(0.5),
+            created_at: now,
+            outputs: None,
+        };
+        let execution = WorkflowExecution {
+            id: "e-1".into(),
+            workflow_name: "backup".into(),
+            started_at: now,
+            finished_at: Some(now),
+            status: WorkflowStatus::Success,
+            duration_seconds: Some(1.0),
+            total_tasks: 1,
+            successful_tasks: 1,
+            failed_tasks: 0,
+            created_at: now,
+            pid: 1,
+            source: None,
+            definition: None,
+        };
+        ExecutionReport::new("pi-1", execution, vec![task])
+    }
+
+    #[test]
+    fn records_no_picoflow_writes_are_refused() {
+        assert!(report().check().is_ok());
+        let mut r = report();
+        r.execution.id = "e-1\nFAKE".into();
+        assert!(r.check().unwrap_err().contains("execution id"));
+        let mut r = report();
+        r.execution.duration_seconds = Some(-1e300);
+        assert!(r.check().unwrap_err().contains("duration"));
+        let mut r = report();
+        r.execution.total_tasks = 4_000_000_000;
+        assert!(r.check().unwrap_err().contains("task counts"));
+        let mut r = report();
+        r.execution.started_at = Utc::now() + chrono::Duration::days(30);
+        assert!(r.check().unwrap_err().contains("from now"));
+        let mut r = report();
+        r.tasks[0].task_name = "a\u{1b}[2J".into();
+        assert!(r.check().unwrap_err().contains("task attempt"));
+    }
 
     #[test]
     fn bad_input_is_refused_with_a_reason() {
