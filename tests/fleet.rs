@@ -1258,6 +1258,17 @@ fn refused_workflows_are_reported_and_nothing_stops() {
         stderr(&out)
     );
 
+    // A run that fails says which task failed and why.
+    let fails = op.write("fails.yaml", &shell_wf("fails", None, "exit 3"));
+    let out = op.fleet(&["apply", fails.to_str().unwrap(), "--to", "r-2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    wait_for(Duration::from_secs(20), "the failing run", || {
+        let out = op.fleet(&["run", "fails", "--on", "r-2", "--wait", "--timeout", "20"]);
+        out.status.code() == Some(3)
+            && stdout(&out).contains("r-2                  failed")
+            && stdout(&out).contains(": task 't' failed (exit code 3)")
+    });
+
     // A local file that takes an applied workflow's name later wins too, and the report
     // says so (within a heartbeat of the reload).
     nodes[2]

@@ -172,7 +172,7 @@ mod enabled {
     use std::time::Duration;
 
     use picoflow_lib::fleet::{ExecutionReport, Executions, FleetClient, RunResult};
-    use picoflow_lib::{views, Config, Error, Registry, WorkflowStatus};
+    use picoflow_lib::{views, Config, Error, Registry, TaskState, WorkflowStatus};
     use serde_json::json;
 
     use super::FleetCommand;
@@ -437,16 +437,47 @@ mod enabled {
                 shown(&a.answer.replace('_', " "))
             ),
             (Some(_), Some(rep)) => format!(
-                "{:<20} {}{} (execution {})",
+                "{:<20} {}{} (execution {}){}",
                 shown(&r.node),
                 rep.execution.status.as_str(),
                 rep.execution
                     .duration_seconds
                     .map(|d| format!(" in {}", human_duration(d)))
                     .unwrap_or_default(),
-                shown(&rep.execution.id)
+                shown(&rep.execution.id),
+                why_failed(rep)
             ),
         }
+    }
+
+    /// For a run that did not succeed, its last task attempt that failed or timed out:
+    /// `: task 'copy' failed (exit code 2): …`.
+    fn why_failed(rep: &ExecutionReport) -> String {
+        if rep.execution.status == WorkflowStatus::Success {
+            return String::new();
+        }
+        let Some(t) = rep
+            .tasks
+            .iter()
+            .rev()
+            .find(|t| matches!(t.status, TaskState::Failed | TaskState::Timeout))
+        else {
+            return String::new();
+        };
+        let code = t
+            .exit_code
+            .map(|c| format!(" (exit code {c})"))
+            .unwrap_or_default();
+        let error = t
+            .error_message
+            .as_deref()
+            .map(|e| format!(": {}", shown(e)))
+            .unwrap_or_default();
+        format!(
+            ": task '{}' {}{code}{error}",
+            shown(&t.task_name),
+            t.status.as_str()
+        )
     }
 
     fn run(fleet: &FleetClient, a: &super::FleetRunArgs) -> Result<u8, Error> {
