@@ -566,6 +566,9 @@ struct RawNats {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     sid: u32,
+    /// The inbox prefix of its requests: a device user's own (`_INBOX.NODE`) when it signs
+    /// in as one.
+    inbox: String,
 }
 
 impl RawNats {
@@ -579,6 +582,9 @@ impl RawNats {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
             sid: 0,
+            inbox: auth.map_or("_INBOX.fleettest".into(), |(user, _)| {
+                format!("_INBOX.{user}")
+            }),
         };
         let info = c.line();
         assert!(info.starts_with("INFO "), "{info}");
@@ -624,7 +630,7 @@ impl RawNats {
     /// A request and its reply.
     fn request(&mut self, subject: &str, payload: &[u8]) -> Vec<u8> {
         self.sid += 1;
-        let inbox = format!("_INBOX.fleettest.{}", self.sid);
+        let inbox = format!("{}.{}", self.inbox, self.sid);
         write!(self.writer, "SUB {inbox} {}\r\n", self.sid).unwrap();
         write!(self.writer, "PUB {subject} {inbox} {}\r\n", payload.len()).unwrap();
         self.writer.write_all(payload).unwrap();
@@ -2510,6 +2516,31 @@ fn the_documented_permissions_work_and_confine_each_device() {
     );
     // A heartbeat puts pi-07's own record back.
     op.wait_for_nodes(&["pi-07", "pi-08"]);
+
+    // pi-07 may create consumers on the desired workflows' stream (it reads it so), and NATS
+    // does not bound where one delivers: one pointed at every node's run requests, with idle
+    // heartbeats every 100 ms, starts nothing and floods no log.
+    let consumer = serde_json::json!({
+        "stream_name": "KV_picoflow-workflows",
+        "config": {"deliver_subject": "picoflow.run.all", "idle_heartbeat": 100_000_000u64,
+                   "ack_policy": "none", "deliver_policy": "all"},
+    });
+    let made: Value = serde_json::from_slice(&raw.request(
+        "$JS.API.CONSUMER.CREATE.KV_picoflow-workflows",
+        consumer.to_string().as_bytes(),
+    ))
+    .unwrap();
+    assert!(made["error"].is_null(), "{made}");
+    let before: Vec<usize> = [&pi_07, &pi_08]
+        .iter()
+        .map(|n| n.history("both").len())
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    for (n, runs) in [&pi_07, &pi_08].iter().zip(before) {
+        let log = n.log();
+        assert!(!log.contains("run request refused"), "{log}");
+        assert_eq!(n.history("both").len(), runs);
+    }
 
     // Nothing was changed: the workflows, reports and inventory stand, and the fleet works.
     let b = op.applied("both");

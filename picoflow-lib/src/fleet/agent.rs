@@ -665,7 +665,8 @@ async fn answer_runs(parts: &Parts, id: &Identity, client: &Client, names: &Name
         // A consumer a device made on the workflows' stream can deliver that stream's
         // messages here (NATS permissions cannot bound where a consumer delivers): they keep
         // their own subjects, and only run requests are taken.
-        if !msg.subject.starts_with(&names.run_subject("")) {
+        // Status messages (a consumer's idle heartbeats) carry no request either.
+        if msg.status.is_some() || !msg.subject.starts_with(&names.run_subject("")) {
             tracing::debug!(subject = %msg.subject, "fleet: not a run request; ignored");
             continue;
         }

@@ -218,17 +218,35 @@ impl FleetClient {
             check_target(t)?;
         }
         check_name("workflow", name)?;
+        let nodes: Vec<String> = self.nodes()?.into_iter().map(|n| n.record.node).collect();
         self.rt.block_on(async {
             let mut n = 0;
-            for d in self.desired_async().await? {
-                if d.workflow == name && target.is_none_or(|t| t == d.target) {
-                    self.buckets
-                        .workflows
-                        .delete(&desired_key(&d.target, name))
-                        .await
-                        .map_err(net)?;
-                    n += 1;
-                }
+            let mut gone: Vec<DesiredView> = self
+                .desired_async()
+                .await?
+                .into_iter()
+                .filter(|d| d.workflow == name && target.is_none_or(|t| t == d.target))
+                .collect();
+            // The farthest publications go first (all, then labels, older first, then node
+            // names), so that no node falls back to another one on the way and applies it
+            // again for a moment.
+            gone.sort_by_key(|d| {
+                let rank = if d.target == "all" {
+                    0
+                } else if nodes.contains(&d.target) {
+                    2
+                } else {
+                    1
+                };
+                (rank, d.revision)
+            });
+            for d in gone {
+                self.buckets
+                    .workflows
+                    .delete(&desired_key(&d.target, name))
+                    .await
+                    .map_err(net)?;
+                n += 1;
             }
             Ok(n)
         })

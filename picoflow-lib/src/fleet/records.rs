@@ -193,6 +193,8 @@ impl ExecutionReport {
             "the task counts are beyond any workflow"
         } else if !is_past(e.started_at) {
             "the execution starts more than a day from now"
+        } else if e.finished_at.is_some_and(|f| f < e.started_at) {
+            "the execution finishes before it starts"
         } else if self.tasks.len() > 100_000
             || self.tasks.iter().any(|t| {
                 !is_id(&t.id)
@@ -205,7 +207,7 @@ impl ExecutionReport {
         } else {
             return Ok(self);
         };
-        Err(format!("{problem}: record refused"))
+        Err(problem.into())
     }
 }
 
@@ -215,15 +217,15 @@ impl NodeRecord {
     pub(crate) fn check(self) -> Result<NodeRecord, String> {
         let word = |s: &String| s.len() <= 64 && is_text(s);
         if !self.labels.iter().all(|l| super::settings::is_node_name(l)) {
-            Err("a label is not a name: record refused".into())
+            Err("a label is not a name".into())
         } else if !self
             .workflows
             .keys()
             .all(|w| crate::model::is_valid_name(w))
         {
-            Err("a workflow name is not one: record refused".into())
+            Err("a workflow name is not one".into())
         } else if !(word(&self.version) && word(&self.arch) && self.features.iter().all(word)) {
-            Err("its version, architecture or features are not words: record refused".into())
+            Err("its version, architecture or features are not words".into())
         } else {
             Ok(self)
         }
@@ -335,6 +337,9 @@ mod tests {
         let mut r = report();
         r.execution.started_at = Utc::now() + chrono::Duration::days(30);
         assert!(r.check().unwrap_err().contains("from now"));
+        let mut r = report();
+        r.execution.finished_at = Some(r.execution.started_at - chrono::Duration::minutes(10));
+        assert!(r.check().unwrap_err().contains("finishes before"));
         let mut r = report();
         r.tasks[0].task_name = "a\u{1b}[2J".into();
         assert!(r.check().unwrap_err().contains("task attempt"));
