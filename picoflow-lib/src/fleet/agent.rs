@@ -512,21 +512,26 @@ async fn follow(
         reconcile(parts, id, applied, state).await;
     }
     loop {
-        // Every heartbeat without a change, the local files are looked at again: one that
-        // took a published workflow's name since is reported.
-        let next = future::or(async { Some(watch.next().await) }, async {
-            tokio::time::sleep(parts.config.heartbeat()).await;
-            None
-        })
-        .await;
-        let entry = match next {
-            Some(Some(entry)) => entry?,
-            Some(None) => return Ok(()),
-            None if watch.caught_up => {
-                reconcile(parts, id, applied, state).await;
-                continue;
+        let caught_up = watch.caught_up;
+        // The wait for the next change is never dropped half-way (the consumer's pull would
+        // be lost, and the client would make the consumer again); every heartbeat without a
+        // change, the local files are looked at again meanwhile: one that took a published
+        // workflow's name since is reported.
+        let entry = {
+            let mut next = std::pin::pin!(watch.next());
+            loop {
+                let tick = future::or(async { Some(next.as_mut().await) }, async {
+                    tokio::time::sleep(parts.config.heartbeat()).await;
+                    None
+                })
+                .await;
+                match tick {
+                    Some(Some(entry)) => break entry?,
+                    Some(None) => return Ok(()),
+                    None if caught_up => reconcile(parts, id, applied, state).await,
+                    None => {}
+                }
             }
-            None => continue,
         };
         // Only what addresses this node is kept: a node holds a few workflows, whatever the
         // number published to the rest of the fleet.

@@ -141,9 +141,22 @@ impl Bucket {
     }
 
     /// Watches the bucket: every key's current value (deleted ones included), then every
-    /// change, each with whether the history was read to its end (`current`).
+    /// change, each with whether the history was read to its end (`current`). The server
+    /// pushes them to an inbox of this client's, so that an idle watch costs the client no
+    /// message of its own (a pull consumer renews its request every 30 s): an idle node sends
+    /// nothing but its heartbeat.
     pub(crate) async fn watch(&self) -> Result<Watch, Error> {
-        let (pending, msgs) = self.follow().await?;
+        let stream = self.js.get_stream(format!("KV_{}", self.name)).await?;
+        let c = stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.js.client().new_inbox(),
+                filter_subject: format!("$KV.{}.>", self.name),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await?;
+        let pending = c.cached_info().num_pending;
+        let msgs = c.messages().await?;
         Ok(Watch {
             bucket: self.clone(),
             msgs,
@@ -155,7 +168,7 @@ impl Bucket {
 /// A watch of a bucket ([`Bucket::watch`]).
 pub(crate) struct Watch {
     bucket: Bucket,
-    msgs: consumer::pull::Ordered,
+    msgs: consumer::push::Ordered,
     /// Every value present when the watch began was delivered.
     pub(crate) caught_up: bool,
 }
