@@ -220,7 +220,6 @@ impl FleetClient {
         check_name("workflow", name)?;
         let nodes: Vec<String> = self.nodes()?.into_iter().map(|n| n.record.node).collect();
         self.rt.block_on(async {
-            let mut n = 0;
             let mut gone: Vec<DesiredView> = self
                 .desired_async()
                 .await?
@@ -240,15 +239,14 @@ impl FleetClient {
                 };
                 (rank, d.revision)
             });
-            for d in gone {
+            for d in &gone {
                 self.buckets
                     .workflows
                     .delete(&desired_key(&d.target, name))
                     .await
                     .map_err(net)?;
-                n += 1;
             }
-            Ok(n)
+            Ok(gone.len())
         })
     }
 

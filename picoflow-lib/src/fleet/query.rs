@@ -193,26 +193,12 @@ impl Executions<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::WorkflowExecution;
 
     fn report(node: &str, workflow: &str) -> Vec<u8> {
-        let now = Utc::now();
-        let execution = WorkflowExecution {
-            id: "e1".into(),
-            workflow_name: workflow.into(),
-            started_at: now,
-            finished_at: None,
-            status: WorkflowStatus::Running,
-            duration_seconds: None,
-            total_tasks: 1,
-            successful_tasks: 0,
-            failed_tasks: 0,
-            created_at: now,
-            pid: 1,
-            source: None,
-            definition: None,
-        };
-        records::encode(&ExecutionReport::new(node, execution, Vec::new()))
+        let mut r = records::tests::report();
+        r.node = node.into();
+        r.execution.workflow_name = workflow.into();
+        records::encode(&r)
     }
 
     #[test]

@@ -280,11 +280,12 @@ versioned!(
 );
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::events::{TaskState, WorkflowStatus};
 
-    fn report() -> ExecutionReport {
+    /// A finished one-task execution of `backup` on `pi-1`, as a node reports it.
+    pub(crate) fn report() -> ExecutionReport {
         let now = Utc::now();
         let task = TaskExecution {
             id: "t-1".into(),
