@@ -41,7 +41,8 @@
 //! * `offload.rs` — a short-lived thread for work that waits on the disk (pruning, the status
 //!   file, reading the workflow files again).
 //! * `http.rs` — the thread that serves `/metrics`, `/health` and the web UI.
-//! * `fleet.rs` — the daemon's membership of a fleet, when `[fleet] url` is set.
+//! * `fleet/` — the daemon's membership of a fleet, when `[fleet] url` is set (`enabled.rs` with
+//!   the feature, `disabled.rs` without).
 //!
 //! What the web UI reads from the daemon is in `contract`; which interrupted execution is
 //! resumed is decided in `resume`, for the daemon and `run --resume` alike.
