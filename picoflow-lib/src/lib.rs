@@ -71,6 +71,7 @@
 //! error naming the feature to enable.
 #![deny(missing_docs)]
 
+mod clock;
 mod config;
 // What the daemon and the web UI share, below both.
 mod contract;
@@ -118,6 +119,7 @@ pub mod views;
 mod web;
 mod yaml;
 
+pub use clock::{sync_status, ClockSync, CLOCK_SYNC_FILE_VAR};
 pub use config::{
     config_keys, Config, DaemonConfig, ExecutionConfig, FleetConfig, FleetUrls, LogsConfig,
     MetricsConfig, RetryConfig, TimeoutConfig, WebConfig, DEFAULT_DB_PATH,
