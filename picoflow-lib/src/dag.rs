@@ -328,6 +328,7 @@ mod tests {
             catchup: Default::default(),
             jitter: None,
             config: WorkflowConfig::default(),
+            requires: None,
             tasks: edges
                 .iter()
                 .map(|(n, d)| Task {

@@ -91,6 +91,7 @@ mod fields;
 #[cfg(feature = "fleet")]
 pub mod fleet;
 mod flow;
+pub mod guards;
 mod httpd;
 mod logs;
 // One switch, so call sites never test the feature (conventions: cross-cutting features).

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 pub use crate::settings::docker::{DockerConfig, PullPolicy, DEFAULT_DOCKER_NETWORK};
+use crate::settings::guards::Requires;
 pub use crate::settings::http::{HttpConfig, DEFAULT_HTTP_TIMEOUT_SECS, HTTP_METHODS};
 pub use crate::settings::shell::ShellConfig;
 pub use crate::settings::ssh::{SshConfig, DEFAULT_SSH_PORT, DEFAULT_SSH_TIMEOUT_SECS};
@@ -37,6 +38,8 @@ pub struct Workflow {
     pub jitter: Option<Duration>,
     /// Workflow-wide settings; unset fields fall back to the global configuration.
     pub config: WorkflowConfig,
+    /// What must hold before an execution's first task starts (`requires:`).
+    pub requires: Option<Requires>,
     /// The tasks, in file order.
     pub tasks: Vec<Task>,
     /// Tasks run once after the DAG has finished, by the execution's result.
@@ -190,6 +193,8 @@ pub struct Task {
     pub run_if: RunIf,
     /// Makes the task a loop: one task `NAME[item]` per item.
     pub iterate_over: Option<Items>,
+    /// What must hold before the task starts (`requires:`).
+    pub requires: Option<Requires>,
     /// The line of the task's `name:` in its workflow file, for messages.
     pub line: Option<usize>,
 }
@@ -209,6 +214,7 @@ impl Task {
             when: None,
             run_if: RunIf::AllSuccess,
             iterate_over: None,
+            requires: None,
             line: None,
         }
     }

@@ -20,6 +20,8 @@ pub(crate) use serde_norway::{from_value, Error as ValueError, Mapping, Value};
 
 #[path = "executor/docker/settings.rs"]
 pub(crate) mod docker;
+#[path = "guards/settings.rs"]
+pub(crate) mod guards;
 #[path = "executor/http/settings.rs"]
 pub(crate) mod http;
 #[path = "executor/shell/settings.rs"]

@@ -40,6 +40,8 @@ struct RawWorkflow {
     jitter: Option<yaml::Value>,
     #[serde(default)]
     config: Option<RawConfig>,
+    #[serde(default)]
+    requires: Option<yaml::Value>,
     tasks: Vec<RawTask>,
     #[serde(default)]
     on_success: Vec<RawTask>,
@@ -87,6 +89,8 @@ struct RawTask {
     on_failure: Vec<String>,
     #[serde(default)]
     iterate_over: Option<yaml::Value>,
+    #[serde(default)]
+    requires: Option<yaml::Value>,
 }
 
 /// Parses workflow YAML into the model, checking every field's format and range.
@@ -127,6 +131,14 @@ pub(crate) fn parse_workflow(text: &str, origin: &str) -> Result<Workflow> {
             }
         },
     };
+    let requires = raw.requires.as_ref().and_then(|v| {
+        // The workflow's own `requires:` is a top-level key: its line, for messages.
+        let label = text
+            .lines()
+            .position(|l| l.starts_with("requires:"))
+            .map_or("workflow".to_string(), |i| format!("line {}", i + 1));
+        settings::guards::parse(v, &mut Problems::new(&label, &mut problems))
+    });
 
     let mut sections = Vec::with_capacity(4);
     for (section, list) in [
@@ -162,6 +174,7 @@ pub(crate) fn parse_workflow(text: &str, origin: &str) -> Result<Workflow> {
         catchup,
         jitter,
         config,
+        requires,
         tasks,
         handlers: Handlers {
             on_success,
@@ -263,6 +276,10 @@ fn task(
         .iterate_over
         .take()
         .and_then(|v| iterate_over(v, &where_, problems));
+    let requires = rt
+        .requires
+        .take()
+        .and_then(|v| settings::guards::parse(&v, &mut Problems::new(&where_, problems)));
     let config = task_config(&rt.kind, rt.config, origin, at, &rt.name, &where_, problems)?;
     Ok(Task {
         name: rt.name,
@@ -276,6 +293,7 @@ fn task(
         when,
         run_if,
         iterate_over,
+        requires,
         line: at,
     })
 }
@@ -352,6 +370,7 @@ const TASK_FIELDS: &[&str] = &[
     "on_success",
     "on_failure",
     "iterate_over",
+    "requires",
 ];
 
 /// Reads a task's `config:` by its type: a built-in type's settings check themselves (see

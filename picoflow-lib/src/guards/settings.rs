@@ -1,0 +1,493 @@
+//! `requires:` as a workflow file writes it, on a workflow and on a task: what must hold
+//! before the execution (or the task) starts, and what happens when it does not. Read and
+//! checked when a workflow is loaded, in every build; declared by `settings` (below the model,
+//! which holds it); the checks themselves are this folder's `mod.rs`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::settings::{scalar_text, Mapping, Problems, Value};
+
+/// How long `on_unmet: wait` waits by default.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The longest `wait_timeout` accepted: a day, like a task's timeout.
+const MAX_WAIT_SECS: u64 = 86_400;
+
+/// What must hold before a workflow's execution or a task starts (`requires:`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Requires {
+    /// Every guard, in a fixed order (the order of [`GUARD_KEYS`]).
+    pub guards: Vec<Guard>,
+    /// What happens when one is not met.
+    pub on_unmet: OnUnmet,
+    /// How long `on_unmet: wait` waits before the requirement counts as failed.
+    pub wait_timeout: Duration,
+}
+
+/// One condition of the device (`requires:` keys).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Guard {
+    /// `clock_synced: true`: the system clock has been set by a time service.
+    ClockSynced,
+    /// `network: online`: a default route through an interface other than `lo`.
+    Online,
+    /// `network: {host, port}`: a TCP connection to it succeeds within a few seconds.
+    Reachable {
+        /// Host name or address.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+    /// `min_free_disk: {path, bytes}`: at least `bytes` free for unprivileged users on the
+    /// file system of `path` (default: the task's working directory).
+    FreeDisk {
+        /// The path whose file system is measured.
+        path: Option<PathBuf>,
+        /// Bytes that must be free.
+        bytes: u64,
+    },
+    /// `min_free_memory: SIZE`: at least this much `MemAvailable`.
+    FreeMemory(u64),
+    /// `max_cpu_temperature: C`: the hottest thermal zone is at most this many °C.
+    MaxTemperature(f64),
+    /// `power: ac`: running on mains (or USB) power.
+    OnMains,
+    /// `power: {battery_above: N%}`: on mains power, or every battery at least N % full.
+    BatteryAbove(u8),
+    /// `max_load: L`: the 1-minute load average is at most `L`.
+    MaxLoad(f64),
+}
+
+impl Guard {
+    /// The key that sets it, as messages and metrics name it.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Guard::ClockSynced => "clock_synced",
+            Guard::Online | Guard::Reachable { .. } => "network",
+            Guard::FreeDisk { .. } => "min_free_disk",
+            Guard::FreeMemory(_) => "min_free_memory",
+            Guard::MaxTemperature(_) => "max_cpu_temperature",
+            Guard::OnMains | Guard::BatteryAbove(_) => "power",
+            Guard::MaxLoad(_) => "max_load",
+        }
+    }
+
+    /// The guard as `validate` shows it: `network: nas.local:445`.
+    pub fn describe(&self) -> String {
+        let what = match self {
+            Guard::ClockSynced => "true".to_string(),
+            Guard::Online => "online".to_string(),
+            Guard::Reachable { host, port } => format!("{host}:{port}"),
+            Guard::FreeDisk { path, bytes } => {
+                let path = path
+                    .as_ref()
+                    .map_or("the working directory".into(), |p| p.display().to_string());
+                format!("{} on {path}", show_bytes(*bytes))
+            }
+            Guard::FreeMemory(b) => show_bytes(*b),
+            Guard::MaxTemperature(c) => format!("{c} °C"),
+            Guard::OnMains => "ac".to_string(),
+            Guard::BatteryAbove(p) => format!("battery above {p}%"),
+            Guard::MaxLoad(l) => l.to_string(),
+        };
+        format!("{}: {what}", self.key())
+    }
+}
+
+/// What happens when a requirement is not met (`on_unmet:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnUnmet {
+    /// Check again every few seconds until every guard holds, for at most `wait_timeout`;
+    /// then fail.
+    Wait,
+    /// Record the task (or every task of the execution) skipped, with the reason.
+    Skip,
+    /// Record the task (or the execution's first tasks) failed, with the reason. The default:
+    /// a requirement that does not hold is news its owner wants.
+    #[default]
+    Fail,
+}
+
+impl OnUnmet {
+    /// The spelling in workflow files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnmet::Wait => "wait",
+            OnUnmet::Skip => "skip",
+            OnUnmet::Fail => "fail",
+        }
+    }
+}
+
+/// The guard keys `requires:` accepts, in the order they are checked (the cheap, local ones
+/// first, the network last), then its two settings.
+pub const GUARD_KEYS: &[&str] = &[
+    "clock_synced",
+    "max_load",
+    "min_free_memory",
+    "max_cpu_temperature",
+    "power",
+    "min_free_disk",
+    "network",
+    "on_unmet",
+    "wait_timeout",
+];
+
+/// Reads `requires:` (`value`), adding each problem to `problems` with the field's name.
+/// `None` when it has no guard (or is not a mapping).
+pub(crate) fn parse(value: &Value, problems: &mut Problems<'_>) -> Option<Requires> {
+    let Value::Mapping(map) = value else {
+        problems.add("requires: expected a mapping such as {network: online, on_unmet: skip}");
+        return None;
+    };
+    for key in map.keys() {
+        let name = scalar_text(key).unwrap_or_default();
+        if !GUARD_KEYS.contains(&name.as_str()) {
+            problems.add(format_args!(
+                "requires: unknown field `{name}`, expected one of {}",
+                GUARD_KEYS.join(", ")
+            ));
+        }
+    }
+    let mut guards = Vec::new();
+    for key in GUARD_KEYS.iter().take(GUARD_KEYS.len() - 2) {
+        if let Some(v) = map.get(*key) {
+            match guard(key, v) {
+                Ok(Some(g)) => guards.push(g),
+                Ok(None) => {}
+                Err(e) => problems.add(format_args!("requires.{key}: {e}")),
+            }
+        }
+    }
+    let on_unmet = match map.get("on_unmet").map(scalar_text) {
+        None => OnUnmet::default(),
+        Some(Some(t)) if t == "wait" => OnUnmet::Wait,
+        Some(Some(t)) if t == "skip" => OnUnmet::Skip,
+        Some(Some(t)) if t == "fail" => OnUnmet::Fail,
+        Some(other) => {
+            problems.add(format_args!(
+                "requires.on_unmet: '{}' is not one of wait, skip, fail",
+                other.unwrap_or_default()
+            ));
+            OnUnmet::default()
+        }
+    };
+    let wait_timeout = match map.get("wait_timeout") {
+        None => DEFAULT_WAIT_TIMEOUT,
+        Some(v) => match wait_timeout(v) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.add(format_args!("requires.wait_timeout: {e}"));
+                DEFAULT_WAIT_TIMEOUT
+            }
+        },
+    };
+    if map.contains_key("wait_timeout") && on_unmet != OnUnmet::Wait {
+        problems.add("requires.wait_timeout: only used with on_unmet: wait");
+    }
+    if guards.is_empty() {
+        return None;
+    }
+    Some(Requires {
+        guards,
+        on_unmet,
+        wait_timeout,
+    })
+}
+
+/// One guard from its key and value; `Ok(None)` for `clock_synced: false`.
+fn guard(key: &str, v: &Value) -> Result<Option<Guard>, String> {
+    Ok(Some(match key {
+        "clock_synced" => match v {
+            Value::Bool(true) => Guard::ClockSynced,
+            Value::Bool(false) => return Ok(None),
+            _ => return Err("expected true or false".into()),
+        },
+        "network" => network(v)?,
+        "min_free_disk" => free_disk(v)?,
+        "min_free_memory" => Guard::FreeMemory(size(v)?),
+        "max_cpu_temperature" => {
+            let c = number(v)?;
+            if !(0.0..=150.0).contains(&c) {
+                return Err(format!("{c} is out of range 0-150 (°C)"));
+            }
+            Guard::MaxTemperature(c)
+        }
+        "power" => power(v)?,
+        "max_load" => {
+            let l = number(v)?;
+            if !(0.0..=10_000.0).contains(&l) {
+                return Err(format!("{l} is out of range 0-10000"));
+            }
+            Guard::MaxLoad(l)
+        }
+        _ => unreachable!("only guard keys are asked for"),
+    }))
+}
+
+fn network(v: &Value) -> Result<Guard, String> {
+    const SHAPE: &str = "expected `online` or {host: NAME, port: NUMBER}";
+    match v {
+        Value::String(s) if s == "online" => Ok(Guard::Online),
+        Value::Mapping(m) => {
+            only_keys(m, &["host", "port"])?;
+            let host = m
+                .get("host")
+                .and_then(scalar_text)
+                .filter(|h| !h.trim().is_empty())
+                .ok_or("host: a host name or address is required")?;
+            if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!("host: '{host}' is not a host name or address"));
+            }
+            let port = match m.get("port") {
+                Some(Value::Number(n)) => n.as_u64().filter(|p| (1..=65_535).contains(p)),
+                _ => None,
+            }
+            .ok_or("port: a number 1-65535 is required")?;
+            Ok(Guard::Reachable {
+                host,
+                port: port as u16,
+            })
+        }
+        _ => Err(SHAPE.into()),
+    }
+}
+
+fn free_disk(v: &Value) -> Result<Guard, String> {
+    match v {
+        Value::Mapping(m) => {
+            only_keys(m, &["path", "bytes"])?;
+            let path = match m.get("path") {
+                None => None,
+                Some(p) => Some(
+                    scalar_text(p)
+                        .filter(|p| !p.is_empty())
+                        .ok_or("path: expected a path")?,
+                ),
+            };
+            let bytes = size(
+                m.get("bytes")
+                    .ok_or("bytes: a size such as 500MB is required")?,
+            )
+            .map_err(|e| format!("bytes: {e}"))?;
+            Ok(Guard::FreeDisk {
+                path: path.map(PathBuf::from),
+                bytes,
+            })
+        }
+        // A bare size checks the working directory's file system.
+        other => Ok(Guard::FreeDisk {
+            path: None,
+            bytes: size(other)?,
+        }),
+    }
+}
+
+fn power(v: &Value) -> Result<Guard, String> {
+    const SHAPE: &str = "expected `ac` or {battery_above: 30%}";
+    match v {
+        Value::String(s) if s == "ac" => Ok(Guard::OnMains),
+        Value::Mapping(m) => {
+            only_keys(m, &["battery_above"])?;
+            let p = m.get("battery_above").ok_or(SHAPE)?;
+            let text = scalar_text(p).ok_or(SHAPE)?;
+            let n: u8 = text
+                .trim()
+                .trim_end_matches('%')
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n <= 100)
+                .ok_or_else(|| format!("battery_above: '{text}' is not a percentage 0-100%"))?;
+            Ok(Guard::BatteryAbove(n))
+        }
+        _ => Err(SHAPE.into()),
+    }
+}
+
+fn only_keys(m: &Mapping, allowed: &[&str]) -> Result<(), String> {
+    for k in m.keys() {
+        let k = scalar_text(k).unwrap_or_default();
+        if !allowed.contains(&k.as_str()) {
+            return Err(format!(
+                "unknown field `{k}`, expected {}",
+                allowed.join(" or ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn number(v: &Value) -> Result<f64, String> {
+    match v {
+        Value::Number(n) => n.as_f64().ok_or_else(|| "expected a number".into()),
+        _ => Err("expected a number".into()),
+    }
+}
+
+fn wait_timeout(v: &Value) -> Result<Duration, String> {
+    let d = match v {
+        Value::Number(n) => n
+            .as_u64()
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{n} is not a whole number of seconds"))?,
+        Value::String(s) => crate::schedule::parse_duration(s)?,
+        _ => return Err("expected a duration such as 30s, 10m or 1h".into()),
+    };
+    match d.as_secs() {
+        1..=MAX_WAIT_SECS => Ok(d),
+        s => Err(format!("{s} s is out of range 1-{MAX_WAIT_SECS} seconds")),
+    }
+}
+
+/// A size in bytes: a whole number of bytes, or a number with a unit — `kB`, `MB`, `GB`,
+/// `TB` are powers of 1000; `KiB`, `MiB`, `GiB`, `TiB` and the one-letter `K`, `M`, `G`, `T`
+/// (as systemd and container tools write them) are powers of 1024. `B` is a byte.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim();
+    let factor: u64 = match unit {
+        "" | "B" => 1,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "'{text}' is not a size: use bytes or a unit such as 500MB, 64MiB or 1G"
+            ))
+        }
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size such as 500MB"))?;
+    let bytes = value * factor as f64;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 || (unit.is_empty() && num.contains('.')) {
+        return Err(format!("'{text}' is not a size such as 500MB"));
+    }
+    Ok(bytes as u64)
+}
+
+fn size(v: &Value) -> Result<u64, String> {
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| format!("{n} is not a whole number of bytes")),
+        Value::String(s) => parse_size(s),
+        _ => Err("expected a size such as 500MB".into()),
+    }
+}
+
+/// `bytes` as a person reads it: `500 MB`, `64 MiB` when whole, else bytes.
+pub(crate) fn show_bytes(bytes: u64) -> String {
+    const UNITS: &[(u64, &str)] = &[
+        (1 << 30, "GiB"),
+        (1_000_000_000, "GB"),
+        (1 << 20, "MiB"),
+        (1_000_000, "MB"),
+        (1 << 10, "KiB"),
+        (1_000, "kB"),
+    ];
+    for (f, name) in UNITS {
+        if bytes >= *f && bytes % f == 0 {
+            return format!("{} {name}", bytes / f);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(yaml: &str) -> (Option<Requires>, Vec<String>) {
+        let v: Value = serde_norway::from_str(yaml).unwrap();
+        let mut list = Vec::new();
+        let r = parse(&v, &mut Problems::new("line 3: task 'a'", &mut list));
+        (r, list)
+    }
+
+    #[test]
+    fn every_guard_reads() {
+        let (r, problems) = read(
+            "{clock_synced: true, network: {host: nas.local, port: 445}, min_free_disk: {path: /mnt/b, bytes: 500MB},
+              min_free_memory: 64MiB, max_cpu_temperature: 75, power: {battery_above: 30%}, max_load: 2.5,
+              on_unmet: wait, wait_timeout: 10m}",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let r = r.unwrap();
+        assert_eq!(r.on_unmet, OnUnmet::Wait);
+        assert_eq!(r.wait_timeout, Duration::from_secs(600));
+        let shown: Vec<String> = r.guards.iter().map(Guard::describe).collect();
+        assert_eq!(
+            shown,
+            [
+                "clock_synced: true",
+                "max_load: 2.5",
+                "min_free_memory: 64 MiB",
+                "max_cpu_temperature: 75 °C",
+                "power: battery above 30%",
+                "min_free_disk: 500 MB on /mnt/b",
+                "network: nas.local:445",
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_and_short_forms() {
+        let (r, problems) = read("{network: online, power: ac, min_free_disk: 1G}");
+        assert!(problems.is_empty(), "{problems:?}");
+        let r = r.unwrap();
+        assert_eq!(r.on_unmet, OnUnmet::Fail);
+        assert_eq!(r.wait_timeout, DEFAULT_WAIT_TIMEOUT);
+        assert!(r.guards.contains(&Guard::Online));
+        assert!(r.guards.contains(&Guard::OnMains));
+        assert!(r.guards.contains(&Guard::FreeDisk {
+            path: None,
+            bytes: 1 << 30
+        }));
+    }
+
+    #[test]
+    fn bad_values_are_named_with_their_task_and_field() {
+        let (_, problems) = read(
+            "{network: {host: nas, port: 0}, min_free_disk: {bytes: lots}, power: solar, max_cpu_temperature: 400,
+              on_unmet: later, wait_timeout: 5m, wifi: true}",
+        );
+        let text = problems.join("\n");
+        for want in [
+            "line 3: task 'a': requires: unknown field `wifi`",
+            "line 3: task 'a': requires.network: port: a number 1-65535 is required",
+            "line 3: task 'a': requires.min_free_disk: bytes: 'lots' is not a size",
+            "line 3: task 'a': requires.power: expected `ac` or {battery_above: 30%}",
+            "line 3: task 'a': requires.max_cpu_temperature: 400 is out of range",
+            "line 3: task 'a': requires.on_unmet: 'later' is not one of wait, skip, fail",
+            "line 3: task 'a': requires.wait_timeout: only used with on_unmet: wait",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn sizes_use_decimal_and_binary_units() {
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12.5").is_err());
+        assert!(parse_size("5 apples").is_err());
+        assert!(parse_size("").is_err());
+        assert_eq!(show_bytes(500_000_000), "500 MB");
+        assert_eq!(show_bytes(123), "123 bytes");
+    }
+}
