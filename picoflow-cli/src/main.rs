@@ -242,8 +242,26 @@ fn validate(path: &Path) -> Result<u8, Error> {
                 outln!("Tasks: {}", wf.tasks.len())?;
                 outln!("Dependencies validated: No cycles detected")?;
                 outln!("Max parallel levels: {}", dag.level_count())?;
-                for warning in picoflow_lib::shell_warnings(&wf, &file.display().to_string()) {
+                let origin = file.display().to_string();
+                for warning in picoflow_lib::shell_warnings(&wf, &origin)
+                    .into_iter()
+                    .chain(picoflow_lib::guards::warnings(&wf, &origin))
+                {
                     errln!("warning: {warning}");
+                }
+                let required: Vec<(&str, &picoflow_lib::guards::Requires)> = wf
+                    .requires
+                    .iter()
+                    .map(|r| ("(workflow)", r))
+                    .chain(wf.tasks.iter().chain(wf.handlers.all().map(|(_, t)| t)).filter_map(
+                        |t| t.requires.as_ref().map(|r| (t.name.as_str(), r)),
+                    ))
+                    .collect();
+                if !required.is_empty() {
+                    outln!("Requirements:")?;
+                    for (who, req) in required {
+                        outln!("  {who}: {}", req.describe())?;
+                    }
                 }
                 let noted: Vec<usize> = (0..wf.tasks.len())
                     .filter(|&i| !dag.notes(i).is_empty())

@@ -265,9 +265,16 @@ pub enum SkipReason {
     Condition(String),
     /// Its loop has no items.
     NoItems,
+    /// A guard of its `requires:` (or its workflow's) does not hold (which, and what was
+    /// found).
+    Unmet(String),
 }
 
 impl SkipReason {
+    /// How the message of a task ended by an unmet requirement begins, after `skipped: `
+    /// for a skipped one.
+    pub const UNMET: &'static str = "requirement not met:";
+
     /// The record's message; [`TaskExecution::skip_reason`] reads it back.
     pub fn message(&self) -> String {
         match self {
@@ -275,13 +282,17 @@ impl SkipReason {
             SkipReason::Rule(r) => format!("skipped: run_if: {r} does not hold"),
             SkipReason::Condition(w) => format!("skipped: condition is false (when: {w})"),
             SkipReason::NoItems => "skipped: iterate_over has no items".into(),
+            SkipReason::Unmet(why) => format!("skipped: {} {why}", SkipReason::UNMET),
         }
     }
 
     /// Whether the task's own definition skipped it (a condition or a rule), rather than
     /// something that happened upstream.
     pub fn is_by_definition(&self) -> bool {
-        matches!(self, SkipReason::Condition(_) | SkipReason::Rule(_))
+        matches!(
+            self,
+            SkipReason::Condition(_) | SkipReason::Rule(_) | SkipReason::Unmet(_)
+        )
     }
 }
 
@@ -351,6 +362,9 @@ impl TaskExecution {
         }
         if let Some(rest) = m.strip_prefix("condition is false (when: ") {
             return Some(SkipReason::Condition(rest.strip_suffix(')')?.to_string()));
+        }
+        if let Some(rest) = m.strip_prefix(SkipReason::UNMET) {
+            return Some(SkipReason::Unmet(rest.trim_start().to_string()));
         }
         (m == "iterate_over has no items").then_some(SkipReason::NoItems)
     }
@@ -439,6 +453,7 @@ mod tests {
             SkipReason::Rule("all_done".into()),
             SkipReason::Condition("${tasks.a.outputs.n} > 3 (or not)".into()),
             SkipReason::NoItems,
+            SkipReason::Unmet("network: nas:445 unreachable: Connection refused".into()),
         ] {
             assert_eq!(skipped(r.message()).skip_reason(), Some(r.clone()), "{r:?}");
         }

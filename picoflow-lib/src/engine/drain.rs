@@ -126,6 +126,11 @@ impl<'a> Drain<'a> {
         let run = self.run.clone();
         let first = self.first_attempt[i];
         ex.spawn(async move {
+            let pending = TaskReport::pending(&run.tasks[i].name);
+            if let Some(f) = engine.guard_task(&run, i, pending).await {
+                let _ = tx.send(f).await;
+                return;
+            }
             let f = match is_loop {
                 true => engine.run_loop(&run, i).await,
                 false => {

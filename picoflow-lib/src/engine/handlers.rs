@@ -68,10 +68,14 @@ impl Engine {
             let index = n + k;
             let mut report = TaskReport::pending(&run.tasks[index].name);
             if self.condition_holds(run, index, None, &mut report) {
-                report = self
-                    .run_task(run, index, &run.tasks[index], None, 1, false)
-                    .await
-                    .report;
+                report = match self.guard_task(run, index, report).await {
+                    Some(unrun) => unrun.report,
+                    None => {
+                        self.run_task(run, index, &run.tasks[index], None, 1, false)
+                            .await
+                            .report
+                    }
+                };
             }
             reports.push(report);
         }

@@ -34,6 +34,8 @@
 //! * `loops.rs` — `iterate_over` tasks, one task per item.
 //! * `handlers.rs` — the execution's figures and its handlers, after the DAG.
 //! * `unrun.rs` — tasks that end without running: skips, false conditions.
+//! * `guard.rs` — `requires:`: the workflow's asked before its first task, a task's before
+//!   it starts; waits, skips or fails.
 //! * `resume.rs` — [`ResumeFrom`] and where an execution starts: what a resumed one carries
 //!   over.
 //! * `outputs.rs` — the values an attempt publishes (its output file, its selectors).
@@ -45,6 +47,7 @@
 mod attempt;
 mod drain;
 mod files;
+mod guard;
 mod handlers;
 mod log_sink;
 mod loops;
@@ -299,6 +302,7 @@ impl Engine {
         let (mut execution, carried) = resume::start(wf, &opts)?;
         let run = Rc::new(self.open(wf, &execution, &opts).await?);
         carried.publish(&run);
+        self.open_workflow_gate(&run).await;
         let mut drain = Drain::new(self, run.clone(), dag, carried);
         // The I/O loop: start what the plan allows, make completions durable, wait for a task
         // or a flush to end, tell the plan.

@@ -16,6 +16,7 @@ use crate::flow::RunValues;
 use crate::model::{Task, Workflow};
 
 use super::files::Files;
+use super::guard::WorkflowGate;
 use super::resume::earlier_attempts;
 use super::RunOptions;
 
@@ -42,6 +43,8 @@ pub(super) struct Run<'a> {
     pub(super) earlier: HashMap<String, TaskExecution>,
     /// Where the execution's file work is done.
     pub(super) files: Files,
+    /// The workflow's `requires:`, once answered.
+    pub(super) gate: WorkflowGate,
 }
 
 impl<'a> Run<'a> {
@@ -84,6 +87,7 @@ impl<'a> Run<'a> {
             slots: loops.then(|| Semaphore::new(limit)),
             earlier: earlier_attempts(opts),
             files: Files::new(limit),
+            gate: WorkflowGate::default(),
         }
     }
 }

@@ -139,6 +139,26 @@ pub fn absent_sources(req: &Requires) -> Vec<String> {
     out
 }
 
+/// Warnings for `validate`: each guard of `wf` (of the workflow, its tasks and handlers)
+/// whose source this device lacks, naming the file (`origin`) and the task.
+pub fn warnings(wf: &crate::model::Workflow, origin: &str) -> Vec<String> {
+    let tasks = wf.tasks.iter().chain(wf.handlers.all().map(|(_, t)| t));
+    let owners = std::iter::once(("requires".to_string(), wf.requires.as_ref())).chain(
+        tasks.map(|t| (format!("task '{}'", t.name), t.requires.as_ref())),
+    );
+    let mut out = Vec::new();
+    for (who, req) in owners {
+        for w in req.map(absent_sources).unwrap_or_default() {
+            let w = match who.as_str() {
+                "requires" => w,
+                _ => format!("{who}: {w}"),
+            };
+            out.push(format!("{origin}: {w}"));
+        }
+    }
+    out
+}
+
 /// A source path under [`HOST_ROOT_VAR`] when it is set.
 fn source(path: &str) -> PathBuf {
     match std::env::var_os(HOST_ROOT_VAR) {

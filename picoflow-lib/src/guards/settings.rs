@@ -25,6 +25,19 @@ pub struct Requires {
     pub wait_timeout: Duration,
 }
 
+impl Requires {
+    /// The requirement as `validate` shows it: its guards, then what happens when one does
+    /// not hold.
+    pub fn describe(&self) -> String {
+        let guards: Vec<String> = self.guards.iter().map(Guard::describe).collect();
+        let action = match self.on_unmet {
+            OnUnmet::Wait => format!("wait at most {}, then fail", show_duration(self.wait_timeout)),
+            other => other.as_str().to_string(),
+        };
+        format!("{} (on_unmet: {action})", guards.join("; "))
+    }
+}
+
 /// One condition of the device (`requires:` keys).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Guard {
@@ -387,9 +400,12 @@ fn size(v: &Value) -> Result<u64, String> {
     }
 }
 
-/// `bytes` as a person reads it: `500 MB`, `64 MiB` when whole, else bytes.
+/// `bytes` as a person reads it: `500 MB` or `64 MiB` when whole in such a unit, else in the
+/// largest binary unit with one decimal (`22.3 GiB`).
 pub(crate) fn show_bytes(bytes: u64) -> String {
     const UNITS: &[(u64, &str)] = &[
+        (1 << 40, "TiB"),
+        (1_000_000_000_000, "TB"),
         (1 << 30, "GiB"),
         (1_000_000_000, "GB"),
         (1 << 20, "MiB"),
@@ -397,12 +413,29 @@ pub(crate) fn show_bytes(bytes: u64) -> String {
         (1 << 10, "KiB"),
         (1_000, "kB"),
     ];
-    for (f, name) in UNITS {
-        if bytes >= *f && bytes % f == 0 {
-            return format!("{} {name}", bytes / f);
+    if let Some((f, name)) = UNITS.iter().find(|(f, _)| bytes >= *f && bytes % f == 0) {
+        return format!("{} {name}", bytes / f);
+    }
+    match UNITS.iter().step_by(2).find(|(f, _)| bytes >= *f) {
+        Some((f, name)) => format!("{:.1} {name}", bytes as f64 / *f as f64),
+        None => format!("{bytes} bytes"),
+    }
+}
+
+/// A duration as the files write it: `10m`, `1h30m`, `45s`.
+pub(crate) fn show_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (h, m, sec) = (s / 3600, s / 60 % 60, s % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (sec, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
         }
     }
-    format!("{bytes} bytes")
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -489,5 +522,8 @@ mod tests {
         assert!(parse_size("").is_err());
         assert_eq!(show_bytes(500_000_000), "500 MB");
         assert_eq!(show_bytes(123), "123 bytes");
+        assert_eq!(show_bytes(23_385_960 * 1024), "22.3 GiB");
+        assert_eq!(show_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(show_duration(Duration::from_secs(600)), "10m");
     }
 }

@@ -1,0 +1,166 @@
+//! Edge guards in a run: the workflow's `requires:` is asked once, before its first task
+//! starts; a task's own when it is about to start (after its condition). `on_unmet: wait`
+//! checks again every few seconds, holding no slot, until every guard holds, the wait times
+//! out (then the task fails) or the run is stopped. A requirement that does not hold ends the
+//! task without an attempt, with a record that says which guard and what was found: skipped
+//! (`skipped: requirement not met: …`) or failed (`requirement not met: …`). A workflow whose
+//! own requirement does not hold ends each of its DAG's tasks that way; its handlers still
+//! run (an `on_failure` handler is how a failed requirement is reported), under their own
+//! `requires:` only.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use futures_lite::future;
+
+use crate::events::{SkipReason, TaskState};
+use crate::guards::{self, OnUnmet, Requires};
+use crate::model::TaskConfig;
+use crate::settings::guards::show_duration;
+
+use super::report::{Finished, TaskReport};
+use super::run::Run;
+use super::Engine;
+
+/// How a requirement was answered.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Gate {
+    /// Every guard holds (or there are none): go on.
+    Open,
+    /// A guard does not hold: the task is skipped (`skip`) or fails, saying `why`.
+    Closed {
+        /// Skipped rather than failed.
+        skip: bool,
+        /// The unmet guard and what was found.
+        why: String,
+    },
+    /// The run was stopped while the requirement was waited for.
+    Stopped,
+}
+
+/// The workflow's requirement, answered once per run (`None` until then).
+pub(super) type WorkflowGate = RefCell<Option<Gate>>;
+
+impl Engine {
+    /// Answers the workflow's own `requires:`, once, before its first task starts.
+    pub(super) async fn open_workflow_gate(&self, run: &Run<'_>) {
+        let gate = match &run.wf.requires {
+            None => Gate::Open,
+            Some(req) => {
+                let here = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+                self.requirement(run, req, here, None).await
+            }
+        };
+        run.gate.replace(Some(gate));
+    }
+
+    /// Task `index`'s requirement — the workflow's for a task of its DAG, then the task's
+    /// own — answered; `Some` with its end when it does not run. `report` names the task.
+    pub(super) async fn guard_task(
+        &self,
+        run: &Run<'_>,
+        index: usize,
+        mut report: TaskReport,
+    ) -> Option<Finished> {
+        let task = &run.tasks[index];
+        let in_dag = index < run.wf.tasks.len();
+        let gate = match run.gate.borrow().clone() {
+            Some(g @ Gate::Closed { .. }) if in_dag => g,
+            _ => Gate::Open,
+        };
+        let gate = match (gate, &task.requires) {
+            (Gate::Open, Some(req)) => {
+                let workdir = match &task.config {
+                    TaskConfig::Shell(s) => s.workdir.clone(),
+                    _ => None,
+                };
+                let here = workdir
+                    .or_else(|| std::env::current_dir().ok())
+                    .unwrap_or_else(|| PathBuf::from("."));
+                self.requirement(run, req, here, Some(&task.name)).await
+            }
+            (gate, _) => gate,
+        };
+        let (skip, why) = match gate {
+            Gate::Open => return None,
+            Gate::Stopped => {
+                report.error = Some("interrupted before starting".into());
+                return Some(Finished::failed(index, report));
+            }
+            Gate::Closed { skip, why } => (skip, why),
+        };
+        let name = report.name.clone();
+        if skip {
+            self.skip(run, &name, SkipReason::Unmet(why).message(), &mut report);
+            return Some(Finished {
+                release_dependents: true,
+                ..Finished::failed(index, report)
+            });
+        }
+        let message = format!("{} {why}", SkipReason::UNMET);
+        self.record_unrun(run, &name, TaskState::Failed, message, &mut report);
+        Some(Finished {
+            release_dependents: task.continue_on_failure,
+            ..Finished::failed(index, report)
+        })
+    }
+
+    /// Checks `req` (with `workdir` for a disk guard without a path) as its `on_unmet`
+    /// says, off the engine's thread; `task` is `None` for the workflow's own.
+    async fn requirement(
+        &self,
+        run: &Run<'_>,
+        req: &Requires,
+        workdir: PathBuf,
+        task: Option<&str>,
+    ) -> Gate {
+        let begun = Instant::now();
+        let mut said = false;
+        loop {
+            let (r, w) = (req.clone(), workdir.clone());
+            let unmet = match smol::unblock(move || guards::check(&r, &w)).await {
+                Ok(()) => {
+                    if said {
+                        tracing::info!(workflow = %run.wf.name, task, "requirement met; starting");
+                    }
+                    return Gate::Open;
+                }
+                Err(u) => u,
+            };
+            let why = unmet.to_string();
+            match req.on_unmet {
+                OnUnmet::Skip => return Gate::Closed { skip: true, why },
+                OnUnmet::Fail => return Gate::Closed { skip: false, why },
+                OnUnmet::Wait => {}
+            }
+            let left = req.wait_timeout.saturating_sub(begun.elapsed());
+            if left.is_zero() {
+                let why = format!(
+                    "{why} (still after waiting {})",
+                    show_duration(req.wait_timeout)
+                );
+                return Gate::Closed { skip: false, why };
+            }
+            if !said {
+                said = true;
+                tracing::info!(workflow = %run.wf.name, task, unmet = %why, "waiting for a requirement");
+            }
+            let pause = left.min(guards::WAIT_POLL);
+            let stopped = future::or(
+                async {
+                    smol::Timer::after(pause).await;
+                    false
+                },
+                async {
+                    run.cancel.cancelled().await;
+                    true
+                },
+            )
+            .await;
+            if stopped {
+                return Gate::Stopped;
+            }
+        }
+    }
+}
