@@ -253,9 +253,12 @@ fn validate(path: &Path) -> Result<u8, Error> {
                     .requires
                     .iter()
                     .map(|r| ("(workflow)", r))
-                    .chain(wf.tasks.iter().chain(wf.handlers.all().map(|(_, t)| t)).filter_map(
-                        |t| t.requires.as_ref().map(|r| (t.name.as_str(), r)),
-                    ))
+                    .chain(
+                        wf.tasks
+                            .iter()
+                            .chain(wf.handlers.all().map(|(_, t)| t))
+                            .filter_map(|t| t.requires.as_ref().map(|r| (t.name.as_str(), r))),
+                    )
                     .collect();
                 if !required.is_empty() {
                     outln!("Requirements:")?;

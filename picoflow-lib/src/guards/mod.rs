@@ -143,9 +143,8 @@ pub fn absent_sources(req: &Requires) -> Vec<String> {
 /// whose source this device lacks, naming the file (`origin`) and the task.
 pub fn warnings(wf: &crate::model::Workflow, origin: &str) -> Vec<String> {
     let tasks = wf.tasks.iter().chain(wf.handlers.all().map(|(_, t)| t));
-    let owners = std::iter::once(("requires".to_string(), wf.requires.as_ref())).chain(
-        tasks.map(|t| (format!("task '{}'", t.name), t.requires.as_ref())),
-    );
+    let owners = std::iter::once(("requires".to_string(), wf.requires.as_ref()))
+        .chain(tasks.map(|t| (format!("task '{}'", t.name), t.requires.as_ref())));
     let mut out = Vec::new();
     for (who, req) in owners {
         for w in req.map(absent_sources).unwrap_or_default() {

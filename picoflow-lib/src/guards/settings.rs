@@ -31,7 +31,10 @@ impl Requires {
     pub fn describe(&self) -> String {
         let guards: Vec<String> = self.guards.iter().map(Guard::describe).collect();
         let action = match self.on_unmet {
-            OnUnmet::Wait => format!("wait at most {}, then fail", show_duration(self.wait_timeout)),
+            OnUnmet::Wait => format!(
+                "wait at most {}, then fail",
+                show_duration(self.wait_timeout)
+            ),
             other => other.as_str().to_string(),
         };
         format!("{} (on_unmet: {action})", guards.join("; "))
@@ -400,7 +403,7 @@ fn size(v: &Value) -> Result<u64, String> {
     }
 }
 
-/// `bytes` as a person reads it: `500 MB` or `64 MiB` when whole in such a unit, else in the
+/// `bytes` as a person reads it: `500 MB` or `64 MiB` when a few whole units, else in the
 /// largest binary unit with one decimal (`22.3 GiB`).
 pub(crate) fn show_bytes(bytes: u64) -> String {
     const UNITS: &[(u64, &str)] = &[
@@ -413,7 +416,8 @@ pub(crate) fn show_bytes(bytes: u64) -> String {
         (1 << 10, "KiB"),
         (1_000, "kB"),
     ];
-    if let Some((f, name)) = UNITS.iter().find(|(f, _)| bytes >= *f && bytes % f == 0) {
+    let whole = |f: u64| bytes >= f && bytes % f == 0 && bytes / f < 10_000;
+    if let Some((f, name)) = UNITS.iter().find(|(f, _)| whole(*f)) {
         return format!("{} {name}", bytes / f);
     }
     match UNITS.iter().step_by(2).find(|(f, _)| bytes >= *f) {

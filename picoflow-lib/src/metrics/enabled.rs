@@ -21,7 +21,7 @@ use prometheus_client::registry::{Registry, Unit};
 use smol::Executor;
 
 use crate::error::Result;
-use crate::events::{Event, EventSink, WorkflowStatus};
+use crate::events::{Event, EventSink, SkipReason, TaskExecution, TaskState, WorkflowStatus};
 use crate::httpd::{Request, Response, Server, Service};
 use crate::model::Workflow;
 
@@ -50,6 +50,16 @@ struct WorkflowStatusLabels {
 struct TaskLabels {
     workflow: String,
     task: String,
+}
+
+/// A requirement that did not hold: of which task, which guard, and whether the task was
+/// skipped or failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnmetLabels {
+    workflow: String,
+    task: String,
+    guard: String,
+    action: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,6 +104,7 @@ struct Inner {
     task_executions: Family<TaskStatusLabels, Counter>,
     task_duration: Histograms<TaskLabels>,
     task_retries: Family<TaskLabels, Counter>,
+    requirements_unmet: Family<UnmetLabels, Counter>,
     uptime: Gauge<f64, AtomicU64>,
     memory: Gauge,
     /// 1 while connected to the fleet's servers (registered for a daemon in a fleet).
@@ -161,6 +172,7 @@ impl Metrics {
         let task_duration: Histograms<TaskLabels> =
             Family::new_with_constructor(duration_histogram);
         let task_retries = Family::<TaskLabels, Counter>::default();
+        let requirements_unmet = Family::<UnmetLabels, Counter>::default();
         let info = Family::<VersionLabels, Gauge>::default();
         let uptime = Gauge::<f64, AtomicU64>::default();
         let memory = Gauge::default();
@@ -199,6 +211,11 @@ impl Metrics {
             "Total task retry attempts",
             task_retries.clone(),
         );
+        registry.register(
+            "requirements_unmet",
+            "Tasks skipped or failed because a guard of their requires: did not hold",
+            requirements_unmet.clone(),
+        );
         registry.register("info", "PicoFlow version info", info.clone());
         registry.register_with_unit(
             "uptime",
@@ -227,6 +244,7 @@ impl Metrics {
                 task_executions,
                 task_duration,
                 task_retries,
+                requirements_unmet,
                 uptime,
                 memory,
                 fleet_connected,
@@ -390,6 +408,7 @@ impl EventSink for Metrics {
                 if let Some(secs) = record.duration_seconds {
                     inner.task_duration.get_or_create(&labels).observe(secs);
                 }
+                self.count_unmet(record, &labels);
                 inner
                     .task_executions
                     .get_or_create(&TaskStatusLabels {
@@ -400,17 +419,48 @@ impl EventSink for Metrics {
                     .inc();
             }
             Event::TaskSkipped(record) => {
+                let labels = TaskLabels {
+                    workflow: self.workflow_of(&record.workflow_execution_id),
+                    task: task_label(&record.task_name),
+                };
+                self.count_unmet(record, &labels);
                 inner
                     .task_executions
                     .get_or_create(&TaskStatusLabels {
-                        workflow: self.workflow_of(&record.workflow_execution_id),
-                        task: task_label(&record.task_name),
+                        workflow: labels.workflow,
+                        task: labels.task,
                         status: record.status.as_str().to_string(),
                     })
                     .inc();
             }
             Event::TaskStarted(_) => {}
         }
+    }
+}
+
+impl Metrics {
+    /// Counts `record` in `picoflow_requirements_unmet_total` when an unmet requirement
+    /// ended its task (its message says so).
+    fn count_unmet(&self, record: &TaskExecution, labels: &TaskLabels) {
+        let message = record.error_message.as_deref().unwrap_or_default();
+        let (action, why) = match record.status {
+            TaskState::Skipped => ("skip", message.strip_prefix("skipped: ")),
+            TaskState::Failed => ("fail", Some(message)),
+            _ => return,
+        };
+        let Some(why) = why.and_then(|w| w.strip_prefix(SkipReason::UNMET)) else {
+            return;
+        };
+        let guard = why.trim_start().split(':').next().unwrap_or_default();
+        self.inner
+            .requirements_unmet
+            .get_or_create(&UnmetLabels {
+                workflow: labels.workflow.clone(),
+                task: labels.task.clone(),
+                guard: guard.to_string(),
+                action: action.to_string(),
+            })
+            .inc();
     }
 }
 
@@ -481,7 +531,7 @@ impl Service for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{TaskExecution, TaskState, WorkflowExecution};
+    use crate::events::WorkflowExecution;
     use chrono::Utc;
     use std::time::Duration;
 
@@ -703,6 +753,57 @@ mod tests {
         let rss = sample(&t, "picoflow_memory_bytes").unwrap();
         assert!(rss > 100_000.0, "implausible resident size {rss}");
         assert!(sample(&t, "picoflow_uptime_seconds").unwrap() >= 0.0);
+    }
+
+    #[test]
+    fn unmet_requirements_are_counted_by_guard_and_action() {
+        let m = Metrics::new();
+        m.on_event(&Event::WorkflowStarted(execution(
+            "e1",
+            "backup",
+            WorkflowStatus::Running,
+            None,
+        )));
+        let why = "network: nas:445 unreachable: Connection refused";
+        let skipped = SkipReason::Unmet(why.into()).message();
+        m.on_event(&Event::TaskSkipped(TaskExecution::unrun(
+            "e1",
+            "copy",
+            TaskState::Skipped,
+            skipped,
+            Utc::now(),
+        )));
+        let failed = format!(
+            "{} min_free_disk: 1 MB free on /b, 2 MB required",
+            SkipReason::UNMET
+        );
+        m.on_event(&Event::TaskFinished {
+            record: TaskExecution::unrun("e1", "copy", TaskState::Failed, failed, Utc::now()),
+            retry_in: None,
+        });
+        // A skip for another reason is not counted.
+        m.on_event(&Event::TaskSkipped(TaskExecution::unrun(
+            "e1",
+            "other",
+            TaskState::Skipped,
+            SkipReason::NoItems.message(),
+            Utc::now(),
+        )));
+        let t = m.render();
+        let series = |guard: &str, action: &str| {
+            format!("picoflow_requirements_unmet_total{{workflow=\"backup\",task=\"copy\",guard=\"{guard}\",action=\"{action}\"}}")
+        };
+        assert_eq!(sample(&t, &series("network", "skip")), Some(1.0), "{t}");
+        assert_eq!(
+            sample(&t, &series("min_free_disk", "fail")),
+            Some(1.0),
+            "{t}"
+        );
+        assert_eq!(
+            t.matches("picoflow_requirements_unmet_total{").count(),
+            2,
+            "{t}"
+        );
     }
 
     #[test]
