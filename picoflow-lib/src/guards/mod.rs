@@ -236,7 +236,10 @@ fn free_disk(path: &Path) -> std::io::Result<u64> {
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+    // The fields are 32 bits wide on some 32-bit targets (armv7) and 64 on others.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, size) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+    Ok(blocks.saturating_mul(size))
 }
 
 /// `MemAvailable` of `/proc/meminfo`, in bytes.

@@ -416,7 +416,7 @@ pub(crate) fn show_bytes(bytes: u64) -> String {
         (1 << 10, "KiB"),
         (1_000, "kB"),
     ];
-    let whole = |f: u64| bytes >= f && bytes % f == 0 && bytes / f < 10_000;
+    let whole = |f: u64| bytes >= f && bytes.is_multiple_of(f) && bytes / f < 10_000;
     if let Some((f, name)) = UNITS.iter().find(|(f, _)| whole(*f)) {
         return format!("{} {name}", bytes / f);
     }
