@@ -307,6 +307,13 @@ on_exit:
         dir.path().join("report").exists(),
         "the handler did not run"
     );
+    let out = run(picoflow(dir.path()).args(["history", "--limit", "1"]));
+    assert!(
+        stdout(&out)
+            .contains("Completed; skipped: a (clock_synced not met), b (clock_synced not met)"),
+        "{}",
+        stdout(&out)
+    );
     std::fs::write(&sync, "").unwrap();
     go(0);
     assert!(dir.path().join("a").exists() && dir.path().join("b").exists());

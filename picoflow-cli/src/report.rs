@@ -13,7 +13,7 @@ use picoflow_lib::views::{
 };
 use picoflow_lib::{
     compute_stats, execution_log_dir, last_attempts, task_log_path, Config, Error, HistoryFilter,
-    Store, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
+    SkipReason, Store, TaskExecution, TaskState, WorkflowExecution, WorkflowStatus,
 };
 use serde_json::json;
 
@@ -228,21 +228,47 @@ pub(crate) fn watch_status(
 }
 
 /// The RESULT column of `history`: for a failed execution, the tasks that failed (its
-/// handlers, which never change the result, are not among them: `handlers` names them).
+/// handlers, which never change the result, are not among them: `handlers` names them), with
+/// the guard for those an unmet requirement ended; for a successful one, the tasks an unmet
+/// requirement skipped.
 fn result_text(e: &WorkflowExecution, tasks: &[TaskExecution], handlers: &[String]) -> String {
-    let failed = || -> Vec<&str> {
-        last_attempts(tasks)
-            .into_iter()
+    let last: Vec<&TaskExecution> = last_attempts(tasks)
+        .into_iter()
+        .filter(|t| !handlers.contains(&t.task_name))
+        .collect();
+    // `name`, or `name (guard not met)` when a requirement ended it.
+    let named = |t: &TaskExecution| {
+        let message = t.error_message.as_deref().unwrap_or_default();
+        let why = message.strip_prefix("skipped: ").unwrap_or(message);
+        match why.strip_prefix(SkipReason::UNMET) {
+            Some(rest) => {
+                let guard = rest.trim_start().split(':').next().unwrap_or_default();
+                format!("{} ({guard} not met)", t.task_name)
+            }
+            None => t.task_name.clone(),
+        }
+    };
+    let failed = || -> Vec<String> {
+        last.iter()
             .filter(|t| t.status.is_failure() && !t.interrupted())
-            .filter(|t| !handlers.contains(&t.task_name))
-            .map(|t| t.task_name.as_str())
+            .map(|t| named(t))
             .collect()
+    };
+    let unmet_skips: Vec<String> = last
+        .iter()
+        .filter(|t| matches!(t.skip_reason(), Some(SkipReason::Unmet(_))))
+        .map(|t| named(t))
+        .collect();
+    let skips = match unmet_skips.is_empty() {
+        true => String::new(),
+        false => format!("; skipped: {}", unmet_skips.join(", ")),
     };
     match e.status {
         WorkflowStatus::Success if e.failed_tasks > 0 => format!(
-            "Completed; failed with continue_on_failure: {}",
+            "Completed; failed with continue_on_failure: {}{skips}",
             failed().join(", ")
         ),
+        WorkflowStatus::Success if !skips.is_empty() => format!("Completed{skips}"),
         WorkflowStatus::Success => "All tasks completed".into(),
         WorkflowStatus::Running => "In progress".into(),
         WorkflowStatus::Interrupted => "Interrupted (run --resume continues it)".into(),
