@@ -80,7 +80,7 @@ pub(crate) struct InitArgs {
     /// workflow name (default my-workflow)
     #[argh(positional)]
     pub(crate) name: Option<String>,
-    /// template: minimal, shell, ssh, http, full, data (default minimal)
+    /// template: minimal, shell, ssh, http, full, data, edge (default minimal)
     #[argh(option, default = "String::from(\"minimal\")")]
     pub(crate) template: String,
 }

@@ -1,7 +1,7 @@
 //! Starter workflows written by `picoflow init`.
 
 /// Names of the templates, for help texts.
-pub const TEMPLATE_NAMES: [&str; 6] = ["minimal", "shell", "ssh", "http", "full", "data"];
+pub const TEMPLATE_NAMES: [&str; 7] = ["minimal", "shell", "ssh", "http", "full", "data", "edge"];
 
 /// The YAML text of template `kind` for a workflow called `name`.
 pub fn template(kind: &str, name: &str) -> Option<String> {
@@ -12,6 +12,7 @@ pub fn template(kind: &str, name: &str) -> Option<String> {
         "http" => HTTP,
         "full" => FULL,
         "data" => DATA,
+        "edge" => EDGE,
         _ => return None,
     };
     Some(body.replace("__NAME__", name))
@@ -189,6 +190,39 @@ on_failure:
       command: "echo \"${workflow.name} failed: ${failed_tasks} (execution ${execution.id})\" >&2"
 "#;
 
+const EDGE: &str = r#"name: __NAME__
+description: "A nightly backup that starts only when the device is fit for it"
+schedule: "0 30 2 * * *"
+
+# Checked before the first task: a Pi that booted without a clock, or runs hot, waits.
+requires:
+  clock_synced: true
+  max_cpu_temperature: 80
+  on_unmet: wait
+  wait_timeout: 30m
+
+tasks:
+  - name: archive
+    type: shell
+    # Room for the archive, or the task is skipped and says why.
+    requires:
+      min_free_disk: {path: /tmp, bytes: 200MB}
+      on_unmet: skip
+    config:
+      command: "tar czf /tmp/__NAME__.tar.gz -C /etc hostname"
+
+  - name: upload
+    type: shell
+    depends_on: [archive]
+    # The NAS must answer on its SMB port; wait up to ten minutes for it.
+    requires:
+      network: {host: 127.0.0.1, port: 445}
+      on_unmet: wait
+      wait_timeout: 10m
+    config:
+      command: "echo would copy /tmp/__NAME__.tar.gz to the NAS"
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,7 +236,7 @@ mod tests {
             assert_eq!(wf.name, "demo");
             crate::dag::Dag::build(&wf).unwrap();
             // The shell-only ones are complete workflows in every build.
-            if ["minimal", "shell", "data"].contains(&kind) {
+            if ["minimal", "shell", "data", "edge"].contains(&kind) {
                 crate::validate::validate_workflow(&wf, kind, &crate::Registry::builtin())
                     .unwrap_or_else(|e| panic!("{kind}: {e}"));
             }
