@@ -836,6 +836,58 @@ fn the_execution_view_shows_only_the_tail_of_a_large_capture() {
     d.stop();
 }
 
+/// A daemon's run whose task an unmet requirement skipped and whose other task it failed:
+/// the execution page, the API and the metrics say which guard and what was found.
+#[test]
+fn unmet_requirements_show_on_the_execution_page_the_api_and_the_metrics() {
+    let dir = TempDir::new("web-guards");
+    dir.write(
+        "edge.yaml",
+        "name: edge
+tasks:
+  - {name: hot, type: shell, requires: {max_cpu_temperature: 70, on_unmet: skip}, config: {command: \"true\"}}
+  - {name: full, type: shell, requires: {min_free_memory: 1000TB}, config: {command: \"true\"}}
+",
+    );
+    dir.write("token", TOKEN);
+    let zone = dir.path().join("root/sys/class/thermal/thermal_zone0");
+    std::fs::create_dir_all(&zone).unwrap();
+    std::fs::write(zone.join("temp"), "75000\n").unwrap();
+    std::env::set_var("PICOFLOW_HOST_ROOT", dir.path().join("root"));
+    let d = Daemon::start(dir.path(), "token_file = \"token\"", &["edge.yaml"]);
+    std::env::remove_var("PICOFLOW_HOST_ROOT");
+    let id = d.run_now("edge");
+    let exec = d.finished(&id);
+    assert_eq!(exec["execution"]["status"], "failed", "{exec}");
+    let hot =
+        "skipped: requirement not met: max_cpu_temperature: CPU at 75.0 °C, at most 70 °C allowed";
+    let message = |name: &str| {
+        exec["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["task_name"] == name)
+            .map(|t| t["error_message"].as_str().unwrap_or_default().to_string())
+            .unwrap()
+    };
+    assert_eq!(message("hot"), hot);
+    assert!(
+        message("full").starts_with("requirement not met: min_free_memory: "),
+        "{exec}"
+    );
+    let page = d.get(&format!("/executions/{id}"));
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(hot), "{}", page.body);
+    let metrics = d.get("/metrics").body;
+    for line in [
+        "picoflow_requirements_unmet_total{workflow=\"edge\",task=\"hot\",guard=\"max_cpu_temperature\",action=\"skip\"} 1",
+        "picoflow_requirements_unmet_total{workflow=\"edge\",task=\"full\",guard=\"min_free_memory\",action=\"fail\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    d.stop();
+}
+
 /// The resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
