@@ -38,7 +38,7 @@ cargo test --workspace
 
 step "tests (no default features)"
 cargo test -p picoflow-lib --no-default-features
-cargo test -p picoflow-cli --no-default-features --test validate --test run
+cargo test -p picoflow-cli --no-default-features --test validate --test run --test guards
 
 step "fuzzing: workflow, schedule, duration, configuration and condition parsers, generated workflows through the engine (20 s each)"
 PICOFLOW_FUZZ_SECONDS=20 cargo test -p picoflow-lib --test fuzz -- --nocapture
@@ -65,7 +65,7 @@ step "aarch64: integration tests against the cross-built binary (all features) u
 PICOFLOW_TEST_BIN="$dist/picoflow-aarch64-full" PICOFLOW_TEST_RUNNER="$qemu_aarch64" \
     cargo test -p picoflow-cli --test run --test validate --test state --test daemon \
     --test export --test secrets --test pipes --test faults --test data --test web --test tls \
-    --test docker --test files --test fleet
+    --test docker --test files --test fleet --test guards
 
 step "aarch64: run and validate tests against the minimal, the static and the smallest binary"
 for b in minimal static smallest; do
