@@ -131,14 +131,7 @@ pub(crate) fn parse_workflow(text: &str, origin: &str) -> Result<Workflow> {
             }
         },
     };
-    let requires = raw.requires.as_ref().and_then(|v| {
-        // The workflow's own `requires:` is a top-level key: its line, for messages.
-        let label = text
-            .lines()
-            .position(|l| l.starts_with("requires:"))
-            .map_or("workflow".to_string(), |i| format!("line {}", i + 1));
-        settings::guards::parse(v, &mut Problems::new(&label, &mut problems))
-    });
+    let requires = workflow_requires(raw.requires.as_ref(), text, &mut problems);
 
     let mut sections = Vec::with_capacity(4);
     for (section, list) in [
@@ -182,6 +175,20 @@ pub(crate) fn parse_workflow(text: &str, origin: &str) -> Result<Workflow> {
             on_exit,
         },
     })
+}
+
+/// The workflow's own `requires:`, its problems labelled with its line (a top-level key).
+fn workflow_requires(
+    v: Option<&yaml::Value>,
+    text: &str,
+    problems: &mut Vec<String>,
+) -> Option<settings::guards::Requires> {
+    let v = v?;
+    let label = text
+        .lines()
+        .position(|l| l.starts_with("requires:"))
+        .map_or("workflow".to_string(), |i| format!("line {}", i + 1));
+    settings::guards::parse(v, &mut Problems::new(&label, problems))
 }
 
 /// The workflow's own fields: its name, its description's length, and that it has tasks.

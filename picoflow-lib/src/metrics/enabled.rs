@@ -125,6 +125,17 @@ struct State {
     last_results: BTreeMap<String, WorkflowStatus>,
 }
 
+/// `picoflow_requirements_unmet_total`, registered.
+fn unmet_counter(registry: &mut Registry) -> Family<UnmetLabels, Counter> {
+    let family = Family::<UnmetLabels, Counter>::default();
+    registry.register(
+        "requirements_unmet",
+        "Tasks skipped or failed because a guard of their requires: did not hold",
+        family.clone(),
+    );
+    family
+}
+
 /// The fleet's gauges, registered (shown) only for a daemon in a fleet.
 fn fleet_gauges(registry: &mut Registry, fleet: bool) -> (Gauge, Gauge) {
     let connected = Gauge::default();
@@ -172,7 +183,6 @@ impl Metrics {
         let task_duration: Histograms<TaskLabels> =
             Family::new_with_constructor(duration_histogram);
         let task_retries = Family::<TaskLabels, Counter>::default();
-        let requirements_unmet = Family::<UnmetLabels, Counter>::default();
         let info = Family::<VersionLabels, Gauge>::default();
         let uptime = Gauge::<f64, AtomicU64>::default();
         let memory = Gauge::default();
@@ -211,11 +221,6 @@ impl Metrics {
             "Total task retry attempts",
             task_retries.clone(),
         );
-        registry.register(
-            "requirements_unmet",
-            "Tasks skipped or failed because a guard of their requires: did not hold",
-            requirements_unmet.clone(),
-        );
         registry.register("info", "PicoFlow version info", info.clone());
         registry.register_with_unit(
             "uptime",
@@ -229,6 +234,7 @@ impl Metrics {
             Unit::Bytes,
             memory.clone(),
         );
+        let requirements_unmet = unmet_counter(&mut registry);
         let (fleet_connected, fleet_unsent) = fleet_gauges(&mut registry, fleet);
         info.get_or_create(&VersionLabels {
             version: env!("CARGO_PKG_VERSION").to_string(),
