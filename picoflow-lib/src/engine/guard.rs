@@ -9,13 +9,13 @@
 //! `requires:` only.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use futures_lite::future;
 
 use crate::events::{SkipReason, TaskState};
-use crate::guards::{self, OnUnmet, Requires};
+use crate::guards::{self, OnUnmet, Requires, Unmet};
 use crate::model::TaskConfig;
 use crate::settings::guards::show_duration;
 
@@ -118,8 +118,7 @@ impl Engine {
         let begun = Instant::now();
         let mut said = false;
         loop {
-            let (r, w) = (req.clone(), workdir.clone());
-            let unmet = match smol::unblock(move || guards::check(&r, &w)).await {
+            let unmet = match check_off_thread(req, &workdir).await {
                 Ok(()) => {
                     if said {
                         tracing::info!(workflow = %run.wf.name, task, "requirement met; starting");
@@ -162,5 +161,30 @@ impl Engine {
                 return Gate::Stopped;
             }
         }
+    }
+}
+
+/// `guards::check` on a thread of its own (it reads files, resolves names and connects),
+/// so the engine's thread goes on; a thread that cannot start is a guard that cannot be
+/// checked, which does not hold.
+async fn check_off_thread(req: &Requires, workdir: &Path) -> Result<(), Unmet> {
+    let (tx, rx) = smol::channel::bounded(1);
+    let (r, w) = (req.clone(), workdir.to_path_buf());
+    let started = crate::threads::spawn(
+        "picoflow-guard".into(),
+        Box::new(move || {
+            let _ = tx.send_blocking(guards::check(&r, &w));
+        }),
+    );
+    let cannot = |e: String| Unmet {
+        guard: "requires",
+        detail: format!("cannot be checked: {e}"),
+    };
+    match started {
+        Ok(_) => rx
+            .recv()
+            .await
+            .unwrap_or_else(|_| Err(cannot("the check ended without an answer".into()))),
+        Err(e) => Err(cannot(e.to_string())),
     }
 }
