@@ -382,6 +382,11 @@ impl Scheduler<'_> {
             let from = jump.expected.max(l.done_until.unwrap_or(jump.expected));
             let skipped = l.fires_between(from, jump.now, Catchup::MAX_ALL + 1);
             let runs = runs_after_jump(l.wf.catchup, due, skipped);
+            // Counted only as far as the policy needs.
+            let skipped = match skipped > Catchup::MAX_ALL {
+                true => format!("more than {}", Catchup::MAX_ALL),
+                false => skipped.to_string(),
+            };
             if runs > 0 && self.runs.is_busy(&l.wf) {
                 tracing::warn!(workflow = %l.wf.name, runs,
                     "previous run still running; the runs after the clock's jump are skipped");

@@ -50,9 +50,10 @@ impl Jump {
         self.now > self.expected
     }
 
-    /// The size of the step in seconds, positive forward and negative backward.
+    /// The size of the step in whole seconds (rounded), positive forward and negative
+    /// backward.
     pub(super) fn seconds(&self) -> i64 {
-        (self.now - self.expected).num_seconds()
+        ((self.now - self.expected).num_milliseconds() as f64 / 1000.0).round() as i64
     }
 }
 
@@ -217,6 +218,9 @@ mod tests {
         assert!(fwd.is_forward());
         assert_eq!(fwd.seconds(), 30 * 86_400);
         assert_eq!(fwd.expected, t0 + cd(5));
+        let almost = cd(30 * 86_400 + 5) - chrono::Duration::milliseconds(2);
+        let fwd = detect_jump((t0, m0), (t0 + almost, m0 + secs(5))).unwrap();
+        assert_eq!(fwd.seconds(), 30 * 86_400);
         let back = detect_jump((t0, m0), (t0 - cd(3600 - 5), m0 + secs(5))).unwrap();
         assert!(!back.is_forward());
         assert_eq!(back.seconds(), -3600);
