@@ -338,3 +338,30 @@ pub fn stop_daemon(config: &Config, wait: Duration) -> Result<bool> {
         wait.as_secs()
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_status_survives_the_status_file() {
+        let since = DateTime::parse_from_rfc3339("2026-01-01T00:00:12Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for clock in [
+            ClockStatus::Synced,
+            ClockStatus::Unsynced,
+            ClockStatus::Waiting {
+                since,
+                timeout_seconds: 300,
+            },
+            ClockStatus::GaveUp {
+                timeout_seconds: 300,
+            },
+        ] {
+            assert_eq!(clock_from_json(&clock_json(clock)), Some(clock));
+        }
+        // A status file of a daemon that does not say.
+        assert_eq!(clock_from_json(&serde_json::Value::Null), None);
+    }
+}
