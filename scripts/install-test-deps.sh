@@ -4,8 +4,9 @@
 # for libssh2/libcurl, the openssl command for a TLS server, Podman (with runc) and a static
 # busybox for the container engine and test image of the docker executor, headless Chromium
 # for the web UI, hyperfine, make and GNU time for the benchmarks, and debootstrap for the
-# check that these install steps work on a new machine (scripts/fresh-install-check.sh), and
-# nats-server (with JetStream) for the fleet.
+# check that these install steps work on a new machine (scripts/fresh-install-check.sh),
+# nats-server (with JetStream) for the fleet, and libfaketime (Debian's faketime) to step the
+# daemon's wall clock in the clock tests.
 # Safe to run again, from any state of a Debian 12 machine.
 set -eu
 
@@ -32,6 +33,7 @@ command -v runc >/dev/null 2>&1 || need="$need runc"
 installed busybox-static || need="$need busybox-static"
 command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
 command -v nats-server >/dev/null 2>&1 || need="$need nats-server"
+installed libfaketime || need="$need faketime"
 
 if [ -n "$need" ]; then
     echo "installing:$need"
@@ -54,4 +56,5 @@ fi
 for tool in /usr/sbin/sshd ssh-keygen sqlite3 promtool hyperfine make /usr/bin/time chromium openssl podman runc /bin/busybox debootstrap nats-server; do
     command -v "$tool" >/dev/null 2>&1 || { echo "missing after install: $tool" >&2; exit 1; }
 done
-echo "test tools present: sshd, ssh-keygen, sqlite3, promtool, hyperfine, make, time, chromium, openssl, podman, runc, busybox, debootstrap, nats-server"
+installed libfaketime || { echo "missing after install: libfaketime" >&2; exit 1; }
+echo "test tools present: sshd, ssh-keygen, sqlite3, promtool, hyperfine, make, time, chromium, openssl, podman, runc, busybox, debootstrap, nats-server, libfaketime"

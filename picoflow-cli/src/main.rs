@@ -511,6 +511,28 @@ fn daemon_stop(config: &Config, timeout: u64) -> Result<u8, Error> {
     }
 }
 
+/// The daemon's view of the system clock, for `daemon status`.
+fn clock_line(clock: picoflow_lib::ClockStatus) -> String {
+    use picoflow_lib::ClockStatus as C;
+    match clock {
+        C::Synced => "synced".into(),
+        C::Unsynced => "unsynced (not waited for)".into(),
+        C::Waiting {
+            since,
+            timeout_seconds,
+        } => {
+            let waited = (chrono::Utc::now() - since).num_seconds().max(0);
+            format!(
+                "waiting for synchronisation (since {waited} s, at most {timeout_seconds} s); \
+                 no schedule fires until then"
+            )
+        }
+        C::GaveUp { timeout_seconds } => format!(
+            "unsynced (waited {timeout_seconds} s for synchronisation; scheduling from this clock)"
+        ),
+    }
+}
+
 fn daemon_status(config: &Config) -> Result<u8, Error> {
     let Some(st) = picoflow_lib::daemon_status(config)? else {
         outln!("Daemon Status: Not running")?;
@@ -560,6 +582,9 @@ fn daemon_status(config: &Config) -> Result<u8, Error> {
     }
     if let Some(b) = st.memory_bytes {
         outln!("Memory usage: {:.1} MB", b as f64 / 1_000_000.0)?;
+    }
+    if let Some(clock) = st.clock {
+        outln!("Clock: {}", clock_line(clock))?;
     }
     #[cfg(feature = "fleet")]
     if let Some(f) = &st.fleet {

@@ -215,6 +215,59 @@ pub struct DaemonConfig {
     pub shutdown_timeout_seconds: u64,
     /// PID file; default `<state file>.pid` beside the state file.
     pub pid_file: Option<PathBuf>,
+    /// Whether schedules wait for the system clock to be synchronised before they fire
+    /// (`"auto"`, `true` or `false`; see [`WaitForClockSync`]).
+    pub wait_for_clock_sync: WaitForClockSync,
+    /// How long schedules wait for the clock at most; after that the daemon schedules from
+    /// the clock it has, with a warning.
+    pub clock_sync_timeout_seconds: u64,
+}
+
+/// `[daemon] wait_for_clock_sync`: whether a daemon started before the system clock was set
+/// holds back its schedules (and the catch-up of missed fires) until it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WaitForClockSync {
+    /// Wait only where a time service that says when it has synchronised the clock runs
+    /// ([`crate::clock::sync_service_present`]), e.g. systemd-timesyncd on Raspberry Pi OS.
+    /// Many machines whose clock is right still report it unsynchronised to the kernel
+    /// (virtual machines, containers, hosts without an NTP client), and waiting on those
+    /// would delay every start by the whole timeout.
+    #[default]
+    Auto,
+    /// Always wait while the clock is reported unsynchronised.
+    Always,
+    /// Never wait.
+    Never,
+}
+
+impl WaitForClockSync {
+    /// Whether to wait, given whether a time service that reports synchronisation runs here.
+    pub fn applies(self, service_present: bool) -> bool {
+        match self {
+            WaitForClockSync::Auto => service_present,
+            WaitForClockSync::Always => true,
+            WaitForClockSync::Never => false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WaitForClockSync {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(WaitForClockSync::Always),
+            Raw::Bool(false) => Ok(WaitForClockSync::Never),
+            Raw::Text(t) if t == "auto" => Ok(WaitForClockSync::Auto),
+            Raw::Text(t) => Err(serde::de::Error::custom(format!(
+                "wait_for_clock_sync: expected \"auto\", true or false, not \"{t}\""
+            ))),
+        }
+    }
 }
 
 /// Every key the configuration file accepts: `db_path` at the top level, `section.key`
@@ -328,6 +381,11 @@ impl Default for DaemonConfig {
         DaemonConfig {
             shutdown_timeout_seconds: 60,
             pid_file: None,
+            wait_for_clock_sync: WaitForClockSync::Auto,
+            // Long enough for timesyncd to reach a server over a Wi-Fi link that comes up
+            // late after boot; short enough that a device without network still runs its
+            // schedules within minutes.
+            clock_sync_timeout_seconds: 300,
         }
     }
 }
@@ -630,6 +688,27 @@ cleanup_enabled = true
                 assert!(!e.to_string().contains("unknown field"), "{k}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn wait_for_clock_sync_takes_auto_true_or_false() {
+        let parse = |v: &str| Config::parse(&format!("[daemon]\nwait_for_clock_sync = {v}\n"), "c");
+        assert_eq!(
+            Config::default().daemon.wait_for_clock_sync,
+            WaitForClockSync::Auto
+        );
+        assert_eq!(Config::default().daemon.clock_sync_timeout_seconds, 300);
+        let w = |v: &str| parse(v).unwrap().daemon.wait_for_clock_sync;
+        assert_eq!(w("\"auto\""), WaitForClockSync::Auto);
+        assert_eq!(w("true"), WaitForClockSync::Always);
+        assert_eq!(w("false"), WaitForClockSync::Never);
+        let e = parse("\"sometimes\"").unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{e:?}");
+        assert!(parse("3").is_err());
+        assert!(WaitForClockSync::Auto.applies(true));
+        assert!(!WaitForClockSync::Auto.applies(false));
+        assert!(WaitForClockSync::Always.applies(false));
+        assert!(!WaitForClockSync::Never.applies(true));
     }
 
     #[test]

@@ -120,13 +120,15 @@ pub mod views;
 mod web;
 mod yaml;
 
-pub use clock::{sync_status, ClockSync, CLOCK_SYNC_FILE_VAR};
+pub use clock::{sync_service_present, sync_status, ClockSync, CLOCK_SYNC_FILE_VAR};
 pub use config::{
     config_keys, Config, DaemonConfig, ExecutionConfig, FleetConfig, FleetUrls, LogsConfig,
-    MetricsConfig, RetryConfig, TimeoutConfig, WebConfig, DEFAULT_DB_PATH,
+    MetricsConfig, RetryConfig, TimeoutConfig, WaitForClockSync, WebConfig, DEFAULT_DB_PATH,
 };
 pub use contract::LinkStatus;
-pub use daemon::{daemon_status, stop_daemon, Daemon, DaemonExit, DaemonStatus, ScheduledWorkflow};
+pub use daemon::{
+    daemon_status, stop_daemon, ClockStatus, Daemon, DaemonExit, DaemonStatus, ScheduledWorkflow,
+};
 pub use dag::Dag;
 pub use engine::{Engine, EngineSettings, ResumeFrom, RunOptions, RunReport, TaskReport};
 pub use error::{without_os_error, BoxError, Error, Result};

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::timeguard::not_before;
 use crate::contract::CatalogEntry;
 use crate::error::{Error, Result};
 use crate::executor::Registry;
@@ -24,6 +25,10 @@ pub(super) struct Loaded {
     /// The fixed delay of every fire (jitter).
     pub(super) offset: Duration,
     pub(super) next: Option<DateTime<Utc>>,
+    /// Fire instants up to this one are handled (fired, or given up by the catch-up policy
+    /// after a step of the clock): none of them fires again, even when the wall clock goes
+    /// back behind it.
+    pub(super) done_until: Option<DateTime<Utc>>,
     /// The file it was loaded from.
     pub(super) source: PathBuf,
 }
@@ -51,10 +56,38 @@ impl Loaded {
             schedule,
             offset,
             next: None,
+            done_until: None,
             source,
         };
         l.next = l.next_after(after);
         Ok(l)
+    }
+
+    /// The next fire after `now` that was not handled yet: strictly after both `now` and
+    /// [`Loaded::done_until`].
+    pub(super) fn next_from(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.next_after(not_before(now, self.done_until))
+    }
+
+    /// The fire instants in `(from, to]`, jitter included, counted up to `cap`.
+    pub(super) fn fires_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        cap: usize,
+    ) -> usize {
+        let mut t = from;
+        let mut n = 0;
+        while n < cap {
+            match self.next_after(t) {
+                Some(next) if next <= to => {
+                    n += 1;
+                    t = next;
+                }
+                _ => break,
+            }
+        }
+        n
     }
 
     /// Next fire strictly after `t`, jitter included.
@@ -247,6 +280,13 @@ pub(super) fn reload(
             fresh.insert(name, prev);
         }
     }
+    // What fired before the reload stays fired, whatever the wall clock says now.
+    for l in fresh.values_mut() {
+        if let Some(prev) = loaded.get(&l.wf.name) {
+            l.done_until = prev.done_until;
+            l.next = l.next_from(now);
+        }
+    }
     *loaded = fresh;
     true
 }
@@ -281,6 +321,45 @@ mod tests {
         set.iter()
             .map(|(n, l)| (n.clone(), l.source.clone()))
             .collect()
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn an_instant_already_fired_never_fires_again_after_the_clock_went_back() {
+        let (path, wf) = read("h", "h.yaml", true); // hourly, at minute 0
+        let mut l = Loaded::new(wf.unwrap(), path, "host", at("2026-01-01T09:59:00Z")).unwrap();
+        assert_eq!(l.next, Some(at("2026-01-01T10:00:00Z")));
+        l.done_until = l.next;
+        // An hour back, across the 10:00 fire: the next one is 11:00, not 10:00 again.
+        assert_eq!(
+            l.next_from(at("2026-01-01T09:30:00Z")),
+            Some(at("2026-01-01T11:00:00Z"))
+        );
+        assert_eq!(
+            l.next_from(at("2026-01-01T12:30:00Z")),
+            Some(at("2026-01-01T13:00:00Z"))
+        );
+        // A reload keeps what was handled.
+        let mut set = BTreeMap::from([("h".to_string(), l)]);
+        assert!(reload(
+            &mut set,
+            vec![read("h", "h.yaml", true)],
+            at("2026-01-01T09:30:00Z")
+        ));
+        assert_eq!(set["h"].next, Some(at("2026-01-01T11:00:00Z")));
+    }
+
+    #[test]
+    fn fires_between_counts_up_to_its_cap() {
+        let (path, wf) = read("h", "h.yaml", true);
+        let l = Loaded::new(wf.unwrap(), path, "host", at("2026-01-01T00:00:00Z")).unwrap();
+        let (from, to) = (at("2026-01-01T00:00:00Z"), at("2026-01-31T00:00:00Z"));
+        assert_eq!(l.fires_between(from, to, 5), 5);
+        assert_eq!(l.fires_between(from, at("2026-01-01T03:00:00Z"), 100), 3);
+        assert_eq!(l.fires_between(from, from, 100), 0);
     }
 
     #[test]

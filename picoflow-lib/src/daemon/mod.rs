@@ -5,8 +5,9 @@
 //!   locked with `flock` for the daemon's whole life; a second daemon on the same state file
 //!   fails to take the lock and exits with an error. A stale PID file left by a crash holds no
 //!   lock and is simply taken over.
-//! * **No polling.** The daemon sleeps until the earliest next fire of all its schedules (or a
-//!   signal); an idle daemon does not wake up between fires. Pruning piggybacks on that
+//! * **Little polling.** The daemon sleeps until the earliest next fire of all its schedules
+//!   (or a signal), at most [`CHECK_EVERY`](timeguard::CHECK_EVERY) at a time, waking only to
+//!   compare the wall clock with the monotonic clock (see **Clock**). Pruning piggybacks on that
 //!   (at start and after runs, at most once a day), so it adds no wake-ups of its own; it runs
 //!   on a thread of its own, as do the status-file writes and SIGHUP's reading of the
 //!   workflow files, so the scheduler's thread never waits on them.
@@ -24,9 +25,16 @@
 //!   `[daemon] shutdown_timeout_seconds`; after that they are terminated like a timed-out task
 //!   and recorded as interrupted. SIGHUP reloads the workflow files; a file that no longer
 //!   validates keeps its previous version and the error is logged.
-//! * **Clock.** Sleeps are measured on the monotonic clock and re-checked against the wall
-//!   clock when they end, so a clock stepped backwards (an NTP sync on a board without a
-//!   real-time clock) never fires a schedule early or twice.
+//! * **Clock** (`timeguard.rs`). A board without a real-time clock boots at a wrong time
+//!   and is stepped when a time service synchronises it. With `[daemon] wait_for_clock_sync`
+//!   (`"auto"`: where such a service runs and reports it), a daemon started before the clock
+//!   is synchronised fires no schedule and catches up on nothing until it is, at most
+//!   `clock_sync_timeout_seconds`, then goes on with a warning. Runs asked for by hand or over
+//!   the web API, and the resumption of interrupted executions, need no clock and are not
+//!   held back. While running, the scheduler wakes at least every few seconds and compares
+//!   the wall clock's advance with the monotonic clock's: a step forward fires at most what
+//!   the workflow's `catchup` allows for the instants it jumped over, and no instant at or
+//!   before the last one handled fires again, so a step backward repeats nothing.
 //!
 //! # Files
 //!
@@ -38,6 +46,8 @@
 //! * `scheduler.rs` — the loop: its state in one type with one method per event (timer fire,
 //!   web API trigger, end of a run, SIGHUP, shutdown) and per start-up step (resume of
 //!   interrupted executions, catch-up), and the runs it started.
+//! * `timeguard.rs` — the wait for the clock's synchronisation and the steps of the wall
+//!   clock: pure rules the scheduler applies.
 //! * `offload.rs` — a short-lived thread for work that waits on the disk (pruning, the status
 //!   file, reading the workflow files again).
 //! * `http.rs` — the thread that serves `/metrics`, `/health` and the web UI.
@@ -53,6 +63,7 @@ mod load;
 mod offload;
 mod pid;
 mod scheduler;
+mod timeguard;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,6 +84,7 @@ use http::HttpThread;
 use load::Loaded;
 use pid::{PidLock, StatusFile};
 use scheduler::{Runs, Scheduler};
+use timeguard::ClockWatch;
 
 pub use pid::{daemon_status, stop_daemon};
 
@@ -102,6 +114,31 @@ pub struct DaemonStatus {
     pub memory_bytes: Option<u64>,
     /// Its link to the fleet, when it belongs to one.
     pub fleet: Option<LinkStatus>,
+    /// What it makes of the system clock (`None` from a daemon that does not say).
+    pub clock: Option<ClockStatus>,
+}
+
+/// A daemon's view of the system clock, as `daemon status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockStatus {
+    /// A time service synchronised the clock.
+    Synced,
+    /// Schedules wait for the clock to be synchronised (`[daemon] wait_for_clock_sync`):
+    /// no schedule fires until then, or until `timeout_seconds` after `since`.
+    Waiting {
+        /// When the wait began, on the daemon's clock.
+        since: DateTime<Utc>,
+        /// Its bound, `[daemon] clock_sync_timeout_seconds`.
+        timeout_seconds: u64,
+    },
+    /// Not reported synchronised, and not waited for.
+    Unsynced,
+    /// Not reported synchronised after a wait of `timeout_seconds`: the schedules go by the
+    /// clock as it is.
+    GaveUp {
+        /// The wait's bound.
+        timeout_seconds: u64,
+    },
 }
 
 /// One workflow loaded by a daemon.
@@ -205,11 +242,13 @@ impl Daemon {
         let runs = Runs::new(engine, cancel, done_tx);
         let loaded = load::start(files, &store)?;
         metrics.set_workflows(loaded.values().map(|l| &*l.wf));
+        let clock = self.clock_watch();
+        metrics.set_clock(clock.is_synced(), clock.is_waiting());
 
         catalog.publish(loaded.values().map(Loaded::entry));
         let web = self.web_context(&store, &catalog, trigger_tx, web_token, fleet.source());
         let http = HttpThread::start(&self.config, &metrics, web)?;
-        status.write(&loaded, None).await;
+        status.write(&loaded, None, clock.status()).await;
         tracing::info!(
             pid = std::process::id(),
             workflows = loaded.len(),
@@ -238,6 +277,7 @@ impl Daemon {
             catalog,
             last_prune: None,
             pruning: None,
+            clock,
         };
         let result = ex.run(scheduler.run(recovered)).await;
         fleet.stop();
@@ -245,6 +285,21 @@ impl Daemon {
         status.remove();
         tracing::info!("daemon stopped");
         result
+    }
+
+    /// The daemon's watch of the clock, waiting for its synchronisation when `[daemon]
+    /// wait_for_clock_sync` applies here and the clock is not synchronised yet.
+    fn clock_watch(&self) -> ClockWatch {
+        let d = &self.config.daemon;
+        let wait = d
+            .wait_for_clock_sync
+            .applies(crate::clock::sync_service_present());
+        ClockWatch::start(
+            wait,
+            crate::clock::sync_status(),
+            std::time::Duration::from_secs(d.clock_sync_timeout_seconds),
+            (Utc::now(), std::time::Instant::now()),
+        )
     }
 
     /// The directory of the workflows applied from the fleet (`<state file>.fleet`), when

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 
 use super::load::Loaded;
 use super::offload::offload;
-use super::{DaemonStatus, ScheduledWorkflow};
+use super::{ClockStatus, DaemonStatus, ScheduledWorkflow};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::schedule::Schedule;
@@ -94,13 +94,14 @@ impl StatusFile {
         }
     }
 
-    /// Replaces the file with the status of a daemon that loaded `loaded` and, from the
-    /// instant `stopping`, is stopping (starting no run, waiting for the ones going). A
-    /// failure is logged: the daemon goes on without it.
+    /// Replaces the file with the status of a daemon that loaded `loaded`, sees the clock
+    /// as `clock` and, from the instant `stopping`, is stopping (starting no run, waiting for
+    /// the ones going). A failure is logged: the daemon goes on without it.
     pub(super) async fn write(
         &self,
         loaded: &BTreeMap<String, Loaded>,
         stopping: Option<DateTime<Utc>>,
+        clock: ClockStatus,
     ) {
         let workflows: Vec<serde_json::Value> = loaded
             .values()
@@ -119,6 +120,7 @@ impl StatusFile {
             "started_at": self.started.to_rfc3339(),
             "workflows": workflows,
             "stopping_since": stopping.map(|t| t.to_rfc3339()),
+            "clock": clock_json(clock),
         });
         let path = self.path.clone();
         let written = offload("status", move || {
@@ -133,6 +135,43 @@ impl StatusFile {
     pub(super) fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// The clock's status as the status file holds it.
+fn clock_json(clock: ClockStatus) -> serde_json::Value {
+    match clock {
+        ClockStatus::Synced => serde_json::json!({ "state": "synced" }),
+        ClockStatus::Unsynced => serde_json::json!({ "state": "unsynced" }),
+        ClockStatus::Waiting {
+            since,
+            timeout_seconds,
+        } => serde_json::json!({
+            "state": "waiting",
+            "since": since.to_rfc3339(),
+            "timeout_seconds": timeout_seconds,
+        }),
+        ClockStatus::GaveUp { timeout_seconds } => serde_json::json!({
+            "state": "gave_up",
+            "timeout_seconds": timeout_seconds,
+        }),
+    }
+}
+
+/// [`clock_json`] read back; `None` for a file without it (or one it cannot read).
+fn clock_from_json(v: &serde_json::Value) -> Option<ClockStatus> {
+    let timeout_seconds = v["timeout_seconds"].as_u64().unwrap_or(0);
+    Some(match v["state"].as_str()? {
+        "synced" => ClockStatus::Synced,
+        "unsynced" => ClockStatus::Unsynced,
+        "waiting" => ClockStatus::Waiting {
+            since: DateTime::parse_from_rfc3339(v["since"].as_str()?)
+                .ok()?
+                .with_timezone(&Utc),
+            timeout_seconds,
+        },
+        "gave_up" => ClockStatus::GaveUp { timeout_seconds },
+        _ => return None,
+    })
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -263,6 +302,7 @@ pub fn daemon_status(config: &Config) -> Result<Option<DaemonStatus>> {
         stopping_since,
         workflows,
         memory_bytes: rss_bytes(pid),
+        clock: clock_from_json(&doc["clock"]),
         #[cfg(feature = "fleet")]
         fleet: crate::fleet::read_status(&pid_file),
         #[cfg(not(feature = "fleet"))]
@@ -297,4 +337,31 @@ pub fn stop_daemon(config: &Config, wait: Duration) -> Result<bool> {
         "daemon pid {pid} did not stop within {}s",
         wait.as_secs()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_status_survives_the_status_file() {
+        let since = DateTime::parse_from_rfc3339("2026-01-01T00:00:12Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for clock in [
+            ClockStatus::Synced,
+            ClockStatus::Unsynced,
+            ClockStatus::Waiting {
+                since,
+                timeout_seconds: 300,
+            },
+            ClockStatus::GaveUp {
+                timeout_seconds: 300,
+            },
+        ] {
+            assert_eq!(clock_from_json(&clock_json(clock)), Some(clock));
+        }
+        // A status file of a daemon that does not say.
+        assert_eq!(clock_from_json(&serde_json::Value::Null), None);
+    }
 }

@@ -21,6 +21,7 @@ use futures_lite::future;
 use super::load::{self, Loaded};
 use super::offload::{offload, Offloaded};
 use super::pid::StatusFile;
+use super::timeguard::{runs_after_jump, ClockWatch, Jump, Tick, CHECK_EVERY, SYNC_POLL};
 use super::DaemonExit;
 use crate::config::Config;
 use crate::contract::{Catalog, Trigger, Triggered};
@@ -124,7 +125,8 @@ impl Runs {
 
 /// What woke the scheduler.
 enum Wake {
-    /// The sleep until the earliest next fire ended; the wall clock says what is due.
+    /// The sleep until the earliest next fire (or the next check of the clock) ended; the
+    /// wall clock says what is due.
     Timer,
     /// A signal, or `None` when the signal stream ended.
     Signal(Option<StopSignal>),
@@ -165,18 +167,29 @@ pub(super) struct Scheduler<'a> {
     pub(super) last_prune: Option<Instant>,
     /// The last prune started, waited for at shutdown.
     pub(super) pruning: Option<Offloaded<()>>,
+    /// The wait for the clock's synchronisation and the readings that show its steps.
+    pub(super) clock: ClockWatch,
 }
 
 impl Scheduler<'_> {
     /// Resumes what a crash interrupted, makes up missed fires, then schedules until SIGTERM
     /// or SIGINT and stops (REL-002).
     pub(super) async fn run(mut self, recovered: Vec<WorkflowExecution>) -> Result<DaemonExit> {
+        // Resuming needs no clock: it goes at once, synchronised or not.
         self.resume_interrupted(recovered)?;
-        self.catch_up()?;
+        if self.clock.is_waiting() {
+            tracing::info!(
+                at_most_seconds = self.clock.timeout_seconds(),
+                "waiting for the system clock to be synchronised; no schedule fires and no \
+                 catch-up until then (runs by hand and over the web API go on)"
+            );
+        } else {
+            self.catch_up()?;
+        }
         self.prune();
         loop {
             match self.next_wake().await {
-                Wake::Timer => self.on_timer(),
+                Wake::Timer => self.on_timer().await?,
                 Wake::Trigger(t) => self.on_trigger(t),
                 Wake::RunDone => self.prune(),
                 Wake::Signal(Some(StopSignal::Hangup)) => {
@@ -242,12 +255,23 @@ impl Scheduler<'_> {
     }
 
     /// Sleeps until the earliest next fire, a signal, the end of a run or a request from the
-    /// web API, whichever comes first; never wakes otherwise.
+    /// web API, whichever comes first, and at most [`CHECK_EVERY`] ([`SYNC_POLL`] while
+    /// waiting for the clock): sleeps are measured on the monotonic clock, so the wall clock
+    /// is looked at again often enough to see it step.
     async fn next_wake(&mut self) -> Wake {
-        let timer = match self.loaded.values().filter_map(|l| l.next).min() {
-            Some(t) => smol::Timer::after((t - Utc::now()).to_std().unwrap_or(Duration::ZERO)),
-            None => smol::Timer::never(),
+        let sleep = if self.clock.is_waiting() {
+            SYNC_POLL
+        } else {
+            let now = Utc::now();
+            let next = self.loaded.values().filter_map(|l| l.next).min();
+            next.map_or(CHECK_EVERY, |t| {
+                (t - now)
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(CHECK_EVERY)
+            })
         };
+        let timer = smol::Timer::after(sleep);
         let (signals, done, triggers) = (&mut self.signals, &self.done, &self.triggers);
         let fleet = &self.fleet_changes;
         future::or(
@@ -282,15 +306,115 @@ impl Scheduler<'_> {
         .await
     }
 
+    /// A wake-up of the timer: looks at the clock (the end of a wait for its
+    /// synchronisation, a step of the wall clock), then starts the runs whose fire is due.
+    async fn on_timer(&mut self) -> Result<()> {
+        let (was_synced, was_waiting) = (self.clock.is_synced(), self.clock.is_waiting());
+        let now = Utc::now();
+        let tick = self
+            .clock
+            .tick(crate::clock::sync_status(), (now, Instant::now()));
+        match tick {
+            Tick::Waiting => {}
+            Tick::WaitEnded(synced) => self.end_wait(synced, now)?,
+            Tick::Jumped(jump) => self.on_jump(jump),
+            Tick::Steady => {}
+        }
+        if (was_synced, was_waiting) != (self.clock.is_synced(), self.clock.is_waiting()) {
+            if !was_synced && self.clock.is_synced() && tick != Tick::WaitEnded(true) {
+                tracing::info!("the system clock is synchronised");
+            }
+            self.metrics
+                .set_clock(self.clock.is_synced(), self.clock.is_waiting());
+            self.status
+                .write(&self.loaded, None, self.clock.status())
+                .await;
+        }
+        if !self.clock.is_waiting() {
+            self.fire_due(now);
+        }
+        Ok(())
+    }
+
+    /// The wait for the clock ended, synchronised or at its bound: every schedule starts from
+    /// the clock as it is now, and the fires missed while the daemon was down are made up.
+    fn end_wait(&mut self, synced: bool, now: chrono::DateTime<Utc>) -> Result<()> {
+        if synced {
+            tracing::info!("the system clock is synchronised; scheduling from now");
+        } else {
+            tracing::warn!(
+                waited_seconds = self.clock.timeout_seconds(),
+                "the system clock is still not synchronised after clock_sync_timeout_seconds; \
+                 scheduling from the clock as it is"
+            );
+        }
+        for l in self.loaded.values_mut() {
+            l.next = l.next_from(now);
+        }
+        self.catch_up()?;
+        self.publish();
+        Ok(())
+    }
+
+    /// The wall clock stepped. Forward, each workflow's pending fire and the instants jumped
+    /// over are made up as its `catchup` allows ([`runs_after_jump`]); then its schedule goes
+    /// on from the new time. Backward, nothing fires: the pending fire stays where it was,
+    /// after the last one handled, so no instant fires twice.
+    fn on_jump(&mut self, jump: Jump) {
+        self.metrics.clock_jumped();
+        if !jump.is_forward() {
+            tracing::warn!(
+                seconds = -jump.seconds(),
+                "the wall clock jumped backwards; instants already fired will not fire again"
+            );
+            return;
+        }
+        tracing::warn!(
+            seconds = jump.seconds(),
+            "the wall clock jumped forwards; missed fires follow each workflow's catchup"
+        );
+        for l in self.loaded.values_mut() {
+            let Some(next) = l.next else { continue };
+            if next > jump.now {
+                continue;
+            }
+            let due = next <= jump.expected;
+            let from = jump.expected.max(l.done_until.unwrap_or(jump.expected));
+            let skipped = l.fires_between(from, jump.now, Catchup::MAX_ALL + 1);
+            let runs = runs_after_jump(l.wf.catchup, due, skipped);
+            // Counted only as far as the policy needs.
+            let skipped = match skipped > Catchup::MAX_ALL {
+                true => format!("more than {}", Catchup::MAX_ALL),
+                false => skipped.to_string(),
+            };
+            if runs > 0 && self.runs.is_busy(&l.wf) {
+                tracing::warn!(workflow = %l.wf.name, runs,
+                    "previous run still running; the runs after the clock's jump are skipped");
+            } else if runs > 0 {
+                tracing::info!(workflow = %l.wf.name, skipped, runs,
+                    catchup = ?l.wf.catchup, "runs after the clock's jump");
+                self.runs
+                    .spawn(self.ex, l.wf.clone(), &l.source, None, runs, None);
+            } else {
+                tracing::info!(workflow = %l.wf.name, skipped,
+                    "no run for the fires the clock jumped over (catchup: none)");
+            }
+            l.done_until = Some(jump.now);
+            l.next = l.next_from(jump.now);
+        }
+        self.publish();
+    }
+
     /// Starts the runs whose fire is due, skipping (and logging) those whose previous run is
     /// still going unless they allow overlap (SCHED-004).
-    fn on_timer(&mut self) {
-        let now = Utc::now();
+    fn fire_due(&mut self, now: chrono::DateTime<Utc>) {
+        let mut fired = false;
         for l in self.loaded.values_mut() {
             let Some(next) = l.next else { continue };
             if next > now {
-                continue; // The wall clock went back: sleep again.
+                continue; // Not yet, or the wall clock went back: sleep again.
             }
+            fired = true;
             if self.runs.is_busy(&l.wf) {
                 tracing::warn!(workflow = %l.wf.name, fire = %next,
                     "previous run still running; this fire is skipped (set allow_concurrent: true to overlap)");
@@ -299,9 +423,12 @@ impl Scheduler<'_> {
                 self.runs
                     .spawn(self.ex, l.wf.clone(), &l.source, None, 1, None);
             }
-            l.next = l.next_after(now.max(next));
+            l.done_until = Some(next);
+            l.next = l.next_from(now.max(next));
         }
-        self.publish();
+        if fired {
+            self.publish();
+        }
     }
 
     /// Answers a request from the web API: a run starts under the same overlap rule as a
@@ -353,7 +480,9 @@ impl Scheduler<'_> {
                 .set_workflows(self.loaded.values().map(|l| &*l.wf));
             tracing::info!(workflows = self.loaded.len(), "reloaded");
         }
-        self.status.write(&self.loaded, None).await;
+        self.status
+            .write(&self.loaded, None, self.clock.status())
+            .await;
         self.publish();
     }
 
@@ -400,7 +529,9 @@ impl Scheduler<'_> {
             running = runs.total(),
             "stopping: no new runs; waiting for running ones"
         );
-        self.status.write(&self.loaded, Some(Utc::now())).await;
+        self.status
+            .write(&self.loaded, Some(Utc::now()), self.clock.status())
+            .await;
         let grace = Duration::from_secs(self.config.daemon.shutdown_timeout_seconds);
         let deadline = Instant::now() + grace;
         let mut terminated = false;

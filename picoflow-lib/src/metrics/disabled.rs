@@ -46,6 +46,14 @@ impl Metrics {
     /// Does nothing.
     pub fn set_fleet(&self, _connected: bool, _unsent: usize) {}
 
+    /// Does nothing.
+    #[inline]
+    pub fn set_clock(&self, _synced: bool, _waiting: bool) {}
+
+    /// Does nothing.
+    #[inline]
+    pub fn clock_jumped(&self) {}
+
     /// Always empty in this build.
     #[inline]
     pub fn render(&self) -> String {

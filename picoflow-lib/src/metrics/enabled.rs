@@ -111,6 +111,8 @@ struct Inner {
     fleet_connected: Gauge,
     /// Executions whose records the fleet has not yet received.
     fleet_unsent: Gauge,
+    /// The daemon's view of the wall clock (registered for a daemon).
+    clock: ClockGauges,
     started: Instant,
     workflows_loaded: AtomicUsize,
     state: Mutex<State>,
@@ -155,6 +157,39 @@ fn fleet_gauges(registry: &mut Registry, fleet: bool) -> (Gauge, Gauge) {
     (connected, unsent)
 }
 
+/// The daemon's clock series: whether the system clock is synchronised, whether the
+/// schedules wait for it, and the wall-clock jumps seen while running.
+#[derive(Debug, Default)]
+struct ClockGauges {
+    synced: Gauge,
+    waiting: Gauge,
+    jumps: Counter,
+}
+
+impl ClockGauges {
+    fn register(registry: &mut Registry, daemon: bool) -> ClockGauges {
+        let g = ClockGauges::default();
+        if daemon {
+            registry.register(
+                "clock_synced",
+                "1 while the system clock is reported synchronised by a time service",
+                g.synced.clone(),
+            );
+            registry.register(
+                "clock_waiting",
+                "1 while schedules wait for the system clock to be synchronised",
+                g.waiting.clone(),
+            );
+            registry.register(
+                "clock_jumps",
+                "Steps of the wall clock against the monotonic clock seen by the scheduler",
+                g.jumps.clone(),
+            );
+        }
+        g
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -164,16 +199,18 @@ impl Default for Metrics {
 impl Metrics {
     /// Fresh counters; the uptime clock starts now.
     pub fn new() -> Metrics {
-        Metrics::build(false)
+        Metrics::build(false, false)
     }
 
     /// A daemon's metrics: [`Metrics::new`], with the fleet's gauges
-    /// (`picoflow_fleet_connected`, `picoflow_fleet_unsent_executions`) when it is in a fleet.
+    /// (`picoflow_fleet_connected`, `picoflow_fleet_unsent_executions`) when it is in a fleet,
+    /// and the clock's (`picoflow_clock_synced`, `picoflow_clock_waiting`,
+    /// `picoflow_clock_jumps_total`).
     pub fn for_daemon(fleet: bool) -> Metrics {
-        Metrics::build(fleet)
+        Metrics::build(fleet, true)
     }
 
-    fn build(fleet: bool) -> Metrics {
+    fn build(fleet: bool, daemon: bool) -> Metrics {
         let mut registry = Registry::with_prefix("picoflow");
         let workflow_executions = Family::<WorkflowStatusLabels, Counter>::default();
         let workflow_duration: Histograms<WorkflowLabels> =
@@ -236,6 +273,7 @@ impl Metrics {
         );
         let requirements_unmet = unmet_counter(&mut registry);
         let (fleet_connected, fleet_unsent) = fleet_gauges(&mut registry, fleet);
+        let clock = ClockGauges::register(&mut registry, daemon);
         info.get_or_create(&VersionLabels {
             version: env!("CARGO_PKG_VERSION").to_string(),
         })
@@ -255,6 +293,7 @@ impl Metrics {
                 memory,
                 fleet_connected,
                 fleet_unsent,
+                clock,
                 started: Instant::now(),
                 workflows_loaded: AtomicUsize::new(0),
                 state: Mutex::new(State::default()),
@@ -309,6 +348,17 @@ impl Metrics {
     pub fn set_fleet(&self, connected: bool, unsent: usize) {
         self.inner.fleet_connected.set(i64::from(connected));
         self.inner.fleet_unsent.set(unsent as i64);
+    }
+
+    /// The clock's state: synchronised or not, and whether the schedules wait for it.
+    pub fn set_clock(&self, synced: bool, waiting: bool) {
+        self.inner.clock.synced.set(i64::from(synced));
+        self.inner.clock.waiting.set(i64::from(waiting));
+    }
+
+    /// Counts one step of the wall clock seen while running.
+    pub fn clock_jumped(&self) {
+        self.inner.clock.jumps.inc();
     }
 
     /// Every metric in the Prometheus text exposition format, version 0.0.4 (OBS-003).
