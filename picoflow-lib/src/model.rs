@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::limits::Limits;
 pub use crate::settings::docker::{DockerConfig, PullPolicy, DEFAULT_DOCKER_NETWORK};
 pub use crate::settings::http::{HttpConfig, DEFAULT_HTTP_TIMEOUT_SECS, HTTP_METHODS};
 pub use crate::settings::shell::ShellConfig;
@@ -190,6 +191,8 @@ pub struct Task {
     pub run_if: RunIf,
     /// Makes the task a loop: one task `NAME[item]` per item.
     pub iterate_over: Option<Items>,
+    /// What its process may use (`limits:`), before the configuration's defaults.
+    pub limits: Limits,
     /// The line of the task's `name:` in its workflow file, for messages.
     pub line: Option<usize>,
 }
@@ -209,6 +212,7 @@ impl Task {
             when: None,
             run_if: RunIf::AllSuccess,
             iterate_over: None,
+            limits: Limits::default(),
             line: None,
         }
     }

@@ -87,6 +87,8 @@ struct RawTask {
     on_failure: Vec<String>,
     #[serde(default)]
     iterate_over: Option<yaml::Value>,
+    #[serde(default)]
+    limits: Option<yaml::Value>,
 }
 
 /// Parses workflow YAML into the model, checking every field's format and range.
@@ -263,6 +265,21 @@ fn task(
         .iterate_over
         .take()
         .and_then(|v| iterate_over(v, &where_, problems));
+    let limits = crate::limits::parse(
+        rt.limits.take(),
+        &rt.kind,
+        &mut Problems::new(&where_, problems),
+    )
+    .map_err(|e| Error::Parse {
+        file: origin.to_string(),
+        line: at,
+        column: None,
+        message: format!(
+            "task '{}': limits: {}",
+            rt.name,
+            strip_location(&e.to_string())
+        ),
+    })?;
     let config = task_config(&rt.kind, rt.config, origin, at, &rt.name, &where_, problems)?;
     Ok(Task {
         name: rt.name,
@@ -276,6 +293,7 @@ fn task(
         when,
         run_if,
         iterate_over,
+        limits,
         line: at,
     })
 }
@@ -352,6 +370,7 @@ const TASK_FIELDS: &[&str] = &[
     "on_success",
     "on_failure",
     "iterate_over",
+    "limits",
 ];
 
 /// Reads a task's `config:` by its type: a built-in type's settings check themselves (see
