@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{picoflow, run, stdout, TempDir};
+use common::{picoflow, run, stderr, stdout, TempDir};
 
 /// A workflow of one shell task with `limits` (a YAML mapping's inside) and `command`.
 fn one_task(limits: &str, command: &str) -> String {
@@ -82,4 +82,42 @@ fn a_task_past_its_cpu_limit_is_killed_naming_it() {
     let s = stdout(&out);
     assert!(s.contains("killed: cpu_seconds limit (1 s) reached"), "{s}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn validate_shows_the_limits_and_locates_a_bad_one() {
+    let dir = TempDir::new("lim-validate");
+    let wf = dir.write(
+        "w.yaml",
+        &one_task(
+            "nice: 10, io: best_effort:7, memory: 512KiB, cpu_seconds: 1m, open_files: 256",
+            "true",
+        ),
+    );
+    let out = run(picoflow(dir.path()).arg("validate").arg(&wf));
+    let memory_too_small = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        memory_too_small.contains("w.yaml: invalid workflow")
+            && memory_too_small.contains(
+                "  - line 3: task 't': limits.memory: '512KiB' is below the smallest limit, 1MB"
+            ),
+        "{memory_too_small}"
+    );
+    let wf = dir.write(
+        "w.yaml",
+        &one_task(
+            "nice: 10, io: best_effort:7, memory: 2048KiB, cpu_seconds: 1m, open_files: 256",
+            "true",
+        ),
+    );
+    let out = run(picoflow(dir.path()).arg("validate").arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(
+            "Limits:\n  t: nice 10, io best_effort:7, memory 2MB, cpu_seconds 60, open_files 256\n"
+        ),
+        "{}",
+        stdout(&out)
+    );
 }
