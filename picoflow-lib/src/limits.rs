@@ -170,7 +170,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// `512KB`), else in bytes.
 pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in [(30, "GB"), (20, "MB"), (10, "KB")] {
-        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }
