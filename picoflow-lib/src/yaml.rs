@@ -265,21 +265,7 @@ fn task(
         .iterate_over
         .take()
         .and_then(|v| iterate_over(v, &where_, problems));
-    let limits = crate::limits::parse(
-        rt.limits.take(),
-        &rt.kind,
-        &mut Problems::new(&where_, problems),
-    )
-    .map_err(|e| Error::Parse {
-        file: origin.to_string(),
-        line: at,
-        column: None,
-        message: format!(
-            "task '{}': limits: {}",
-            rt.name,
-            strip_location(&e.to_string())
-        ),
-    })?;
+    let limits = task_limits(&mut rt, at, origin, &where_, problems)?;
     let config = task_config(&rt.kind, rt.config, origin, at, &rt.name, &where_, problems)?;
     Ok(Task {
         name: rt.name,
@@ -295,6 +281,28 @@ fn task(
         iterate_over,
         limits,
         line: at,
+    })
+}
+
+/// The task's `limits:` (see `limits`); a value of the wrong shape stops the parse with the
+/// task's line.
+fn task_limits(
+    rt: &mut RawTask,
+    at: Option<usize>,
+    origin: &str,
+    where_: &str,
+    problems: &mut Vec<String>,
+) -> Result<crate::limits::Limits> {
+    let mut p = Problems::new(where_, problems);
+    crate::limits::parse(rt.limits.take(), &rt.kind, &mut p).map_err(|e| Error::Parse {
+        file: origin.to_string(),
+        line: at,
+        column: None,
+        message: format!(
+            "task '{}': limits: {}",
+            rt.name,
+            strip_location(&e.to_string())
+        ),
     })
 }
 

@@ -115,7 +115,7 @@ impl Limit {
 const LIMIT_SHIFT: u32 = 16;
 
 /// A command to start: program, arguments, environment changes and working directory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Command {
     program: OsString,
     args: Vec<OsString>,
@@ -298,16 +298,10 @@ impl Command {
             if errno < 0 {
                 // It could not join its cgroup (a negative errno): start it without one.
                 super::cgroup::unusable(&io::Error::from_raw_os_error(-errno));
-                let mut again = Command {
+                let again = Command {
                     cgroup: None,
-                    ..Command::new(self.program.clone())
+                    ..self.clone()
                 };
-                again.args.clone_from(&self.args);
-                again.env.clone_from(&self.env);
-                again.dir.clone_from(&self.dir);
-                again.subreaper = self.subreaper;
-                again.limits.clone_from(&self.limits);
-                again.limit_names.clone_from(&self.limit_names);
                 return again.spawn();
             }
             return Err(self.spawn_error(errno));
