@@ -5,8 +5,8 @@
 # busybox for the container engine and test image of the docker executor, headless Chromium
 # for the web UI, hyperfine, make and GNU time for the benchmarks, and debootstrap for the
 # check that these install steps work on a new machine (scripts/fresh-install-check.sh),
-# nats-server (with JetStream) for the fleet, and libfaketime (Debian's faketime) to step the
-# daemon's wall clock in the clock tests.
+# nats-server (with JetStream) for the fleet, libfaketime (Debian's faketime) to step the
+# daemon's wall clock in the clock tests, and python3 and ionice for a task's limits.
 # Safe to run again, from any state of a Debian 12 machine.
 set -eu
 
@@ -34,6 +34,8 @@ installed busybox-static || need="$need busybox-static"
 command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
 command -v nats-server >/dev/null 2>&1 || need="$need nats-server"
 installed libfaketime || need="$need faketime"
+command -v python3 >/dev/null 2>&1 || need="$need python3"
+command -v ionice >/dev/null 2>&1 || need="$need util-linux"
 
 if [ -n "$need" ]; then
     echo "installing:$need"

@@ -84,6 +84,18 @@ const INVALID: &[(&str, &[&str])] = &[
     ("http-method.yaml", &["task 'a'", "config.method", "FETCH"]),
     ("http-url.yaml", &["task 'a'", "config.url", "http://"]),
     (
+        "limits-values.yaml",
+        &[
+            "line 3: task 'a': limits.nice: 25 is out of range -20-19",
+            "line 3: task 'a': limits.io: 'fast' is not one of",
+            "line 3: task 'a': limits.memory: '100XB' is not a size",
+        ],
+    ),
+    (
+        "limits-on-http.yaml",
+        &["line 3: task 'a': limits: only shell tasks take limits"],
+    ),
+    (
         "timeout-in-config.yaml",
         &[
             "task 'a'",

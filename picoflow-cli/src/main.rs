@@ -275,6 +275,18 @@ fn validate(path: &Path) -> Result<u8, Error> {
                         outln!("  {}: {}", wf.tasks[i].name, dag.notes(i).join("; "))?;
                     }
                 }
+                let limited: Vec<&picoflow_lib::Task> = wf
+                    .tasks
+                    .iter()
+                    .chain(wf.handlers.all().map(|(_, t)| t))
+                    .filter(|t| !t.limits.is_empty())
+                    .collect();
+                if !limited.is_empty() {
+                    outln!("Limits:")?;
+                    for t in limited {
+                        outln!("  {}: {}", t.name, t.limits)?;
+                    }
+                }
                 if !dag.handlers().is_empty() {
                     let list: Vec<String> = dag
                         .handlers()

@@ -54,6 +54,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[fleet]`: membership of a fleet over NATS JetStream (the `fleet` feature).
     pub fleet: FleetConfig,
+    /// `[tasks]`: defaults of every task.
+    pub tasks: TasksConfig,
     /// The file these settings came from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -270,6 +272,15 @@ impl<'de> Deserialize<'de> for WaitForClockSync {
     }
 }
 
+/// `[tasks]`: what every task gets unless its workflow file says otherwise.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// `[tasks.limits]`: the limits of every shell task, each replaced by the task's own
+    /// `limits:` value where it sets one (same keys and values).
+    pub limits: crate::limits::Limits,
+}
+
 /// Every key the configuration file accepts: `db_path` at the top level, `section.key`
 /// (`retry.max_backoff_seconds`) in a section; any other key is refused as unknown. The
 /// README's table of keys is compared with this list by a test.
@@ -284,15 +295,27 @@ pub fn config_keys() -> Vec<String> {
             "logs" => crate::fields::of::<LogsConfig>(),
             "daemon" => crate::fields::of::<DaemonConfig>(),
             "fleet" => crate::fields::of::<FleetConfig>(),
+            "tasks" => crate::fields::of::<TasksConfig>(),
+            "tasks.limits" => crate::limits::keys(),
             _ => return None,
         })
     };
+    // A key naming a table of its own (`[tasks.limits]`) stands for that table's keys.
+    fn expand(
+        key: String,
+        section: &dyn Fn(&str) -> Option<&'static [&'static str]>,
+    ) -> Vec<String> {
+        match section(&key) {
+            Some(inner) => inner
+                .iter()
+                .flat_map(|k| expand(format!("{key}.{k}"), section))
+                .collect(),
+            None => vec![key],
+        }
+    }
     crate::fields::of::<Config>()
         .iter()
-        .flat_map(|key| match section(key) {
-            Some(inner) => inner.iter().map(|k| format!("{key}.{k}")).collect(),
-            None => vec![key.to_string()],
-        })
+        .flat_map(|key| expand(key.to_string(), &section))
         .collect()
 }
 
@@ -310,6 +333,7 @@ impl Default for Config {
             logs: LogsConfig::default(),
             daemon: DaemonConfig::default(),
             fleet: FleetConfig::default(),
+            tasks: TasksConfig::default(),
             source: None,
         }
     }

@@ -93,6 +93,7 @@ pub mod fleet;
 mod flow;
 pub mod guards;
 mod httpd;
+mod limits;
 mod logs;
 // One switch, so call sites never test the feature (conventions: cross-cutting features).
 #[cfg_attr(feature = "metrics", path = "metrics/enabled.rs")]
@@ -123,7 +124,8 @@ mod yaml;
 pub use clock::{sync_service_present, sync_status, ClockSync, CLOCK_SYNC_FILE_VAR};
 pub use config::{
     config_keys, Config, DaemonConfig, ExecutionConfig, FleetConfig, FleetUrls, LogsConfig,
-    MetricsConfig, RetryConfig, TimeoutConfig, WaitForClockSync, WebConfig, DEFAULT_DB_PATH,
+    MetricsConfig, RetryConfig, TasksConfig, TimeoutConfig, WaitForClockSync, WebConfig,
+    DEFAULT_DB_PATH,
 };
 pub use contract::LinkStatus;
 pub use daemon::{
@@ -145,6 +147,7 @@ pub use executor::{
 pub use expand::{expand_with, Vars};
 pub use export::{export_sqlite, ExportReport};
 pub use flow::{check_run_dir, MAX_ITEMS, OUTPUT_LIMIT};
+pub use limits::{format_size, parse_size, IoClass, Limits};
 pub use logs::{execution_log_dir, task_log_path};
 pub use metrics::{Metrics, MetricsServer};
 pub use model::{

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::limits::Limits;
 pub use crate::settings::docker::{DockerConfig, PullPolicy, DEFAULT_DOCKER_NETWORK};
 use crate::settings::guards::Requires;
 pub use crate::settings::http::{HttpConfig, DEFAULT_HTTP_TIMEOUT_SECS, HTTP_METHODS};
@@ -195,6 +196,8 @@ pub struct Task {
     pub iterate_over: Option<Items>,
     /// What must hold before the task starts (`requires:`).
     pub requires: Option<Requires>,
+    /// What its process may use (`limits:`), before the configuration's defaults.
+    pub limits: Limits,
     /// The line of the task's `name:` in its workflow file, for messages.
     pub line: Option<usize>,
 }
@@ -215,6 +218,7 @@ impl Task {
             run_if: RunIf::AllSuccess,
             iterate_over: None,
             requires: None,
+            limits: Limits::default(),
             line: None,
         }
     }

@@ -91,6 +91,7 @@ struct RawTask {
     iterate_over: Option<yaml::Value>,
     #[serde(default)]
     requires: Option<yaml::Value>,
+    limits: Option<yaml::Value>,
 }
 
 /// Parses workflow YAML into the model, checking every field's format and range.
@@ -287,6 +288,7 @@ fn task(
         .requires
         .take()
         .and_then(|v| settings::guards::parse(&v, &mut Problems::new(&where_, problems)));
+    let limits = task_limits(&mut rt, at, origin, &where_, problems)?;
     let config = task_config(&rt.kind, rt.config, origin, at, &rt.name, &where_, problems)?;
     Ok(Task {
         name: rt.name,
@@ -301,7 +303,30 @@ fn task(
         run_if,
         iterate_over,
         requires,
+        limits,
         line: at,
+    })
+}
+
+/// The task's `limits:` (see `limits`); a value of the wrong shape stops the parse with the
+/// task's line.
+fn task_limits(
+    rt: &mut RawTask,
+    at: Option<usize>,
+    origin: &str,
+    where_: &str,
+    problems: &mut Vec<String>,
+) -> Result<crate::limits::Limits> {
+    let mut p = Problems::new(where_, problems);
+    crate::limits::parse(rt.limits.take(), &rt.kind, &mut p).map_err(|e| Error::Parse {
+        file: origin.to_string(),
+        line: at,
+        column: None,
+        message: format!(
+            "task '{}': limits: {}",
+            rt.name,
+            strip_location(&e.to_string())
+        ),
     })
 }
 
@@ -378,6 +403,7 @@ const TASK_FIELDS: &[&str] = &[
     "on_failure",
     "iterate_over",
     "requires",
+    "limits",
 ];
 
 /// Reads a task's `config:` by its type: a built-in type's settings check themselves (see

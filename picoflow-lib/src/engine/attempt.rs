@@ -189,6 +189,7 @@ impl Engine {
             shared: &run.shared,
             output,
             output_dir: &run.output_dir,
+            limits: task.limits.or(&self.settings.limits),
         };
         let mut out = executor.execute(ctx).await;
         drop(permits);

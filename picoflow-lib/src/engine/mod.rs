@@ -90,6 +90,8 @@ pub struct EngineSettings {
     pub timeout: TimeoutConfig,
     /// `max_parallel` for workflows that do not set one.
     pub max_parallel: u32,
+    /// `[tasks.limits]`: the limits of a task that sets none of its own.
+    pub limits: crate::limits::Limits,
 }
 
 impl Default for EngineSettings {
@@ -104,6 +106,7 @@ impl From<&Config> for EngineSettings {
             retry: c.retry.clone(),
             timeout: c.timeout.clone(),
             max_parallel: c.execution.max_parallel,
+            limits: c.tasks.limits,
         }
     }
 }

@@ -19,6 +19,12 @@
 //! child process moves itself into it (a write of `0` to its `cgroup.procs`) before it
 //! executes the task's program, so nothing the task runs starts outside it. A cgroup whose
 //! owner has died is found by the name when the workflow runs next (see `orphans`).
+//!
+//! A task's memory limit becomes the attempt cgroup's `memory.max` where the memory
+//! controller reaches it: listed in the `cgroup.subtree_control` of the cgroup above, which
+//! PicoFlow enables when it can. cgroup v2 refuses that (EBUSY) while that cgroup holds a
+//! process itself — PicoFlow's, since the attempt cgroups are made in its own — unless it is
+//! the root; then the limit is `RLIMIT_AS` instead (see `limits`).
 
 use std::ffi::CString;
 use std::io::{self, Write as _};
@@ -146,6 +152,42 @@ impl Cgroup {
         self.procs.as_raw_fd()
     }
 
+    /// Sets `memory.max` to `bytes`, enabling the memory controller for the cgroup first if
+    /// it lacks it; the reason in words when neither works.
+    pub(crate) fn set_memory_max(&self, bytes: u64) -> Result<(), String> {
+        let file = self.dir.join("memory.max");
+        let write = || std::fs::write(&file, bytes.to_string());
+        match write() {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(format!("{}: {e}", file.display()))
+            }
+            Err(_) => {}
+        }
+        let parent = self.dir.parent().unwrap_or(&self.dir);
+        let control = parent.join("cgroup.subtree_control");
+        if let Err(e) = std::fs::write(&control, "+memory") {
+            let why = match e.raw_os_error() {
+                Some(libc::EBUSY) => {
+                    " (a cgroup that holds processes itself cannot pass its controllers on)"
+                }
+                _ => "",
+            };
+            return Err(format!(
+                "no memory controller: cannot enable it in {}: {e}{why}",
+                control.display()
+            ));
+        }
+        write().map_err(|e| format!("{}: {e}", file.display()))
+    }
+
+    /// How many times the kernel killed a process of the cgroup at its `memory.max`
+    /// (`oom_kill` of `memory.events`); 0 when unknown.
+    pub(crate) fn oom_kills(&self) -> u64 {
+        std::fs::read_to_string(self.dir.join("memory.events"))
+            .map_or(0, |text| oom_kills_in(&text))
+    }
+
     /// Sends `sig` to every process in the cgroup.
     pub(crate) fn signal(&self, sig: i32) {
         signal_dir(&self.dir, sig);
@@ -171,6 +213,15 @@ impl Drop for Cgroup {
         // run's search for leftovers, which removes it.
         let _ = std::fs::remove_dir(&self.dir);
     }
+}
+
+/// The `oom_kill` count of a `memory.events` file's text.
+fn oom_kills_in(events: &str) -> u64 {
+    events
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Called when a child could not move itself into its cgroup: the cgroup tree is not usable
@@ -292,6 +343,14 @@ mod tests {
         );
         assert_eq!(own_cgroup_dir("4:memory:/x\n", hybrid), None, "v1 only");
         assert_eq!(own_cgroup_dir("0::/a/../b\n", info), None);
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_memory_events() {
+        let events = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom_kills_in(events), 1);
+        assert_eq!(oom_kills_in("low 0\n"), 0);
+        assert_eq!(oom_kills_in(""), 0);
     }
 
     #[test]

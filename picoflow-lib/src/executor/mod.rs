@@ -125,6 +125,9 @@ pub struct TaskContext<'a> {
     pub output: &'a dyn OutputSink,
     /// The execution's private directory (0700) holding [`TaskContext::output_file`].
     pub output_dir: &'a std::path::Path,
+    /// The task's `limits:`, each unset one from `[tasks.limits]`; an executor whose tasks
+    /// run a local process applies them to it (only shell tasks take them).
+    pub limits: crate::limits::Limits,
 }
 
 impl TaskContext<'_> {

@@ -15,13 +15,16 @@
 //! Rust ignores, too), the process moves itself into the task's cgroup if it has one (see
 //! `cgroup`), gets a group of its own, asks to be killed when its parent thread dies, becomes
 //! a child subreaper if asked to (see `subreaper`), takes `/dev/null` and the two pipes as
-//! stdin, stdout and stderr, changes to the working directory, unblocks all signals and
+//! stdin, stdout and stderr, changes to the working directory, applies the task's limits
+//! (`setpriority`, `ioprio_set`, `setrlimit`: see [`Limit`]), unblocks all signals and
 //! executes the program. A program named without `/` is looked up in the `PATH` of the
 //! child's environment, as `execvp` does, and a file that is not a recognised executable runs
 //! through `/bin/sh`. When any step fails, the child writes its `errno` into a close-on-exec
 //! pipe, which the parent returns as the spawn error; the pipe (rather than the shared memory)
 //! keeps this right where a vfork is emulated by a fork, as under qemu-user. A child that
-//! cannot join its cgroup writes the `errno` negated, and is started again without one.
+//! cannot join its cgroup writes the `errno` negated, and is started again without one; a
+//! limit the kernel refuses is reported with its number (above the `errno`'s 16 bits), so
+//! that the error names it.
 //!
 //! The end of the process is awaited through a pidfd (Linux 5.3 and later), one per child;
 //! on older kernels it is polled.
@@ -55,8 +58,64 @@ fn leaders() -> std::sync::MutexGuard<'static, Vec<libc::pid_t>> {
     LEADERS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A limit the child sets on itself before it executes the program: system calls that take
+/// values only, so the child makes them without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// `setpriority(PRIO_PROCESS, 0, n)`: the nice value.
+    Nice(c_int),
+    /// `ioprio_set(IOPRIO_WHO_PROCESS, 0, ioprio)`: the I/O class and level.
+    IoPrio(c_int),
+    /// `setrlimit(resource, {soft, hard})`.
+    Rlimit(Resource, u64, u64),
+}
+
+/// The resources of [`Limit::Rlimit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resource {
+    /// `RLIMIT_AS`: address space, in bytes.
+    AddressSpace,
+    /// `RLIMIT_CPU`: CPU time, in seconds.
+    Cpu,
+    /// `RLIMIT_NOFILE`: open file descriptors.
+    OpenFiles,
+}
+
+impl Limit {
+    /// Makes the system call in the calling process; whether it succeeded (`errno` tells why
+    /// not). Async-signal-safe: it runs in the child between clone and `execve`.
+    fn apply(self) -> bool {
+        // SAFETY: system calls on the calling process, with values only.
+        unsafe {
+            match self {
+                Limit::Nice(n) => libc::setpriority(libc::PRIO_PROCESS, 0, n) == 0,
+                Limit::IoPrio(p) => {
+                    const IOPRIO_WHO_PROCESS: c_int = 1;
+                    libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, p) == 0
+                }
+                Limit::Rlimit(resource, soft, hard) => {
+                    let rl = libc::rlimit {
+                        rlim_cur: soft as libc::rlim_t,
+                        rlim_max: hard as libc::rlim_t,
+                    };
+                    let r = match resource {
+                        Resource::AddressSpace => libc::setrlimit(libc::RLIMIT_AS, &rl),
+                        Resource::Cpu => libc::setrlimit(libc::RLIMIT_CPU, &rl),
+                        Resource::OpenFiles => libc::setrlimit(libc::RLIMIT_NOFILE, &rl),
+                    };
+                    r == 0
+                }
+            }
+        }
+    }
+}
+
+/// Bits of the child's report word above the `errno`: the number (from 1) of the limit
+/// that failed.
+const LIMIT_SHIFT: u32 = 16;
+
 /// A command to start: program, arguments, environment changes and working directory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Command {
     program: OsString,
     args: Vec<OsString>,
@@ -64,6 +123,8 @@ pub(crate) struct Command {
     dir: Option<OsString>,
     cgroup: Option<c_int>,
     subreaper: bool,
+    limits: Vec<Limit>,
+    limit_names: Vec<String>,
 }
 
 impl Command {
@@ -75,7 +136,17 @@ impl Command {
             dir: None,
             cgroup: None,
             subreaper: false,
+            limits: Vec::new(),
+            limit_names: Vec::new(),
         }
+    }
+
+    /// Sets `limit` in the child before it executes the program; a refusal fails the spawn
+    /// with an error that begins with `name`.
+    pub(crate) fn limit(&mut self, limit: Limit, name: impl Into<String>) -> &mut Command {
+        self.limits.push(limit);
+        self.limit_names.push(name.into());
+        self
     }
 
     pub(crate) fn arg(&mut self, a: impl Into<OsString>) -> &mut Command {
@@ -180,6 +251,7 @@ impl Command {
             report: report_w.as_raw_fd(),
             cgroup: self.cgroup.unwrap_or(-1),
             subreaper: c_int::from(self.subreaper),
+            limits: &self.limits,
         };
         let stack = ChildStack::new()?;
         let top = stack.top();
@@ -226,21 +298,34 @@ impl Command {
             if errno < 0 {
                 // It could not join its cgroup (a negative errno): start it without one.
                 super::cgroup::unusable(&io::Error::from_raw_os_error(-errno));
-                let mut again = Command {
+                let again = Command {
                     cgroup: None,
-                    ..Command::new(self.program.clone())
+                    ..self.clone()
                 };
-                again.args.clone_from(&self.args);
-                again.env.clone_from(&self.env);
-                again.dir.clone_from(&self.dir);
-                again.subreaper = self.subreaper;
                 return again.spawn();
             }
-            return Err(io::Error::from_raw_os_error(errno));
+            return Err(self.spawn_error(errno));
         }
         leaders.push(pid);
         drop(leaders);
         Child::new(pid, out_r, err_r)
+    }
+}
+
+impl Command {
+    /// The error of a child that reported `word`: an `errno`, with the number of the limit
+    /// that failed above it when one did.
+    fn spawn_error(&self, word: c_int) -> io::Error {
+        let errno = word & ((1 << LIMIT_SHIFT) - 1);
+        let e = io::Error::from_raw_os_error(errno);
+        let which = usize::try_from(word >> LIMIT_SHIFT).unwrap_or(0);
+        match which.checked_sub(1).and_then(|i| self.limit_names.get(i)) {
+            Some(name) => io::Error::new(
+                e.kind(),
+                format!("{name}: {}", crate::error::without_os_error(&e.to_string())),
+            ),
+            None => e,
+        }
     }
 }
 
@@ -327,6 +412,8 @@ pub(crate) struct Child {
     pub(crate) stdout: Option<Async<File>>,
     pub(crate) stderr: Option<Async<File>>,
     status: Option<ExitStatus>,
+    /// CPU time the process used (user and system), known once it is collected.
+    cpu: Duration,
 }
 
 impl Child {
@@ -337,6 +424,7 @@ impl Child {
             stdout: None,
             stderr: None,
             status: None,
+            cpu: Duration::ZERO,
         };
         // From here on, dropping `child` collects the process on an error.
         child.pidfd = super::pidfd::try_open(pid)?.map(Async::new).transpose()?;
@@ -347,6 +435,12 @@ impl Child {
 
     pub(crate) fn id(&self) -> u32 {
         self.pid as u32
+    }
+
+    /// The CPU time (user and system) the process itself used, once [`Child::status`] has
+    /// returned; zero before.
+    pub(crate) fn cpu_time(&self) -> Duration {
+        self.cpu
     }
 
     /// Waits for the process to end (once; later calls return the same status). What is
@@ -372,7 +466,11 @@ impl Child {
             // SAFETY: kill(2) on the group of our own child, which has ended but is not
             // collected: the group id cannot name anyone else's group.
             unsafe { libc::kill(-self.pid, libc::SIGKILL) };
-            self.status = wait_pid(self.pid, libc::WNOHANG)?;
+            let collected = wait_pid_usage(self.pid, libc::WNOHANG)?;
+            self.status = collected.map(|(status, cpu)| {
+                self.cpu = cpu;
+                status
+            });
             if self.status.is_some() {
                 leaders().retain(|p| *p != self.pid);
             }
@@ -424,6 +522,8 @@ struct ChildArgs<'a> {
     cgroup: c_int,
     /// Non-zero: become a child subreaper.
     subreaper: c_int,
+    /// Limits to set, in order.
+    limits: &'a [Limit],
 }
 
 /// The child, from clone to `execve`. It shares the parent's memory, so it must not allocate,
@@ -490,6 +590,12 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         }
         if !args.dir.is_null() && libc::chdir(args.dir) != 0 {
             return fail(last());
+        }
+        // Last, so that a small RLIMIT_NOFILE or RLIMIT_AS does not hinder the steps above.
+        for (n, limit) in (1..).zip(args.limits.iter()) {
+            if !limit.apply() {
+                return fail((n << LIMIT_SHIFT) | last());
+            }
         }
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
@@ -610,12 +716,26 @@ fn has_ended(pid: libc::pid_t) -> io::Result<bool> {
 
 /// waitpid(2) on one child; `None` while it runs (with `WNOHANG`).
 fn wait_pid(pid: libc::pid_t, flags: c_int) -> io::Result<Option<ExitStatus>> {
+    Ok(wait_pid_usage(pid, flags)?.map(|(status, _)| status))
+}
+
+/// wait4(2) on one child: its status and the CPU time it used; `None` while it runs (with
+/// `WNOHANG`).
+fn wait_pid_usage(pid: libc::pid_t, flags: c_int) -> io::Result<Option<(ExitStatus, Duration)>> {
     let mut status: c_int = 0;
     loop {
-        // SAFETY: waitpid writes the status word into `status`.
-        match unsafe { libc::waitpid(pid, &mut status, flags) } {
+        // SAFETY: a zeroed rusage is valid; wait4 writes the status word and the usage.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above, into `status` and `usage`.
+        match unsafe { libc::wait4(pid, &mut status, flags, &mut usage) } {
             0 => return Ok(None),
-            p if p == pid => return Ok(Some(ExitStatus::from_raw(status))),
+            p if p == pid => {
+                let time = |t: libc::timeval| {
+                    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+                };
+                let cpu = time(usage.ru_utime) + time(usage.ru_stime);
+                return Ok(Some((ExitStatus::from_raw(status), cpu)));
+            }
             _ => match io::Error::last_os_error() {
                 e if e.kind() == io::ErrorKind::Interrupted => continue,
                 e => return Err(e),
@@ -781,6 +901,50 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The limits are what the program runs with, and one the kernel refuses fails the
+    /// start with its name.
+    #[test]
+    fn limits_are_set_before_the_program_runs() {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("ulimit -n; ulimit -t; ulimit -v; cut -d' ' -f19 /proc/self/stat")
+            .limit(Limit::Rlimit(Resource::OpenFiles, 64, 64), "open_files")
+            .limit(Limit::Rlimit(Resource::Cpu, 7, 12), "cpu_seconds")
+            .limit(
+                Limit::Rlimit(Resource::AddressSpace, 256 << 20, 256 << 20),
+                "memory",
+            )
+            .limit(Limit::Nice(7), "nice")
+            .limit(Limit::IoPrio(3 << 13), "io");
+        let (status, out, err) = output(&cmd);
+        assert!(status.success(), "{err}");
+        assert_eq!(out, "64\n7\n262144\n7\n");
+        // Beyond fs.nr_open even root cannot raise RLIMIT_NOFILE.
+        let mut refused = Command::new("/bin/true");
+        refused.limit(Limit::Nice(1), "nice").limit(
+            Limit::Rlimit(Resource::OpenFiles, 1 << 40, 1 << 40),
+            "limits.open_files",
+        );
+        let e = refused.spawn().unwrap_err();
+        assert!(e.to_string().starts_with("limits.open_files: "), "{e}");
+        assert!(!e.to_string().contains("os error"), "{e}");
+    }
+
+    #[test]
+    fn the_cpu_time_of_the_process_is_kept() {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done");
+        let mut child = cmd.spawn().unwrap();
+        assert_eq!(child.cpu_time(), Duration::ZERO);
+        assert!(smol::block_on(child.status()).unwrap().success());
+        assert!(
+            child.cpu_time() > Duration::from_millis(10),
+            "{:?}",
+            child.cpu_time()
+        );
     }
 
     #[test]

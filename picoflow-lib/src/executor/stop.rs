@@ -120,6 +120,7 @@ mod tests {
             shared: &shared,
             output: &NoOutput,
             output_dir: &dir,
+            limits: Default::default(),
         })
     }
 

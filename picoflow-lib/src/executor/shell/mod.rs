@@ -21,6 +21,9 @@
 //!   found and stopped after a crash (see `orphans`).
 //! * stdout and stderr are read concurrently while the task runs and capped at
 //!   [`CAPTURE_LIMIT`] each; nothing is buffered beyond that.
+//! * The task's `limits:` (see `limits`) are set by its process on itself before it executes
+//!   the program, the memory limit as its cgroup's `memory.max` where it has one that takes
+//!   it. An attempt that fails at a limit says which.
 
 use std::os::unix::process::ExitStatusExt as _;
 use std::process::ExitStatus;
@@ -29,11 +32,12 @@ use std::time::Duration;
 use futures_lite::{future, AsyncRead, AsyncReadExt};
 
 use super::cgroup::Cgroup;
-use super::spawn::{Child, Command};
+use super::spawn::{Child, Command, Limit, Resource};
 use super::{stop, subreaper};
 use super::{
     BoxFuture, Capture, Executor, Outcome, Stream, TaskContext, TaskOutput, CAPTURE_LIMIT,
 };
+use crate::limits::{self, Limits, MemoryVia};
 use crate::model::TaskConfig;
 use crate::proc;
 use crate::settings::shell::ShellConfig;
@@ -111,6 +115,8 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
     if reaping {
         cmd.subreaper();
     }
+    let limits = ctx.limits;
+    let via = apply_limits(&mut cmd, &limits, cgroup.as_ref(), ctx);
 
     // In its own process group, killed if this thread dies, stdin from /dev/null.
     let mut child = match cmd.spawn() {
@@ -133,7 +139,19 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
     let waiter = wait_or_stop(ctx, &mut child, group);
     let ((stdout, stderr), end) = future::zip(readers, waiter).await;
     match end {
-        Ok(Ok(status)) => finished(status, stdout, stderr),
+        Ok(Ok(status)) => {
+            let mut out = finished(status, stdout, stderr);
+            if let Some(failure) = &out.error {
+                let oom_kills = cgroup.as_ref().map_or(0, Cgroup::oom_kills);
+                let cpu = child.cpu_time();
+                let by_limit =
+                    limits::ended_by_limit(&limits, via, failure, status.signal(), cpu, oom_kills);
+                if by_limit.is_some() {
+                    out.error = by_limit;
+                }
+            }
+            out
+        }
         Ok(Err(e)) => {
             let mut out = TaskOutput::failed(format!("cannot wait for the process: {e}"), true);
             (out.stdout, out.stderr) = (stdout, stderr);
@@ -141,6 +159,64 @@ async fn run(cfg: &ShellConfig, ctx: &TaskContext<'_>) -> TaskOutput {
         }
         Err(stop) => stop.output("process group terminated", stdout, stderr),
     }
+}
+
+/// Sets the task's limits on `cmd` (the memory limit on `cgroup` when it takes it); how the
+/// memory limit is enforced.
+fn apply_limits(
+    cmd: &mut Command,
+    limits: &Limits,
+    cgroup: Option<&Cgroup>,
+    ctx: &TaskContext<'_>,
+) -> MemoryVia {
+    if let Some(n) = limits.nice {
+        cmd.limit(
+            Limit::Nice(n),
+            format!("cannot set limits.nice to {n} (a priority above PicoFlow's own needs root or CAP_SYS_NICE)"),
+        );
+    }
+    if let Some(io) = limits.io {
+        cmd.limit(
+            Limit::IoPrio(io.ioprio()),
+            format!("cannot set limits.io to {io} (the realtime class needs root)"),
+        );
+    }
+    let mut via = MemoryVia::Rlimit;
+    if let Some(m) = limits.memory {
+        let (how, note) = limits::memory_via(cgroup.map(|cg| cg.set_memory_max(m)));
+        if let Some(note) = note {
+            tracing::info!(workflow = ctx.workflow, task = %ctx.task.name, "{note}");
+        }
+        if how == MemoryVia::Rlimit {
+            cmd.limit(
+                Limit::Rlimit(Resource::AddressSpace, m, m),
+                format!("cannot set limits.memory to {}", limits::format_size(m)),
+            );
+        }
+        via = how;
+    }
+    if let Some(c) = limits.cpu_seconds {
+        let hard = c.saturating_add(limits::CPU_GRACE_SECS);
+        cmd.limit(
+            Limit::Rlimit(Resource::Cpu, c, hard),
+            format!("cannot set limits.cpu_seconds to {c}"),
+        );
+    }
+    if let Some(o) = limits.open_files {
+        cmd.limit(
+            Limit::Rlimit(Resource::OpenFiles, o, o),
+            format!("cannot set limits.open_files to {o}"),
+        );
+    }
+    if !limits.is_empty() {
+        let memory = match (limits.memory, via) {
+            (None, _) => "",
+            (Some(_), MemoryVia::Cgroup) => "; memory as the cgroup's memory.max",
+            (Some(_), MemoryVia::Rlimit) => "; memory as RLIMIT_AS",
+        };
+        tracing::debug!(workflow = ctx.workflow, task = %ctx.task.name, "limits: {limits}{memory}");
+    }
+    via
 }
 
 /// The process to start for `cfg`, with `${VAR}` expanded where it is, and its working
@@ -192,7 +268,11 @@ fn not_started(cfg: &ShellConfig, workdir: Option<&str>, e: &std::io::Error) -> 
         Ok(m) if !m.is_dir() => Some(format!("workdir '{d}': not a directory")),
         Ok(_) => None,
     });
-    let message = unusable.unwrap_or_else(|| format!("cannot start '{what}': {e}"));
+    let message = unusable.unwrap_or_else(|| match e.to_string() {
+        // A limit the kernel refused says so itself.
+        refused if refused.starts_with("cannot set limits.") => refused,
+        _ => format!("cannot start '{what}': {e}"),
+    });
     let mut out = TaskOutput::failed(message, true);
     out.exit_code = Some(if e.kind() == std::io::ErrorKind::NotFound {
         127
@@ -342,6 +422,7 @@ mod tests {
             shared: &shared,
             output: &NoOutput,
             output_dir: std::path::Path::new("/nonexistent"),
+            limits: Default::default(),
         };
         smol::block_on(ShellExecutor.execute(ctx))
     }
