@@ -155,7 +155,7 @@ tasks:
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let list = tasks(dir.path(), "edge");
     for (name, message) in [
-        ("mem", "skipped: requirement not met: min_free_memory: 40 MiB available, 64 MiB required"),
+        ("mem", "skipped: requirement not met: min_free_memory: 40MB available, 64MB required"),
         ("cool", "skipped: requirement not met: max_cpu_temperature: CPU at 83.5 °C, at most 80 °C allowed"),
         ("mains", "skipped: requirement not met: power: on battery (18%)"),
         ("battery", "skipped: requirement not met: power: battery battery at 18%, above 30% required"),
@@ -185,7 +185,7 @@ tasks:
     );
     let text = stdout(&out);
     assert!(
-        text.contains("Requirements:\n  mem: min_free_memory: 64 MiB (on_unmet: skip)"),
+        text.contains("Requirements:\n  mem: min_free_memory: 64MB (on_unmet: skip)"),
         "{text}"
     );
     let out = run(picoflow(dir.path())
@@ -257,7 +257,7 @@ tasks:
     let want = "requirement not met: min_free_disk: ";
     assert!(
         message.starts_with(want)
-            && message.ends_with(&format!(" free on {}, 600 kB required", disk.0.display())),
+            && message.ends_with(&format!(" free on {}, 600KB required", disk.0.display())),
         "{message}"
     );
     // Without a path, the task's working directory is measured.

@@ -846,7 +846,7 @@ fn unmet_requirements_show_on_the_execution_page_the_api_and_the_metrics() {
         "name: edge
 tasks:
   - {name: hot, type: shell, requires: {max_cpu_temperature: 70, on_unmet: skip}, config: {command: \"true\"}}
-  - {name: full, type: shell, requires: {min_free_memory: 1000TB}, config: {command: \"true\"}}
+  - {name: full, type: shell, requires: {min_free_memory: 1000000GB}, config: {command: \"true\"}}
 ",
     );
     dir.write("token", TOKEN);

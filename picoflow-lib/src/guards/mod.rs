@@ -23,7 +23,8 @@ use std::time::Duration;
 pub use crate::settings::guards::{Guard, OnUnmet, Requires, DEFAULT_WAIT_TIMEOUT, GUARD_KEYS};
 
 use crate::clock::{sync_status, ClockSync};
-use crate::settings::guards::show_bytes;
+use crate::limits::format_size;
+use crate::settings::guards::approx_size;
 
 /// The variable that moves the guards' `/proc` and `/sys` sources under another root.
 pub const HOST_ROOT_VAR: &str = "PICOFLOW_HOST_ROOT";
@@ -82,9 +83,9 @@ pub fn check_one(guard: &Guard, workdir: &Path) -> Result<(), Unmet> {
                 Ok(free) if free >= *bytes => Ok(()),
                 Ok(free) => Err(unmet(format!(
                     "{} free on {}, {} required",
-                    show_bytes(free),
+                    approx_size(free),
                     path.display(),
-                    show_bytes(*bytes)
+                    format_size(*bytes)
                 ))),
                 Err(e) => Err(unmet(format!("cannot measure {}: {e}", path.display()))),
             }
@@ -93,8 +94,8 @@ pub fn check_one(guard: &Guard, workdir: &Path) -> Result<(), Unmet> {
             Some(free) if free >= *bytes => Ok(()),
             Some(free) => Err(unmet(format!(
                 "{} available, {} required",
-                show_bytes(free),
-                show_bytes(*bytes)
+                approx_size(free),
+                format_size(*bytes)
             ))),
             None => Err(unmet(
                 "MemAvailable cannot be read from /proc/meminfo".into(),
@@ -395,7 +396,7 @@ mod tests {
             let e = check_one(&Guard::FreeMemory(100 << 20), here()).unwrap_err();
             assert_eq!(
                 e.to_string(),
-                "min_free_memory: 64 MiB available, 100 MiB required"
+                "min_free_memory: 64MB available, 100MB required"
             );
             let e = check_one(&Guard::MaxLoad(2.0), here()).unwrap_err();
             assert_eq!(

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::limits::{format_size, parse_size};
 use crate::settings::{scalar_text, Mapping, Problems, Value};
 
 /// How long `on_unmet: wait` waits by default.
@@ -99,9 +100,9 @@ impl Guard {
                 let path = path
                     .as_ref()
                     .map_or("the working directory".into(), |p| p.display().to_string());
-                format!("{} on {path}", show_bytes(*bytes))
+                format!("{} on {path}", format_size(*bytes))
             }
-            Guard::FreeMemory(b) => show_bytes(*b),
+            Guard::FreeMemory(b) => format_size(*b),
             Guard::MaxTemperature(c) => format!("{c} °C"),
             Guard::OnMains => "ac".to_string(),
             Guard::BatteryAbove(p) => format!("battery above {p}%"),
@@ -357,42 +358,6 @@ fn wait_timeout(v: &Value) -> Result<Duration, String> {
     }
 }
 
-/// A size in bytes: a whole number of bytes, or a number with a unit — `kB`, `MB`, `GB`,
-/// `TB` are powers of 1000; `KiB`, `MiB`, `GiB`, `TiB` and the one-letter `K`, `M`, `G`, `T`
-/// (as systemd and container tools write them) are powers of 1024. `B` is a byte.
-pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let unit = unit.trim();
-    let factor: u64 = match unit {
-        "" | "B" => 1,
-        "kB" | "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        "K" | "KiB" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        "T" | "TiB" => 1 << 40,
-        _ => {
-            return Err(format!(
-                "'{text}' is not a size: use bytes or a unit such as 500MB, 64MiB or 1G"
-            ))
-        }
-    };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size such as 500MB"))?;
-    let bytes = value * factor as f64;
-    if !bytes.is_finite() || bytes > u64::MAX as f64 || (unit.is_empty() && num.contains('.')) {
-        return Err(format!("'{text}' is not a size such as 500MB"));
-    }
-    Ok(bytes as u64)
-}
-
 fn size(v: &Value) -> Result<u64, String> {
     match v {
         Value::Number(n) => n
@@ -403,27 +368,19 @@ fn size(v: &Value) -> Result<u64, String> {
     }
 }
 
-/// `bytes` as a person reads it: `500 MB` or `64 MiB` when a few whole units, else in the
-/// largest binary unit with one decimal (`22.3 GiB`).
-pub(crate) fn show_bytes(bytes: u64) -> String {
-    const UNITS: &[(u64, &str)] = &[
-        (1 << 40, "TiB"),
-        (1_000_000_000_000, "TB"),
-        (1 << 30, "GiB"),
-        (1_000_000_000, "GB"),
-        (1 << 20, "MiB"),
-        (1_000_000, "MB"),
-        (1 << 10, "KiB"),
-        (1_000, "kB"),
-    ];
-    let whole = |f: u64| bytes >= f && bytes.is_multiple_of(f) && bytes / f < 10_000;
-    if let Some((f, name)) = UNITS.iter().find(|(f, _)| whole(*f)) {
-        return format!("{} {name}", bytes / f);
+/// A measured size as a person reads it: as [`format_size`] when whole in its unit, else in
+/// the largest unit with one decimal (`212.4MB`, 1024-based like every size of PicoFlow).
+pub(crate) fn approx_size(bytes: u64) -> String {
+    for (shift, unit) in [(30, "GB"), (20, "MB"), (10, "KB")] {
+        let f = 1u64 << shift;
+        if bytes >= f {
+            return match bytes.is_multiple_of(f) {
+                true => format_size(bytes),
+                false => format!("{:.1}{unit}", bytes as f64 / f as f64),
+            };
+        }
     }
-    match UNITS.iter().step_by(2).find(|(f, _)| bytes >= *f) {
-        Some((f, name)) => format!("{:.1} {name}", bytes as f64 / *f as f64),
-        None => format!("{bytes} bytes"),
-    }
+    format!("{bytes} bytes")
 }
 
 /// A duration as the files write it: `10m`, `1h30m`, `45s`.
@@ -470,10 +427,10 @@ mod tests {
             [
                 "clock_synced: true",
                 "max_load: 2.5",
-                "min_free_memory: 64 MiB",
+                "min_free_memory: 64MB",
                 "max_cpu_temperature: 75 °C",
                 "power: battery above 30%",
-                "min_free_disk: 500 MB on /mnt/b",
+                "min_free_disk: 500MB on /mnt/b",
                 "network: nas.local:445",
             ]
         );
@@ -515,18 +472,10 @@ mod tests {
     }
 
     #[test]
-    fn sizes_use_decimal_and_binary_units() {
-        assert_eq!(parse_size("500MB"), Ok(500_000_000));
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
-        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("12.5").is_err());
-        assert!(parse_size("5 apples").is_err());
-        assert!(parse_size("").is_err());
-        assert_eq!(show_bytes(500_000_000), "500 MB");
-        assert_eq!(show_bytes(123), "123 bytes");
-        assert_eq!(show_bytes(23_385_960 * 1024), "22.3 GiB");
+    fn measured_sizes_and_durations_read_well() {
+        assert_eq!(approx_size(500 << 20), "500MB");
+        assert_eq!(approx_size(23_385_960 * 1024), "22.3GB");
+        assert_eq!(approx_size(123), "123 bytes");
         assert_eq!(show_duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(show_duration(Duration::from_secs(600)), "10m");
     }
