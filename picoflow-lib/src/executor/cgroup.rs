@@ -165,19 +165,7 @@ impl Cgroup {
             Err(_) => {}
         }
         let parent = self.dir.parent().unwrap_or(&self.dir);
-        let control = parent.join("cgroup.subtree_control");
-        if let Err(e) = std::fs::write(&control, "+memory") {
-            let why = match e.raw_os_error() {
-                Some(libc::EBUSY) => {
-                    " (a cgroup that holds processes itself cannot pass its controllers on)"
-                }
-                _ => "",
-            };
-            return Err(format!(
-                "no memory controller: cannot enable it in {}: {e}{why}",
-                control.display()
-            ));
-        }
+        enable_memory(parent)?;
         write().map_err(|e| format!("{}: {e}", file.display()))
     }
 
@@ -213,6 +201,61 @@ impl Drop for Cgroup {
         // run's search for leftovers, which removes it.
         let _ = std::fs::remove_dir(&self.dir);
     }
+}
+
+/// The leaf cgroup PicoFlow moves itself into, beside its tasks' cgroups, so that its own
+/// cgroup holds no process and may pass the memory controller on. Its name does not start with
+/// [`PREFIX`]: the search for leftovers never takes it for a task's.
+const SELF_LEAF: &str = "picoflow.self";
+
+/// Enables the memory controller for the cgroups under `base` (PicoFlow's own). cgroup v2
+/// refuses that (EBUSY) while `base` itself holds a process, as a service's cgroup holds its
+/// main process under systemd's `Delegate=yes`: PicoFlow then moves itself into the leaf
+/// [`SELF_LEAF`] under `base` and asks again. The reason in words when it cannot.
+fn enable_memory(base: &Path) -> Result<(), String> {
+    let control = base.join("cgroup.subtree_control");
+    let enable = || std::fs::write(&control, "+memory");
+    let e = match enable() {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    let no = |e: &io::Error, why: &str| {
+        format!(
+            "no memory controller: cannot enable it in {}: {e}{why}",
+            control.display()
+        )
+    };
+    if e.raw_os_error() != Some(libc::EBUSY) {
+        return Err(no(&e, ""));
+    }
+    static MOVED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut moved = MOVED.lock().unwrap_or_else(|p| p.into_inner());
+    if !*moved {
+        let leaf = base.join(SELF_LEAF);
+        let joined = match std::fs::create_dir(&leaf) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+            // "0" moves the writing process, every thread of it.
+            _ => std::fs::write(leaf.join("cgroup.procs"), "0"),
+        };
+        if let Err(m) = joined {
+            return Err(no(
+                &e,
+                &format!(
+                    " (it holds PicoFlow, which cannot move into {}: {m})",
+                    leaf.display()
+                ),
+            ));
+        }
+        *moved = true;
+        tracing::info!(cgroup = %leaf.display(), "moved into a leaf cgroup so that tasks can have memory.max");
+    }
+    enable().map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(libc::EBUSY) => " (another process holds that cgroup itself)",
+            _ => "",
+        };
+        no(&e, why)
+    })
 }
 
 /// The `oom_kill` count of a `memory.events` file's text.
