@@ -7,10 +7,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{free_port, picoflow, run, stdout, wait_for, TempDir};
+use common::{free_port, picoflow, run, start_daemon, stdout, wait_for, TempDir};
 
 /// libfaketime's preload library; the test fails (it does not skip) without it.
 fn libfaketime() -> PathBuf {
@@ -38,23 +38,10 @@ struct Daemon {
 impl Daemon {
     /// Starts `cmd` (a `picoflow` command in `dir`) as `daemon start files`.
     fn start(mut cmd: Command, dir: &Path, files: &[&str]) -> Daemon {
-        let child = cmd
-            .args(["--log-format", "pretty", "daemon", "start"])
-            .args(files)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let d = Daemon {
-            child: Some(child),
+        Daemon {
+            child: Some(start_daemon(&mut cmd, dir, files)),
             dir: dir.to_path_buf(),
-        };
-        wait_for(
-            Duration::from_secs(20),
-            "the daemon to write its status",
-            || dir.join("picoflow.redb.pid.json").exists(),
-        );
-        d
+        }
     }
 
     /// A daemon whose wall clock is real time moved by the offset in `dir/faketime.rc`

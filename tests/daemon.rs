@@ -5,10 +5,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{free_port, picoflow, run, stderr, stdout, wait_for, TempDir};
+use common::{free_port, picoflow, run, start_daemon, stderr, stdout, wait_for, TempDir};
 
 /// A daemon started in `dir`; killed (SIGKILL) if the test did not stop it.
 struct Daemon {
@@ -18,23 +18,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, files: &[&str]) -> Daemon {
-        let child = picoflow(dir)
-            .args(["--log-format", "pretty", "daemon", "start"])
-            .args(files)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let d = Daemon {
-            child: Some(child),
+        Daemon {
+            child: Some(start_daemon(&mut picoflow(dir), dir, files)),
             dir: dir.to_path_buf(),
-        };
-        wait_for(
-            Duration::from_secs(10),
-            "the daemon to write its status",
-            || dir.join("picoflow.redb.pid.json").exists(),
-        );
-        d
+        }
     }
 
     fn pid(&self) -> i32 {

@@ -108,6 +108,76 @@ on_failure:
         )) && message.ends_with("(still after waiting 3s)"),
         "{message}"
     );
+    let out = run(picoflow(dir.path()).args(["status", "--workflow", "w"]));
+    assert!(
+        stdout(&out).contains(&format!(
+            "(failed: requirement not met: network: 127.0.0.1:{port} unreachable: "
+        )),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_run_stopped_while_its_workflow_waits_starts_no_task() {
+    let dir = TempDir::new("guard-stop");
+    let wf = dir.write(
+        "w.yaml",
+        "name: w
+requires: {clock_synced: true, on_unmet: wait, wait_timeout: 2m}
+tasks:
+  - {name: a, type: shell, config: {command: touch, args: [a]}}
+  - {name: b, type: shell, config: {command: touch, args: [b]}}
+",
+    );
+    let sync = dir.path().join("synced");
+    let child = picoflow(dir.path())
+        .env("PICOFLOW_CLOCK_SYNC_FILE", &sync)
+        .arg("run")
+        .arg(&wf)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = finish(child, "picoflow run");
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    for name in ["a", "b"] {
+        assert!(!dir.path().join(name).exists(), "task {name} started");
+    }
+    // Resumed once the clock is synchronised, both run.
+    std::fs::write(&sync, "").unwrap();
+    let out = run(picoflow(dir.path())
+        .env("PICOFLOW_CLOCK_SYNC_FILE", &sync)
+        .args(["run", "--resume"])
+        .arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(dir.path().join("a").exists() && dir.path().join("b").exists());
+}
+
+#[test]
+fn a_disk_guard_measures_the_expanded_workdir() {
+    let dir = TempDir::new("guard-expand");
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    let wf = dir.write(
+        "w.yaml",
+        "name: w
+tasks:
+  - name: here
+    type: shell
+    requires: {min_free_disk: 1KB}
+    config: {command: \"touch ran\", workdir: \"${HOME}/data\"}
+  - name: there
+    type: shell
+    requires: {min_free_disk: {path: \"${HOME}/data\", bytes: 1KB}}
+    config: {command: \"true\"}
+",
+    );
+    let out = run(picoflow(dir.path()).arg("run").arg(&wf));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(dir.path().join("data/ran").exists());
 }
 
 /// A `/proc` and `/sys` of a hot Pi on a low battery with little memory and a high load.

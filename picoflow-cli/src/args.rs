@@ -267,9 +267,10 @@ pub(crate) struct DaemonStartArgs {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "stop")]
 pub(crate) struct DaemonStopArgs {
-    /// seconds to wait for the daemon to exit (default 60)
-    #[argh(option, default = "60")]
-    pub(crate) timeout: u64,
+    /// seconds to wait for the daemon to exit (default: [daemon] shutdown_timeout_seconds
+    /// plus 30, the time its tasks get to finish and then to be stopped)
+    #[argh(option)]
+    pub(crate) timeout: Option<u64>,
 }
 
 /// Show whether the daemon of this state file runs. Exit 0 running, 1 not running.

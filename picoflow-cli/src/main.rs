@@ -513,7 +513,10 @@ fn daemon_start(config: &Config, paths: Vec<PathBuf>, web: bool) -> Result<u8, E
     }
 }
 
-fn daemon_stop(config: &Config, timeout: u64) -> Result<u8, Error> {
+fn daemon_stop(config: &Config, timeout: Option<u64>) -> Result<u8, Error> {
+    // A daemon gives its tasks shutdown_timeout_seconds, then stops them (SIGTERM, SIGKILL
+    // two seconds later) and records them: by default the wait covers all of that.
+    let timeout = timeout.unwrap_or(config.daemon.shutdown_timeout_seconds.saturating_add(30));
     if picoflow_lib::stop_daemon(config, std::time::Duration::from_secs(timeout))? {
         outln!("Daemon stopped")?;
         Ok(exit::SUCCESS)

@@ -154,9 +154,13 @@ pub(crate) fn status(
                     TaskState::Timeout => ("✗", "timed out".to_string()),
                     TaskState::Failed => (
                         "✗",
-                        match t.exit_code {
-                            Some(c) => format!("failed, exit code {c}"),
-                            None => "failed".to_string(),
+                        match (t.exit_code, t.error_message.as_deref()) {
+                            (Some(c), _) => format!("failed, exit code {c}"),
+                            // An unmet requirement says which guard and what it found.
+                            (None, Some(m)) if m.starts_with(SkipReason::UNMET) => {
+                                format!("failed: {m}")
+                            }
+                            (None, _) => "failed".to_string(),
                         },
                     ),
                     // A condition or rule that skipped a task is said; a failure upstream

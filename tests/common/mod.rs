@@ -141,6 +141,24 @@ pub(crate) fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool)
     }
 }
 
+/// Starts `cmd` (a `picoflow` command in `dir`) as `daemon start FILES` with its log in
+/// `dir/daemon.log`, and waits (up to 20 s) for its status file.
+pub(crate) fn start_daemon(cmd: &mut Command, dir: &Path, files: &[&str]) -> Child {
+    let child = cmd
+        .args(["--log-format", "pretty", "daemon", "start"])
+        .args(files)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the daemon to write its status",
+        || dir.join("picoflow.redb.pid.json").exists(),
+    );
+    child
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

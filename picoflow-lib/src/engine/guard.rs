@@ -10,12 +10,12 @@
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::future;
 
 use crate::events::{SkipReason, TaskState};
-use crate::guards::{self, OnUnmet, Requires, Unmet};
+use crate::guards::{self, Guard, OnUnmet, Requires, Unmet};
 use crate::model::TaskConfig;
 use crate::settings::guards::show_duration;
 
@@ -49,7 +49,8 @@ impl Engine {
             None => Gate::Open,
             Some(req) => {
                 let here = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-                self.requirement(run, req, here, None).await
+                let req = self.expanded(run, None, req);
+                self.requirement(run, &req, here, None).await
             }
         };
         run.gate.replace(Some(gate));
@@ -65,20 +66,24 @@ impl Engine {
     ) -> Option<Finished> {
         let task = &run.tasks[index];
         let in_dag = index < run.wf.tasks.len();
+        // The workflow's answer stands for the tasks of its DAG, a stop during it included.
         let gate = match run.gate.borrow().clone() {
-            Some(g @ Gate::Closed { .. }) if in_dag => g,
+            Some(g) if in_dag => g,
             _ => Gate::Open,
         };
         let gate = match (gate, &task.requires) {
             (Gate::Open, Some(req)) => {
+                let req = self.expanded(run, Some(index), req);
                 let workdir = match &task.config {
-                    TaskConfig::Shell(s) => s.workdir.clone(),
+                    TaskConfig::Shell(s) => s.workdir.as_ref().map(|d| {
+                        PathBuf::from(self.expand_for(run, Some(index), &d.to_string_lossy()))
+                    }),
                     _ => None,
                 };
                 let here = workdir
                     .or_else(|| std::env::current_dir().ok())
                     .unwrap_or_else(|| PathBuf::from("."));
-                self.requirement(run, req, here, Some(&task.name)).await
+                self.requirement(run, &req, here, Some(&task.name)).await
             }
             (gate, _) => gate,
         };
@@ -106,6 +111,31 @@ impl Engine {
         })
     }
 
+    /// `text` with its `${…}` references expanded as task `index`'s attempt would expand
+    /// them (the environment, and the run's values it reads).
+    /// `None` stands for the workflow's own `requires:`, which reads the environment only.
+    fn expand_for(&self, run: &Run<'_>, index: Option<usize>, text: &str) -> String {
+        match index.map(|i| &run.refs[i]).filter(|r| !r.is_empty()) {
+            None => self.vars.expand(text),
+            Some(refs) => run
+                .values
+                .borrow()
+                .vars_for(&self.vars, refs, None)
+                .expand(text),
+        }
+    }
+
+    /// `req` with the paths of its disk guards expanded (see [`Engine::expand_for`]).
+    fn expanded(&self, run: &Run<'_>, index: Option<usize>, req: &Requires) -> Requires {
+        let mut req = req.clone();
+        for g in &mut req.guards {
+            if let Guard::FreeDisk { path: Some(p), .. } = g {
+                *p = PathBuf::from(self.expand_for(run, index, &p.to_string_lossy()));
+            }
+        }
+        req
+    }
+
     /// Checks `req` (with `workdir` for a disk guard without a path) as its `on_unmet`
     /// says, off the engine's thread; `task` is `None` for the workflow's own.
     async fn requirement(
@@ -117,17 +147,27 @@ impl Engine {
     ) -> Gate {
         let begun = Instant::now();
         let mut said = false;
+        // What the last check found, for a wait whose end cuts the next check short.
+        let mut last: Option<Unmet> = None;
         loop {
-            let unmet = match check_off_thread(req, &workdir).await {
-                Ok(()) => {
+            let left = req.wait_timeout.saturating_sub(begun.elapsed());
+            let bound = (req.on_unmet == OnUnmet::Wait).then_some(left);
+            let unmet = match until_stopped(run, bounded_check(req, &workdir, bound)).await {
+                None => return Gate::Stopped,
+                Some(Some(Ok(()))) => {
                     if said {
                         tracing::info!(workflow = %run.wf.name, task, "requirement met; starting");
                     }
                     return Gate::Open;
                 }
-                Err(u) => u,
+                Some(Some(Err(u))) => u,
+                Some(None) => last.take().unwrap_or_else(|| Unmet {
+                    guard: "requires",
+                    detail: "the check did not finish".into(),
+                }),
             };
             let why = unmet.to_string();
+            last = Some(unmet);
             match req.on_unmet {
                 OnUnmet::Skip => return Gate::Closed { skip: true, why },
                 OnUnmet::Fail => return Gate::Closed { skip: false, why },
@@ -135,33 +175,49 @@ impl Engine {
             }
             let left = req.wait_timeout.saturating_sub(begun.elapsed());
             if left.is_zero() {
-                let why = format!(
-                    "{why} (still after waiting {})",
-                    show_duration(req.wait_timeout)
-                );
+                let waited = show_duration(req.wait_timeout);
+                let why = format!("{why} (still after waiting {waited})");
                 return Gate::Closed { skip: false, why };
             }
             if !said {
                 said = true;
                 tracing::info!(workflow = %run.wf.name, task, unmet = %why, "waiting for a requirement");
             }
-            let pause = left.min(guards::WAIT_POLL);
-            let stopped = future::or(
-                async {
-                    smol::Timer::after(pause).await;
-                    false
-                },
-                async {
-                    run.cancel.cancelled().await;
-                    true
-                },
-            )
-            .await;
-            if stopped {
+            let pause = smol::Timer::after(left.min(guards::WAIT_POLL));
+            if until_stopped(run, pause).await.is_none() {
                 return Gate::Stopped;
             }
         }
     }
+}
+
+/// `work`'s output, or `None` when the run is stopped first.
+async fn until_stopped<T>(run: &Run<'_>, work: impl std::future::Future<Output = T>) -> Option<T> {
+    future::or(async { Some(work.await) }, async {
+        run.cancel.cancelled().await;
+        None
+    })
+    .await
+}
+
+/// One check of `req` — a name that resolves slowly or a host that does not answer may take
+/// seconds — ended early (`None`) when `bound` passes first.
+async fn bounded_check(
+    req: &Requires,
+    workdir: &Path,
+    bound: Option<Duration>,
+) -> Option<Result<(), Unmet>> {
+    future::or(
+        async { Some(check_off_thread(req, workdir).await) },
+        async {
+            match bound {
+                Some(d) => smol::Timer::after(d).await,
+                None => future::pending().await,
+            };
+            None
+        },
+    )
+    .await
 }
 
 /// `guards::check` on a thread of its own (it reads files, resolves names and connects),

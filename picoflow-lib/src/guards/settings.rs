@@ -95,6 +95,7 @@ impl Guard {
         let what = match self {
             Guard::ClockSynced => "true".to_string(),
             Guard::Online => "online".to_string(),
+            Guard::Reachable { host, port } if host.contains(':') => format!("[{host}]:{port}"),
             Guard::Reachable { host, port } => format!("{host}:{port}"),
             Guard::FreeDisk { path, bytes } => {
                 let path = path
@@ -204,6 +205,10 @@ pub(crate) fn parse(value: &Value, problems: &mut Problems<'_>) -> Option<Requir
         problems.add("requires.wait_timeout: only used with on_unmet: wait");
     }
     if guards.is_empty() {
+        problems.add(format_args!(
+            "requires: no guard is set; name one or more of {}",
+            GUARD_KEYS[..GUARD_KEYS.len() - 2].join(", ")
+        ));
         return None;
     }
     Some(Requires {
@@ -254,9 +259,7 @@ fn network(v: &Value) -> Result<Guard, String> {
                 .and_then(scalar_text)
                 .filter(|h| !h.trim().is_empty())
                 .ok_or("host: a host name or address is required")?;
-            if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(format!("host: '{host}' is not a host name or address"));
-            }
+            let host = host_name(&host)?;
             let port = match m.get("port") {
                 Some(Value::Number(n)) => n.as_u64().filter(|p| (1..=65_535).contains(p)),
                 _ => None,
@@ -271,6 +274,33 @@ fn network(v: &Value) -> Result<Guard, String> {
     }
 }
 
+/// A host name or address as a connection takes it: `[::1]` is `::1`; a port written into
+/// the name, spaces and control characters are refused.
+fn host_name(host: &str) -> Result<String, String> {
+    let bad = || {
+        format!(
+            "host: '{}' is not a host name or address",
+            host.escape_debug()
+        )
+    };
+    let inner = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if inner
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "[]/@".contains(c))
+    {
+        return Err(bad());
+    }
+    if inner.contains(':') && inner.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(format!(
+            "host: '{host}' is not a host name or address (give the port as `port:`)"
+        ));
+    }
+    Ok(inner.to_string())
+}
+
 fn free_disk(v: &Value) -> Result<Guard, String> {
     match v {
         Value::Mapping(m) => {
@@ -279,8 +309,8 @@ fn free_disk(v: &Value) -> Result<Guard, String> {
                 None => None,
                 Some(p) => Some(
                     scalar_text(p)
-                        .filter(|p| !p.is_empty())
-                        .ok_or("path: expected a path")?,
+                        .filter(|p| !p.is_empty() && !p.chars().any(char::is_control))
+                        .ok_or("path: expected a path without control characters")?,
                 ),
             };
             let bytes = size(
@@ -433,6 +463,32 @@ mod tests {
                 "min_free_disk: 500MB on /mnt/b",
                 "network: nas.local:445",
             ]
+        );
+    }
+
+    #[test]
+    fn hosts_are_names_or_addresses_without_a_port() {
+        let (r, problems) = read("{network: {host: '[::1]', port: 22}}");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(r.unwrap().guards[0].describe(), "network: [::1]:22");
+        for bad in ["127.0.0.1:22", "nas local", "a/b", "user@nas"] {
+            let (_, problems) = read(&format!("{{network: {{host: '{bad}', port: 22}}}}"));
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.contains("is not a host name or address")),
+                "{bad}: {problems:?}"
+            );
+        }
+        let (_, problems) = read("{on_unmet: wait}");
+        assert!(
+            problems[0].contains("requires: no guard is set"),
+            "{problems:?}"
+        );
+        let (_, problems) = read("{min_free_disk: {path: \"/tmp\\nx\", bytes: 1}}");
+        assert!(
+            problems[0].contains("without control characters"),
+            "{problems:?}"
         );
     }
 
