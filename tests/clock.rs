@@ -186,7 +186,7 @@ fn a_forward_jump_of_a_month_fires_what_catchup_allows_and_no_storm() {
     let dir = TempDir::new("clock-forward");
     dir.write(
         "picoflow.toml",
-        "[daemon]\nwait_for_clock_sync = false\n[metrics]\nenabled = false\n",
+        "[daemon]\nwait_for_clock_sync = false\nclock_check_seconds = 1\n[metrics]\nenabled = false\n",
     );
     dir.write(
         "none.yaml",
@@ -239,7 +239,7 @@ fn a_backward_jump_of_an_hour_fires_no_instant_twice() {
     let dir = TempDir::new("clock-backward");
     dir.write(
         "picoflow.toml",
-        "[daemon]\nwait_for_clock_sync = false\n[metrics]\nenabled = false\n",
+        "[daemon]\nwait_for_clock_sync = false\nclock_check_seconds = 1\n[metrics]\nenabled = false\n",
     );
     dir.write("tick.yaml", &shell_wf("tick", "* * * * * *", ""));
     let d = Daemon::start_faked(dir.path(), &["tick.yaml"]);
@@ -279,7 +279,7 @@ fn an_unsynchronised_clock_holds_the_schedules_until_it_is_synchronised() {
     let port = free_port();
     dir.write(
         "picoflow.toml",
-        &format!("[daemon]\nwait_for_clock_sync = true\n[metrics]\nport = {port}\n"),
+        &format!("[daemon]\nwait_for_clock_sync = true\nclock_check_seconds = 1\n[metrics]\nport = {port}\n"),
     );
     dir.write("tick.yaml", &shell_wf("tick", "* * * * * *", ""));
     let marker = dir.path().join("synchronized");
@@ -321,7 +321,7 @@ fn the_wait_for_the_clock_ends_at_its_bound_with_a_warning() {
     let dir = TempDir::new("clock-bound");
     dir.write(
         "picoflow.toml",
-        "[daemon]\nwait_for_clock_sync = true\nclock_sync_timeout_seconds = 3\n[metrics]\nenabled = false\n",
+        "[daemon]\nwait_for_clock_sync = true\nclock_check_seconds = 1\nclock_sync_timeout_seconds = 3\n[metrics]\nenabled = false\n",
     );
     dir.write("tick.yaml", &shell_wf("tick", "* * * * * *", ""));
     let mut cmd = picoflow(dir.path());

@@ -223,6 +223,10 @@ pub struct DaemonConfig {
     /// How long schedules wait for the clock at most; after that the daemon schedules from
     /// the clock it has, with a warning.
     pub clock_sync_timeout_seconds: u64,
+    /// Besides the kernel's notice that the clock was set and its other wake-ups, how often
+    /// the daemon compares the wall clock with the monotonic clock; 0 (the default) never
+    /// wakes for that alone.
+    pub clock_check_seconds: u64,
 }
 
 /// `[daemon] wait_for_clock_sync`: whether a daemon started before the system clock was set
@@ -410,6 +414,8 @@ impl Default for DaemonConfig {
             // late after boot; short enough that a device without network still runs its
             // schedules within minutes.
             clock_sync_timeout_seconds: 300,
+            // An idle daemon does not wake: the kernel says when the clock is set.
+            clock_check_seconds: 0,
         }
     }
 }

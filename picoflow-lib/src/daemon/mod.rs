@@ -5,9 +5,9 @@
 //!   locked with `flock` for the daemon's whole life; a second daemon on the same state file
 //!   fails to take the lock and exits with an error. A stale PID file left by a crash holds no
 //!   lock and is simply taken over.
-//! * **Little polling.** The daemon sleeps until the earliest next fire of all its schedules
-//!   (or a signal), at most [`CHECK_EVERY`](timeguard::CHECK_EVERY) at a time, waking only to
-//!   compare the wall clock with the monotonic clock (see **Clock**). Pruning piggybacks on that
+//! * **No polling.** The daemon sleeps until the earliest next fire of all its schedules (or
+//!   a signal, or the kernel's notice that the wall clock was set, `clockset.rs`; see
+//!   **Clock**). Pruning piggybacks on that
 //!   (at start and after runs, at most once a day), so it adds no wake-ups of its own; it runs
 //!   on a thread of its own, as do the status-file writes and SIGHUP's reading of the
 //!   workflow files, so the scheduler's thread never waits on them.
@@ -31,8 +31,9 @@
 //!   is synchronised fires no schedule and catches up on nothing until it is, at most
 //!   `clock_sync_timeout_seconds`, then goes on with a warning. Runs asked for by hand or over
 //!   the web API, and the resumption of interrupted executions, need no clock and are not
-//!   held back. While running, the scheduler wakes at least every few seconds and compares
-//!   the wall clock's advance with the monotonic clock's: a step forward fires at most what
+//!   held back. While running, the scheduler compares at every wake-up (and when the kernel
+//!   says the clock was set, `clockset.rs`) the wall clock's advance with the monotonic
+//!   clock's: a step forward fires at most what
 //!   the workflow's `catchup` allows for the instants it jumped over, and no instant at or
 //!   before the last one handled fires again, so a step backward repeats nothing.
 //!
@@ -48,6 +49,8 @@
 //!   interrupted executions, catch-up), and the runs it started.
 //! * `timeguard.rs` — the wait for the clock's synchronisation and the steps of the wall
 //!   clock: pure rules the scheduler applies.
+//! * `clockset.rs` — the kernel's notice that the wall clock was set (a `timerfd`), which
+//!   wakes the scheduler to look.
 //! * `offload.rs` — a short-lived thread for work that waits on the disk (pruning, the status
 //!   file, reading the workflow files again).
 //! * `http.rs` — the thread that serves `/metrics`, `/health` and the web UI.
@@ -57,6 +60,7 @@
 //! What the web UI reads from the daemon is in `contract`; which interrupted execution is
 //! resumed is decided in `resume`, for the daemon and `run --resume` alike.
 
+mod clockset;
 mod fleet;
 mod http;
 mod load;
@@ -278,6 +282,7 @@ impl Daemon {
             last_prune: None,
             pruning: None,
             clock,
+            clock_set: clockset::ClockSet::new(),
         };
         let result = ex.run(scheduler.run(recovered)).await;
         fleet.stop();

@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_lite::future;
 
+use super::clockset::ClockSet;
 use super::load::{self, Loaded};
 use super::offload::{offload, Offloaded};
 use super::pid::StatusFile;
-use super::timeguard::{runs_after_jump, ClockWatch, Jump, Tick, CHECK_EVERY, SYNC_POLL};
+use super::timeguard::{runs_after_jump, ClockWatch, Jump, Tick, SYNC_POLL};
 use super::DaemonExit;
 use crate::config::Config;
 use crate::contract::{Catalog, Trigger, Triggered};
@@ -169,6 +170,8 @@ pub(super) struct Scheduler<'a> {
     pub(super) pruning: Option<Offloaded<()>>,
     /// The wait for the clock's synchronisation and the readings that show its steps.
     pub(super) clock: ClockWatch,
+    /// The kernel's notice that the wall clock was set, where it gives one.
+    pub(super) clock_set: Option<ClockSet>,
 }
 
 impl Scheduler<'_> {
@@ -254,24 +257,46 @@ impl Scheduler<'_> {
         Ok(())
     }
 
-    /// Sleeps until the earliest next fire, a signal, the end of a run or a request from the
-    /// web API, whichever comes first, and at most [`CHECK_EVERY`] ([`SYNC_POLL`] while
-    /// waiting for the clock): sleeps are measured on the monotonic clock, so the wall clock
-    /// is looked at again often enough to see it step.
+    /// Sleeps until the earliest next fire, a signal, the end of a run, a request from the
+    /// web API or the kernel's notice that the wall clock was set, whichever comes first
+    /// ([`SYNC_POLL`] at most while waiting for the clock, `[daemon] clock_check_seconds` at
+    /// most when set): sleeps are measured on the monotonic clock, and a step of the wall
+    /// clock is looked for at every wake-up.
     async fn next_wake(&mut self) -> Wake {
+        let check = match self.config.daemon.clock_check_seconds {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        };
         let sleep = if self.clock.is_waiting() {
-            SYNC_POLL
+            Some(SYNC_POLL)
         } else {
             let now = Utc::now();
             let next = self.loaded.values().filter_map(|l| l.next).min();
-            next.map_or(CHECK_EVERY, |t| {
-                (t - now)
-                    .to_std()
-                    .unwrap_or(Duration::ZERO)
-                    .min(CHECK_EVERY)
-            })
+            let until = next.map(|t| (t - now).to_std().unwrap_or(Duration::ZERO));
+            match (until, check) {
+                (Some(u), Some(c)) => Some(u.min(c)),
+                (u, c) => u.or(c),
+            }
         };
-        let timer = smol::Timer::after(sleep);
+        let clock_set = &self.clock_set;
+        let timer = async {
+            match (sleep, clock_set) {
+                (Some(d), Some(set)) => {
+                    future::or(
+                        async {
+                            smol::Timer::after(d).await;
+                        },
+                        set.changed(),
+                    )
+                    .await
+                }
+                (Some(d), None) => {
+                    smol::Timer::after(d).await;
+                }
+                (None, Some(set)) => set.changed().await,
+                (None, None) => future::pending().await,
+            }
+        };
         let (signals, done, triggers) = (&mut self.signals, &self.done, &self.triggers);
         let fleet = &self.fleet_changes;
         future::or(

@@ -27,11 +27,6 @@ use crate::model::Catchup;
 /// step; smaller steps change no fire that matters.
 pub(super) const JUMP_THRESHOLD: Duration = Duration::from_secs(2);
 
-/// The longest the scheduler sleeps, so that a step of the wall clock is seen within this
-/// time even while the next fire is days away (sleeps are measured on the monotonic clock
-/// and would otherwise end at the wrong wall time).
-pub(super) const CHECK_EVERY: Duration = Duration::from_secs(5);
-
 /// How often the clock's synchronisation is checked while the schedules wait for it.
 pub(super) const SYNC_POLL: Duration = Duration::from_secs(1);
 
