@@ -221,7 +221,7 @@ need_qemu() {
     [ -f "$(image_dir)/base.raw" ] || die "no image for this script yet: run scripts/vpi.sh image (as root)"
 }
 
-# boot OVERLAY_DIR APPEND [extra qemu args...]: the machine on a fresh overlay of the base.
+# qemu_args IMAGE_DIR OVERLAY APPEND: sets QEMU_ARGS, the machine on OVERLAY.
 qemu_args() {
     local dir=$1 overlay=$2 append=$3
     # cache=none needs O_DIRECT; fall back to writethrough (still syncs each write) without it.
@@ -230,11 +230,11 @@ qemu_args() {
         cache_mode=writethrough
     fi
     rm -f "$overlay.odirect"
-    echo -M virt -cpu cortex-a53 -smp "${VPI_SMP:-4}" -m "${VPI_MEM:-512}" \
+    QEMU_ARGS=(-M virt -cpu cortex-a53 -smp "${VPI_SMP:-4}" -m "${VPI_MEM:-512}" \
         -kernel "$dir/vmlinuz" -initrd "$dir/initrd.img" \
         -append "root=/dev/vda rw console=ttyAMA0 $append" \
         -drive "file=$overlay,if=none,id=d0,format=qcow2,cache=$cache_mode,throttling.iops-total=${VPI_IOPS:-100}" \
-        -device virtio-blk-device,drive=d0 -nic none
+        -device virtio-blk-device,drive=d0 -nic none)
 }
 
 new_overlay() {
@@ -250,8 +250,8 @@ cmd_shell() {
     trap "rm -f '$overlay'" EXIT
     new_overlay "$dir" "$overlay"
     say "booting (about 30 s); logged in as root on the serial console; 'poweroff' or Ctrl-A x ends it"
-    # shellcheck disable=SC2046
-    qemu-system-aarch64 $(qemu_args "$dir" "$overlay" "") -nographic
+    qemu_args "$dir" "$overlay" ""
+    qemu-system-aarch64 "${QEMU_ARGS[@]}" -nographic
 }
 
 cmd_run() {
@@ -276,23 +276,22 @@ cmd_run() {
     fi
     overlay="$run/disk.qcow2"
     new_overlay "$dir" "$overlay"
-    t0=$(date +%s.%N)
+    qemu_args "$dir" "$overlay" "vpi.run=1"
+    t0=$SECONDS
     set +e
-    # shellcheck disable=SC2046
-    timeout -s KILL "${VPI_TIMEOUT:-900}" qemu-system-aarch64 $(qemu_args "$dir" "$overlay" "vpi.run=1") \
+    timeout -s KILL "${VPI_TIMEOUT:-900}" qemu-system-aarch64 "${QEMU_ARGS[@]}" \
         -display none -monitor none -serial "file:$run/console.log" \
         -virtfs "local,path=$run,mount_tag=scenario,security_model=none"
     rc=$?
     set -e
     rm -f "$overlay"
-    local total
-    total=$(echo "$(date +%s.%N) - $t0" | bc)
+    local total=$((SECONDS - t0))
     if [ -f "$run/.vpi/output" ]; then
         cat "$run/.vpi/output"
     fi
     started=$(cat "$run/.vpi/started" 2>/dev/null || echo "?")
     status=$(cat "$run/.vpi/status" 2>/dev/null || echo "")
-    say "qemu exit $rc; scenario started ${started} s after the kernel; whole run ${total%.*} s; status ${status:-none}"
+    say "qemu exit $rc; scenario started ${started} s after the kernel; whole run ${total} s; status ${status:-none}"
     say "run directory (console.log, the share): $run"
     ls -dt "$cache"/runs/*/ 2>/dev/null | tail -n +11 | xargs -r rm -rf
     if [ $rc -eq 137 ] || [ $rc -eq 124 ]; then
