@@ -21,7 +21,7 @@
 # cache and its path printed; `run` removes run directories older than the newest 10.
 #
 # Environment:
-#   VPI_TIMEOUT   seconds after which qemu is killed (run: 900, default); status 124 then
+#   VPI_TIMEOUT   seconds after which `run` kills qemu (900); it exits with 124 then
 #   VPI_SMP, VPI_MEM  cores and MB of memory (4 and 512)
 #   VPI_IOPS      the disk's throttle, I/O operations per second (100)
 #   XDG_CACHE_HOME  the cache is ${XDG_CACHE_HOME:-$HOME/.cache}/picoflow-vpi/
@@ -39,10 +39,12 @@
 # builds a new image; delete old image-* directories by hand. Each boot writes to a qcow2
 # overlay of base.raw that is removed afterwards: the base image is never changed.
 #
-# Timings on a 2-core x86_64 host (shared), TCG emulation: image build, cold, about 4-5 min
-# (debootstrap 20 s + second stage and apt under qemu-user; the initramfs lists its modules,
-# MODULES=list, which takes ~25 s instead of ~15 min); boot to the scenario's start ~30-40 s;
-# a whole `run` of tests/vpi/memory-limit about 2 min.
+# Timings on a 2-core x86_64 host shared with other work, TCG emulation (no KVM): image build,
+# cold, about 3 min (debootstrap first stage 20 s, second stage under qemu-user 80 s, apt
+# install of systemd and the kernel 85 s; the initramfs lists its modules, MODULES=list, which
+# takes ~25 s instead of ~15 min under emulation); a cached image is found at once. Boot to the
+# scenario's start: 31-36 s after the kernel starts. A whole `run` of tests/vpi/memory-limit
+# (boot, scenario, power-off): 65-90 s. The image is 2 GiB sparse, about 600 MB on disk.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)

@@ -5,6 +5,10 @@
 # a task's `limits: {memory: 50MB}` became its cgroup's memory.max: the task past it is killed
 # by the kernel, the one within it succeeds, PicoFlow moved itself into picoflow.self and the
 # service's cgroup passes the memory controller on. Exit 0 only if all of that holds.
+# The binary comes from ./files: $PICOFLOW_BIN on the host, by default
+# target/dist/picoflow-aarch64-full (scripts/cross.sh aarch64 full). As well it shows the
+# cgroup files PicoFlow's user sees, and the same leaf-then-memory steps done by hand in a
+# delegated unit of their own, so that a failure says whether the kernel or PicoFlow refused.
 set -u
 S=/scenario
 fail=0
