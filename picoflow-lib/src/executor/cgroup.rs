@@ -156,7 +156,14 @@ impl Cgroup {
     /// it lacks it; the reason in words when neither works.
     pub(crate) fn set_memory_max(&self, bytes: u64) -> Result<(), String> {
         let file = self.dir.join("memory.max");
-        let write = || std::fs::write(&file, bytes.to_string());
+        // Without O_CREAT: a cgroup without the controller has no such file, which an open
+        // that may create reports as EACCES (the cgroup directory takes no new files).
+        let write = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .and_then(|mut f| f.write_all(bytes.to_string().as_bytes()))
+        };
         match write() {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
