@@ -54,13 +54,15 @@ impl ClockSet {
                 )
             };
             let e = std::io::Error::last_os_error();
-            if n < 0 && e.raw_os_error() == Some(libc::ECANCELED) {
-                if arm(self.fd.get_ref()).is_err() {
-                    return futures_lite::future::pending().await;
-                }
+            let cancelled = n < 0 && e.raw_os_error() == Some(libc::ECANCELED);
+            // Cancelled by a set of the clock, or (n == 8) expired: armed again either way.
+            if (cancelled || n == 8) && arm(self.fd.get_ref()).is_err() {
+                return futures_lite::future::pending().await;
+            }
+            if cancelled {
                 return;
             }
-            // EAGAIN (woken without news) or an expiry a century away: wait again.
+            // EAGAIN (woken without news) or the far expiry: wait again.
         }
     }
 }
@@ -73,9 +75,10 @@ fn arm(fd: &OwnedFd) -> std::io::Result<()> {
             tv_sec: 0,
             tv_nsec: 0,
         },
-        // An absolute expiry no clock on a running device reaches (year 2200).
+        // An absolute expiry far away: the year 2200, or the last second a 32-bit `time_t`
+        // holds (2038) where that is all there is; an expiry re-arms the timer.
         it_value: libc::timespec {
-            tv_sec: 7_258_118_400,
+            tv_sec: libc::time_t::try_from(7_258_118_400_i64).unwrap_or(libc::time_t::MAX),
             tv_nsec: 0,
         },
     };
