@@ -62,10 +62,13 @@ dist="$CARGO_TARGET_DIR/dist"
 qemu_aarch64="qemu-aarch64-static -L /"
 
 step "aarch64: integration tests against the cross-built binary (all features) under qemu-user"
+# Left out there, by name: the memory limit as RLIMIT_AS, which qemu-user does not pass on (a
+# guest's setrlimit of RLIMIT_AS would limit the emulator itself, so it ignores it).
 PICOFLOW_TEST_BIN="$dist/picoflow-aarch64-full" PICOFLOW_TEST_RUNNER="$qemu_aarch64" \
     cargo test -p picoflow-cli --test run --test validate --test state --test daemon \
     --test export --test secrets --test pipes --test faults --test data --test web --test tls \
-    --test docker --test files --test fleet --test guards
+    --test docker --test files --test fleet --test guards --test limits \
+    -- --skip a_task_past_its_memory_limit_fails_naming_it
 
 step "aarch64: run and validate tests against the minimal, the static and the smallest binary"
 for b in minimal static smallest; do
