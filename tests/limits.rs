@@ -51,6 +51,13 @@ fn defaults_come_from_the_configuration_and_the_task_overrides_them() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let seen = std::fs::read_to_string(&out_file).unwrap();
     assert_eq!(seen, "12\nbest-effort: prio 6\n");
+    // validate shows what the task runs with: its own nice, the configuration's io.
+    let out = run(picoflow(dir.path()).arg("validate").arg(&wf));
+    assert!(
+        stdout(&out).contains("Limits:\n  t: nice 12, io best_effort:6\n"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]

@@ -151,7 +151,7 @@ fn init_logging(config: &Config, rust_log: Option<String>) {
 
 fn dispatch(command: Command, config: &Config) -> Result<u8, Error> {
     match command {
-        Command::Validate(a) => validate(&a.path),
+        Command::Validate(a) => validate(&a.path, config),
         Command::Init(a) => init(a.name.as_deref(), &a.template),
         Command::Graph(a) => graph(&a.file, &a.format),
         Command::Run(a) => run(&a.file, a.resume, a.force, config),
@@ -204,7 +204,7 @@ fn dispatch(command: Command, config: &Config) -> Result<u8, Error> {
     }
 }
 
-fn validate(path: &Path) -> Result<u8, Error> {
+fn validate(path: &Path, config: &Config) -> Result<u8, Error> {
     let registry = Registry::builtin();
     let files = workflow_files(path)?;
     let many = path.is_dir();
@@ -275,16 +275,19 @@ fn validate(path: &Path) -> Result<u8, Error> {
                         outln!("  {}: {}", wf.tasks[i].name, dag.notes(i).join("; "))?;
                     }
                 }
-                let limited: Vec<&picoflow_lib::Task> = wf
+                // What each shell task runs with: its own limits, else [tasks.limits]'s.
+                let limited: Vec<(&str, picoflow_lib::Limits)> = wf
                     .tasks
                     .iter()
                     .chain(wf.handlers.all().map(|(_, t)| t))
-                    .filter(|t| !t.limits.is_empty())
+                    .filter(|t| t.kind == "shell")
+                    .map(|t| (t.name.as_str(), t.limits.clone().or(&config.tasks.limits)))
+                    .filter(|(_, l)| !l.is_empty())
                     .collect();
                 if !limited.is_empty() {
                     outln!("Limits:")?;
-                    for t in limited {
-                        outln!("  {}: {}", t.name, t.limits)?;
+                    for (name, limits) in limited {
+                        outln!("  {name}: {limits}")?;
                     }
                 }
                 if !dag.handlers().is_empty() {

@@ -40,7 +40,7 @@ impl ClockSync {
 
 /// The clock's state now (see the module's docs for the sources).
 pub fn sync_status() -> ClockSync {
-    if let Some(file) = std::env::var_os(CLOCK_SYNC_FILE_VAR) {
+    if let Some(file) = override_file() {
         return synced_if(Path::new(&file).exists());
     }
     synced_if(kernel_synced() || Path::new(TIMESYNCD_MARKER).exists())
@@ -49,7 +49,12 @@ pub fn sync_status() -> ClockSync {
 /// Whether a time service that says when it has synchronised the clock runs here (or the
 /// override variable is set): only then is waiting for it worth anything.
 pub fn sync_service_present() -> bool {
-    std::env::var_os(CLOCK_SYNC_FILE_VAR).is_some() || Path::new(TIMESYNCD_DIR).is_dir()
+    override_file().is_some() || Path::new(TIMESYNCD_DIR).is_dir()
+}
+
+/// The file [`CLOCK_SYNC_FILE_VAR`] names; an empty value names none.
+fn override_file() -> Option<std::ffi::OsString> {
+    std::env::var_os(CLOCK_SYNC_FILE_VAR).filter(|f| !f.is_empty())
 }
 
 fn synced_if(yes: bool) -> ClockSync {

@@ -260,7 +260,7 @@ impl WaitForClockSync {
 impl<'de> Deserialize<'de> for WaitForClockSync {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         #[derive(Deserialize)]
-        #[serde(untagged)]
+        #[serde(untagged, expecting = "\"auto\", true or false")]
         enum Raw {
             Bool(bool),
             Text(String),

@@ -153,7 +153,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let bad = || format!("'{text}' is not a size such as 100MB, 512KiB or 1048576 (bytes)");
+    let bad = || format!("'{text}' is not a size such as 100MB, 64MiB or 1048576 (bytes)");
     let n: u64 = digits.parse().map_err(|_| bad())?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
@@ -217,7 +217,7 @@ impl RawLimits {
             problems,
             &format!("{at}.open_files"),
             self.open_files,
-            3,
+            16,
             1_048_576,
         );
         Limits {
@@ -309,7 +309,7 @@ pub(crate) fn parse(
     }
     if kind != "shell" && !limits.is_empty() {
         problems.add(format_args!(
-            "limits: only shell tasks take limits; a {kind} task's work runs outside a process PicoFlow starts (for a container, set its limits in its image or runtime)"
+            "limits: only shell tasks take limits; the work of a `{kind}` task runs outside a process PicoFlow starts (for a container, set its limits in its image or runtime)"
         ));
     }
     Ok(limits)
@@ -467,7 +467,7 @@ mod tests {
                 "line 3: task 'a': limits.io: 'fast' is not one of idle, best_effort[:0-7], realtime[:0-7]",
                 "line 3: task 'a': limits.memory: '10KB' is below the smallest limit, 1MB",
                 "line 3: task 'a': limits.cpu_seconds: 0 is out of range 1-31536000",
-                "line 3: task 'a': limits.open_files: 2 is out of range 3-1048576",
+                "line 3: task 'a': limits.open_files: 2 is out of range 16-1048576",
             ]
         );
         let (_, problems) = read("{memory: lots}", "shell");
