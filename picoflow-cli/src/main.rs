@@ -281,7 +281,7 @@ fn validate(path: &Path, config: &Config) -> Result<u8, Error> {
                     .iter()
                     .chain(wf.handlers.all().map(|(_, t)| t))
                     .filter(|t| t.kind == "shell")
-                    .map(|t| (t.name.as_str(), t.limits.clone().or(&config.tasks.limits)))
+                    .map(|t| (t.name.as_str(), t.limits.or(&config.tasks.limits)))
                     .filter(|(_, l)| !l.is_empty())
                     .collect();
                 if !limited.is_empty() {
