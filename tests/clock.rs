@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{free_port, picoflow, run, start_daemon, stdout, wait_for, TempDir};
+use common::{free_port, history, picoflow, run, start_daemon, stdout, wait_for, TempDir};
 
 /// libfaketime's preload library; the test fails (it does not skip) without it.
 fn libfaketime() -> PathBuf {
@@ -120,20 +120,7 @@ fn set_offset(dir: &Path, offset: &str) {
 
 /// How many executions of `wf` the history holds.
 fn runs(dir: &Path, wf: &str) -> usize {
-    let out = run(picoflow(dir).args([
-        "history",
-        "--workflow",
-        wf,
-        "--limit",
-        "1000",
-        "--format",
-        "json",
-    ]));
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .len()
+    history(dir, wf).len()
 }
 
 fn shell_wf(name: &str, schedule: &str, extra: &str) -> String {

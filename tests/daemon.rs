@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{free_port, picoflow, run, start_daemon, stderr, stdout, wait_for, TempDir};
+use common::{free_port, history, picoflow, run, start_daemon, stderr, stdout, wait_for, TempDir};
 
 /// A daemon started in `dir`; killed (SIGKILL) if the test did not stop it.
 struct Daemon {
@@ -70,23 +70,6 @@ fn lines(path: &Path) -> Vec<String> {
         .lines()
         .map(String::from)
         .collect()
-}
-
-fn history(dir: &Path, wf: &str) -> Vec<serde_json::Value> {
-    let out = run(picoflow(dir).args([
-        "history",
-        "--workflow",
-        wf,
-        "--limit",
-        "1000",
-        "--format",
-        "json",
-    ]));
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
 }
 
 fn shell_wf(name: &str, schedule: &str, extra: &str, command: &str) -> String {

@@ -159,6 +159,25 @@ pub(crate) fn start_daemon(cmd: &mut Command, dir: &Path, files: &[&str]) -> Chi
     child
 }
 
+/// Up to 1000 executions of `wf` in the history of the state file in `dir`, newest first, as
+/// `history --format json` gives them.
+pub(crate) fn history(dir: &Path, wf: &str) -> Vec<serde_json::Value> {
+    let out = run(picoflow(dir).args([
+        "history",
+        "--workflow",
+        wf,
+        "--limit",
+        "1000",
+        "--format",
+        "json",
+    ]));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
